@@ -1,0 +1,1 @@
+"""actorcast models: pure PyTorch (no Ray, no network)."""

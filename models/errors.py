@@ -1,0 +1,13 @@
+"""Errors a user can cause. The CLI prints their message as one line and exits non-zero."""
+
+
+class ActorcastError(Exception):
+    """Base of every error the user can fix; the message says what is wrong and what to do."""
+
+
+class ConfigError(ActorcastError, ValueError):
+    """A configuration value is invalid or conflicts with another (raised at construction time)."""
+
+
+class InputError(ActorcastError, ValueError):
+    """Input data (audio, image, video, tensor) is unusable: wrong shape, rate, NaN, empty, corrupt."""
