@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv if missing.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+# Ray binds and advertises 127.0.0.1 only (see cluster/ray_env.py); tests must never leave loopback.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/actorcast data preview -o preview.mp4 --clips 4 --seconds 5
+	@echo "demo output: $(CURDIR)/preview.mp4"
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/data.py --out bench-out
+
+clean:
+	rm -rf $(VENV) bench-out test-artifacts preview.mp4

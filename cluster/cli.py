@@ -1,0 +1,51 @@
+"""The `actorcast` command line: one subcommand per job; user errors become one line and exit code 2."""
+
+import argparse
+import logging
+import sys
+
+from models.errors import ActorcastError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; each job module adds its own subcommand."""
+    from cluster import data_cmd
+
+    parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    data_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `actorcast` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except ActorcastError as e:
+        sys.stderr.write(f"actorcast: error: {e}\n")
+        return EXIT_USER_ERROR
+    except OSError as e:  # disk full, permission denied, ... while writing outputs
+        where = f" ({e.filename})" if e.filename else ""
+        sys.stderr.write(f"actorcast: error: {e.strerror or e}{where}: free space or choose another path\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("actorcast: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

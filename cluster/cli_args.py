@@ -1,0 +1,61 @@
+"""Argument types shared by subcommands: each rejects a bad value with one line saying what is valid."""
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from models.data.params import EMOTIONS
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be > 0, got {text}")
+    return value
+
+
+def frame_size(text: str) -> int:
+    """A square frame size in pixels, 64..512, a multiple of 16."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be an integer, got {text!r}") from None
+    if not 64 <= value <= 512 or value % 16:
+        raise argparse.ArgumentTypeError(f"size must be a multiple of 16 in 64..512, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def emotion(text: str) -> str:
+    """One of the five emotions."""
+    if text not in EMOTIONS:
+        raise argparse.ArgumentTypeError(f"unknown emotion {text!r}; choose one of {', '.join(EMOTIONS)}")
+    return text
+
+
+def output_file(text: str) -> Path:
+    """A file path whose directory exists and is writable (checked before any work starts)."""
+    path = Path(text)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"output {text} is a directory; give a file name")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"output directory {parent} is not writable; choose another path")
+    return path

@@ -1,0 +1,140 @@
+"""Audio/video files through PyAV: read any audio as 16 kHz mono, write H.264 + AAC mp4 atomically."""
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+import torch
+
+from models.errors import InputError
+from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+
+def _open(path: Path, what: str) -> av.container.InputContainer:
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist: check the path")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory: give a file")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{what} {path} cannot be read ({e.__class__.__name__}): give an audio/video file PyAV can decode") from None
+
+
+def iter_audio_blocks(path: Path | str) -> Iterator[np.ndarray]:
+    """Yield the audio of any PyAV-readable file as 16 kHz mono float32 blocks (memory stays flat)."""
+    path = Path(path)
+    container = _open(path, "audio file")
+    with container:
+        if not container.streams.audio:
+            raise InputError(f"{path} has no audio stream: give a file with sound")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+        except av.error.FFmpegError as e:
+            raise InputError(f"{path} is corrupt or truncated ({e}): re-export the audio") from None
+
+
+def read_audio(path: Path | str) -> torch.Tensor:
+    """The whole audio track of a file as a (N,) float32 tensor at 16 kHz mono."""
+    blocks = list(iter_audio_blocks(path))
+    if not blocks:
+        return torch.zeros(0)
+    return torch.from_numpy(np.concatenate(blocks))
+
+
+def write_wav(path: Path | str, audio: torch.Tensor) -> None:
+    """Write a (N,) float32 16 kHz mono tensor as 16-bit PCM WAV, through a temporary name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    pcm = (audio.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().reshape(1, -1)
+    try:
+        with av.open(str(tmp), mode="w", format="wav") as out:
+            stream = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+            for start in range(0, pcm.shape[1], SAMPLE_RATE):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + SAMPLE_RATE]),
+                                                   format="s16", layout="mono")
+                frame.sample_rate = SAMPLE_RATE
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Mp4Writer:
+    """H.264 + AAC mp4 writer that interleaves audio and video per frame and renames on success.
+
+    Use as a context manager; `write(frames, audio)` takes (B, 3, H, W) floats in [0, 1] and exactly
+    B * 640 samples of 16 kHz mono audio (or None for a silent video). On an exception the temporary file
+    is deleted, so a half-written output never appears under the final name.
+    """
+
+    def __init__(self, path: Path | str, size: int, with_audio: bool = True, crf: int = 20):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.part")
+        self.size, self.with_audio, self.crf = size, with_audio, crf
+        self.frames_written = 0
+
+    def __enter__(self) -> "Mp4Writer":
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        self.video = self.container.add_stream("libx264", rate=FPS)
+        self.video.width = self.video.height = self.size
+        self.video.pix_fmt = "yuv420p"
+        self.video.options = {"preset": "veryfast", "crf": str(self.crf)}
+        self.audio = None
+        if self.with_audio:
+            self.audio = self.container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+            self.audio.time_base = Fraction(1, SAMPLE_RATE)
+        return self
+
+    def write(self, frames: torch.Tensor, audio: torch.Tensor | None = None) -> None:
+        """Append (B, 3, H, W) frames in [0, 1] and their B*640 audio samples, interleaved per frame."""
+        rgb = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        if self.with_audio:
+            pcm = audio.to(torch.float32).numpy().reshape(1, -1)
+            assert pcm.shape[1] == len(rgb) * SAMPLES_PER_FRAME, "audio must be exactly 640 samples per frame"
+        for i, image in enumerate(rgb):
+            vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+            vf.pts = self.frames_written
+            self.container.mux(self.video.encode(vf))
+            if self.with_audio:
+                af = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(pcm[:, i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]),
+                    format="flt", layout="mono")
+                af.sample_rate = SAMPLE_RATE
+                af.pts = self.frames_written * SAMPLES_PER_FRAME
+                self.container.mux(self.audio.encode(af))
+            self.frames_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.container.mux(self.video.encode(None))
+                if self.audio is not None:
+                    self.container.mux(self.audio.encode(None))
+            self.container.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_mp4(path: Path | str, chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]], size: int,
+              with_audio: bool = True) -> int:
+    """Write (frames, audio) chunks to an mp4 (see Mp4Writer); returns the number of frames written."""
+    with Mp4Writer(path, size, with_audio=with_audio) as writer:
+        for frames, audio in chunks:
+            writer.write(frames, audio)
+    return writer.frames_written
