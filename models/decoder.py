@@ -1,0 +1,271 @@
+"""Video decoder: a cached identity feature pyramid, warped by a flow field that z predicts, decoded to RGB.
+
+Per session the reference portrait is encoded once (`encode_reference`) into features at 1/2, 1/4, ... of the
+resolution. Per frame, the motion latent z drives (1) a dense flow field + occlusion mask predicted at the
+coarsest level from the reference's coarse features and a z-driven spatial map, upsampled to every level,
+which warps the reference features with `F.grid_sample`, and (2) FiLM scale/shift of every decoder conv.
+Losses (L1 + multi-scale SSIM + a small latent regulariser) and the cross-identity training step live here too.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.errors import ConfigError, InputError
+from models.motion_ae import MotionEncoder, check_frames
+
+SSIM_WINDOW = 11  # Gaussian window of SSIM (Wang et al. 2004), sigma 1.5
+SSIM_SIGMA = 1.5
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # per scale, finest first (Wang et al. 2003)
+Z_MAP_CHANNELS = 8  # channels of the z-driven spatial map fed to the flow head
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Sizes of the video decoder and weights of its loss; `channels` are the pyramid widths, finest first."""
+
+    resolution: int = 256
+    d_motion: int = 32
+    channels: tuple[int, ...] = (16, 32, 64, 96)  # at resolution / 2, / 4, / 8, / 16
+    blocks_per_level: int = 1  # modulated 3x3 convs per pyramid level
+    d_hidden: int = 256  # width of the z MLP
+    flow_channels: int = 32
+    l1_weight: float = 1.0
+    ssim_weight: float = 1.0
+    ssim_scales: int = 3
+    z_reg_weight: float = 1e-3
+
+    def __post_init__(self) -> None:
+        n = len(self.channels)
+        if not 64 <= self.resolution <= 512:
+            raise ConfigError(f"DecoderConfig.resolution={self.resolution} must be in 64..512 (default 256)")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"DecoderConfig.channels={self.channels} must be a non-empty tuple of positive ints")
+        if self.resolution % (1 << n) or self.resolution >> n < 4:
+            raise ConfigError(
+                f"DecoderConfig.resolution={self.resolution} must be divisible by 2^{n} (one level per channel "
+                f"entry) with a coarsest level of at least 4x4; use a multiple of {1 << n} or fewer levels"
+            )
+        for name in ("d_motion", "d_hidden", "flow_channels", "blocks_per_level"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 1 <= self.ssim_scales <= len(MS_SSIM_WEIGHTS):
+            raise ConfigError(f"DecoderConfig.ssim_scales={self.ssim_scales} must be in 1..{len(MS_SSIM_WEIGHTS)}")
+        if self.resolution >> (self.ssim_scales - 1) < SSIM_WINDOW:
+            raise ConfigError(
+                f"DecoderConfig.ssim_scales={self.ssim_scales} shrinks {self.resolution}px below the "
+                f"{SSIM_WINDOW}px SSIM window; use fewer scales"
+            )
+        if min(self.l1_weight, self.ssim_weight, self.z_reg_weight) < 0:
+            raise ConfigError("DecoderConfig loss weights must be >= 0")
+
+
+# Per-frame cost of `tiny` at 256^2 (FlopCounterMode, 2 x MAC): level 16^2 (96 ch) 0.04 + flow head 0.02,
+# 32^2 (64 ch) 0.09, 64^2 (32 ch) 0.09, 128^2 (16 ch) 0.09, to-RGB 0.06 ~= 0.39 GFLOP + grid_sample; measured
+# ~10-15 ms per frame in batches of 4 on 2 CPU cores (bench/models.py). The reference encoder runs once a session.
+DECODER_PRESETS: dict[str, DecoderConfig] = {
+    "tiny": DecoderConfig(),
+    "base": DecoderConfig(resolution=512, channels=(32, 64, 128, 256, 256), blocks_per_level=2, d_hidden=512,
+                          flow_channels=64),
+    "large": DecoderConfig(resolution=512, channels=(48, 96, 192, 384, 512), blocks_per_level=3, d_hidden=768,
+                           flow_channels=128),
+}
+
+
+@dataclass(frozen=True)
+class IdentityFeatures:
+    """One identity's cached reference pyramid: `levels[i]` is (B, channels[i], res / 2^(i+1), same)."""
+
+    levels: tuple[torch.Tensor, ...]
+    resolution: int
+
+    @property
+    def batch(self) -> int:
+        return self.levels[0].shape[0]
+
+
+def identity_grid(size: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Sampling grid (1, size, size, 2) of pixel centres in [-1, 1] (x, y): grid_sample with it is the identity."""
+    coords = (torch.arange(size, device=device, dtype=dtype) * 2 + 1) / size - 1
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.stack([x, y], dim=-1)[None]
+
+
+def warp(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp (B, C, H, W) by flow (B, 2, H, W) in normalised units (2 = image width): out(p) = f(p + flow)."""
+    grid = identity_grid(features.shape[-1], features.device, features.dtype) + flow.permute(0, 2, 3, 1)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class ModulatedConv(nn.Module):
+    """3x3 conv -> FiLM (scale, shift from the style vector; starts as the identity) -> LeakyReLU."""
+
+    def __init__(self, c_in: int, c_out: int, d_style: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(d_style, 2 * c_out)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W), style (B, d_style) -> (B, C_out, H, W)."""
+        scale, shift = self.film(style)[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+        return F.leaky_relu(self.conv(x) * (1 + scale) + shift, 0.2)
+
+
+class VideoDecoder(nn.Module):
+    """(cached reference pyramid, z (B', d_motion)) -> frames (B', 3, H, W) in [0, 1]."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = c = config
+        ch = c.channels
+        self.ref_encoder = nn.ModuleList()
+        c_in = 3
+        for c_out in ch:  # stride-2 conv + 3x3 conv per level, finest first
+            self.ref_encoder.append(nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.2),
+            ))
+            c_in = c_out
+        self.coarse = c.resolution >> len(ch)  # side of the coarsest level
+        self.style = nn.Sequential(
+            nn.Linear(c.d_motion, c.d_hidden), nn.SiLU(), nn.Linear(c.d_hidden, c.d_hidden), nn.SiLU()
+        )
+        self.z_map = nn.Linear(c.d_hidden, Z_MAP_CHANNELS * self.coarse**2)  # where z acts, per coarse cell
+        self.flow_in = ModulatedConv(ch[-1] + Z_MAP_CHANNELS, c.flow_channels, c.d_hidden)
+        self.flow_out = nn.Conv2d(c.flow_channels, 3, 3, padding=1)  # 2 flow + 1 occlusion logit
+        nn.init.zeros_(self.flow_out.weight)  # start from zero flow and an almost-open occlusion mask
+        with torch.no_grad():
+            self.flow_out.bias.copy_(torch.tensor([0.0, 0.0, 3.0]))
+        self.lift = nn.ModuleList([nn.Conv2d(ch[i + 1], ch[i], 1) for i in range(len(ch) - 1)])
+        self.blocks = nn.ModuleList([
+            nn.ModuleList([ModulatedConv(ch[i], ch[i], c.d_hidden) for _ in range(c.blocks_per_level)])
+            for i in range(len(ch))
+        ])
+        self.to_rgb = nn.Conv2d(ch[0], 3 * 4, 3, padding=1)  # at resolution / 2, then pixel shuffle x2
+
+    def encode_reference(self, reference: torch.Tensor) -> IdentityFeatures:
+        """(B, 3, H, W) in [0, 1], H = W = resolution -> the identity pyramid (compute once per session)."""
+        check_frames(reference, "reference", self.config.resolution)
+        h, levels = reference * 2 - 1, []
+        for stage in self.ref_encoder:
+            h = stage(h)
+            levels.append(h)  # (B, channels[i], res / 2^(i+1), same)
+        return IdentityFeatures(levels=tuple(levels), resolution=self.config.resolution)
+
+    def _check_inputs(self, identity: IdentityFeatures, z: torch.Tensor) -> None:
+        if not isinstance(identity, IdentityFeatures) or identity.resolution != self.config.resolution:
+            raise InputError("identity must come from this decoder's encode_reference() at its resolution")
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.config.d_motion or len(z) == 0:
+            raise InputError(f"z must be (B, {self.config.d_motion}) motion latents, got {tuple(getattr(z, 'shape', ()))}")
+        if identity.batch not in (1, z.shape[0]):
+            raise InputError(f"identity batch {identity.batch} must be 1 (shared) or equal z's batch {z.shape[0]}")
+        if not bool(torch.isfinite(z).all()):
+            raise InputError("z contains NaN or inf values")
+
+    def flow(self, identity: IdentityFeatures, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style (B', d_hidden) -> flow (B', 2, r, r) in normalised units and occlusion (B', 1, r, r) at the coarsest level."""
+        b, r = style.shape[0], self.coarse
+        ref = identity.levels[-1].expand(b, -1, -1, -1)  # (B', C, r, r)
+        zmap = self.z_map(style).view(b, Z_MAP_CHANNELS, r, r)
+        out = self.flow_out(self.flow_in(torch.cat([ref, zmap], dim=1), style))  # (B', 3, r, r)
+        return out[:, :2], torch.sigmoid(out[:, 2:])
+
+    def forward(self, identity: IdentityFeatures, z: torch.Tensor) -> torch.Tensor:
+        """identity (1 or B' frames), z (B', d_motion) -> frames (B', 3, resolution, resolution) in [0, 1]."""
+        self._check_inputs(identity, z)
+        style = self.style(z)  # (B', d_hidden)
+        flow, occlusion = self.flow(identity, style)  # (B', 2, r, r), (B', 1, r, r)
+        h = None
+        for i in reversed(range(len(self.config.channels))):  # coarsest level first
+            ref = identity.levels[i].expand(z.shape[0], -1, -1, -1)  # (B', C_i, S_i, S_i)
+            size = ref.shape[-2:]
+            flow_i = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+            occ_i = F.interpolate(occlusion, size=size, mode="bilinear", align_corners=False)
+            w = warp(ref, flow_i) * occ_i
+            if h is not None:
+                h = self.lift[i](F.interpolate(h, scale_factor=2, mode="nearest"))  # (B', C_i, S_i, S_i)
+                w = w + h
+            h = w
+            for block in self.blocks[i]:
+                h = block(h, style)
+        return torch.sigmoid(F.pixel_shuffle(self.to_rgb(h), 2))  # (B', 3, res, res)
+
+
+# ---- losses ------------------------------------------------------------------------------------------------
+
+
+def _gaussian_window(channels: int, device, dtype) -> torch.Tensor:
+    """Normalised 2-D Gaussian (C, 1, 11, 11) for a depthwise conv."""
+    x = torch.arange(SSIM_WINDOW, device=device, dtype=dtype) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, -1, -1).contiguous()
+
+
+def _ssim_parts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean SSIM and mean contrast-structure term per image (B,), for images in [0, 1] (valid windows only)."""
+    c1, c2 = 0.01**2, 0.03**2  # (K * data range)^2 with data range 1
+    win = _gaussian_window(x.shape[1], x.device, x.dtype)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, win, groups=x.shape[1])
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    cs = (2 * cov + c2) / (var_x + var_y + c2)
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return (luminance * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int = 3) -> torch.Tensor:
+    """Multi-scale SSIM per image (B,) in [0, 1]: contrast-structure at each scale, full SSIM at the coarsest."""
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], device=x.device, dtype=x.dtype)
+    weights = weights / weights.sum()
+    terms = []
+    for s in range(scales):
+        ssim, cs = _ssim_parts(x, y)
+        terms.append(ssim if s == scales - 1 else cs)
+        if s < scales - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    # Clamp away from 0: fractional powers of negatives are undefined and of 0 have infinite gradients.
+    values = torch.stack(terms, dim=1).clamp_min(1e-6)  # (B, scales)
+    return torch.prod(values ** weights, dim=1)
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor, config: DecoderConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L1 + (1 - MS-SSIM) on frames (B, 3, H, W) + mean z^2; returns the loss and detached metrics."""
+    if pred.shape != target.shape:
+        raise InputError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    l1 = (pred - target).abs().mean()
+    ssim = ms_ssim(pred, target, config.ssim_scales).mean()
+    z_reg = z.square().mean()
+    loss = config.l1_weight * l1 + config.ssim_weight * (1 - ssim) + config.z_reg_weight * z_reg
+    mse = (pred - target).square().mean().detach()
+    metrics = {
+        "loss": loss.detach(), "l1": l1.detach(), "ms_ssim": ssim.detach(), "z_reg": z_reg.detach(),
+        "psnr_db": -10 * torch.log10(mse.clamp_min(1e-10)),
+    }
+    return loss, metrics
+
+
+def decoder_loss(
+    encoder: MotionEncoder, decoder: VideoDecoder, frame_a: torch.Tensor, ref_b: torch.Tensor, target_b: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-identity step: z from identity A's frame (B, 3, H, W) must rebuild identity B's frame with the same
+    motion from B's reference (B, 3, H, W). Returns (loss, metrics)."""
+    if frame_a.shape[0] != target_b.shape[0] or ref_b.shape[0] not in (1, target_b.shape[0]):
+        raise InputError(
+            f"batch sizes differ: frame_a {frame_a.shape[0]}, ref_b {ref_b.shape[0]}, target_b {target_b.shape[0]}"
+        )
+    check_frames(target_b, "target_b", decoder.config.resolution)
+    z = encoder(frame_a)  # (B, d_motion)
+    pred = decoder(decoder.encode_reference(ref_b), z)  # (B, 3, res, res)
+    return reconstruction_loss(pred, target_b, z, decoder.config)
