@@ -68,9 +68,9 @@ class AudioConfig:
             raise ConfigError("AudioConfig.log_floor and norm_std must be > 0")
 
 
-# Cost per video frame (4 mel frames) of `tiny`, counted as 2 x MAC: in-conv 80->64 k3 (0.12 MFLOP),
-# 2 mel blocks (0.26), x4 downsample 64->128 (0.07), 3 frame blocks (0.39), out 128->128 (0.03) + the STFT
-# and mel filterbank (~0.2) ~= 1.1 MFLOP/frame (~0.001 GFLOP): far under the 1 ms/frame budget on 2 cores.
+# Cost per video frame (4 mel frames) of `tiny`, 2 x MAC (FlopCounterMode): in-conv 80->64 k3 0.13 MFLOP,
+# 2 mel blocks 0.27, x4 downsample 64->128 0.07, 3 frame blocks 0.40, out 128->128 0.03, mel filterbank 0.17
+# (+ the uncounted 512-point FFTs, ~0.1) ~= 1.1 MFLOP/frame: ~0.3 ms/frame on 2 cores, budget 1 ms.
 AUDIO_PRESETS: dict[str, AudioConfig] = {
     "tiny": AudioConfig(),
     "base": AudioConfig(d_audio=256, channels_mel=128, channels_frame=256, n_blocks_mel=3, n_blocks_frame=4),

@@ -1,0 +1,90 @@
+"""Per-frame cost (ms and GFLOPs) of each stage of the `tiny` preset at 256^2 on this CPU, and the chain's RTF.
+
+Writes DIR/models.json with `stages.<audio|motion|decoder>.{ms_per_frame,gflops_per_frame}` and `rtf`
+(generated seconds per wall second of the whole chain run in-process: 40 ms / sum of per-frame costs).
+Untrained weights: cost does not depend on the values. Usage: python bench/models.py --out DIR [--quick]
+"""
+
+import logging
+
+from common import median_seconds, parse_args, write_json  # noqa: E402  (common puts the root on sys.path)
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.audio import AUDIO_PRESETS, AudioEncoder
+from models.decoder import DECODER_PRESETS, VideoDecoder
+from models.timebase import FPS, SAMPLES_PER_FRAME
+
+log = logging.getLogger("bench.models")
+
+CHUNK = 4  # frames per generation chunk (DESIGN.md "Time base"), also the decoder's batch
+FRAME_MS = 1000 / FPS  # 40 ms of video per frame
+
+
+def gflops(fn) -> float:
+    """Total FLOPs (FlopCounterMode: 2 x MAC for matmul/conv) of one call of `fn`, in GFLOP."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def bench_audio(repeats: int) -> dict:
+    """Streaming step on 160 ms chunks (what the live path does), per frame."""
+    enc = AudioEncoder(AUDIO_PRESETS["tiny"]).eval()
+    pcm = 0.1 * torch.randn(1, (repeats + 8) * CHUNK * SAMPLES_PER_FRAME)
+    chunks = iter(pcm.split(CHUNK * SAMPLES_PER_FRAME, dim=1))
+    state = enc.init_state()
+
+    def one_chunk() -> None:
+        nonlocal state
+        _, state = enc.step(next(chunks), state)
+
+    seconds = median_seconds(one_chunk, repeats=repeats, warmup=4)
+    n_frames = 100
+    with torch.no_grad():
+        flops = gflops(lambda: enc(0.1 * torch.randn(1, n_frames * SAMPLES_PER_FRAME)))
+    return {"ms_per_frame": seconds * 1000 / CHUNK, "gflops_per_frame": flops / n_frames, "chunk_frames": CHUNK}
+
+
+def bench_decoder(repeats: int) -> dict:
+    """Decode a batch of CHUNK latents against a cached reference pyramid at 256^2, per frame."""
+    config = DECODER_PRESETS["tiny"]
+    dec = VideoDecoder(config).eval()
+    reference = torch.rand(1, 3, config.resolution, config.resolution)
+    z = torch.randn(CHUNK, config.d_motion)
+    with torch.no_grad():
+        identity = dec.encode_reference(reference)
+        seconds = median_seconds(lambda: dec(identity, z), repeats=repeats, warmup=2)
+        ref_seconds = median_seconds(lambda: dec.encode_reference(reference), repeats=3, warmup=1)
+        flops = gflops(lambda: dec(identity, z))
+    return {
+        "ms_per_frame": seconds * 1000 / CHUNK, "gflops_per_frame": flops / CHUNK, "batch": CHUNK,
+        "resolution": config.resolution, "reference_ms_once_per_session": ref_seconds * 1000,
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args("models", __doc__.splitlines()[0])
+    repeats = 5 if args.quick else 30
+    torch.manual_seed(0)
+    stages = {"audio": bench_audio(repeats), "decoder": bench_decoder(repeats)}
+    total_ms = sum(stage["ms_per_frame"] for stage in stages.values())
+    result = {
+        "stages": stages,
+        "rtf": FRAME_MS / total_ms,
+        "ms_per_frame_total": total_ms,
+        "preset": "tiny",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+    }
+    path = write_json(args.out, "models", result)
+    for name, stage in stages.items():
+        log.info("%-8s %7.2f ms/frame  %.4f GFLOP/frame", name, stage["ms_per_frame"], stage["gflops_per_frame"])
+    log.info("rtf %.2f (whole chain, in-process) -> %s", result["rtf"], path)
+
+
+if __name__ == "__main__":
+    main()
