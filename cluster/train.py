@@ -1,0 +1,176 @@
+"""`actorcast train`: DeepSpeed training of one stage on a Ray cluster (Ray Train's TorchTrainer).
+
+Each Ray Train worker runs models.train.train_func with Ray's hooks: checkpoints (every rank's ZeRO shard) are
+reported to Ray Train and persisted under OUT/ray/; a worker that dies restarts from the latest checkpoint
+(FailureConfig), `--resume` continues a stopped run from its latest checkpoint, and the export of the final
+checkpoint (safetensors + JSON) is copied to OUT/.
+"""
+
+import argparse
+import dataclasses
+import logging
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cluster.cli_args import positive_int
+from models.errors import ActorcastError, ConfigError
+from models.train import STAGE_NAMES, TrainConfig, publish_export
+
+log = logging.getLogger(__name__)
+RUN_NAME = "run"
+
+
+class RayHooks:
+    """models.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    @contextmanager
+    def checkpoint_dir(self, step: int) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix=f"actorcast-step{step}-") as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint))
+                         if checkpoint is not None else None)
+
+
+def worker_loop(config: dict) -> None:
+    """The per-worker function of TorchTrainer: everything comes in through `config`."""
+    from models.train import train_func
+
+    train_func(TrainConfig(**config["train"]), RayHooks())
+
+
+def _progress_callback(total_steps: int):
+    """A Ray Train UserCallback that prints one progress line per report (step, loss, samples/s, ETA)."""
+    from ray.train import UserCallback
+
+    class Progress(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            m = metrics[0] if metrics else {}
+            if "step" not in m:
+                return
+            eta = time.strftime("%H:%M:%S", time.gmtime(m.get("eta_s", 0)))
+            print(f"step {m['step']}/{total_steps}  loss {m['loss']:.4f}  {m['samples_per_s']:.1f} samples/s  "
+                  f"ETA {eta}" + ("  [checkpoint]" if checkpoint is not None else ""), flush=True)
+
+    return Progress()
+
+
+def _latest_ray_checkpoint(storage: Path):
+    from ray.train import Checkpoint
+
+    found = sorted((storage / RUN_NAME).glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    return Checkpoint.from_directory(str(found[-1])) if found else None
+
+
+def check_capacity(workers: int, use_gpu: bool) -> None:
+    """Refuse more workers than the cluster can place (one CPU, or one GPU, each)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    kind = "GPU" if use_gpu else "CPU"
+    available = int(resources.get(kind, 0))
+    if workers > available:
+        raise ActorcastError(f"--workers {workers} is more than the cluster can place: it has {available} {kind}s, "
+                             f"so use --workers {max(available, 1)} or fewer")
+
+
+def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) -> dict:
+    """Run TorchTrainer over `workers` and publish the final export to cfg.out_dir; returns final metrics."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from cluster.ray_env import connect
+
+    out = Path(cfg.out_dir).resolve()
+    storage = out / "ray"
+    connect(address)
+    use_gpu = cfg.resolved_device() == "cuda" or (cfg.device == "auto" and
+                                                  ray.cluster_resources().get("GPU", 0) >= 1)
+    check_capacity(workers, use_gpu)
+    resume_from = _latest_ray_checkpoint(storage) if resume else None
+    if resume and resume_from is None:
+        raise ActorcastError(f"nothing to resume in {out}: no checkpoint under {storage}; start without --resume")
+    if not resume and (storage / RUN_NAME).exists():
+        raise ActorcastError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu")
+    trainer = TorchTrainer(
+        worker_loop, train_loop_config={"train": dataclasses.asdict(cfg)},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage),
+                                       failure_config=ray.train.FailureConfig(max_failures=3),
+                                       callbacks=[_progress_callback(cfg.steps)]),
+        resume_from_checkpoint=resume_from)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ActorcastError(f"training finished without a checkpoint; see the logs under {storage}")
+    with result.checkpoint.as_directory() as directory:
+        publish_export(directory, out)
+    return dict(result.metrics or {})
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `actorcast train`."""
+    p = sub.add_parser("train", help="train a stage with DeepSpeed on Ray",
+                       description="Train one stage (DeepSpeed ZeRO, launched by Ray Train) and export "
+                                   "safetensors + JSON to --out. Stages: decoder (motion autoencoder + video "
+                                   "decoder), motion (audio encoder + diffusion-forcing generator; needs "
+                                   "--weights with a trained decoder), probe (the evaluation probe).")
+    p.add_argument("--stage", required=True, choices=STAGE_NAMES, help="what to train")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "large"), help="model sizes (default tiny)")
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the stage's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="micro-batch per worker")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--out", default=None, help="output directory (default runs/STAGE-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of talking-head mp4s")
+    p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: GPU if present")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: build the TrainConfig from the stage defaults and the flags, then launch."""
+    from models.train_stages import get_stage
+
+    defaults = get_stage(args.stage).defaults(args.preset)
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    out = args.out or f"runs/{args.stage}-{args.preset}"
+    try:
+        cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
+                             "data": args.data, "weights": args.weights, "device": args.device})
+    except ConfigError as e:
+        raise ActorcastError(str(e)) from None
+    get_stage(args.stage).check(cfg)
+    metrics = launch(cfg, args.workers, args.resume, args.address)
+    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    print(f"trained {args.stage} ({args.preset}) → {Path(out).resolve()}  {shown}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,234 @@
+"""DeepSpeed training: one linear `train_func(cfg, hooks)` for every stage (set-up → loop → eval/checkpoint → export).
+
+The same function runs in one local process (tests, `--workers 1` without Ray) and as a Ray Train worker:
+everything it needs comes in through `cfg` and `hooks` (never a module global). `hooks` is where the
+caller plugs in reporting, checkpoint persistence and resume (cluster/train.py gives Ray Train's), so this
+module imports no Ray.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from models.errors import ConfigError
+
+log = logging.getLogger(__name__)
+STAGE_NAMES = ("decoder", "motion", "probe")
+EXPORT_DIR = "export"  # inside the final checkpoint: safetensors + JSON of the trained models
+CLIENT_STATE = "actorcast_state"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; the checkpoint stores it, and `--resume` checks it matches."""
+
+    stage: str
+    preset: str = "tiny"
+    steps: int = 1000
+    batch_size: int = 8            # per worker micro-batch
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    zero_stage: int = 2
+    seed: int = 0
+    out_dir: str = "runs/train"
+    checkpoint_every: int = 200
+    eval_every: int = 0            # 0 = only at the end
+    log_every: int = 10
+    data: str = "synthetic"        # or a folder of mp4s (decoder stage)
+    size: int = 0                  # frame size for training; 0 = the preset's
+    weights: str = ""              # trained weights the stage builds on (motion: the motion encoder)
+    device: str = "auto"           # auto | cpu | cuda
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_NAMES:
+            raise ConfigError(f"unknown stage {self.stage!r}; use one of {', '.join(STAGE_NAMES)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"zero_stage must be 0..3, got {self.zero_stage}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def identity(self) -> dict:
+        """The fields a resumed run must share with the run it continues."""
+        return {"stage": self.stage, "preset": self.preset, "batch_size": self.batch_size, "seed": self.seed}
+
+
+class LocalHooks:
+    """Hooks for a run outside Ray: checkpoints under out_dir/checkpoints/step_N, reports go to `on_report`."""
+
+    def __init__(self, out_dir: Path | str, resume: bool = False, on_report=None):
+        self.root = Path(out_dir) / "checkpoints"
+        self.resume, self.on_report = resume, on_report
+        self.rank, self.world_size = 0, 1
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        found = sorted(self.root.glob("step_*")) if self.resume and self.root.is_dir() else []
+        yield found[-1] if found else None
+
+    @contextmanager
+    def checkpoint_dir(self, step: int) -> Iterator[Path]:
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f".step_{step:08d}.part"
+        tmp.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
+        if self.on_report is not None:
+            self.on_report(metrics)
+
+
+def _ensure_distributed_env() -> None:
+    """DeepSpeed needs RANK/WORLD_SIZE/MASTER_* even in one process; set single-process values if absent."""
+    if "RANK" in os.environ or torch.distributed.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def deepspeed_config(cfg: TrainConfig, device: str) -> dict:
+    """ZeRO config: stage from cfg (2 by default), bf16 on GPU, fp32 on CPU, warmup-then-decay LR."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": device == "cuda"},
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_type": "linear",
+            "warmup_num_steps": min(cfg.warmup_steps, max(1, cfg.steps - 1)),
+            "total_num_steps": max(cfg.steps, 2)}},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def train_func(cfg: TrainConfig, hooks) -> dict:
+    """Train one stage: returns the final metrics (and exports weights to cfg.out_dir on rank 0)."""
+    import deepspeed
+
+    from models.train_stages import get_stage
+
+    # 1. Set-up: seed, the stage's trainable module (its forward returns loss + metrics), DeepSpeed engine.
+    _ensure_distributed_env()
+    torch.manual_seed(cfg.seed)
+    stage = get_stage(cfg.stage)
+    module = stage.build(cfg)
+    device = cfg.resolved_device()
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg, device))
+    start = _resume(engine, cfg, hooks)
+
+    # 2. Loop: batches are a pure function of (seed, rank, step), so a resumed run sees the same data.
+    metrics: dict = {}
+    t0, samples = time.perf_counter(), 0
+    batches = stage.batches(cfg, rank=hooks.rank, world_size=hooks.world_size, start_step=start)
+    for step in range(start + 1, cfg.steps + 1):
+        batch = _to(next(batches), engine.device)
+        loss, parts = engine(batch)
+        engine.backward(loss)
+        engine.step()
+        samples += cfg.batch_size * hooks.world_size
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rate = samples / (time.perf_counter() - t0)
+            metrics = {"step": step, "loss": float(loss), "samples_per_s": rate,
+                       "eta_s": (cfg.steps - step) * cfg.batch_size * hooks.world_size / max(rate, 1e-9),
+                       "lr": engine.get_lr()[0], **{k: float(v) for k, v in parts.items()}}
+        # 3. Eval and checkpoint at intervals (every rank saves its ZeRO shard; the hooks persist them).
+        #    The last checkpoint also carries the evaluation and the safetensors export (rank 0).
+        last = step == cfg.steps
+        if hooks.rank == 0 and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
+            metrics.update(stage.evaluate(engine.module, cfg))
+        if step % cfg.checkpoint_every == 0 or last:
+            _save(engine, cfg, hooks, step, metrics, stage if last else None)
+        elif step % cfg.log_every == 0:
+            hooks.report(metrics)
+    return metrics
+
+
+def _save(engine, cfg: TrainConfig, hooks, step: int, metrics: dict, export_stage=None) -> None:
+    state = {"step": step, "config": dataclasses.asdict(cfg)}
+    with hooks.checkpoint_dir(step) as directory:
+        engine.save_checkpoint(str(directory), tag="ds", client_state={CLIENT_STATE: state})
+        if export_stage is not None and hooks.rank == 0:
+            export_stage.export(engine.module, directory / EXPORT_DIR, cfg, metrics)
+        hooks.report(metrics, checkpoint=directory)
+
+
+def publish_export(checkpoint_dir: Path | str, out_dir: Path | str) -> list[Path]:
+    """Copy the safetensors export of a final checkpoint into `out_dir` (each file via a temporary name)."""
+    source = Path(checkpoint_dir) / EXPORT_DIR
+    if not source.is_dir():
+        raise ConfigError(f"{checkpoint_dir} holds no export: it is not the checkpoint of a finished run")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(source.iterdir()):
+        tmp = out / f".{path.name}.part"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, out / path.name)
+        written.append(out / path.name)
+    return written
+
+
+def run_local(cfg: TrainConfig, resume: bool = False, on_report=None) -> dict:
+    """Train in this process (no Ray) and publish the export to cfg.out_dir; returns the final metrics."""
+    hooks = LocalHooks(cfg.out_dir, resume=resume, on_report=on_report)
+    metrics = train_func(cfg, hooks)
+    publish_export(hooks.root / f"step_{cfg.steps:08d}", cfg.out_dir)
+    return metrics
+
+
+def _resume(engine, cfg: TrainConfig, hooks) -> int:
+    """Load the latest checkpoint if the hooks offer one; returns the step it was saved at (0 if none)."""
+    with hooks.latest_checkpoint() as directory:
+        if directory is None:
+            return 0
+        _, client = engine.load_checkpoint(str(directory), tag="ds")
+    if not client or CLIENT_STATE not in client:
+        raise ConfigError(f"{directory} is not an actorcast training checkpoint; start without --resume")
+    saved = TrainConfig(**client[CLIENT_STATE]["config"])
+    if saved.identity() != cfg.identity():
+        raise ConfigError(f"the checkpoint in {directory} is from another run ({saved.identity()}), "
+                          f"not {cfg.identity()}; use another --out or drop --resume")
+    log.info("resumed from %s at step %d", directory, client[CLIENT_STATE]["step"])
+    return int(client[CLIENT_STATE]["step"])
+
+
+__all__ = ["TrainConfig", "LocalHooks", "train_func", "run_local", "publish_export", "deepspeed_config", "STAGE_NAMES"]
