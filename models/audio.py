@@ -44,7 +44,8 @@ class AudioConfig:
     sample_rate: int = SAMPLE_RATE
     log_floor: float = 1e-5  # log-mel = log(max(mel power, floor))
     # Fixed normalisation of the log-mel power (never per utterance: those statistics can't stream).
-    # Roughly centres speech at about -20 dBFS (log power ~ +2) and silence at the floor (log ~ -11.5).
+    # Speech peaking near -20 dBFS has log power about -1 (up to ~+5), silence sits at the floor (-11.5):
+    # mean -4, std 4 map both into roughly [-2, 2].
     norm_mean: float = -4.0
     norm_std: float = 4.0
 
