@@ -33,7 +33,7 @@ LEFT_PAD = N_FFT - HOP  # 352 samples of history (zeros at stream start) before 
 class AudioConfig:
     """Sizes of the audio encoder; `lookahead` is in video frames (default 2 = 80 ms)."""
 
-    d_audio: int = 128  # output width, one vector per video frame
+    d_audio: int = 64  # output width, one vector per video frame (= MotionConfig.d_audio)
     n_mels: int = 80
     channels_mel: int = 64  # conv width at 100 Hz
     channels_frame: int = 128  # conv width at 25 Hz
@@ -70,7 +70,7 @@ class AudioConfig:
 
 
 # Cost per video frame (4 mel frames) of `tiny`, 2 x MAC (FlopCounterMode): in-conv 80->64 k3 0.13 MFLOP,
-# 2 mel blocks 0.27, x4 downsample 64->128 0.07, 3 frame blocks 0.40, out 128->128 0.03, mel filterbank 0.17
+# 2 mel blocks 0.27, x4 downsample 64->128 0.07, 3 frame blocks 0.40, out 128->64 0.02, mel filterbank 0.17
 # (+ the uncounted 512-point FFTs, ~0.1) ~= 1.1 MFLOP/frame: ~0.3 ms/frame on 2 cores, budget 1 ms.
 AUDIO_PRESETS: dict[str, AudioConfig] = {
     "tiny": AudioConfig(),
