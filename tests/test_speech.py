@@ -13,7 +13,8 @@ from models.data.speech import resonator
 from models.errors import ConfigError
 from models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
-JAW, SMILE, BROW_RAISE, BROW_FURROW = (PARAM_INDEX[n] for n in ("jaw_open", "smile", "brow_raise", "brow_furrow"))
+JAW, SMILE, BROW_RAISE, BROW_FURROW = (PARAM_INDEX[n] for n in
+                                       ("jaw_open", "smile", "brow_raise", "brow_furrow"))
 
 
 def frame_rms(audio: torch.Tensor) -> np.ndarray:
@@ -82,7 +83,7 @@ def test_mouth_closed_and_audio_silent_inside_pauses(long_clips):
             for f in range(math.ceil(start), math.floor(end)):
                 centre = f + 0.5 + lead  # the mouth of frame f shows this instant
                 if start + 1.5 <= centre <= end - 1.5 and f >= start + 2 and f + 2 <= end:
-                    assert jaw[f] < 0.1, f"jaw {jaw[f]:.3f} open in the pause {start:.1f}-{end:.1f}, frame {f}"
+                    assert jaw[f] < 0.1, f"jaw {jaw[f]:.3f} open in pause {start:.1f}-{end:.1f}, frame {f}"
                     assert rms[f] < 1e-3, f"audio rms {rms[f]:.4f} in the pause, frame {f}"
                     checked += 1
     assert checked > 20
@@ -192,3 +193,15 @@ def test_utterance_covers_clip_with_phrases_and_pauses():
     kinds = {s.phoneme.kind for s in segs}
     assert {"vowel", "plosive", "fricative", "nasal", "pause"} <= kinds
     assert any(s.accent > 0 for s in segs)
+
+
+def test_bilabials_close_the_mouth(long_clips):
+    closures = []
+    for perf in long_clips:
+        jaw, lead = perf.params[:, JAW].numpy(), perf.lead_ms / 40.0
+        for sym, start, end in perf.phonemes:
+            frame = round(0.5 * (start + end) - lead - 0.5)  # the frame showing the bilabial's middle
+            if sym in ("p", "b", "m") and 0 <= frame < len(jaw):
+                closures.append(jaw[frame])
+    assert len(closures) > 20
+    assert max(closures) < 0.12 and np.mean(closures) < 0.08

@@ -15,7 +15,7 @@ import torch
 
 from models.data.params import EMOTIONS, PARAM_INDEX, clamp_params, neutral_params
 from models.data.phonemes import Segment, random_utterance
-from models.data.speech import EMOTION_VOICE, _linear_recurrence, sample_speaker, smooth_noise, synthesize
+from models.data.speech import EMOTION_VOICE, linear_recurrence, sample_speaker, smooth_noise, synthesize
 from models.errors import ConfigError
 from models.timebase import FPS, SAMPLES_PER_FRAME
 
@@ -141,7 +141,7 @@ def _add_head(params: np.ndarray, segs: list[Segment], times: np.ndarray, rng: n
         a = math.exp(-dt / tau)
         kicks = std * math.sqrt(1.0 - a * a) * rng.normal(0.0, 1.0, len(times))
         kicks[0] = std * rng.normal()  # start from the stationary distribution
-        drift = _linear_recurrence(np.full(len(times), a), kicks)
+        drift = linear_recurrence(np.full(len(times), a), kicks)
         bound = 2.5 * std * gain
         params[:, PARAM_INDEX[name]] += bound * np.tanh(gain * drift / bound)
     for s in segs:

@@ -68,7 +68,7 @@ def sample_speaker(rng: np.random.Generator) -> Speaker:
 
 # ---------------------------------------------------------------------------------------- filters
 
-def _linear_recurrence(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def linear_recurrence(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """y[i] = a[i] y[i-1] + b[i], y[-1] = 0, by a log-depth parallel (Hillis-Steele) scan."""
     a, y = a.copy(), b.copy()
     shift = 1
@@ -91,13 +91,13 @@ def _scan(logp: np.ndarray, x: np.ndarray) -> np.ndarray:
     cum = np.cumsum(np.pad(logp, (0, pad)).reshape(nb, _SCAN_BLOCK), axis=1)  # log P, (nb, block)
     p_run = np.exp(cum)
     local = p_run * np.cumsum(np.pad(x, (0, pad)).reshape(nb, _SCAN_BLOCK) / p_run, axis=1)
-    carry = _linear_recurrence(p_run[:, -1], local[:, -1])  # state at each block's end
+    carry = linear_recurrence(p_run[:, -1], local[:, -1])  # state at each block's end
     local[1:] += p_run[1:] * carry[:-1, None]
     return local.reshape(-1)[:n]
 
 
 def upsample(track: np.ndarray, n: int) -> np.ndarray:
-    """Linear interpolation of a control-rate track (one value per HOP samples, from sample 0) to n samples."""
+    """Linearly interpolate a control-rate track (one value per HOP samples, from sample 0) to n samples."""
     w = np.arange(HOP) / HOP  # (HOP,)
     fine = track[:-1, None] * (1.0 - w) + track[1:, None] * w  # (n_ctrl - 1, HOP)
     return fine.reshape(-1)[:n]
