@@ -205,3 +205,16 @@ def test_bilabials_close_the_mouth(long_clips):
                 closures.append(jaw[frame])
     assert len(closures) > 20
     assert max(closures) < 0.12 and np.mean(closures) < 0.08
+
+
+def test_nods_follow_accents_and_gaze_makes_saccades():
+    perf = generate_performance(4, 60.0, "neutral")
+    pitch = perf.params[:, PARAM_INDEX["head_pitch"]].numpy()
+    frames = np.arange(len(pitch)) + 0.5
+    centres = np.array(perf.accents)
+    assert 20 <= len(centres) <= 200  # one or two per phrase
+    near = np.abs(frames[:, None] - centres[None, :]).min(axis=1)  # frames to the closest accent
+    assert pitch[near < 1.5].mean() > pitch[near > 12].mean() + 0.02  # heads nod down on accents
+    gaze = perf.params[:, [PARAM_INDEX["gaze_x"], PARAM_INDEX["gaze_y"]]].numpy()
+    jumps = np.sum(np.linalg.norm(np.diff(gaze, axis=0), axis=1) > 0.1)
+    assert 10 <= jumps <= 60  # a saccade every one to six seconds

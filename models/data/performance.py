@@ -48,6 +48,7 @@ class Performance:
     emotion: str
     phonemes: tuple[tuple[str, float, float], ...]  # (symbol, start, end) in (fractional) frames
     lead_ms: float  # how far the mouth runs ahead of the sound
+    accents: tuple[float, ...] = ()  # centres of the pitch-accented vowels, in (fractional) frames
 
 
 def n_frames_for(seconds: float) -> int:
@@ -79,9 +80,10 @@ def generate_performance(seed: int, seconds: float, emotion: str | None = None) 
     _add_eyes(params, times, rng_eyes)
     _add_emotion(params, rng_emotion, emotion)
     phonemes = tuple((s.symbol, s.start * FPS, s.end * FPS) for s in segs)
+    accents = tuple(0.5 * (s.start + s.end) * FPS for s in segs if s.accent > 0)
     log.debug("performance seed=%d emotion=%s frames=%d lead=%.0f ms", seed, emotion, n_frames, lead_ms)
     return Performance(audio=torch.from_numpy(audio), params=clamp_params(torch.from_numpy(params).float()),
-                       emotion=emotion, phonemes=phonemes, lead_ms=lead_ms)
+                       emotion=emotion, phonemes=phonemes, lead_ms=lead_ms, accents=accents)
 
 
 def generate_speech(seed: int, seconds: float, emotion: str | None = None) -> torch.Tensor:
