@@ -8,6 +8,7 @@ emotion offsets the face and changes the voice. Frame f covers audio samples [64
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +93,10 @@ def generate_speech(seed: int, seconds: float, emotion: str | None = None) -> to
 
 
 def _check(seed: int, seconds: float, emotion: str | None) -> None:
+    """Raise ConfigError for a negative seed, non-positive or non-finite seconds, or an unknown emotion."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+    if not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"seconds must be a finite number > 0, got {seconds!r}")
     if emotion is not None and emotion not in EMOTIONS:
         raise ConfigError(f"unknown emotion {emotion!r}; use one of {', '.join(EMOTIONS)}")

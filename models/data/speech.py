@@ -16,7 +16,7 @@ from models.data.phonemes import Segment
 from models.timebase import SAMPLE_RATE
 
 HOP = 80  # control-rate hop in samples (5 ms); divides SAMPLES_PER_FRAME (640)
-_SCAN_BLOCK = 128  # samples per block of the vectorised recursion; bounded so exp(-logP) stays finite
+_SCAN_BLOCK = 128  # samples per block of the scan; 1/P grows to exp(pi B 128 / fs): finite for B < 28 kHz
 _ASPIRATION_GAIN = 0.1  # aspiration noise level relative to the normalised glottal excitation
 _NOISE_GAIN = 0.35  # frication branch level, set so /s/ is about 10 dB below an open vowel
 
