@@ -1,0 +1,345 @@
+"""Motion generator: a block-causal transformer over frame tokens, trained with diffusion forcing (DESIGN.md)."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.data.params import EMOTIONS
+from models.errors import ConfigError, InputError
+from models.kv_cache import CacheConfig, CacheDims, KVCache, make_cache
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """Sizes of the generator, its conditioning windows and its diffusion-forcing training settings."""
+
+    d_motion: int = 32  # motion latent z per frame (from the motion autoencoder)
+    d_audio: int = 64  # audio feature per video frame (output size of the audio encoder)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    tokens_per_frame: int = 1
+    chunk_frames: int = 4  # C: frames generated together; attention is block-causal at this granularity
+    audio_past: int = 2  # frame t sees audio features of frames t - audio_past .. t + audio_future
+    audio_future: int = 0  # 0: the audio encoder's own 2-frame lookahead is the only added latency
+    rope_theta: float = 10_000.0
+    p_drop_audio: float = 0.1  # per sequence, for classifier-free guidance on audio
+    p_drop_emotion: float = 0.1  # trains the "null" emotion used when none is given
+    p_noisy_context: float = 0.5  # chance that a prefix of chunks is only lightly noised (context)
+    k_context_max: float = 0.1  # noise level of such context frames: U(0, k_context_max)
+
+    def __post_init__(self) -> None:
+        for name in ("d_motion", "d_audio", "d_model", "n_layers", "n_heads", "tokens_per_frame", "chunk_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.audio_past < 0 or self.audio_future < 0:
+            raise ConfigError(f"audio_past={self.audio_past}, audio_future={self.audio_future} must be >= 0")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
+        for name in ("p_drop_audio", "p_drop_emotion", "p_noisy_context", "k_context_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be in [0, 1]")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def audio_window(self) -> int:
+        return self.audio_past + 1 + self.audio_future
+
+
+MOTION_PRESETS: dict[str, MotionConfig] = {
+    # tiny ships on a 2-core CPU. Budget per frame: ~0.85 M weights -> ~1.7 MFLOP per token pass, plus
+    # attention over <= 60 cached tokens (~0.13 MFLOP); S=4 Euler steps + 1 cache-writing pass = 5 passes
+    # -> ~9 MFLOP per frame (x2 with audio CFG), ~0.25-0.45 GFLOP/s at 25 fps: well under 10 ms per
+    # 4-frame chunk, leaving the CPU to the audio encoder and the 256x256 decoder.
+    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4),
+    "base": MotionConfig(d_model=768, n_layers=14, n_heads=12),  # ~100 M parameters
+    "large": MotionConfig(d_model=1280, n_layers=25, n_heads=20),  # ~500 M parameters
+}
+
+NULL_EMOTION = len(EMOTIONS)  # index of the "no emotion given" embedding
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin (N, head_dim / 2) for integer positions (N,); angles in float64 so large positions stay exact."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, N, Dh) by per-token angles (N, Dh / 2) (rotate-half convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def block_causal_mask(n_prefix: int, n_frames: int, tokens_per_frame: int, chunk: int, device) -> torch.Tensor:
+    """(N, N) bool, True = may attend: the prefix sees itself, chunk c sees the prefix and chunks <= c."""
+    frame = torch.arange(n_frames, device=device).repeat_interleave(tokens_per_frame)
+    block = torch.cat((torch.full((n_prefix,), -1, device=device), frame // chunk))  # (N,)
+    return block[None, :] <= block[:, None]
+
+
+def pad_audio(audio: torch.Tensor, config: MotionConfig) -> torch.Tensor:
+    """(B, T, d_audio) -> (B, audio_past + T + audio_future, d_audio), zeros beyond the stream's ends."""
+    return F.pad(audio, (0, 0, config.audio_past, config.audio_future))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with RoPE over time, optionally over cached keys/values of the past."""
+
+    def __init__(self, config: MotionConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x, cos, sin, mask=None, past=None, need_weights=False):
+        """x (B, T, D); cos/sin (T, Dh/2); past = (k, v (B, H, N, Dh) before RoPE, cos_k, sin_k (N, Dh/2)).
+
+        Returns out (B, T, D), this step's k, v (B, H, T, Dh) before RoPE, and attention weights (B, H, T, N)
+        over the past tokens when `need_weights` (explicit softmax path), else None (SDPA path).
+        """
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh)
+        q_rot, keys, values = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        n_past = 0
+        if past is not None:
+            k_past, v_past, cos_k, sin_k = past
+            n_past = k_past.shape[2]
+            keys = torch.cat((apply_rope(k_past, cos_k, sin_k), keys), dim=2)  # (B, H, N + T, Dh)
+            values = torch.cat((v_past, values), dim=2)
+        weights = None
+        if need_weights:
+            scores = (q_rot @ keys.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, N + T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            probs = scores.softmax(dim=-1)
+            out = probs @ values
+            weights = probs[..., :n_past]
+        else:
+            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, T, D)), k, v, weights
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each residual."""
+
+    def __init__(self, config: MotionConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.attn = Attention(config)
+        hidden = int(config.d_model * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, hidden), nn.GELU(), nn.Linear(hidden, config.d_model))
+
+    def forward(self, x, cos, sin, mask=None, past=None, need_weights=False):
+        """x (B, T, D) -> (x, k, v, weights) as in `Attention.forward`."""
+        h, k, v, w = self.attn(self.norm1(x), cos, sin, mask, past, need_weights)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), k, v, w
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """Per-frame noise level k in [0, 1] -> sinusoidal features of 1000 k -> MLP -> (.., D)."""
+
+    def __init__(self, d_model: int, n_freq: int = 64):
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(n_freq) / n_freq), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freq, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        """k (B, T) -> (B, T, D)."""
+        angles = 1000.0 * k[..., None] * self.freqs  # (B, T, n_freq)
+        return self.mlp(torch.cat((angles.sin(), angles.cos()), dim=-1))
+
+
+@dataclass
+class ChunkOutput:
+    """What one incremental pass returns: velocity, the chunk's keys/values, attention for compression."""
+
+    velocity: torch.Tensor  # (B, T, d_motion)
+    k: torch.Tensor  # (L, B, H, T * tokens_per_frame, Dh), before RoPE
+    v: torch.Tensor  # (L, B, H, T * tokens_per_frame, Dh)
+    attn: torch.Tensor | None  # (L, B, H, T * tokens_per_frame, N) over the cached tokens, or None
+
+
+class MotionGenerator(nn.Module):
+    """Predicts the rectified-flow velocity of each frame's motion latent from noisy frames and conditions."""
+
+    def __init__(self, config: MotionConfig):
+        super().__init__()
+        self.config = c = config
+        tok = c.d_model * c.tokens_per_frame
+        self.z_proj = nn.Linear(c.d_motion, tok)
+        self.ref_proj = nn.Linear(c.d_motion, tok)
+        self.audio_proj = nn.Linear(c.audio_window * c.d_audio, tok)
+        self.null_audio = nn.Parameter(torch.zeros(tok))  # replaces the audio embedding when audio is dropped
+        self.noise_emb = NoiseLevelEmbedding(c.d_model)
+        self.emotion_emb = nn.Embedding(len(EMOTIONS) + 1, c.d_model)  # last index: null emotion
+        self.slot_emb = nn.Parameter(torch.zeros(c.tokens_per_frame, c.d_model))  # token index within a frame
+        self.ref_type = nn.Parameter(torch.zeros(c.d_model))  # marks the reference prefix
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.norm_out = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(tok, c.d_motion)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for p in (self.null_audio, self.slot_emb, self.ref_type):
+            nn.init.normal_(p, std=0.02)
+
+    # ----- embeddings -----
+    def _emotion(self, emotion: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if emotion is None:
+            emotion = torch.full((batch,), NULL_EMOTION, device=device, dtype=torch.long)
+        return self.emotion_emb(emotion)  # (B, D)
+
+    def embed_frames(self, z_noisy, k, audio_padded, emotion=None, audio_keep=None) -> torch.Tensor:
+        """z_noisy (B, T, d_motion), k (B, T), audio_padded (B, a + T + b, d_audio) -> tokens (B, T*tpf, D)."""
+        c = self.config
+        B, T, _ = z_noisy.shape
+        windows = audio_padded.unfold(1, c.audio_window, 1).transpose(2, 3).reshape(B, T, -1)  # (B, T, W*d_a)
+        audio = self.audio_proj(windows)  # (B, T, tpf*D)
+        if audio_keep is not None:
+            audio = torch.where(audio_keep[:, None, None], audio, self.null_audio)
+        x = (self.z_proj(z_noisy) + audio).view(B, T, c.tokens_per_frame, c.d_model)
+        x = x + self.noise_emb(k)[:, :, None] + self._emotion(emotion, B, x.device)[:, None, None] + self.slot_emb
+        return x.reshape(B, T * c.tokens_per_frame, c.d_model)
+
+    def embed_prefix(self, z_ref: torch.Tensor, emotion=None) -> torch.Tensor:
+        """z_ref (B, d_motion) -> prefix tokens (B, tpf, D)."""
+        c = self.config
+        x = self.ref_proj(z_ref).view(-1, c.tokens_per_frame, c.d_model) + self.ref_type + self.slot_emb
+        return x + self._emotion(emotion, z_ref.shape[0], z_ref.device)[:, None]
+
+    def _velocity(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frame tokens (B, T*tpf, D) -> velocity (B, T, d_motion)."""
+        B, N, D = tokens.shape
+        return self.head(self.norm_out(tokens).reshape(B, N // self.config.tokens_per_frame, -1))
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
+
+    def _check(self, z_noisy, audio_len, z_ref=None) -> None:
+        c = self.config
+        if z_noisy.dim() != 3 or z_noisy.shape[-1] != c.d_motion:
+            raise InputError(f"z_noisy has shape {tuple(z_noisy.shape)}; expected (B, T, {c.d_motion})")
+        want = z_noisy.shape[1] + c.audio_past + c.audio_future if z_ref is None else z_noisy.shape[1]
+        if audio_len != want:
+            raise InputError(f"audio covers {audio_len} frames; expected {want} for {z_noisy.shape[1]} frames")
+        if z_ref is not None and tuple(z_ref.shape) != (z_noisy.shape[0], c.d_motion):
+            raise InputError(f"z_ref has shape {tuple(z_ref.shape)}; expected ({z_noisy.shape[0]}, {c.d_motion})")
+
+    # ----- full block-causal pass (training) -----
+    def forward(self, z_noisy, k, audio, z_ref, emotion=None, audio_keep=None, frame_positions=None):
+        """Velocity for every frame of a clip, all chunks at once.
+
+        z_noisy (B, T, d_motion) at noise levels k (B, T); audio (B, T, d_audio) per frame (zero-padded at the
+        ends for the audio window); z_ref (B, d_motion); emotion (B,) long in [0, 5] (5 = none) or None;
+        audio_keep (B,) bool or None (all kept); frame_positions (T,) RoPE positions, default 1..T (the prefix
+        sits just before the first). Returns v (B, T, d_motion).
+        """
+        c = self.config
+        self._check(z_noisy, audio.shape[1], z_ref)
+        B, T, _ = z_noisy.shape
+        if frame_positions is None:
+            frame_positions = torch.arange(1, T + 1, device=z_noisy.device)
+        prefix = self.embed_prefix(z_ref, emotion)  # (B, P, D)
+        frames = self.embed_frames(z_noisy, k, pad_audio(audio, c), emotion, audio_keep)  # (B, T*tpf, D)
+        x = torch.cat((prefix, frames), dim=1)  # (B, P + T*tpf, D)
+        positions = torch.cat((frame_positions[:1].repeat(c.tokens_per_frame) - 1,
+                               frame_positions.repeat_interleave(c.tokens_per_frame)))
+        cos, sin = self._rope(positions, x.dtype)
+        mask = block_causal_mask(prefix.shape[1], T, c.tokens_per_frame, c.chunk_frames, x.device)
+        for blk in self.blocks:
+            x = blk(x, cos, sin, mask)[0]
+        return self._velocity(x[:, prefix.shape[1]:])
+
+    # ----- incremental pass over one chunk with a cache (inference) -----
+    def prefix_kv(self, z_ref: torch.Tensor, emotion=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values (L, B, H, P, Dh) of the reference prefix, before RoPE: what `cache.reset` takes."""
+        x = self.embed_prefix(z_ref, emotion)
+        cos, sin = self._rope(torch.zeros(x.shape[1], dtype=torch.long, device=x.device), x.dtype)
+        ks, vs = [], []
+        for blk in self.blocks:
+            x, k, v, _ = blk(x, cos, sin)
+            ks.append(k)
+            vs.append(v)
+        return torch.stack(ks), torch.stack(vs)
+
+    def forward_chunk(self, z_noisy, k, audio_ctx, cache: KVCache, emotion=None, audio_keep=None,
+                      need_attn: bool = False) -> ChunkOutput:
+        """One chunk attending to the cached past; the cache is only read (the sampler appends).
+
+        z_noisy (B, T, d_motion); k (B, T) or a float; audio_ctx (B, audio_past + T + audio_future, d_audio)
+        (the frames around the chunk, zero-padded beyond the stream); emotion, audio_keep as in `forward`.
+        need_attn: also return the attention the chunk's queries give the cached tokens (explicit path).
+        """
+        self._check(z_noisy, audio_ctx.shape[1])
+        B, T, _ = z_noisy.shape
+        if not torch.is_tensor(k):
+            k = torch.full((B, T), float(k), device=z_noisy.device, dtype=z_noisy.dtype)
+        k_past, v_past, past_pos = cache.view()  # (L, B, H, N, Dh), (N,)
+        cos, sin = self._rope(cache.query_positions(T), z_noisy.dtype)
+        cos_k, sin_k = self._rope(past_pos, z_noisy.dtype)
+        x = self.embed_frames(z_noisy, k, audio_ctx, emotion, audio_keep)  # (B, T*tpf, D)
+        ks, vs, ws = [], [], []
+        for i, blk in enumerate(self.blocks):
+            x, k_i, v_i, w_i = blk(x, cos, sin, None, (k_past[i], v_past[i], cos_k, sin_k), need_attn)
+            ks.append(k_i)
+            vs.append(v_i)
+            ws.append(w_i)
+        attn = torch.stack(ws) if need_attn else None
+        return ChunkOutput(self._velocity(x), torch.stack(ks), torch.stack(vs), attn)
+
+    def new_cache(self, config: CacheConfig, batch: int = 1) -> KVCache:
+        """An empty cache of `config` sized for this model (validated against its chunk and token sizes)."""
+        c = self.config
+        p = next(self.parameters())
+        dims = CacheDims(c.n_layers, c.n_heads, c.head_dim, c.tokens_per_frame, c.chunk_frames, batch,
+                         p.device, p.dtype)
+        return make_cache(config, dims)
+
+
+def diffusion_forcing_loss(model: MotionGenerator, z, audio, z_ref, emotion=None,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rectified-flow loss with an independent noise level per frame (diffusion forcing).
+
+    z (B, T, d_motion) clean latents, audio (B, T, d_audio), z_ref (B, d_motion), emotion (B,) or None.
+    With p_noisy_context, a prefix of whole chunks gets k ~ U(0, k_context_max) and serves as context only
+    (excluded from the loss: predicting the noise of an almost clean frame is ill-posed); audio and emotion
+    are dropped per sequence for guidance. Random draws come from `generator` (CPU) for reproducibility.
+    """
+    c = model.config
+    B, T, _ = z.shape
+
+    def rand(*shape):
+        return torch.rand(shape, generator=generator).to(z.device)
+
+    k = rand(B, T)  # (B, T): every frame its own noise level
+    n_chunks = -(-T // c.chunk_frames)
+    if n_chunks > 1:
+        n_ctx = torch.randint(1, n_chunks, (B,), generator=generator).to(z.device) * c.chunk_frames  # (B,)
+        is_ctx = (rand(B) < c.p_noisy_context)[:, None] & (torch.arange(T, device=z.device)[None] < n_ctx[:, None])
+        k = torch.where(is_ctx, k * c.k_context_max, k)
+    else:
+        is_ctx = torch.zeros(B, T, dtype=torch.bool, device=z.device)
+    eps = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)
+    x = (1 - k[..., None]) * z + k[..., None] * eps  # rectified flow: k = 1 is pure noise
+    audio_keep = rand(B) >= c.p_drop_audio
+    if emotion is not None:
+        emotion = torch.where(rand(B) < c.p_drop_emotion, torch.full_like(emotion, NULL_EMOTION), emotion)
+    v = model(x, k.to(z.dtype), audio, z_ref, emotion, audio_keep)
+    err = (v - (eps - z)).pow(2).mean(dim=-1)  # (B, T)
+    weight = (~is_ctx).to(err.dtype)
+    return (err * weight).sum() / weight.sum().clamp(min=1.0)

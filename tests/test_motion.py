@@ -1,0 +1,171 @@
+"""Motion generator: chunked-with-cache == full pass, recompute over kept tokens, speed, determinism, loss."""
+
+import time
+
+import pytest
+import torch
+
+from models.errors import ConfigError, InputError
+from models.kv_cache import POLICY_NAMES, CacheConfig
+from models.motion import MOTION_PRESETS, MotionConfig, MotionGenerator, diffusion_forcing_loss, pad_audio
+from models.sampling import MotionStream, SamplerConfig, generate
+
+SMALL = MotionConfig(d_motion=6, d_audio=5, d_model=32, n_layers=2, n_heads=2, audio_past=2, audio_future=1)
+
+
+def model_of(config, seed=0):
+    """A model with sharpened attention: at the default init, attention is almost uniform and blind to
+    positions, so position bugs would hide below the tolerance."""
+    torch.manual_seed(seed)
+    model = MotionGenerator(config).eval()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.qkv.weight.mul_(15.0)
+    return model
+
+
+def inputs(config, B=2, T=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, T, config.d_motion, generator=g)
+    k = torch.rand(B, T, generator=g)
+    audio = torch.randn(B, T, config.d_audio, generator=g)
+    z_ref = torch.randn(B, config.d_motion, generator=g)
+    return z, k, audio, z_ref, torch.arange(1, B + 1) % 6  # B=2: happy and sad
+
+
+def run_chunks(model, cache, z, k, audio, z_ref, emotion, chunk_starts):
+    """forward_chunk over each chunk (inputs as given), appending each chunk's keys/values like the sampler."""
+    c = model.config
+    ap = pad_audio(audio, c)
+    cache.reset(*model.prefix_kv(z_ref, emotion))
+    outs = []
+    for t0, t1 in zip(chunk_starts[:-1], chunk_starts[1:]):
+        out = model.forward_chunk(z[:, t0:t1], k[:, t0:t1], ap[:, t0: t1 + c.audio_past + c.audio_future], cache,
+                                  emotion, need_attn=cache.needs_attention)
+        if out.attn is not None:
+            cache.observe(out.attn)
+        cache.append(out.k, out.v, torch.arange(t0 + 1, t1 + 1).repeat_interleave(c.tokens_per_frame))
+        outs.append(out.velocity)
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("tpf", [1, 2])
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+@torch.no_grad()
+def test_chunked_with_cache_equals_full_block_causal_pass(policy, tpf):
+    config = MotionConfig(**{**SMALL.__dict__, "tokens_per_frame": tpf})
+    model = model_of(config)
+    z, k, audio, z_ref, emotion = inputs(config, T=18)  # 4 chunks of 4 and a last one of 2
+    full = model(z, k, audio, z_ref, emotion)
+    cache = model.new_cache(CacheConfig(policy, budget_frames=24, compress_tokens=2), batch=2)
+    chunked = run_chunks(model, cache, z, k, audio, z_ref, emotion, [0, 4, 8, 12, 16, 18])
+    assert full.shape == chunked.shape == (2, 18, config.d_motion)
+    assert (full - chunked).abs().max() <= 1e-4
+    assert full.abs().mean() > 1e-2  # a trivially small output would make the comparison vacuous
+
+
+@pytest.mark.parametrize("policy", ["window", "sink", "deep_sink", "deep_sink_pc"])
+@torch.no_grad()
+def test_bounded_policy_equals_recompute_over_kept_tokens(policy):
+    # One layer and a one-frame audio window: a cached token's keys/values depend only on its own frame,
+    # so attending to the cache == a full pass over exactly the kept frames at the policy's positions.
+    config = MotionConfig(**{**SMALL.__dict__, "n_layers": 1, "audio_past": 0, "audio_future": 0})
+    model = model_of(config)
+    z, k, audio, z_ref, emotion = inputs(config, T=44)
+    cache = model.new_cache(CacheConfig(policy, budget_frames=12, sink_frames=4 if policy == "sink" else None,
+                                        compress_tokens=2), batch=2)
+    starts = list(range(0, 41, 4))
+    run_chunks(model, cache, z, k, audio, z_ref, emotion, starts)  # 40 frames: the budget overflowed
+    _, _, rope = cache.view()
+    kept = cache.abs_positions()[cache.P:]  # absolute positions = frame index + 1
+    order = torch.argsort(kept)
+    frames = kept[order] - 1
+    assert len(frames) == 12 and len(set(frames.tolist())) == 12 and frames.max() < 40
+    positions = torch.cat((rope[cache.P:][order], cache.query_positions(4)))
+    seq = torch.cat((frames, torch.arange(40, 44)))
+    recompute = model(z[:, seq], k[:, seq], audio[:, seq], z_ref, emotion, frame_positions=positions)[:, -4:]
+    streamed = run_chunks(model, cache, z, k, audio, z_ref, emotion, starts + [44])[:, -4:]
+    assert (recompute - streamed).abs().max() <= 1e-4
+
+
+def test_tiny_forward_backward_under_two_seconds_on_cpu():
+    config = MOTION_PRESETS["tiny"]
+    model = model_of(config).train()
+    z, _, audio, z_ref, emotion = inputs(config, B=4, T=64)
+    g = torch.Generator().manual_seed(0)
+    diffusion_forcing_loss(model, z, audio, z_ref, emotion, g).backward()  # warm-up
+    t0 = time.perf_counter()
+    loss = diffusion_forcing_loss(model, z, audio, z_ref, emotion, g)
+    loss.backward()
+    assert time.perf_counter() - t0 < 2.0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_output_shapes_and_determinism_under_a_fixed_seed():
+    z, k, audio, z_ref, emotion = inputs(SMALL, T=10)
+    v1 = model_of(SMALL, seed=3)(z, k, audio, z_ref, emotion)
+    v2 = model_of(SMALL, seed=3)(z, k, audio, z_ref, emotion)
+    assert v1.shape == (2, 10, SMALL.d_motion) and torch.equal(v1, v2)
+    model = model_of(SMALL)
+    a = generate(model, audio, z_ref, emotion, "deep_sink_pc", SamplerConfig(seed=7, cfg_scale=2.0))
+    b = generate(model, audio, z_ref, emotion, "deep_sink_pc", SamplerConfig(seed=7, cfg_scale=2.0))
+    c = generate(model, audio, z_ref, emotion, "deep_sink_pc", SamplerConfig(seed=8, cfg_scale=2.0))
+    assert a.shape == (2, 10, SMALL.d_motion) and torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3  # the seed matters
+
+
+def test_streaming_state_equals_one_shot_generate_for_any_chunking():
+    model = model_of(SMALL)
+    _, _, audio, z_ref, _ = inputs(SMALL, B=1, T=23)
+    offline = generate(model, audio, z_ref, "happy", CacheConfig("deep_sink", budget_frames=8))
+    stream = MotionStream(model, z_ref, "happy", CacheConfig("deep_sink", budget_frames=8))
+    parts, t = [], 0
+    for n in [1, 0, 6, 3, 9, 4]:
+        parts.append(stream.push(audio[:, t: t + n]))
+        assert parts[-1].shape[1] % SMALL.chunk_frames == 0
+        t += n
+    parts.append(stream.flush())
+    assert torch.equal(torch.cat(parts, dim=1), offline) and offline.shape[1] == 23
+    with pytest.raises(InputError, match="ended"):
+        stream.push(audio)
+
+
+def test_audio_guidance_and_emotion_change_the_output():
+    model = model_of(SMALL)
+    _, _, audio, z_ref, _ = inputs(SMALL, B=1, T=8)
+    base = generate(model, audio, z_ref, "happy")
+    assert (generate(model, audio, z_ref, "happy", sampler=SamplerConfig(cfg_scale=3.0)) - base).abs().max() > 1e-4
+    assert (generate(model, audio, z_ref, "sad") - base).abs().max() > 1e-4
+
+
+def test_diffusion_forcing_loss_is_finite_and_decreases():
+    model = model_of(SMALL).train()
+    z, _, audio, z_ref, emotion = inputs(SMALL, B=2, T=16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = diffusion_forcing_loss(model, z, audio, z_ref, emotion, torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_bad_config_and_inputs_raise_project_errors():
+    with pytest.raises(ConfigError, match="n_heads=3"):
+        MotionConfig(d_model=32, n_heads=3)
+    with pytest.raises(ConfigError, match="p_drop_audio=1.5"):
+        MotionConfig(p_drop_audio=1.5)
+    with pytest.raises(ConfigError, match="steps=0"):
+        SamplerConfig(steps=0)
+    with pytest.raises(ConfigError, match="'bored'"):
+        MotionStream(model_of(SMALL), torch.zeros(1, SMALL.d_motion), "bored")
+    with pytest.raises(ConfigError, match="chunk_frames=4"):
+        model_of(SMALL).new_cache(CacheConfig("window", budget_frames=3))
+    z, k, audio, z_ref, emotion = inputs(SMALL, T=8)
+    with pytest.raises(InputError, match="audio covers 7 frames"):
+        model_of(SMALL)(z, k, audio[:, :7], z_ref, emotion)
+    with pytest.raises(InputError, match="z_ref"):
+        model_of(SMALL)(z, k, audio, z_ref[:, :3], emotion)
