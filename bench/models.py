@@ -5,6 +5,7 @@ Writes DIR/models.json with `stages.<audio|motion|decoder>.{ms_per_frame,gflops_
 Untrained weights: cost does not depend on the values. Usage: python bench/models.py --out DIR [--quick]
 """
 
+import dataclasses
 import logging
 
 from common import median_seconds, parse_args, write_json  # noqa: E402  (common puts the root on sys.path)
@@ -14,6 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.audio import AUDIO_PRESETS, AudioEncoder
 from models.decoder import DECODER_PRESETS, VideoDecoder
+from models.motion import MOTION_PRESETS, MotionGenerator
+from models.sampling import MotionStream, SamplerConfig
 from models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger("bench.models")
@@ -47,6 +50,25 @@ def bench_audio(repeats: int) -> dict:
     return {"ms_per_frame": seconds * 1000 / CHUNK, "gflops_per_frame": flops / n_frames, "chunk_frames": CHUNK}
 
 
+def bench_motion(repeats: int) -> dict:
+    """One live chunk of CHUNK frames: S = 4 Euler steps + the cache-writing pass, with a full cache, per frame."""
+    # the generator reads the audio encoder's features, so its d_audio is the encoder's (as models/presets wires)
+    config = dataclasses.replace(MOTION_PRESETS["tiny"], d_audio=AUDIO_PRESETS["tiny"].d_audio)
+    model = MotionGenerator(config).eval()
+    sampler = SamplerConfig(steps=4)
+    stream = MotionStream(model, torch.randn(1, config.d_motion), sampler=sampler)
+    warm_chunks = stream.cache.config.budget_frames // CHUNK + 2  # time the steady state, once the bounded cache is full
+    feats = torch.randn(1, (warm_chunks + repeats + 1) * CHUNK, config.d_audio).split(CHUNK, dim=1)
+    chunks = iter(feats)
+    with torch.no_grad():
+        seconds = median_seconds(lambda: stream.push(next(chunks)), repeats=repeats, warmup=warm_chunks)
+        flops = gflops(lambda: stream.push(next(chunks)))
+    return {
+        "ms_per_frame": seconds * 1000 / CHUNK, "gflops_per_frame": flops / CHUNK, "chunk_frames": CHUNK,
+        "euler_steps": sampler.steps, "cache_policy": stream.cache.config.policy,
+    }
+
+
 def bench_decoder(repeats: int) -> dict:
     """Decode a batch of CHUNK latents against a cached reference pyramid at 256^2, per frame."""
     config = DECODER_PRESETS["tiny"]
@@ -69,7 +91,7 @@ def main() -> None:
     args = parse_args("models", __doc__.splitlines()[0])
     repeats = 5 if args.quick else 30
     torch.manual_seed(0)
-    stages = {"audio": bench_audio(repeats), "decoder": bench_decoder(repeats)}
+    stages = {"audio": bench_audio(repeats), "motion": bench_motion(repeats), "decoder": bench_decoder(repeats)}
     total_ms = sum(stage["ms_per_frame"] for stage in stages.values())
     result = {
         "stages": stages,
