@@ -57,7 +57,7 @@ def bench_motion(repeats: int) -> dict:
     model = MotionGenerator(config).eval()
     sampler = SamplerConfig(steps=4)
     stream = MotionStream(model, torch.randn(1, config.d_motion), sampler=sampler)
-    warm_chunks = stream.cache.config.budget_frames // CHUNK + 2  # time the steady state, once the bounded cache is full
+    warm_chunks = stream.cache.config.budget_frames // CHUNK + 2  # time the steady state: bounded cache full
     feats = torch.randn(1, (warm_chunks + repeats + 1) * CHUNK, config.d_audio).split(CHUNK, dim=1)
     chunks = iter(feats)
     with torch.no_grad():

@@ -160,14 +160,15 @@ class VideoDecoder(nn.Module):
         if not isinstance(identity, IdentityFeatures) or identity.resolution != self.config.resolution:
             raise InputError("identity must come from this decoder's encode_reference() at its resolution")
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.config.d_motion or len(z) == 0:
-            raise InputError(f"z must be (B, {self.config.d_motion}) motion latents, got {tuple(getattr(z, 'shape', ()))}")
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise InputError(f"z must be (B, {self.config.d_motion}) motion latents, got {shape}")
         if identity.batch not in (1, z.shape[0]):
             raise InputError(f"identity batch {identity.batch} must be 1 (shared) or equal z's batch {z.shape[0]}")
         if not bool(torch.isfinite(z).all()):
             raise InputError("z contains NaN or inf values")
 
     def flow(self, identity: IdentityFeatures, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Style (B', d_hidden) -> flow (B', 2, r, r) in normalised units and occlusion (B', 1, r, r) at the coarsest level."""
+        """Style (B', d_hidden) -> flow (B', 2, r, r), normalised units, and occlusion (B', 1, r, r); r = coarsest."""
         b, r = style.shape[0], self.coarse
         ref = identity.levels[-1].expand(b, -1, -1, -1)  # (B', C, r, r)
         zmap = self.z_map(style).view(b, Z_MAP_CHANNELS, r, r)
