@@ -1,0 +1,124 @@
+"""The engine: one set of stages (in-process or Ray actors) that serves any number of sessions.
+
+    engine = Engine(shards=2, use_ray=True)
+    session = await engine.open_session(identity_seed=3)      # async: encodes the reference off the loop
+    session.feed(pcm); session.end()
+    async for vf in session.frames(): ...
+    await session.close(); engine.close()
+"""
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from actors.executor import LocalStage, RayStage, Resources, default_resources
+from actors.loading import resolve_weights
+from actors.reference import check_portrait, synthetic_portrait
+from actors.session import Session, SessionCheckpoint, SessionConfig
+from actors.stages import AudioEncoderStage, DecoderShard, MotionStage
+from models.errors import ActorcastError, ConfigError
+from models.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join Ray if this process has not: the cluster at `address`, or a local one bound to loopback only."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray server binds 127.0.0.1
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ActorcastError(f"cannot reach the Ray cluster at {address} ({first}); check the address or "
+                             "leave --address out to start a local one") from None
+
+
+class Engine:
+    """AudioEncoderStage -> MotionStage -> DecoderShard x `shards`, built once and shared by sessions."""
+
+    def __init__(self, weights: str | Path | None = None, preset: str = "tiny", shards: int = 1, use_ray: bool = False,
+                 address: str | None = None, size: int | None = None, device: str = "cpu",
+                 resources: dict[str, Resources] | None = None):
+        if shards < 1:
+            raise ConfigError(f"shards={shards} must be >= 1")
+        self.preset = get_preset(preset).name
+        self.weights = resolve_weights(weights, preset)
+        self.use_ray, self.n_shards = use_ray, shards
+        args = {"weights": self.weights, "preset": preset, "device": device}
+        if use_ray:
+            ensure_ray(address)
+            res = {k: default_resources(k, shards, device) for k in ("audio", "motion", "decoder")}
+            res.update(resources or {})
+
+            def make(cls, name, kind, **kw):
+                return RayStage(cls, name=name, resources=res[kind], **args, **kw)
+        else:
+            def make(cls, name, kind, **kw):
+                return LocalStage(cls, name=name, **args, **kw)
+        self.audio = make(AudioEncoderStage, "audio", "audio")
+        self.motion = make(MotionStage, "motion", "motion")
+        self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
+        self.size = int(self.shards[0].submit("output_size").result())  # --size, else the decoder's own
+        self.lookahead = get_preset(preset).audio.lookahead
+        self._closed = False
+
+    async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,
+                           emotion: str = "neutral", cache_policy: str | None = None, seed: int = 0,
+                           live: bool = True, steps: int = 4, resume: SessionCheckpoint | None = None,
+                           config: SessionConfig | None = None) -> Session:
+        """A new session (async; the reference is prepared and encoded off the event loop).
+
+        reference: (H, W, 3) uint8 portrait (cropped to square, resized); else synthetic identity
+        `identity_seed` (default 0). live=False: an offline session that never degrades (render jobs).
+        resume: continue from a checkpoint of an earlier session with the same settings.
+        """
+        if self._closed:
+            raise ActorcastError("the engine is closed; create a new Engine")
+        if reference is None:
+            reference = await asyncio.to_thread(synthetic_portrait, identity_seed or 0, 256)
+        reference = check_portrait(reference)
+        config = config or SessionConfig(live=live)
+        sid = resume.session_id if resume else uuid.uuid4().hex[:12]
+        call = self._call
+        first = resume.next_frame if resume else 0
+        silence, *_ = await asyncio.gather(
+            call(self.audio, "open", sid, first),
+            call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
+            *(call(shard, "open", sid, reference) for shard in self.shards))
+        if resume:
+            await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
+                                 call(self.motion, "restore", sid, resume.motion_state))
+        return Session(sid, (self.audio, self.motion, self.shards), reference, self.size, config, silence,
+                       self.lookahead, first_frame=first, samples=resume.samples if resume else 0)
+
+    @staticmethod
+    async def _call(stage, method, *args):
+        return await asyncio.wrap_future(stage.submit(method, *args))
+
+    def close(self) -> None:
+        """Stop every stage (and its actor, with Ray)."""
+        if self._closed:
+            return
+        self._closed = True
+        for stage in (self.audio, self.motion, *self.shards):
+            try:
+                stage.shutdown()
+            except Exception as e:  # an actor that is already gone
+                log.debug("shutting down %s: %s", stage.name, e)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

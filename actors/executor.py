@@ -1,0 +1,95 @@
+"""Where stages run: in this process (one worker thread per stage) or as Ray actors with declared resources.
+
+Both give a handle with `submit(method, *args) -> concurrent.futures.Future`, so the session code is the same:
+async code awaits `asyncio.wrap_future(...)`, the event loop never runs inference (CONVENTIONS.md 8).
+"""
+
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one stage copy asks the scheduler for."""
+
+    num_cpus: float
+    num_gpus: float = 0.0
+
+
+def default_resources(stage: str, shards: int, device: str = "cpu") -> Resources:
+    """CPU shares that let the whole pipeline (audio + motion + N shards) fit on a 2-core machine; one GPU per
+    decoder shard (and the generator) when running on CUDA."""
+    gpu = device.startswith("cuda")
+    if stage == "audio":
+        return Resources(0.1)
+    if stage == "motion":
+        return Resources(0.2, 1.0 if gpu else 0.0)
+    if stage == "decoder":
+        return Resources(max(0.1, round(1.5 / shards, 3)), 1.0 if gpu else 0.0)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+class LocalStage:
+    """Runs one stage object's methods, in order, on a dedicated worker thread."""
+
+    retryable: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, cls, *args, name: str = "stage", **kwargs):
+        self.name = name
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"actorcast-{name}")
+        # Built on the worker thread too: loading weights must not block an event loop either.
+        self._obj = self._pool.submit(cls, *args, **kwargs).result()
+
+    def submit(self, method: str, *args, **kwargs) -> concurrent.futures.Future:
+        return self._pool.submit(getattr(self._obj, method), *args, **kwargs)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """In-process stages never die; nothing to wait for."""
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayStage:
+    """A stage as a Ray actor; restarted by Ray if its process dies (the caller retries the lost call)."""
+
+    def __init__(self, cls, *args, name: str = "stage", resources: Resources = Resources(1.0), max_restarts: int = 5,
+                 **kwargs):
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        self.name = name
+        self.retryable = (RayActorError, ActorDiedError, ActorUnavailableError)
+        remote = ray.remote(cls).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                                          max_restarts=max_restarts, max_task_retries=0)
+        self.actor = remote.remote(*args, **kwargs)
+        self.wait_ready()
+
+    def submit(self, method: str, *args, **kwargs) -> concurrent.futures.Future:
+        return getattr(self.actor, method).remote(*args, **kwargs).future()
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until the actor answers (after a start or a restart); ActorcastError after `timeout`."""
+        import ray
+
+        from models.errors import ActorcastError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.get(self.actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except self.retryable + (ray.exceptions.GetTimeoutError,) as e:
+                if time.monotonic() > deadline:
+                    raise ActorcastError(f"Ray actor {self.name} did not come back ({e.__class__.__name__}); "
+                                         "check the cluster's resources with `ray status`") from None
+                time.sleep(0.2)
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.kill(self.actor, no_restart=True)

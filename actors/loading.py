@@ -1,0 +1,70 @@
+"""Which weights a stage runs: an explicit directory, else the shipped ones, else untrained (with a warning).
+
+Every stage (in-process or a Ray actor, however many copies) builds its models through `load_model`, so all
+copies of one model hold identical weights: shipped/explicit weights come from the same files, and untrained
+ones from the same fixed seed.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from models.audio import AudioConfig, AudioEncoder
+from models.checkpoint import load_weights
+from models.decoder import DecoderConfig, VideoDecoder
+from models.errors import ConfigError, InputError
+from models.motion import MotionConfig, MotionGenerator
+from models.motion_ae import MotionAEConfig, MotionEncoder
+from models.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "models" / "weights"
+UNTRAINED_SEED = 1234  # untrained weights are still identical in every stage copy
+
+# export name -> (preset field, config class, module class)
+MODELS = {
+    "audio_encoder": ("audio", AudioConfig, AudioEncoder),
+    "motion_encoder": ("motion_ae", MotionAEConfig, MotionEncoder),
+    "motion_generator": ("motion", MotionConfig, MotionGenerator),
+    "decoder": ("decoder", DecoderConfig, VideoDecoder),
+}
+
+
+def resolve_weights(weights: str | Path | None, preset: str = "tiny") -> Path | None:
+    """The weights directory to use: `weights` (must exist), else the shipped one if present, else None."""
+    get_preset(preset)  # ConfigError for an unknown preset
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_dir():
+            raise InputError(f"weights directory {path} does not exist: pass a directory written by "
+                             "`actorcast train`, or leave --weights out")
+        return path
+    shipped = SHIPPED_ROOT / preset
+    if (shipped / "decoder.json").is_file():
+        return shipped
+    return None
+
+
+def load_model(name: str, weights: Path | None, preset: str = "tiny", device: str = "cpu",
+               resolution: int | None = None) -> torch.nn.Module:
+    """Model `name` in eval mode on `device`; `resolution` only sizes an untrained decoder."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
+    field, config_cls, module_cls = MODELS[name]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
+    if weights is not None:
+        module, _ = load_weights(weights, name, config_cls, module_cls)
+    else:
+        config = getattr(get_preset(preset), field)
+        if name == "decoder" and resolution is not None:
+            config = dataclasses.replace(config, resolution=resolution)
+        log.warning("no trained weights for %s (preset %s): running UNTRAINED %s; train them or pass --weights",
+                    name, preset, name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(UNTRAINED_SEED)
+            module = module_cls(config)
+    return module.to(device).eval().requires_grad_(False)

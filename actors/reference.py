@@ -1,0 +1,82 @@
+"""Reference portraits: a synthetic identity by seed, or an image file (checked, cropped square, resized)."""
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.data.face import render
+from models.data.face_identity import sample_identities
+from models.data.params import neutral_params
+from models.errors import InputError
+
+MAX_PIXELS = 40_000_000  # larger images are rejected before decoding (decompression bombs)
+MIN_SIDE = 32
+
+
+def synthetic_portrait(seed: int, size: int) -> np.ndarray:
+    """The neutral portrait (size, size, 3) uint8 of synthetic identity `seed`."""
+    if seed < 0:
+        raise InputError(f"identity seed {seed} must be >= 0")
+    frame = render(sample_identities([seed]), neutral_params(1), size)  # (1, 3, size, size) in [0, 1]
+    return to_uint8(frame)[0]
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file (png, jpeg, webp, bmp, ...) to (H, W, 3) uint8; InputError for non-images and bombs."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist or is not a file: check the path")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not an image PyAV can read ({e.__class__.__name__}): give a png or jpeg") from None
+    with container:
+        if not container.streams.video:
+            raise InputError(f"{path} holds no image: give a png or jpeg portrait")
+        ctx = container.streams.video[0].codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width * height > max_pixels:  # from the header, before anything is decoded
+            raise InputError(f"{path} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
+                             f"{max_pixels / 1e6:.0f} Mpx: downscale the portrait first")
+        try:
+            frame = next(container.decode(video=0), None)
+        except av.error.FFmpegError as e:
+            raise InputError(f"{path} is a corrupt image ({e}): re-export it as png or jpeg") from None
+    if frame is None:
+        raise InputError(f"{path} holds no decodable image: give a png or jpeg portrait")
+    if frame.width * frame.height > max_pixels:
+        raise InputError(f"{path} decodes to {frame.width}x{frame.height}, over the {max_pixels / 1e6:.0f} Mpx limit")
+    return check_portrait(frame.to_ndarray(format="rgb24"), str(path))
+
+
+def check_portrait(image: np.ndarray, what: str = "reference") -> np.ndarray:
+    """Validate an (H, W, 3) uint8 array; returns it."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"{what} must be an (H, W, 3) uint8 RGB image, got "
+                         f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise InputError(f"{what} is {image.shape[1]}x{image.shape[0]}; give a portrait of at least {MIN_SIDE}x{MIN_SIDE}")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise InputError(f"{what} has {image.shape[0] * image.shape[1] / 1e6:.0f} Mpx, over the limit; downscale it")
+    return image
+
+
+def square_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """Centre-crop (H, W, 3) uint8 to a square and resize (antialiased) -> (1, 3, size, size) float in [0, 1]."""
+    image = check_portrait(image)
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side]))
+    x = crop.permute(2, 0, 1)[None].to(torch.float32) / 255.0  # (1, 3, side, side)
+    if side != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0, 1)

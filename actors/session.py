@@ -1,0 +1,361 @@
+"""A session: audio in (`feed`), video frames out (`async for vf in frames()`), stages pipelined with bounded queues.
+
+Four asyncio tasks move messages between the stages; each awaits its stage's future, so inference runs in the
+stage's worker thread or Ray actor, never on the event loop:
+
+    feed -> inbox -> [audio task] -q_feat-> [motion task] -q_motion-> [decode task] -q_pending-> [emit task] -> out
+
+Audio enters the encoder in fixed blocks of `block_frames` frames, so the stages see the same calls however the
+caller slices its audio (streaming results are then bit-identical, which resuming relies on). The decode task
+splits each chunk's frames across the N decoder shards and reassembles them in order; a shard that dies is
+waited for (Ray restarts it), given the session's reference again, and asked for the same frames again.
+"""
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.messages import AudioChunk, FeatureChunk, MotionChunk, VideoFrames
+from models.errors import ActorcastError, InputError
+from models.timebase import FPS, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Pipelining and real-time settings of one session."""
+
+    live: bool = True  # live: degrade instead of falling behind; offline (render): never degrade
+    block_frames: int = 4  # audio is fed to the encoder in blocks of this many frames (one chunk)
+    queue_chunks: int = 2  # capacity of each queue between stages, in chunks
+    decode_window: int = 2  # chunks being decoded at once
+    inbox_seconds: float = 2.0  # `put` waits while more audio than this is queued
+    degrade_after_s: float = 0.2  # live lag beyond the chunk's own delay -> fewer denoising steps
+    repeat_after_s: float = 0.5  # live lag beyond this -> repeat the last frame instead of decoding
+    degraded_steps: int = 1
+    shard_retries: int = 3
+
+
+@dataclass(frozen=True)
+class SessionCheckpoint:
+    """Where a session stood after `samples` fed samples: every frame before `next_frame` was emitted."""
+
+    session_id: str
+    samples: int
+    next_frame: int
+    audio_state: bytes
+    motion_state: bytes
+
+
+@dataclass(frozen=True)
+class _Marker:
+    samples: int
+    audio_state: bytes = b""
+    motion_state: bytes = b""
+    next_frame: int = 0
+
+
+_END = object()
+
+
+class Session:
+    """One avatar stream through the engine's stages. Create it with `await Engine.open_session(...)`.
+
+    `feed`, `end`, `set_emotion`, `interrupt` are non-blocking and must be called from the event loop's thread.
+    """
+
+    def __init__(self, session_id: str, stages, reference: np.ndarray, size: int, config: SessionConfig,
+                 silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0):
+        self.session_id, self.size, self.config = session_id, size, config
+        self._audio, self._motion, self._shards = stages
+        self._reference, self._silence, self._lookahead = reference, silence, lookahead
+        self._block = config.block_frames * SAMPLES_PER_FRAME
+        self._inbox: collections.deque = collections.deque()  # (pcm, t_wall) or _Marker
+        self._inbox_samples, self._samples_in = 0, samples
+        self._wake, self._space = asyncio.Event(), asyncio.Event()
+        self._ended = False
+        self._interrupts = 0
+        q = config.queue_chunks
+        self._q_feat, self._q_motion = asyncio.Queue(q), asyncio.Queue(q)
+        self._q_pending, self._out = asyncio.Queue(config.decode_window), asyncio.Queue(4 * q)
+        self._last_frame: np.ndarray | None = None
+        self._next_out = first_frame
+        self._frames_out = self._degraded = 0
+        self._latency: collections.deque = collections.deque(maxlen=2000)
+        self._tasks = [asyncio.create_task(coro) for coro in
+                       (self._audio_task(), self._motion_task(), self._decode_task(), self._emit_task())]
+        self._closed = False
+
+    # ---- input -----------------------------------------------------------------------------------------------
+
+    def feed(self, pcm: np.ndarray) -> None:
+        """Queue (n,) float32 16 kHz mono samples, any n; returns at once."""
+        if self._ended:
+            raise InputError("feed after end(): open a new session")
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if not np.isfinite(pcm).all():
+            raise InputError("audio contains NaN or inf samples; clean or re-decode the input")
+        if pcm.size:
+            self._inbox.append((pcm, time.monotonic()))
+            self._inbox_samples += pcm.size
+            self._wake.set()
+
+    async def put(self, pcm: np.ndarray) -> None:
+        """Like `feed`, but first waits while more than `inbox_seconds` of audio is queued (offline producers)."""
+        limit = self.config.inbox_seconds * FPS * SAMPLES_PER_FRAME
+        while self._inbox_samples > limit and not self._failed():
+            self._space.clear()
+            await self._space.wait()
+        self.feed(pcm)
+
+    def checkpoint(self) -> None:
+        """Ask for a SessionCheckpoint in `events()` once all audio fed so far has become frames (offline only)."""
+        total = self._samples_in + self._inbox_samples
+        if self.config.live or total % self._block:
+            raise InputError(f"checkpoints need an offline session fed whole blocks of {self._block} samples")
+        self._inbox.append(_Marker(total))
+        self._wake.set()
+
+    def end(self) -> None:
+        """No more audio: the remaining frames come out, then the frame iterator stops."""
+        self._ended = True
+        self._wake.set()
+
+    def set_emotion(self, emotion: str) -> None:
+        """Switch emotion from the next generated chunk on (a control call: it jumps the queues)."""
+        self._motion.submit("set_emotion", self.session_id, emotion)
+
+    def interrupt(self) -> None:
+        """Blank the queued speech (replaced by silence of the same length, so frame indices stay whole) and
+        the encoder's buffers; the avatar returns to idle within the chunks already being decoded."""
+        self._interrupts += 1
+        self._inbox = collections.deque(item if isinstance(item, _Marker) else (np.zeros_like(item[0]), item[1])
+                                        for item in self._inbox)
+        self._audio.submit("reset", self.session_id)
+        blanked = collections.deque()
+        while not self._q_feat.empty():
+            blanked.append(self._blank(self._q_feat.get_nowait()))
+        for item in blanked:
+            self._q_feat.put_nowait(item)
+
+    # ---- output ----------------------------------------------------------------------------------------------
+
+    async def events(self):
+        """VideoFrames in frame order, and a SessionCheckpoint wherever `checkpoint()` asked for one."""
+        while True:
+            item = await self._out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def frames(self):
+        """VideoFrames in frame order with contiguous indices, until the session ends."""
+        async for item in self.events():
+            if isinstance(item, VideoFrames):
+                yield item
+
+    def stats(self) -> dict:
+        lat = sorted(self._latency)
+        pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1)) if lat else (lambda q: None)
+        return {"frames_out": self._frames_out, "degraded_frames": self._degraded,
+                "latency_ms": {"p50": pct(0.5), "p95": pct(0.95)},
+                "queues": {"inbox_samples": self._inbox_samples, "features": self._q_feat.qsize(),
+                           "motion": self._q_motion.qsize(), "decoding": self._q_pending.qsize(),
+                           "frames": self._out.qsize()}}
+
+    async def close(self) -> None:
+        """Stop the pipeline and free this session's state in every stage."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for stage in (self._audio, self._motion, *self._shards):
+            try:
+                await asyncio.wrap_future(stage.submit("close", self.session_id))
+            except Exception as e:  # a dead actor has nothing left to free
+                log.debug("closing %s on %s: %s", self.session_id, stage.name, e)
+
+    # ---- pipeline tasks --------------------------------------------------------------------------------------
+
+    def _failed(self) -> bool:
+        return any(t.done() for t in self._tasks)
+
+    async def _call(self, stage, method: str, *args):
+        return await asyncio.wrap_future(stage.submit(method, *args))
+
+    def _take(self, n: int) -> tuple[np.ndarray, float]:
+        """Pop exactly n queued samples (n <= queued, no marker in between) and the feed time of the first."""
+        parts, t_first = [], self._inbox[0][1]
+        while n:
+            pcm, t = self._inbox.popleft()
+            if pcm.size > n:
+                self._inbox.appendleft((pcm[n:], t))
+                pcm = pcm[:n]
+            parts.append(pcm)
+            n -= pcm.size
+        pcm = np.concatenate(parts)
+        self._inbox_samples -= pcm.size
+        self._samples_in += pcm.size
+        self._space.set()
+        return pcm, t_first
+
+    def _ready(self) -> int:
+        """Samples queued before the first marker."""
+        n = 0
+        for item in self._inbox:
+            if isinstance(item, _Marker):
+                break
+            n += item[0].size
+        return n
+
+    async def _run(self, body):
+        try:
+            await body()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.debug("session %s failed: %r", self.session_id, e)
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+            while not self._out.empty():
+                self._out.get_nowait()
+            err = e if isinstance(e, ActorcastError) else ActorcastError(
+                f"the pipeline failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "rerun with -v for details")
+            self._out.put_nowait(err)
+
+    async def _audio_task(self):
+        await self._run(self._audio_body)
+
+    async def _audio_body(self):
+        while True:
+            ready = self._ready()
+            if self._inbox and isinstance(self._inbox[0], _Marker):
+                marker = self._inbox.popleft()
+                state = await self._call(self._audio, "snapshot", self.session_id)
+                await self._q_feat.put(_Marker(marker.samples, audio_state=state))
+            elif ready >= self._block or (ready and self._ended):  # a whole block, or the last partial one
+                first = self._samples_in // SAMPLES_PER_FRAME
+                pcm, t_wall = self._take(min(self._block, ready))
+                seen = self._interrupts
+                fc = await self._call(self._audio, "process", AudioChunk(self.session_id, first, pcm, t_wall))
+                await self._q_feat.put(self._blank(fc) if seen != self._interrupts else fc)
+            elif self._ended and not self._inbox:
+                await self._q_feat.put(await self._call(self._audio, "end", self.session_id))
+                await self._q_feat.put(_END)
+                return
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    def _blank(self, item):
+        if not isinstance(item, FeatureChunk):
+            return item
+        feats = item.feats.new_tensor(self._silence).expand_as(item.feats).contiguous()
+        return FeatureChunk(item.session_id, item.first_frame, feats, item.t_wall)
+
+    async def _motion_task(self):
+        await self._run(self._motion_body)
+
+    async def _motion_body(self):
+        chunk_s = self.config.block_frames / FPS + self._lookahead / FPS
+        while True:
+            item = await self._q_feat.get()
+            if item is _END:
+                for mc in await self._call(self._motion, "end", self.session_id):
+                    await self._q_motion.put((mc, False))
+                await self._q_motion.put(_END)
+                return
+            if isinstance(item, _Marker):
+                state = await self._call(self._motion, "snapshot", self.session_id)
+                await self._q_motion.put(_Marker(item.samples, item.audio_state, state))
+                continue
+            steps, repeat = None, False
+            if self.config.live and item.t_wall is not None:
+                lag = time.monotonic() - item.t_wall - chunk_s
+                steps = self.config.degraded_steps if lag > self.config.degrade_after_s else None
+                repeat = lag > self.config.repeat_after_s
+            for mc in await self._call(self._motion, "process", item, steps):
+                await self._q_motion.put((mc, repeat))
+
+    async def _decode_task(self):
+        await self._run(self._decode_body)
+
+    async def _decode_body(self):
+        while True:
+            item = await self._q_motion.get()
+            if item is _END or isinstance(item, _Marker):
+                await self._q_pending.put(item)
+                if item is _END:
+                    return
+                continue
+            mc, repeat = item
+            job = None if repeat else asyncio.ensure_future(self._decode(mc))
+            await self._q_pending.put((mc, job))
+
+    async def _decode(self, mc: MotionChunk) -> np.ndarray:
+        n = mc.z.shape[0]
+        bounds = np.linspace(0, n, min(len(self._shards), n) + 1).round().astype(int)
+        parts = await asyncio.gather(*(self._decode_part(shard, mc.first_frame + a, mc.z[a:b])
+                                       for shard, a, b in zip(self._shards, bounds[:-1], bounds[1:])))
+        firsts = [p[0] for p in parts]
+        assert firsts == sorted(firsts) and firsts[0] == mc.first_frame, "shard results out of order"
+        return np.concatenate([p[1] for p in parts])
+
+    async def _decode_part(self, shard, first: int, z):
+        for attempt in range(self.config.shard_retries + 1):
+            try:
+                if attempt:  # the actor was restarted: it lost the session's identity features
+                    await asyncio.to_thread(shard.wait_ready)
+                    if not await self._call(shard, "has_session", self.session_id):
+                        await self._call(shard, "open", self.session_id, self._reference)
+                return await self._call(shard, "decode", self.session_id, first, z)
+            except shard.retryable as e:
+                log.warning("decoder shard %s failed on frames %d..%d (%s); retrying on the restarted actor",
+                            shard.name, first, first + len(z) - 1, e.__class__.__name__)
+        raise ActorcastError(f"decoder shard {shard.name} failed {self.config.shard_retries + 1} times on frame "
+                             f"{first}: check the cluster (`ray status`) and rerun")
+
+    async def _emit_task(self):
+        await self._run(self._emit_body)
+
+    async def _emit_body(self):
+        while True:
+            item = await self._q_pending.get()
+            if item is _END:
+                await self._out.put(_END)
+                return
+            if isinstance(item, _Marker):
+                await self._out.put(SessionCheckpoint(self.session_id, item.samples, self._next_out,
+                                                      item.audio_state, item.motion_state))
+                continue
+            mc, job = item
+            if job is None:
+                frames = self._repeat(mc.z.shape[0])
+            else:
+                frames = await job
+            degraded = mc.degraded or job is None
+            assert mc.first_frame == self._next_out, f"frame {mc.first_frame} after {self._next_out - 1}"
+            self._last_frame = frames[-1]
+            self._next_out += len(frames)
+            self._frames_out += len(frames)
+            self._degraded += len(frames) * degraded
+            if mc.t_wall is not None:
+                self._latency.append(time.monotonic() - mc.t_wall)
+            await self._out.put(VideoFrames(self.session_id, mc.first_frame, frames, degraded, mc.t_wall))
+
+    def _repeat(self, n: int) -> np.ndarray:
+        last = self._last_frame
+        if last is None:
+            last = np.full((self.size, self.size, 3), 128, np.uint8)
+        return np.repeat(last[None], n, axis=0)

@@ -1,0 +1,248 @@
+"""The pipeline stages as plain classes (DESIGN.md "Runtime"): AudioEncoderStage -> MotionStage -> DecoderShard xN.
+
+Each stage serves many sessions, keyed by `session_id`, and exchanges the typed messages of actors/messages.py.
+They know nothing about Ray or asyncio: the executors (actors/executor.py) run them in a worker thread or as
+Ray actors. State a session needs to resume (audio buffers, KV cache, RNG) is exported by `snapshot` and
+re-imported by `restore`, as bytes, so it can cross processes and be written to disk.
+"""
+
+import dataclasses
+import io
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from actors.loading import load_model, resolve_weights
+from actors.messages import AudioChunk, FeatureChunk, MotionChunk
+from actors.reference import square_tensor, to_uint8
+from models.audio import AudioStreamState
+from models.data.params import EMOTION_INDEX, EMOTIONS
+from models.errors import ConfigError, InputError
+from models.kv_cache import CacheConfig
+from models.presets import get_preset
+from models.sampling import MotionStream, SamplerConfig
+from models.timebase import SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+
+def _dumps(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _loads(data: bytes):
+    # Our own snapshots (written by `snapshot`), never files from elsewhere: full unpickling is needed for the
+    # cache object.
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+class _Sessions:
+    """Per-session state of a stage, with an error that says what to do for an unknown session."""
+
+    def __init__(self, stage: str):
+        self.stage, self.items = stage, {}
+
+    def __getitem__(self, session_id: str):
+        try:
+            return self.items[session_id]
+        except KeyError:
+            raise InputError(f"{self.stage} has no session {session_id!r}: open it first") from None
+
+
+class AudioEncoderStage:
+    """AudioChunk (16 kHz PCM) -> FeatureChunk (one d_audio vector per frame), streaming, per session."""
+
+    def __init__(self, weights=None, preset: str = "tiny", device: str = "cpu"):
+        self.encoder = load_model("audio_encoder", resolve_weights(weights, preset), preset, device)
+        self.lookahead = self.encoder.config.lookahead
+        self.sessions = _Sessions("AudioEncoderStage")
+
+    def open(self, session_id: str, first_frame: int = 0) -> np.ndarray:
+        """Start a stream; returns the feature of steady silence (d_audio,), used to blank interrupted speech."""
+        self.sessions.items[session_id] = {"state": self.encoder.init_state(), "next": first_frame}
+        with torch.no_grad():
+            silence = self.encoder(torch.zeros(SAMPLES_PER_FRAME * 25))[-1]  # 1 s of zeros, last frame
+        return silence.numpy().copy()
+
+    @torch.no_grad()
+    def process(self, chunk: AudioChunk) -> FeatureChunk:
+        s = self.sessions[chunk.session_id]
+        pcm = torch.as_tensor(np.asarray(chunk.pcm, dtype=np.float32)).reshape(1, -1)
+        feats, s["state"] = self.encoder.step(pcm, s["state"])
+        return self._emit(chunk.session_id, feats[0], chunk.t_wall)
+
+    @torch.no_grad()
+    def end(self, session_id: str) -> FeatureChunk:
+        """Flush: the last `lookahead` frames, padded with silence like the offline encoder."""
+        s = self.sessions[session_id]
+        feats, s["state"] = self.encoder.flush(s["state"])
+        return self._emit(session_id, feats[0], None)
+
+    def _emit(self, session_id: str, feats: torch.Tensor, t_wall) -> FeatureChunk:
+        s = self.sessions[session_id]
+        out = FeatureChunk(session_id, s["next"], feats.contiguous(), t_wall)
+        s["next"] += feats.shape[0]
+        return out
+
+    @torch.no_grad()
+    def reset(self, session_id: str) -> None:
+        """Forget buffered audio (interrupt) without breaking the time base.
+
+        The fresh stream is pre-rolled with as many zero samples as the old one held but had not turned into
+        frames, so the frame count continues exactly; those frames (and every later one) hear silence.
+        """
+        s = self.sessions[session_id]
+        old: AudioStreamState = s["state"]
+        emitted = max(0, old.samples_seen // SAMPLES_PER_FRAME - self.lookahead)
+        state = self.encoder.init_state()
+        _, state = self.encoder.step(torch.zeros(1, old.samples_seen - emitted * SAMPLES_PER_FRAME), state)
+        s["state"] = state  # s["next"] is unchanged: no frame index is skipped or repeated
+
+    def snapshot(self, session_id: str) -> bytes:
+        return _dumps(self.sessions[session_id])
+
+    def restore(self, session_id: str, data: bytes) -> None:
+        self.sessions.items[session_id] = _loads(data)
+
+    def close(self, session_id: str) -> None:
+        self.sessions.items.pop(session_id, None)
+
+
+class MotionStage:
+    """FeatureChunk -> MotionChunks of C frames: the diffusion-forcing generator with each session's KV cache."""
+
+    def __init__(self, weights=None, preset: str = "tiny", device: str = "cpu"):
+        path = resolve_weights(weights, preset)
+        self.generator = load_model("motion_generator", path, preset, device)
+        self.motion_encoder = load_model("motion_encoder", path, preset, device)
+        self.default_cache = get_preset(preset).cache
+        self.chunk_frames = self.generator.config.chunk_frames
+        self.sessions = _Sessions("MotionStage")
+
+    @torch.no_grad()
+    def open(self, session_id: str, reference: np.ndarray, emotion: str = "neutral", cache_policy: str | None = None,
+             seed: int = 0, steps: int = 4) -> None:
+        """Encode the reference's motion z_ref (the prefix token) and start the session's stream and cache."""
+        cache = self.default_cache if cache_policy is None else dataclasses.replace(self.default_cache,
+                                                                                      policy=cache_policy)
+        ref = square_tensor(reference, self.motion_encoder.config.input_size)
+        p = next(self.generator.parameters())
+        z_ref = self.motion_encoder(ref.to(p.device))  # (1, d_motion)
+        stream = MotionStream(self.generator, z_ref, _emotion(emotion, p.device), cache, SamplerConfig(steps, seed=seed))
+        self.sessions.items[session_id] = {"stream": stream, "steps": steps}
+
+    def set_emotion(self, session_id: str, emotion: str) -> None:
+        stream = self.sessions[session_id]["stream"]
+        stream.emotion = _emotion(emotion, next(self.generator.parameters()).device)
+
+    def process(self, chunk: FeatureChunk, steps: int | None = None) -> list[MotionChunk]:
+        """Every chunk the new features complete; `steps` < the session's steps degrades (marked)."""
+        stream = self.sessions[chunk.session_id]["stream"]
+        if chunk.first_frame != stream.frames_done + stream.pending_frames:
+            raise InputError(f"features start at frame {chunk.first_frame}, the stream expects "
+                             f"{stream.frames_done + stream.pending_frames}: chunks lost or reordered")
+        with self._steps(chunk.session_id, steps) as degraded:
+            first = stream.frames_done
+            z = stream.push(chunk.feats[None].to(torch.float32))[0]
+        return self._split(chunk.session_id, first, z, degraded, chunk.t_wall)
+
+    def end(self, session_id: str) -> list[MotionChunk]:
+        """Flush: the remaining frames (a last chunk may be shorter than C)."""
+        stream = self.sessions[session_id]["stream"]
+        first = stream.frames_done
+        return self._split(session_id, first, stream.flush()[0], False, None)
+
+    def _split(self, session_id, first, z, degraded, t_wall) -> list[MotionChunk]:
+        return [MotionChunk(session_id, first + i, z[i:i + self.chunk_frames].contiguous(), degraded, t_wall)
+                for i in range(0, z.shape[0], self.chunk_frames)]
+
+    def _steps(self, session_id: str, steps: int | None):
+        return _SamplerSteps(self.sessions[session_id], steps)
+
+    def snapshot(self, session_id: str) -> bytes:
+        """Cache, RNG, buffered features and counters of the session's stream (not the model)."""
+        s = self.sessions[session_id]
+        state = dict(vars(s["stream"]))
+        state["model"] = None
+        state["generator"] = s["stream"].generator.get_state()
+        return _dumps({"stream": state, "steps": s["steps"]})
+
+    def restore(self, session_id: str, data: bytes) -> None:
+        saved = _loads(data)
+        stream = MotionStream.__new__(MotionStream)
+        vars(stream).update(saved["stream"])
+        stream.model = self.generator
+        stream.generator = torch.Generator().set_state(saved["stream"]["generator"])
+        self.sessions.items[session_id] = {"stream": stream, "steps": saved["steps"]}
+
+    def close(self, session_id: str) -> None:
+        self.sessions.items.pop(session_id, None)
+
+
+class _SamplerSteps:
+    """Context manager: run one call with fewer Euler steps (degraded) and put the session's steps back."""
+
+    def __init__(self, session: dict, steps: int | None):
+        self.session, self.steps = session, steps
+
+    def __enter__(self) -> bool:
+        stream, full = self.session["stream"], self.session["steps"]
+        steps = full if self.steps is None else max(1, min(full, self.steps))
+        stream.sampler = dataclasses.replace(stream.sampler, steps=steps)
+        return steps < full
+
+    def __exit__(self, *exc) -> None:
+        stream = self.session["stream"]
+        stream.sampler = dataclasses.replace(stream.sampler, steps=self.session["steps"])
+
+
+def _emotion(name: str, device) -> torch.Tensor:
+    if name not in EMOTION_INDEX:
+        raise ConfigError(f"emotion {name!r} is unknown; valid: {', '.join(EMOTIONS)}")
+    return torch.full((1,), EMOTION_INDEX[name], dtype=torch.long, device=device)
+
+
+class DecoderShard:
+    """Motion latents -> RGB frames for a slice of each chunk; holds each session's cached identity features."""
+
+    def __init__(self, weights=None, preset: str = "tiny", size: int | None = None, device: str = "cpu"):
+        self.decoder = load_model("decoder", resolve_weights(weights, preset), preset, device, resolution=size)
+        self.resolution = self.decoder.config.resolution
+        self.size = size or self.resolution  # output frames are resized when it differs from the decoder's
+        self.sessions = _Sessions("DecoderShard")
+
+    @torch.no_grad()
+    def open(self, session_id: str, reference: np.ndarray) -> None:
+        """Encode the reference once into the identity pyramid this shard reuses for every frame."""
+        p = next(self.decoder.parameters())
+        ref = square_tensor(reference, self.resolution).to(p.device, p.dtype)
+        self.sessions.items[session_id] = self.decoder.encode_reference(ref)
+
+    def output_size(self) -> int:
+        return self.size
+
+    def has_session(self, session_id: str) -> bool:
+        return session_id in self.sessions.items
+
+    @torch.no_grad()
+    def decode(self, session_id: str, first_frame: int, z: torch.Tensor) -> tuple[int, np.ndarray]:
+        """z (n, d_motion) -> (first_frame, frames (n, size, size, 3) uint8)."""
+        identity = self.sessions[session_id]
+        p = next(self.decoder.parameters())
+        frames = self.decoder(identity, z.to(p.device, p.dtype))  # (n, 3, R, R)
+        if self.size != self.resolution:
+            frames = F.interpolate(frames, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return first_frame, to_uint8(frames.float().cpu())
+
+    def close(self, session_id: str) -> None:
+        self.sessions.items.pop(session_id, None)
+
+    def pid(self) -> int:
+        """The process id (fault tests kill it)."""
+        return os.getpid()
