@@ -89,7 +89,7 @@ def bench_decoder(repeats: int) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args("models", __doc__.splitlines()[0])
-    repeats = 5 if args.quick else 30
+    repeats = 10 if args.quick else 30  # medians; the 2 shared cores make single runs noisy
     torch.manual_seed(0)
     stages = {"audio": bench_audio(repeats), "motion": bench_motion(repeats), "decoder": bench_decoder(repeats)}
     total_ms = sum(stage["ms_per_frame"] for stage in stages.values())
