@@ -101,20 +101,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, x, cos, sin, mask=None, past=None, need_weights=False):
-        """x (B, T, D); cos/sin (T, Dh/2); past = (k, v (B, H, N, Dh) before RoPE, cos_k, sin_k (N, Dh/2)).
+        """x (B, T, D); cos/sin (T, Dh/2); past = (keys, values (B, H, N + T, Dh), N): the cached past with keys
+        already rotated in [:N], and room for this step's tokens in [N:], written here (inference only).
 
         Returns out (B, T, D), this step's k, v (B, H, T, Dh) before RoPE, and attention weights (B, H, T, N)
         over the past tokens when `need_weights` (explicit softmax path), else None (SDPA path).
         """
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh)
-        q_rot, keys, values = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-        n_past = 0
+        q_rot, keys, values, n_past = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, 0
         if past is not None:
-            k_past, v_past, cos_k, sin_k = past
-            n_past = k_past.shape[2]
-            keys = torch.cat((apply_rope(k_past, cos_k, sin_k), keys), dim=2)  # (B, H, N + T, Dh)
-            values = torch.cat((v_past, values), dim=2)
+            keys_buf, values_buf, n_past = past
+            keys_buf[:, :, n_past:] = keys  # no concatenation: the past is not copied for every step
+            values_buf[:, :, n_past:] = values
+            keys, values = keys_buf, values_buf  # (B, H, N + T, Dh)
         weights = None
         if need_weights:
             scores = (q_rot @ keys.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, N + T)
@@ -157,6 +157,18 @@ class NoiseLevelEmbedding(nn.Module):
         """k (B, T) -> (B, T, D)."""
         angles = 1000.0 * k[..., None] * self.freqs  # (B, T, n_freq)
         return self.mlp(torch.cat((angles.sin(), angles.cos()), dim=-1))
+
+
+@dataclass
+class PastContext:
+    """The cached past read once per chunk: keys rotated to the policy's positions, room for the chunk."""
+
+    keys: torch.Tensor  # (L, B, H, N + T*tpf, Dh): [:N] rotated cached keys, [N:] scratch for the chunk
+    values: torch.Tensor  # (L, B, H, N + T*tpf, Dh)
+    n_past: int  # N
+    n_frames: int  # T: frames of the chunk this context serves
+    cos: torch.Tensor  # (T*tpf, Dh/2) rotation of the chunk's tokens
+    sin: torch.Tensor
 
 
 @dataclass
@@ -277,9 +289,22 @@ class MotionGenerator(nn.Module):
             vs.append(v)
         return torch.stack(ks), torch.stack(vs)
 
-    def forward_chunk(self, z_noisy, k, audio_ctx, cache: KVCache, emotion=None, audio_keep=None,
+    def read_cache(self, cache: KVCache, n_frames: int) -> PastContext:
+        """Rotate the cached keys once for the S + 1 passes of the next chunk of `n_frames` frames."""
+        k_past, v_past, past_pos = cache.view()  # (L, B, H, N, Dh), (N,)
+        L, B, H, N, Dh = k_past.shape
+        n_new = n_frames * self.config.tokens_per_frame
+        cos_k, sin_k = self._rope(past_pos, k_past.dtype)
+        keys = k_past.new_empty(L, B, H, N + n_new, Dh)
+        values = v_past.new_empty(L, B, H, N + n_new, Dh)
+        keys[:, :, :, :N] = apply_rope(k_past, cos_k, sin_k)
+        values[:, :, :, :N] = v_past
+        cos, sin = self._rope(cache.query_positions(n_frames), k_past.dtype)
+        return PastContext(keys, values, N, n_frames, cos, sin)
+
+    def forward_chunk(self, z_noisy, k, audio_ctx, past: PastContext, emotion=None, audio_keep=None,
                       need_attn: bool = False) -> ChunkOutput:
-        """One chunk attending to the cached past; the cache is only read (the sampler appends).
+        """One chunk attending to the cached past (inference; `past` from `read_cache`, the cache is not changed).
 
         z_noisy (B, T, d_motion); k (B, T) or a float; audio_ctx (B, audio_past + T + audio_future, d_audio)
         (the frames around the chunk, zero-padded beyond the stream); emotion, audio_keep as in `forward`.
@@ -287,15 +312,15 @@ class MotionGenerator(nn.Module):
         """
         self._check(z_noisy, audio_ctx.shape[1])
         B, T, _ = z_noisy.shape
+        if T != past.n_frames:
+            raise InputError(f"chunk of {T} frames, but the past context was read for {past.n_frames}")
         if not torch.is_tensor(k):
             k = torch.full((B, T), float(k), device=z_noisy.device, dtype=z_noisy.dtype)
-        k_past, v_past, past_pos = cache.view()  # (L, B, H, N, Dh), (N,)
-        cos, sin = self._rope(cache.query_positions(T), z_noisy.dtype)
-        cos_k, sin_k = self._rope(past_pos, z_noisy.dtype)
         x = self.embed_frames(z_noisy, k, audio_ctx, emotion, audio_keep)  # (B, T*tpf, D)
         ks, vs, ws = [], [], []
         for i, blk in enumerate(self.blocks):
-            x, k_i, v_i, w_i = blk(x, cos, sin, None, (k_past[i], v_past[i], cos_k, sin_k), need_attn)
+            layer_past = (past.keys[i], past.values[i], past.n_past)
+            x, k_i, v_i, w_i = blk(x, past.cos, past.sin, None, layer_past, need_attn)
             ks.append(k_i)
             vs.append(v_i)
             ws.append(w_i)

@@ -28,13 +28,13 @@ class SamplerConfig:
             raise ConfigError(f"k_ctx={self.k_ctx} must be in [0, 1)")
 
 
-def _velocity(model, x, k, audio_ctx, cache, emotion, config: SamplerConfig) -> torch.Tensor:
+def _velocity(model, x, k, audio_ctx, past, emotion, config: SamplerConfig) -> torch.Tensor:
     """Velocity (B, T, d_motion) at noise level k, with classifier-free guidance on audio if asked."""
-    v = model.forward_chunk(x, k, audio_ctx, cache, emotion).velocity
+    v = model.forward_chunk(x, k, audio_ctx, past, emotion).velocity
     if config.cfg_scale == 1.0:
         return v
     no_audio = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    v_uncond = model.forward_chunk(x, k, audio_ctx, cache, emotion, audio_keep=no_audio).velocity
+    v_uncond = model.forward_chunk(x, k, audio_ctx, past, emotion, audio_keep=no_audio).velocity
     return v_uncond + config.cfg_scale * (v - v_uncond)
 
 
@@ -52,18 +52,20 @@ def generate_chunk(model: MotionGenerator, cache: KVCache, audio_ctx: torch.Tens
     # 1. start from seeded noise at k = 1
     x = torch.randn((B, T, mc.d_motion), generator=generator).to(p.device, p.dtype)  # (B, T, d_motion)
     # 2. S Euler steps from k = 1 to k = 0, attending to the cached past (dx/dk = v = eps - z)
+    past = model.read_cache(cache, T)  # cached keys rotated once, shared by all passes of this chunk
     levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
     for k_now, k_next in zip(levels[:-1], levels[1:]):
-        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, cache, emotion, config)
+        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
     # 3. one pass of the clean (or k_ctx-noised) chunk writes its keys/values into the cache
     ctx = x
     if config.k_ctx > 0:
         eps = torch.randn((B, T, mc.d_motion), generator=generator).to(p.device, p.dtype)
         ctx = (1 - config.k_ctx) * x + config.k_ctx * eps
-    out = model.forward_chunk(ctx, config.k_ctx, audio_ctx, cache, emotion, need_attn=cache.needs_attention)
+    out = model.forward_chunk(ctx, config.k_ctx, audio_ctx, past, emotion, need_attn=cache.needs_attention)
     if out.attn is not None:
         cache.observe(out.attn)  # importance for participative compression
-    positions = torch.arange(cache.n_frames + 1, cache.n_frames + 1 + T).repeat_interleave(mc.tokens_per_frame)
+    first = cache.n_frames + 1  # absolute position of the chunk's first frame (host int: no device sync)
+    positions = torch.arange(first, first + T, device=p.device).repeat_interleave(mc.tokens_per_frame)
     cache.append(out.k, out.v, positions)
     # 4. return the chunk
     return x
