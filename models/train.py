@@ -47,6 +47,9 @@ class TrainConfig:
     data: str = "synthetic"        # or a folder of mp4s (decoder stage)
     size: int = 0                  # frame size for training; 0 = the preset's
     weights: str = ""              # trained weights the stage builds on (motion: the motion encoder)
+    clips: int = 256               # motion stage: training clips encoded once into latents
+    clip_seconds: float = 8.0      # motion stage: length of each clip
+    window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
 

@@ -1,0 +1,150 @@
+"""Stage `motion`: the audio encoder + diffusion-forcing motion generator, on latents of the trained motion encoder.
+
+Latents are computed once per (encoder weights, clip set) and cached on disk beside the run (DESIGN.md "Training":
+"latents computed once and cached"); each rank computes and caches only its own shard of clips.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.audio import AudioEncoder
+from models.checkpoint import load_weights, save_weights
+from models.data.dataset import SPLITS, make_clip
+from models.errors import ConfigError
+from models.motion import MotionGenerator, diffusion_forcing_loss
+from models.motion_ae import MotionAEConfig, MotionEncoder
+from models.presets import get_preset
+from models.timebase import SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+AUDIO_CONTEXT = 8  # frames of audio before a training window, so the causal encoder has real history
+ENCODE_BATCH = 50
+EVAL_CLIPS = 8
+
+
+def load_motion_encoder(weights: str) -> MotionEncoder:
+    """The trained motion encoder of a decoder-stage export."""
+    encoder, _ = load_weights(weights, "motion_encoder", MotionAEConfig, MotionEncoder)
+    return encoder.eval()
+
+
+@torch.no_grad()
+def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float) -> dict:
+    """Render clips, encode every frame: {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}."""
+    size = encoder.config.input_size
+    zs, refs, pcms, emotions = [], [], [], []
+    for seed in seeds:
+        clip = make_clip(seed, seconds, size=size)
+        z = torch.cat([encoder(clip.frames[i:i + ENCODE_BATCH]) for i in range(0, len(clip.frames), ENCODE_BATCH)])
+        zs.append(z)
+        refs.append(encoder(clip.reference[None])[0])
+        pcms.append(clip.audio)
+        emotions.append(clip.emotion)
+    return {"z": torch.stack(zs), "z_ref": torch.stack(refs), "pcm": torch.stack(pcms),
+            "emotion": torch.tensor(emotions, dtype=torch.long)}
+
+
+def latent_cache(cfg, rank: int, world_size: int, split: str = "train", n_clips: int | None = None) -> dict:
+    """This rank's clips, encoded once and cached under out_dir/latents/ (keyed by weights and clip set)."""
+    n_clips = n_clips or cfg.clips
+    seeds = SPLITS[split]
+    rng = np.random.default_rng([cfg.seed, 0x1A7E])
+    clip_seeds = [int(seeds.start + s) for s in rng.choice(min(len(seeds), 10 ** 6), n_clips, replace=False)]
+    mine = clip_seeds[rank::world_size]
+    weights_file = Path(cfg.weights) / "motion_encoder.safetensors"
+    key = hashlib.sha256(weights_file.read_bytes() + repr((mine, cfg.clip_seconds)).encode()).hexdigest()[:16]
+    path = Path(cfg.out_dir) / "latents" / f"{split}-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    log.info("encoding %d %s clips of %.1f s (once; cached at %s)", len(mine), split, cfg.clip_seconds, path)
+    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return data
+
+
+def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
+    """n random windows of `frames` frames, with AUDIO_CONTEXT frames of audio history (zeros before the start)."""
+    total = data["z"].shape[1]
+    clips = rng.integers(0, len(data["z"]), n)
+    starts = rng.integers(0, total - frames + 1, n)
+    z = torch.stack([data["z"][c, s:s + frames] for c, s in zip(clips, starts)])
+    pcm = F.pad(data["pcm"], (AUDIO_CONTEXT * SAMPLES_PER_FRAME, 0))
+    a = [pcm[c, s * SAMPLES_PER_FRAME:(s + frames + AUDIO_CONTEXT) * SAMPLES_PER_FRAME] for c, s in zip(clips, starts)]
+    return {"z": z, "pcm": torch.stack(a), "z_ref": data["z_ref"][clips], "emotion": data["emotion"][clips],
+            "noise_seed": torch.from_numpy(rng.integers(0, 2 ** 62, 1))}
+
+
+class MotionTrainer(nn.Module):
+    """Audio encoder + motion generator trained together with the diffusion-forcing loss."""
+
+    def __init__(self, preset: str):
+        super().__init__()
+        p = get_preset(preset)
+        self.audio_config, self.motion_config = p.audio, p.motion
+        self.audio = AudioEncoder(p.audio)
+        self.generator = MotionGenerator(p.motion)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        feats = self.audio(batch["pcm"])[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
+        noise = torch.Generator().manual_seed(int(batch["noise_seed"][0]))
+        loss = diffusion_forcing_loss(self.generator, batch["z"], feats.to(batch["z"].dtype), batch["z_ref"],
+                                      batch["emotion"], generator=noise)
+        return loss, {}
+
+
+class MotionStage:
+    """Stage 2 of DESIGN.md "Training"."""
+
+    @staticmethod
+    def defaults(preset: str) -> dict:
+        return {"steps": 4000, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 500}
+
+    @staticmethod
+    def check(cfg) -> None:
+        if not cfg.weights:
+            raise ConfigError("the motion stage needs --weights DIR with a trained decoder export "
+                              "(run `actorcast train --stage decoder` first)")
+        if not (Path(cfg.weights) / "motion_encoder.safetensors").is_file():
+            raise ConfigError(f"--weights {cfg.weights} holds no motion_encoder.safetensors; "
+                              "give the output directory of a decoder-stage run")
+        if cfg.data != "synthetic":
+            raise ConfigError("the motion stage trains on the synthetic data set; drop --data")
+
+    @staticmethod
+    def build(cfg) -> nn.Module:
+        return MotionTrainer(cfg.preset)
+
+    @staticmethod
+    def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
+        data = latent_cache(cfg, rank, world_size)
+        for step in range(start_step + 1, 10 ** 12):
+            yield windows(data, np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size, cfg.window_frames)
+
+    @staticmethod
+    @torch.no_grad()
+    def evaluate(module: nn.Module, cfg) -> dict:
+        """Held-out diffusion-forcing loss (fixed noise), the quantity training lowers."""
+        data = latent_cache(cfg, 0, 1, split="heldout", n_clips=EVAL_CLIPS)
+        batch = windows(data, np.random.default_rng(3), 2 * EVAL_CLIPS, cfg.window_frames)
+        device = next(module.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss, _ = module(batch)
+        return {"eval_loss": float(loss)}
+
+    @staticmethod
+    def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
+        from models.train_stages import write_summary
+
+        save_weights(directory, "audio_encoder", module.audio, module.audio_config, {"preset": cfg.preset})
+        save_weights(directory, "motion_generator", module.generator, module.motion_config, {"preset": cfg.preset})
+        write_summary(directory, cfg, metrics)
