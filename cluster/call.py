@@ -1,0 +1,36 @@
+"""`actorcast call URL --audio FILE`: a WebRTC call from Python; prints the receiver's measurements as JSON."""
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from cluster.cli_args import emotion, output_file, positive_seconds
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("call", help="call a live server with an audio file as the microphone",
+                       description="Call an `actorcast serve` server: send FILE as the microphone, receive the "
+                                   "avatar, print fps / time to first frame / A/V offset as JSON.")
+    p.add_argument("url", help="server URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--audio", type=Path, required=True, help="audio file sent as the microphone")
+    p.add_argument("--seconds", type=positive_seconds, help="call length (default: the audio's length)")
+    p.add_argument("--record", type=output_file, help="write what came back (video + voice) to this mp4")
+    p.add_argument("--token", help="bearer token, when the server has one")
+    p.add_argument("--emotion", type=emotion, default="neutral")
+    p.add_argument("--identity-seed", type=int, help="built-in identity (default 0)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.errors import ActorcastError
+    from streaming.client import run_call
+
+    if not args.url.startswith(("http://", "https://")):
+        raise ActorcastError(f"{args.url} is not an http(s) URL; give e.g. http://127.0.0.1:8080")
+    options = {"emotion": args.emotion}
+    if args.identity_seed is not None:
+        options["identity_seed"] = args.identity_seed
+    report = asyncio.run(run_call(args.url, args.audio, args.seconds, args.record, args.token, **options))
+    print(json.dumps(report, indent=1, default=float))
+    return 0

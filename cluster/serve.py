@@ -1,0 +1,79 @@
+"""`actorcast serve`: the live-call server (browser client at /, WebRTC offers at /offer)."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cluster.cli_args import positive_int
+from models.errors import ActorcastError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve live avatar calls over WebRTC",
+                       description="Serve live avatar calls: open http://HOST:PORT/ in a browser, or `actorcast call`.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; loopback = "
+                   "loopback-only ICE candidates)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer and /calls/*")
+    p.add_argument("--max-sessions", type=positive_int, default=2, help="concurrent calls; more get HTTP 503")
+    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray)")
+    p.add_argument("--weights", type=Path, help="weights directory (default: the shipped ones, else untrained)")
+    p.add_argument("--address", help="join this Ray cluster (host:port or auto) instead of running in-process")
+    p.add_argument("--stun", help="STUN server URL for ICE, e.g. stun:stun.example.org:3478 (default: none)")
+    p.set_defaults(run=run)
+
+
+async def serve(engine, config, ready=None) -> None:
+    """Run the server until SIGINT/SIGTERM; closes every call before returning."""
+    from aiohttp import web
+
+    from streaming.app import create_app
+
+    runner = web.AppRunner(create_app(engine, config), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ActorcastError(f"cannot listen on {config.host}:{config.port} ({e.strerror}); choose another "
+                             "--port or --host") from None
+    port = runner.addresses[0][1]
+    print(f"actorcast: serving live calls on http://{config.host}:{port}/ (Ctrl-C to stop)", flush=True)
+    if ready is not None:
+        ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()  # on_shutdown closes the calls, their sessions and actors
+
+
+def run(args: argparse.Namespace) -> int:
+    from actors.engine import Engine
+    from streaming.app import ServerConfig
+
+    if not 0 <= args.port <= 65535:
+        raise ActorcastError(f"--port {args.port} is not a TCP port; give 0..65535")
+    if args.weights is not None and not args.weights.is_dir():
+        raise ActorcastError(f"--weights {args.weights} is not a directory; give the folder with the weights")
+    config = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
+                          stun=args.stun)
+    engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.address is not None or args.shards > 1,
+                    address=args.address)
+    try:
+        asyncio.run(serve(engine, config))
+    finally:
+        engine.close()
+    sys.stderr.write("actorcast: server stopped\n")
+    return 0

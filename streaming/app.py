@@ -1,0 +1,216 @@
+"""The live-call web server: GET / (browser client), POST /offer, GET /health, GET /metrics, call control.
+
+Call control for agents that drive the avatar themselves (like LiveKit's avatar VideoGenerator or Pipecat's
+video services), all bearer-token protected when the server has a token:
+  POST /calls/{id}/emotion   {"emotion": "happy"}
+  POST /calls/{id}/interrupt  (barge-in: queued speech dropped, the avatar returns to idle)
+  POST /calls/{id}/speak      body = an audio file (any format PyAV reads); calls offered with "source": "agent"
+  GET  /calls/{id}            the call's live stats
+"""
+
+import asyncio
+import base64
+import hmac
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from aiohttp import web
+from aiortc import RTCSessionDescription
+
+from models.data.params import EMOTIONS
+from models.errors import InputError
+from streaming.ice import hosts_for
+from streaming.metrics import Metrics
+from streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
+from streaming.tracks import decode_audio_48k
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY = 16 * 2**20  # portraits and speech uploads
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How `actorcast serve` was started."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_sessions: int = 2
+    stun: str | None = None
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+def decode_image(data: str) -> np.ndarray:
+    """A portrait sent as base64 (or a data: URL) of any image PyAV decodes -> (H, W, 3) uint8."""
+    try:
+        raw = base64.b64decode(data.split(",", 1)[-1], validate=False)
+        with av.open(io.BytesIO(raw)) as container:
+            frame = next(container.decode(video=0))
+        return frame.to_ndarray(format="rgb24")
+    except (ValueError, StopIteration, av.error.FFmpegError) as e:
+        raise InputError(f"the portrait cannot be decoded ({e.__class__.__name__}): send a PNG or JPEG") from None
+
+
+def parse_offer(body: bytes) -> tuple[RTCSessionDescription, dict]:
+    """The JSON body of POST /offer -> (offer, options); InputError names what is wrong."""
+    try:
+        params = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"the body is not JSON ({e}); send {{\"sdp\": ..., \"type\": \"offer\"}}") from None
+    if not isinstance(params, dict):
+        raise InputError("the body must be a JSON object with \"sdp\" and \"type\"")
+    sdp, kind = params.get("sdp"), params.get("type")
+    if not isinstance(sdp, str) or kind != "offer":
+        raise InputError('send {"sdp": "<offer SDP>", "type": "offer"}')
+    if not sdp.startswith("v=0") or "m=" not in sdp:
+        raise InputError("\"sdp\" is not an SDP offer (it must start with v=0 and have m= lines)")
+    return RTCSessionDescription(sdp=sdp, type="offer"), params
+
+
+def call_options(params: dict) -> CallOptions:
+    emotion = params.get("emotion", "neutral")
+    if emotion not in EMOTIONS:
+        raise InputError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
+    source = params.get("source", "mic")
+    if source not in SOURCES:
+        raise InputError(f"unknown source {source!r}; choose mic or agent")
+    seed = params.get("identity_seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise InputError("identity_seed must be an integer >= 0")
+    reference = decode_image(params["portrait"]) if params.get("portrait") else None
+    return CallOptions(emotion=emotion, identity_seed=seed, reference=reference, source=source)
+
+
+class LiveServer:
+    """Admission, the calls in progress, and the HTTP handlers."""
+
+    def __init__(self, engine, config: ServerConfig):
+        self.engine, self.config = engine, config
+        self.metrics = Metrics()
+        self.calls: dict[str, LiveCall] = {}
+        self.admitting = 0  # offers being set up, counted against capacity before their session exists
+        self.started = time.time()
+
+    def _authorised(self, request: web.Request) -> bool:
+        if not self.config.token:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode())
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler):
+        protected = request.path == "/offer" or request.path.startswith("/calls/")
+        if protected and not self._authorised(request):
+            return _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+        try:
+            return await handler(request)
+        except InputError as e:
+            return _error(400, str(e))
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sessions": len(self.calls), "max_sessions": self.config.max_sessions,
+                                  "token_required": bool(self.config.token), "uptime_s": time.time() - self.started})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        self.metrics.sessions_active = len(self.calls)
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type": "text/plain; version=0.0.4"})
+
+    async def offer(self, request: web.Request) -> web.Response:
+        offer, params = parse_offer(await request.read())
+        options = call_options(params)
+        if len(self.calls) + self.admitting >= self.config.max_sessions:
+            self.metrics.sessions_rejected += 1
+            return _error(503, f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions "
+                               "in use; retry when a call ends or start serve with a larger --max-sessions")
+        self.admitting += 1
+        try:
+            return await self._admit(offer, options, params)
+        finally:
+            self.admitting -= 1
+
+    async def _admit(self, offer: RTCSessionDescription, options: CallOptions, params: dict) -> web.Response:
+        session = await _maybe_await(self.engine.open_session(
+            reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True))
+        call_id = str(getattr(session, "session_id", None) or uuid.uuid4().hex)
+        call = LiveCall(call_id, session, options, self.metrics, self._closed, stun=self.config.stun)
+        try:
+            answer = await call.answer(offer, hosts_for(self.config.host))
+        except BaseException:
+            await call.close()
+            raise
+        self.calls[call_id] = call
+        self.metrics.sessions_total += 1
+        self.metrics.sessions_active = len(self.calls)
+        log.info("call %s admitted (%d/%d)", call_id, len(self.calls), self.config.max_sessions)
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call_id})
+
+    def _closed(self, call: LiveCall) -> None:
+        self.calls.pop(call.call_id, None)
+        self.metrics.sessions_active = len(self.calls)
+        log.info("call %s closed (%d left)", call.call_id, len(self.calls))
+
+    def _call(self, request: web.Request) -> LiveCall:
+        call = self.calls.get(request.match_info["call_id"])
+        if call is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such call: it ended or the id is wrong"}),
+                                   content_type="application/json")
+        return call
+
+    async def call_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self._call(request).stats())
+
+    async def emotion(self, request: web.Request) -> web.Response:
+        call = self._call(request)
+        try:
+            emotion = (await request.json())["emotion"]
+        except (ValueError, KeyError, TypeError):
+            raise InputError('send {"emotion": "<name>"}') from None
+        call.set_emotion(emotion)
+        return web.json_response({"ok": True, "emotion": emotion})
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        self._call(request).interrupt()
+        return web.json_response({"ok": True})
+
+    async def speak(self, request: web.Request) -> web.Response:
+        call = self._call(request)
+        pcm = await asyncio.get_running_loop().run_in_executor(None, decode_audio_48k, await request.read())
+        return web.json_response({"ok": True, "queued_s": call.speak(pcm)})
+
+    async def shutdown(self, app: web.Application | None = None) -> None:
+        """Close every call (frees sessions and actors); used on SIGINT/SIGTERM and app cleanup."""
+        await asyncio.gather(*(call.close() for call in list(self.calls.values())), return_exceptions=True)
+
+
+def create_app(engine, config: ServerConfig) -> web.Application:
+    """The aiohttp application; `engine.open_session(...)` makes one runtime Session per call."""
+    server = LiveServer(engine, config)
+    app = web.Application(middlewares=[server.auth], client_max_size=MAX_BODY)
+    app["server"] = server
+    app.router.add_get("/", server.index)
+    app.router.add_static("/static/", STATIC)
+    app.router.add_get("/health", server.health)
+    app.router.add_get("/metrics", server.metrics_text)
+    app.router.add_post("/offer", server.offer)
+    app.router.add_get("/calls/{call_id}", server.call_stats)
+    app.router.add_post("/calls/{call_id}/emotion", server.emotion)
+    app.router.add_post("/calls/{call_id}/interrupt", server.interrupt)
+    app.router.add_post("/calls/{call_id}/speak", server.speak)
+    app.on_shutdown.append(server.shutdown)
+    return app

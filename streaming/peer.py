@@ -1,0 +1,284 @@
+"""One live call: an aiortc peer connection around one runtime Session.
+
+Inbound audio (the caller's microphone, or in "agent" mode audio handed to `speak`) is fed to the session
+in real time; the session's frames go out on the 25 fps avatar track and the same audio comes back on the
+voice track, aligned to the frame on screen. Control (emotion, interrupt, ping) arrives on a data channel
+named "control" or through the HTTP routes of app.py; stats go back on the data channel twice a second.
+"""
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from models.data.params import EMOTIONS
+from models.errors import InputError
+from models.timebase import FPS
+from streaming.ice import rtc_configuration, set_local_description
+from streaming.metrics import Metrics
+from streaming.tracks import VOICE_BLOCK, VOICE_RATE, AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, VoiceTrack
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("mic", "agent")
+IDLE_TIMEOUT_S = 3.0  # no audio and no control message for this long after connecting = the peer is gone
+STATS_PERIOD_S = 0.5
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What the caller asked for in its offer."""
+
+    emotion: str = "neutral"
+    identity_seed: int | None = None
+    reference: np.ndarray | None = None  # (H, W, 3) uint8 portrait
+    source: str = "mic"  # "mic": the caller's audio drives the avatar; "agent": audio given to speak()
+
+
+def percentile(values, q: float) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class LiveCall:
+    """A peer connection, its tracks and its session; `close()` frees all of them (idempotent)."""
+
+    def __init__(self, call_id: str, session, options: CallOptions, metrics: Metrics,
+                 on_closed: Callable[["LiveCall"], None], stun: str | None = None):
+        self.call_id, self.session, self.options, self.metrics = call_id, session, options, metrics
+        self.on_closed = on_closed
+        self.pc = RTCPeerConnection(rtc_configuration(stun))
+        self.content = ContentAudio()
+        self.audio_in = AudioInput(session.feed, self.content)
+        self.video = AvatarVideoTrack(self._frame_sent)
+        self.voice = VoiceTrack(self.content, lambda: self.anchor)
+        self.anchor: tuple[int, float] | None = None  # (frame index, wall time sent) of the latest real frame
+        self.speech: collections.deque[np.ndarray] = collections.deque()  # agent mode: 48 kHz int16 blocks
+        self.latencies: collections.deque[float] = collections.deque(maxlen=1500)
+        self.sent_times: collections.deque[float] = collections.deque(maxlen=2 * FPS)
+        self.pending_frames: list[list[float]] = []
+        self.frames_sent = self.degraded_frames = 0
+        self.t_answer: float | None = None
+        self.t_first_frame: float | None = None
+        self.interrupts: list[dict] = []
+        self.last_activity = time.monotonic()
+        self.channel = None
+        self.tasks: list[asyncio.Task] = []
+        self.closed = asyncio.Event()
+        self._closing = False
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+
+    async def answer(self, offer: RTCSessionDescription, candidate_hosts: list[str] | None) -> RTCSessionDescription:
+        """Apply the caller's offer and return our answer; raises InputError for an unusable offer."""
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise InputError(f"the SDP offer cannot be used ({e.__class__.__name__}: {e}); send a WebRTC offer "
+                             "with an audio m-line and a video m-line") from None
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if "video" not in kinds:
+            raise InputError("the offer has no video m-line: add a recvonly video transceiver to receive the avatar")
+        self.pc.addTrack(self.video)
+        self.pc.addTrack(self.voice)
+        await set_local_description(self.pc, await self.pc.createAnswer(), candidate_hosts)
+        self.t_answer = time.time()
+        self.tasks.append(asyncio.create_task(self._pump_frames(), name=f"{self.call_id}-frames"))
+        self.tasks.append(asyncio.create_task(self._watchdog(), name=f"{self.call_id}-watchdog"))
+        self.tasks.append(asyncio.create_task(self._send_stats(), name=f"{self.call_id}-stats"))
+        if self.options.source == "agent":
+            self.tasks.append(asyncio.create_task(self._feed_speech(), name=f"{self.call_id}-speech"))
+        return self.pc.localDescription
+
+    def _on_track(self, track) -> None:
+        if track.kind == "audio":
+            self.tasks.append(asyncio.create_task(self._pump_audio(track), name=f"{self.call_id}-audio"))
+
+    def _on_datachannel(self, channel) -> None:
+        self.channel = channel
+        channel.on("message", self._on_message)
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            log.info("call %s: connection %s", self.call_id, self.pc.connectionState)
+            await self.close()
+
+    # ---- media --------------------------------------------------------------------------------------------
+
+    async def _pump_audio(self, track) -> None:
+        """Caller audio -> session (mic mode), or just drained as a liveness signal (agent mode)."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                log.info("call %s: the caller's audio ended", self.call_id)
+                await self.close()
+                return
+            self.last_activity = time.monotonic()
+            if self.options.source == "mic":
+                self.audio_in.push_frame(frame)
+
+    async def _feed_speech(self) -> None:
+        """Agent mode: 20 ms of queued speech (or silence) every 20 ms, on a steady clock."""
+        t0, k = time.monotonic(), 0
+        while True:
+            block = self.speech.popleft() if self.speech else np.zeros(VOICE_BLOCK, np.int16)
+            self.audio_in.push_voice(block)
+            k += 1
+            await asyncio.sleep(max(0.0, t0 + k * VOICE_BLOCK / VOICE_RATE - time.monotonic()))
+
+    async def _pump_frames(self) -> None:
+        """Session frames -> the avatar track's buffer; ends the call when the session stops."""
+        try:
+            async for vf in self.session.frames():
+                self.video.put(vf.first_frame, vf.frames, vf.degraded)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: the session failed", self.call_id)
+        await self.close()
+
+    def _frame_sent(self, sent: SentFrame) -> None:
+        latency = None
+        if sent.index is not None:
+            self.anchor = (sent.index, sent.t_sent)
+            arrival = self.audio_in.arrival(sent.index)
+            if arrival is not None:
+                latency = (sent.t_sent - arrival) * 1000.0
+                self.latencies.append(latency)
+        if self.t_first_frame is None:
+            self.t_first_frame = sent.t_sent
+        self.frames_sent += 1
+        self.degraded_frames += int(sent.degraded)
+        self.sent_times.append(sent.t_sent)
+        self.metrics.frame_sent(sent.degraded, latency)
+        self.pending_frames.append([round(sent.t_sent * 1000.0, 1), None if latency is None else round(latency, 1),
+                                    sent.index, int(sent.degraded)])
+        for event in self.interrupts:
+            if event.get("idle_ms") is None and sent.index is not None and sent.index >= event["frame"]:
+                event["idle_ms"] = (sent.t_sent - event["t"]) * 1000.0
+
+    # ---- control ------------------------------------------------------------------------------------------
+
+    def set_emotion(self, emotion: str) -> None:
+        if emotion not in EMOTIONS:
+            raise InputError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
+        self.session.set_emotion(emotion)
+
+    def interrupt(self) -> None:
+        """Barge-in: drop queued speech everywhere (agent queue, session, voice not yet played)."""
+        self.speech.clear()
+        self.session.interrupt()
+        if self.voice.pos is not None:
+            self.content.silence_from(self.voice.pos)
+        # Frames already past the session's blanking point (chunks in the motion stage, waiting to be
+        # decoded or emitted) still show speech; every frame after them is idle by construction.
+        stats = self.session.stats()
+        queues, block = stats["queues"], self.session.config.block_frames
+        boundary = stats["frames_out"] + block * (queues["motion"] + queues["decoding"] + queues["frames"] + 2)
+        self.interrupts.append({"t": time.time(), "frame": boundary, "idle_ms": None})
+
+    def speak(self, pcm48: np.ndarray) -> float:
+        """Agent mode: queue 48 kHz mono int16 speech as the avatar's voice; returns its length in seconds."""
+        if self.options.source != "agent":
+            raise InputError("this call drives the avatar from the caller's microphone; start it with "
+                             '"source": "agent" to speak audio')
+        for start in range(0, len(pcm48), VOICE_BLOCK):
+            block = pcm48[start:start + VOICE_BLOCK]
+            self.speech.append(np.pad(block, (0, VOICE_BLOCK - len(block))))
+        return len(pcm48) / VOICE_RATE
+
+    def _on_message(self, message) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            msg = json.loads(message)
+            kind = msg["type"]
+            if kind == "ping":
+                self._send({"type": "pong", "t": msg.get("t"), "server_ms": time.time() * 1000.0})
+            elif kind == "emotion":
+                self.set_emotion(str(msg.get("emotion")))
+                self._send({"type": "ack", "op": "emotion", "emotion": msg["emotion"]})
+            elif kind == "interrupt":
+                self.interrupt()
+                self._send({"type": "ack", "op": "interrupt"})
+            else:
+                raise InputError(f"unknown control message type {kind!r}; use ping, emotion or interrupt")
+        except (ValueError, KeyError, TypeError) as e:  # InputError is a ValueError
+            self._send({"type": "error", "error": str(e) if isinstance(e, InputError) else
+                        f"bad control message ({e.__class__.__name__}): send JSON with a \"type\""})
+
+    def _send(self, payload: dict) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps(payload))
+
+    # ---- stats and lifecycle ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Live numbers of this call (also sent on the data channel)."""
+        times = list(self.sent_times)
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        return {
+            "session_id": self.call_id, "fps": round(fps, 2), "frames_sent": self.frames_sent,
+            "degraded_frames": self.degraded_frames, "dropped_frames": self.video.dropped,
+            "repeated_frames": self.video.repeated,
+            "server_latency_ms": {"p50": percentile(self.latencies, 50), "p95": percentile(self.latencies, 95)},
+            "av_offset_ms": self.voice.offset_ms(), "voice_resyncs": self.voice.resyncs,
+            "ttff_s": None if self.t_first_frame is None or self.t_answer is None
+            else self.t_first_frame - self.t_answer,
+            "interrupt_idle_ms": [e["idle_ms"] for e in self.interrupts],
+            "queued_speech_s": len(self.speech) * VOICE_BLOCK / VOICE_RATE,
+            "buffered_frames": len(self.video.queue), "session": self.session.stats(),
+        }
+
+    async def _send_stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_PERIOD_S)
+            frames, self.pending_frames = self.pending_frames, []
+            self._send({"type": "stats", **self.stats(), "server_ms": time.time() * 1000.0, "frames": frames})
+
+    async def _watchdog(self) -> None:
+        """A caller that vanished without closing (tab killed, network gone) stops sending: free its call."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.pc.connectionState == "connected" and time.monotonic() - self.last_activity > IDLE_TIMEOUT_S:
+                log.info("call %s: nothing from the caller for %.0f s, closing", self.call_id, IDLE_TIMEOUT_S)
+                await self.close()
+                return
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+        for task in self.tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.video.stop()
+        self.voice.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        try:
+            await _maybe_await(self.session.close())
+        except Exception:
+            log.exception("call %s: closing the session failed", self.call_id)
+        self.closed.set()
+        self.on_closed(self)

@@ -1,0 +1,256 @@
+"""Media of one call: inbound audio -> 16 kHz session feed, the 25 fps avatar track, the lip-synced voice track.
+
+Content time: the session numbers frames from the audio it is fed (frame n <-> fed 16 kHz samples
+[640 n, 640 n + 640)); interrupts replace queued speech with silence, so that mapping never shifts. The
+voice sent back is the fed audio itself (kept at 48 kHz), read at the content position of the video frame
+on screen, so the receiver hears each sound together with its frame (the pipeline latency is the delay).
+"""
+
+import asyncio
+import collections
+import fractions
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from models.errors import InputError
+from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90_000
+VIDEO_PTS_STEP = VIDEO_CLOCK // FPS  # 3600 ticks of 90 kHz per 25 fps frame
+VOICE_RATE = 48_000
+VOICE_PER_FRAME = SAMPLES_PER_FRAME * VOICE_RATE // SAMPLE_RATE  # 1920 samples of 48 kHz per video frame
+VOICE_BLOCK = VOICE_RATE // 50  # 20 ms audio packets, as WebRTC peers send them
+RESYNC_SAMPLES = VOICE_RATE // 100  # re-align the voice when it is off by more than 10 ms (smoothed)
+
+
+def decode_audio_48k(raw: bytes) -> np.ndarray:
+    """Any audio file PyAV decodes (as bytes) -> 48 kHz mono int16; InputError if it is not usable audio."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
+    try:
+        with av.open(io.BytesIO(raw)) as container:
+            if not container.streams.audio:
+                raise InputError("the file has no audio stream: give a WAV/MP3/Opus file with speech")
+            blocks = [o.to_ndarray().reshape(-1) for f in container.decode(audio=0) for o in resampler.resample(f)]
+        blocks += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
+    except av.error.FFmpegError as e:
+        raise InputError(f"the file cannot be decoded as audio ({e.__class__.__name__}): give WAV, MP3 or Opus") from None
+    if not blocks or not sum(len(b) for b in blocks):
+        raise InputError("the audio is empty: give speech at least one frame (40 ms) long")
+    return np.concatenate(blocks)
+
+
+class ContentAudio:
+    """The fed audio at 48 kHz mono int16, addressed by absolute content position; keeps the last `keep_s`."""
+
+    def __init__(self, keep_s: float = 20.0):
+        self.capacity = int(keep_s * VOICE_RATE)
+        self.buf = np.zeros(self.capacity, np.int16)
+        self.end = 0  # content position one past the last sample written
+
+    def append(self, block: np.ndarray) -> None:
+        block = block[-self.capacity:]
+        idx = (self.end + np.arange(len(block))) % self.capacity
+        self.buf[idx] = block
+        self.end += len(block)
+
+    def read(self, pos: int, n: int) -> np.ndarray:
+        """n samples from content position pos; silence where nothing (or nothing kept) was written."""
+        out = np.zeros(n, np.int16)
+        lo, hi = max(pos, self.end - self.capacity, 0), min(pos + n, self.end)
+        if hi > lo:
+            out[lo - pos:hi - pos] = self.buf[np.arange(lo, hi) % self.capacity]
+        return out
+
+    def silence_from(self, pos: int) -> None:
+        """Replace everything written from content position pos on with silence (barge-in)."""
+        lo = max(pos, self.end - self.capacity, 0)
+        if self.end > lo:
+            self.buf[np.arange(lo, self.end) % self.capacity] = 0
+
+
+class AudioInput:
+    """Turns inbound audio (any av.AudioFrame, or 48 kHz mono int16 blocks) into the session feed.
+
+    Keeps the voice copy (ContentAudio) and when each fed sample arrived, for the latency measure.
+    """
+
+    def __init__(self, feed: Callable[[np.ndarray], None], content: ContentAudio):
+        self.feed, self.content = feed, content
+        self.to_voice = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
+        self.to_model = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self.fed = 0  # 16 kHz samples fed so far
+        self.arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (first sample, wall time)
+
+    def push_frame(self, frame: av.AudioFrame) -> None:
+        """An inbound WebRTC audio frame (typically s16 stereo 48 kHz, 20 ms)."""
+        for out in self.to_voice.resample(frame):
+            self.push_voice(out.to_ndarray().reshape(-1))
+
+    def push_voice(self, block: np.ndarray) -> None:
+        """48 kHz mono int16 samples, in real time: keep them for the voice track and feed them at 16 kHz."""
+        now = time.time()
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.reshape(1, -1)), format="s16", layout="mono")
+        frame.sample_rate = VOICE_RATE
+        self.content.append(block)
+        pcm = [o.to_ndarray().reshape(-1) for o in self.to_model.resample(frame)]
+        if pcm:
+            pcm16 = np.concatenate(pcm).astype(np.float32, copy=False)
+            self.arrivals.append((self.fed, now))
+            self.fed += len(pcm16)
+            self.feed(pcm16)
+        while len(self.arrivals) > 3000:  # about a minute of 20 ms blocks
+            self.arrivals.popleft()
+
+    def arrival(self, frame_index: int) -> float | None:
+        """Wall time at which the first sample of video frame `frame_index` was fed (None if not kept)."""
+        pos = frame_index * SAMPLES_PER_FRAME
+        found = None
+        for start, t in reversed(self.arrivals):
+            if start <= pos:
+                found = t
+                break
+        return found if pos < self.fed else None
+
+
+@dataclass
+class SentFrame:
+    """What the video track reports for each frame it sends."""
+
+    pts: int  # in 1/90000 s
+    index: int | None  # session frame index, None when the last frame was repeated (underrun)
+    degraded: bool
+    t_sent: float  # wall time
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """Sends the session's frames at exactly 25 fps on a 90 kHz clock (pts = n * 3600).
+
+    Frames wait in a short buffer; when it runs dry the last frame is repeated (and counted degraded), when
+    it overflows the oldest frames are dropped, so latency stays bounded whatever the session does.
+    """
+
+    kind = "video"
+
+    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 1):
+        super().__init__()
+        self.on_sent = on_sent
+        self.queue: collections.deque[tuple[int, np.ndarray, bool]] = collections.deque()
+        self.max_chunk = 1
+        self.prebuffer = prebuffer_frames
+        self.slack = prebuffer_frames
+        self.depths: collections.deque[int] = collections.deque(maxlen=6)
+        self.have_frames = asyncio.Event()
+        self.n = 0
+        self.t0: float | None = None
+        self.last: np.ndarray | None = None
+        self.dropped = 0
+        self.repeated = 0
+
+    def put(self, first_frame: int, frames: np.ndarray, degraded: bool) -> None:
+        """Queue (T, H, W, 3) uint8 frames starting at session frame `first_frame`."""
+        self.max_chunk = max(self.max_chunk, len(frames))
+        # The depth just before a chunk arrives is the buffer's slack: when it stayed above `slack` frames for
+        # the last few chunks, skip one frame to give that latency back (a jitter spike left it behind).
+        self.depths.append(len(self.queue))
+        if self.t0 is not None and len(self.depths) == self.depths.maxlen and min(self.depths) > self.slack:
+            self.queue.popleft()
+            self.dropped += 1
+            self.depths.clear()
+        for k, image in enumerate(frames):
+            self.queue.append((first_frame + k, image, degraded))
+        bound = 2 * self.max_chunk + 2
+        while len(self.queue) > bound:
+            self.queue.popleft()
+            self.dropped += 1
+        if len(self.queue) >= min(self.prebuffer + 1, bound) or self.t0 is not None:
+            self.have_frames.set()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.t0 is None:
+            await self.have_frames.wait()
+            self.t0 = time.monotonic()
+        deadline = self.t0 + self.n / FPS
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.25:  # the loop stalled: restart the clock instead of bursting frames
+            self.t0 = time.monotonic() - self.n / FPS
+        if self.queue:
+            index, image, degraded = self.queue.popleft()
+            self.last = image
+        else:
+            index, image, degraded = None, self.last, True
+            self.repeated += 1
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = self.n * VIDEO_PTS_STEP, fractions.Fraction(1, VIDEO_CLOCK)
+        self.on_sent(SentFrame(frame.pts, index, degraded, time.time()))
+        self.n += 1
+        return frame
+
+
+class VoiceTrack(MediaStreamTrack):
+    """The voice sent back: the fed audio, read at the content position of the frame being sent.
+
+    `clock()` returns (session frame index, wall time it was sent) of the latest frame sent, or None before
+    the first; the voice plays content sample 1920 n exactly when frame n goes out.
+    """
+
+    kind = "audio"
+
+    def __init__(self, content: ContentAudio, clock: Callable[[], tuple[int, float] | None]):
+        super().__init__()
+        self.content, self.clock = content, clock
+        self.k = 0
+        self.t0: float | None = None
+        self.pos: int | None = None
+        self.error = 0.0  # smoothed (read position - target), in samples
+        self.resyncs = 0
+
+    def _target(self) -> int | None:
+        anchor = self.clock()
+        if anchor is None:
+            return None
+        index, t_sent = anchor
+        return index * VOICE_PER_FRAME + int((time.time() - t_sent) * VOICE_RATE)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        delay = self.t0 + self.k * VOICE_BLOCK / VOICE_RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.25:
+            self.t0 = time.monotonic() - self.k * VOICE_BLOCK / VOICE_RATE
+        target = self._target()
+        if target is None:
+            samples = np.zeros(VOICE_BLOCK, np.int16)
+        else:
+            if self.pos is None:
+                self.pos = target
+            self.error = 0.8 * self.error + 0.2 * (self.pos - target)
+            if abs(self.error) > RESYNC_SAMPLES:
+                self.pos, self.error = target, 0.0
+                self.resyncs += 1
+            samples = self.content.read(self.pos, VOICE_BLOCK)
+            self.pos += VOICE_BLOCK
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = VOICE_RATE
+        frame.pts, frame.time_base = self.k * VOICE_BLOCK, fractions.Fraction(1, VOICE_RATE)
+        self.k += 1
+        return frame
+
+    def offset_ms(self) -> float | None:
+        """Smoothed voice minus video content position when a voice packet goes out, in ms (+ = voice ahead)."""
+        return None if self.pos is None else self.error * 1000.0 / VOICE_RATE
