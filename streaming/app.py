@@ -198,11 +198,14 @@ class LiveServer:
         await asyncio.gather(*(call.close() for call in list(self.calls.values())), return_exceptions=True)
 
 
+SERVER = web.AppKey("server", LiveServer)
+
+
 def create_app(engine, config: ServerConfig) -> web.Application:
     """The aiohttp application; `engine.open_session(...)` makes one runtime Session per call."""
     server = LiveServer(engine, config)
     app = web.Application(middlewares=[server.auth], client_max_size=MAX_BODY)
-    app["server"] = server
+    app[SERVER] = server
     app.router.add_get("/", server.index)
     app.router.add_static("/static/", STATIC)
     app.router.add_get("/health", server.health)

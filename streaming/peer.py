@@ -184,6 +184,8 @@ class LiveCall:
         """Barge-in: drop queued speech everywhere (agent queue, session, voice not yet played)."""
         self.speech.clear()
         self.session.interrupt()
+        self.video.dropped += len(self.video.queue)  # made from the dropped speech: skip them
+        self.video.queue.clear()
         if self.voice.pos is not None:
             self.content.silence_from(self.voice.pos)
         # Frames already past the session's blanking point (chunks in the motion stage, waiting to be
