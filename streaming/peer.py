@@ -168,7 +168,7 @@ class LiveCall:
         self.sent_times.append(sent.t_sent)
         self.metrics.frame_sent(sent.degraded, latency)
         self.pending_frames.append([round(sent.t_sent * 1000.0, 1), None if latency is None else round(latency, 1),
-                                    sent.index, int(sent.degraded)])
+                                    sent.index, int(sent.degraded), sent.pts])
         for event in self.interrupts:
             if event.get("idle_ms") is None and sent.index is not None and sent.index >= event["frame"]:
                 event["idle_ms"] = (sent.t_sent - event["t"]) * 1000.0

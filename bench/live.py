@@ -1,0 +1,125 @@
+"""Live-call benchmark: `python bench/live.py --out DIR [--quick]` -> DIR/live.json (keys of DESIGN.md).
+
+One in-process server on 127.0.0.1 (tiny preset, 256^2); a Python aiortc caller for time to first frame,
+server latency, fps, degraded frames and the receiver's A/V offset; headless Chromium (if installed) for the
+latency the page measures (capture -> presented); then 1, 2, ... concurrent callers until 25 fps is lost.
+"""
+
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiohttp import web  # noqa: E402
+
+from actors.engine import Engine  # noqa: E402
+from bench.common import parse_args, write_json  # noqa: E402
+from models.data.media import write_wav  # noqa: E402
+from models.data.performance import generate_speech  # noqa: E402
+from streaming.app import ServerConfig, create_app  # noqa: E402
+from streaming.client import LiveCaller  # noqa: E402
+from streaming.tracks import decode_audio_48k  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium_flags(wav: Path) -> list[str]:
+    return ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
+            "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required"]
+
+
+async def browser_call(url: str, wav: Path, seconds: float, screenshot: Path | None = None) -> dict:
+    """Open the page at `url`, start a call, let it run, return the page's own stats (window.actorcast.stats())."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=chromium_flags(wav))
+        try:
+            page = await browser.new_page(viewport={"width": 1000, "height": 640})
+            await page.goto(url + "/")
+            await page.click("#start")
+            await page.wait_for_function("window.actorcast.running === true", timeout=15000)
+            await asyncio.sleep(seconds)
+            stats = json.loads(await page.evaluate("JSON.stringify(window.actorcast.stats())"))
+            stats["page_error"] = await page.text_content("#error")
+            if screenshot is not None:
+                await page.screenshot(path=str(screenshot))
+            await page.click("#stop")
+        finally:
+            await browser.close()
+    return stats
+
+
+@contextlib.asynccontextmanager
+async def serving(engine, max_sessions: int):
+    runner = web.AppRunner(create_app(engine, ServerConfig(max_sessions=max_sessions)))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def concurrent_calls(url: str, pcm, n: int, seconds: float) -> list[dict]:
+    callers = [LiveCaller(url, pcm) for _ in range(n)]
+    await asyncio.gather(*(c.start() for c in callers))
+    await asyncio.sleep(seconds)
+    reports = [c.report(pcm) for c in callers]
+    await asyncio.gather(*(c.stop() for c in callers))
+    await asyncio.sleep(1.0)  # let the server free the sessions
+    return reports
+
+
+def holds_25fps(report: dict) -> bool:
+    server = report["server"]
+    return report["fps"] >= 24.0 and server.get("degraded_frames", 1) <= 0.01 * max(1, server.get("frames_sent", 0))
+
+
+async def main_async(args) -> dict:
+    seconds = 10.0 if args.quick else 60.0
+    work = Path(tempfile.mkdtemp(prefix="actorcast-live-"))
+    wav = work / "speech.wav"
+    write_wav(wav, generate_speech(11, seconds + 2))
+    pcm = decode_audio_48k(wav.read_bytes())
+    result: dict = {"seconds": seconds, "preset": "tiny", "size": 256}
+    with Engine() as engine:
+        async with serving(engine, max_sessions=8) as url:
+            one = (await concurrent_calls(url, pcm, 1, seconds))[0]
+            srv = one["server"]
+            result.update(ttff_s=one["ttff_s"], fps=one["fps"], degraded_frames=srv["degraded_frames"],
+                          server_latency_ms=srv["server_latency_ms"], av_offset_ms=one["av_offset_ms"],
+                          av_offset_sender_ms=srv["av_offset_ms"], session_latency_ms=srv["session"]["latency_ms"],
+                          repeated_frames=srv["repeated_frames"], dropped_frames=srv["dropped_frames"])
+            if CHROMIUM.exists():
+                page = await browser_call(url, wav, min(seconds, 20.0))
+                result.update(browser_latency_ms=page["latency_ms"], browser_av_offset_ms=page["av_offset_ms"],
+                              browser_av_parts_ms=page["av_parts_ms"], browser_fps=page["fps"])
+            scaling, best = {}, 0
+            for n in range(1, 5):
+                reports = await concurrent_calls(url, pcm, n, 8.0 if args.quick else 20.0)
+                scaling[n] = [{"fps": r["fps"], "degraded": r["server"].get("degraded_frames"),
+                               "p95_ms": r["server"].get("server_latency_ms", {}).get("p95")} for r in reports]
+                if not all(holds_25fps(r) for r in reports):
+                    break
+                best = n
+            result.update(max_sessions_at_25fps=best, scaling=scaling)
+    return result
+
+
+def main() -> None:
+    args = parse_args("live", __doc__.splitlines()[0])
+    result = asyncio.run(main_async(args))
+    path = write_json(Path(args.out), "live", result)
+    print(json.dumps(result, indent=1, default=float))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
