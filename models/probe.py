@@ -54,11 +54,11 @@ class Probe(nn.Module):
         low = torch.tensor([r[0] for r in PARAM_RANGES])
         high = torch.tensor([r[1] for r in PARAM_RANGES])
         self.register_buffer("center", (low + high) / 2, persistent=False)
-        self.register_buffer("half", (high - low) / 2, persistent=False)
+        self.register_buffer("halfrange", (high - low) / 2, persistent=False)
 
     def normalise(self, params: torch.Tensor) -> torch.Tensor:
         """(B, 16) parameters → (B, 16) in [-1, 1]."""
-        return (params - self.center) / self.half
+        return (params - self.center) / self.halfrange
 
     def forward_normalised(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, 16) normalised parameters."""
@@ -69,4 +69,4 @@ class Probe(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, 16) parameters in their natural units."""
-        return self.forward_normalised(frames) * self.half + self.center
+        return self.forward_normalised(frames) * self.halfrange + self.center

@@ -7,6 +7,8 @@ module imports no Ray.
 """
 
 import dataclasses
+import ipaddress
+import json
 import logging
 import math
 import os
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 STAGE_NAMES = ("decoder", "motion", "probe")
 EXPORT_DIR = "export"  # inside the final checkpoint: safetensors + JSON of the trained models
 CLIENT_STATE = "actorcast_state"
+STATE_FILE = "actorcast_state.json"  # step + config, readable without DeepSpeed
 
 
 @dataclass
@@ -104,14 +107,44 @@ class LocalHooks:
             self.on_report(metrics)
 
 
-def _ensure_distributed_env() -> None:
-    """DeepSpeed needs RANK/WORLD_SIZE/MASTER_* even in one process; set single-process values if absent."""
-    if "RANK" in os.environ or torch.distributed.is_initialized():
+def bind_rendezvous(host: str) -> tuple[int, int]:
+    """Rank 0: a listening socket for the torch.distributed store on `host` only; returns (fd, port).
+
+    torch's TCPStore binds every interface when it opens its own socket, exposing an unauthenticated
+    store to the network; handing it a socket bound to one address keeps a loopback run on loopback.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    return sock.detach(), port  # the store owns the fd from here on
+
+
+def init_process_group(rank: int, world_size: int, host: str, port: int, listen_fd: int | None = None,
+                       backend: str = "gloo", local_rank: int = 0) -> None:
+    """Join the process group whose store rank 0 serves at host:port (rank 0 passes its bound `listen_fd`)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if ipaddress.ip_address(host).is_loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own pair sockets on loopback too
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR=host, MASTER_PORT=str(port))
+    timeout = timedelta(minutes=5)
+    if rank == 0:
+        store = dist.TCPStore(host, port, world_size, True, timeout, master_listen_fd=listen_fd, use_libuv=False)
+    else:
+        store = dist.TCPStore(host, port, world_size, False, timeout, use_libuv=False)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+
+
+def _ensure_distributed() -> None:
+    """DeepSpeed needs a process group even in one process: make a one-rank group on loopback if none exists."""
+    if torch.distributed.is_initialized():
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    fd, port = bind_rendezvous("127.0.0.1")
+    init_process_group(0, 1, "127.0.0.1", port, listen_fd=fd)
 
 
 def deepspeed_config(cfg: TrainConfig, device: str) -> dict:
@@ -147,7 +180,7 @@ def train_func(cfg: TrainConfig, hooks) -> dict:
     from models.train_stages import get_stage
 
     # 1. Set-up: seed, the stage's trainable module (its forward returns loss + metrics), DeepSpeed engine.
-    _ensure_distributed_env()
+    _ensure_distributed()
     torch.manual_seed(cfg.seed)
     stage = get_stage(cfg.stage)
     module = stage.build(cfg)
@@ -170,7 +203,7 @@ def train_func(cfg: TrainConfig, hooks) -> dict:
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
         if step % cfg.log_every == 0 or step == cfg.steps:
             rate = samples / (time.perf_counter() - t0)
-            metrics = {"step": step, "loss": float(loss), "samples_per_s": rate,
+            metrics = {"step": step, "loss": float(loss.detach()), "samples_per_s": rate,
                        "eta_s": (cfg.steps - step) * cfg.batch_size * hooks.world_size / max(rate, 1e-9),
                        "lr": engine.get_lr()[0], **{k: float(v) for k, v in parts.items()}}
         # 3. Eval and checkpoint at intervals (every rank saves its ZeRO shard; the hooks persist them).
@@ -189,6 +222,7 @@ def _save(engine, cfg: TrainConfig, hooks, step: int, metrics: dict, export_stag
     state = {"step": step, "config": dataclasses.asdict(cfg)}
     with hooks.checkpoint_dir(step) as directory:
         engine.save_checkpoint(str(directory), tag="ds", client_state={CLIENT_STATE: state})
+        (directory / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         if export_stage is not None and hooks.rank == 0:
             export_stage.export(engine.module, directory / EXPORT_DIR, cfg, metrics)
         hooks.report(metrics, checkpoint=directory)
@@ -223,15 +257,42 @@ def _resume(engine, cfg: TrainConfig, hooks) -> int:
     with hooks.latest_checkpoint() as directory:
         if directory is None:
             return 0
-        _, client = engine.load_checkpoint(str(directory), tag="ds")
-    if not client or CLIENT_STATE not in client:
-        raise ConfigError(f"{directory} is not an actorcast training checkpoint; start without --resume")
-    saved = TrainConfig(**client[CLIENT_STATE]["config"])
-    if saved.identity() != cfg.identity():
-        raise ConfigError(f"the checkpoint in {directory} is from another run ({saved.identity()}), "
-                          f"not {cfg.identity()}; use another --out or drop --resume")
-    log.info("resumed from %s at step %d", directory, client[CLIENT_STATE]["step"])
-    return int(client[CLIENT_STATE]["step"])
+        state_file = directory / STATE_FILE
+        if not state_file.is_file():
+            raise ConfigError(f"{directory} is not an actorcast training checkpoint; start without --resume")
+        state = json.loads(state_file.read_text())
+        saved = TrainConfig(**state["config"])
+        # Check before loading: a checkpoint of another stage or preset would fail deep inside DeepSpeed.
+        if saved.identity() != cfg.identity():
+            raise ConfigError(f"the checkpoint in {directory} is from another run ({saved.identity()}), "
+                              f"not {cfg.identity()}; use another --out or drop --resume")
+        engine.load_checkpoint(str(directory), tag="ds")
+    log.info("resumed from %s at step %d", directory, state["step"])
+    return int(state["step"])
+
+
+def publish_export(checkpoint_dir: Path | str, out_dir: Path | str) -> list[Path]:
+    """Copy the safetensors export of a final checkpoint into `out_dir` (each file via a temporary name)."""
+    source = Path(checkpoint_dir) / EXPORT_DIR
+    if not source.is_dir():
+        raise ConfigError(f"{checkpoint_dir} holds no export: it is not the checkpoint of a finished run")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(source.iterdir()):
+        tmp = out / f".{path.name}.part"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, out / path.name)
+        written.append(out / path.name)
+    return written
+
+
+def run_local(cfg: TrainConfig, resume: bool = False, on_report=None) -> dict:
+    """Train in this process (no Ray) and publish the export to cfg.out_dir; returns the final metrics."""
+    hooks = LocalHooks(cfg.out_dir, resume=resume, on_report=on_report)
+    metrics = train_func(cfg, hooks)
+    publish_export(hooks.root / f"step_{cfg.steps:08d}", cfg.out_dir)
+    return metrics
 
 
 __all__ = ["TrainConfig", "LocalHooks", "train_func", "run_local", "publish_export", "deepspeed_config", "STAGE_NAMES"]
