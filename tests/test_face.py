@@ -153,7 +153,7 @@ def test_head_pose_moves_the_face() -> None:
     t = ((torch.arange(size) + 0.5) / size).view(1, size, 1)
     grad = ids.bg_top.view(3, 1, 1) + (ids.bg_bottom - ids.bg_top).view(3, 1, 1) * t
     area = [int(((imgs[i] - grad).abs().amax(0)[top] > 0.02).sum()) for i in (4, 0, 5)]
-    assert area[0] < area[1] < area[2] and area[2] > 1.6 * area[0]
+    assert area[0] < area[1] < area[2] and area[2] > 1.35 * area[0]
 
 
 def test_patches_hold_their_features(monkeypatch: pytest.MonkeyPatch) -> None:

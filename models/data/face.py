@@ -10,13 +10,17 @@ composited back to front. Small features (ears, nose, eyes with brows, mouth) ar
 per-frame square patches around their projected centres, which keeps the cost close to one pass over
 the image for the head and hair.
 
-Coordinates: the image spans [-1, 1] on both axes, y down; lengths of the face are *face units* (image
-half-widths at head_scale 1). Identity parameters: models/data/face_identity.py.
+Coordinates: the image spans [-1, 1] on both axes, y down; lengths of the face are *face units* (one is
+BASE_SCALE image half-widths at head_scale 1). Identity parameters: models/data/face_identity.py.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 import math
+import sys
 from types import SimpleNamespace
 
 import torch
@@ -26,6 +30,8 @@ from models.data.face_parts import NOSE_DEPTH, draw_ear, draw_eye, draw_mouth, d
 from models.data.params import N_PARAMS, PARAM_NAMES, clamp_params
 from models.errors import ConfigError, InputError
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Identity", "sample_identities", "render", "feature_points", "MIN_SIZE", "MAX_SIZE"]
 
 MIN_SIZE, MAX_SIZE = 64, 512
@@ -33,8 +39,8 @@ HEAD_Y0 = -0.1         # image y of the head centre at head_y = 0
 BASE_SCALE = 1.15      # image half-widths per face unit at head_scale 1
 PIVOT = 0.55           # roll pivot below the head centre, face units: heads tilt about the neck
 JAW_DROP = 0.07        # unit: how far the chin drops at jaw_open = 1
-CHUNK = 8              # frames per whole-image pass: keeps its (B, H, W) intermediates in cache
-PATCH_CHUNK = 64       # frames per patch pass
+PASS_PIXELS = 8 * 128 * 128   # pixels per whole-image pass: its (B, H, W) intermediates stay in cache
+PATCH_FRAMES = 8       # feature patches are ~1/8 of the image: 8x the frames per pass
 PATCH_MARGIN = 1.3     # feature patch radius over feature radius: room for foreshortening and roll
 HEAD_MARGIN = 1.0      # head patch radius over head_ry (+ 0.02): the outline lies within head_ry of the centre
 # Feature patch radii, face units, at head_scale 1 (see _features for the anchors).
@@ -157,14 +163,6 @@ def _torso(canvas: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, g: SimpleName
     over(canvas, idv.shirt, a)
 
 
-def _rounded_box(x: torch.Tensor, y: torch.Tensor, hw, hh, r) -> torch.Tensor:
-    """Signed distance to a box of half sizes (hw, hh) with corner radius r, centred at the origin."""
-    qx = x.abs() - (hw - r)
-    qy = y.abs() - (hh - r)
-    ox, oy = qx.clamp(min=0.0), qy.clamp(min=0.0)
-    return (ox * ox + oy * oy).sqrt_() + torch.maximum(qx, qy).clamp_(max=0.0) - r
-
-
 def _hair_back(canvas: torch.Tensor, s: SimpleNamespace, g: SimpleNamespace, idv) -> None:
     """Hair mass behind the head: volume beside it and length below it; shifts against the turn."""
     ub = s.u + 0.3 * g.rx * g.syaw
@@ -172,24 +170,24 @@ def _hair_back(canvas: torch.Tensor, s: SimpleNamespace, g: SimpleNamespace, idv
     h = g.ry * (1.0 + 0.12 * idv.hair_volume)
     d_top = ((ub / w).square() + ((s.v + 0.06 * g.ry) / h).square()).sqrt_().sub_(1.0).mul_(w)
     bottom = g.ry * (0.15 + 1.8 * idv.hair_length)
-    d_low = _rounded_box(ub, s.v - (bottom - 0.1) / 2, 0.97 * w, (bottom + 0.1) / 2, 0.12)
+    d_low = torch.maximum(ub.abs() - 0.97 * w, torch.maximum(s.v - bottom, -s.v))   # straight-cut below
     has_hair = (idv.hair_top > -1.0).float()
     a = (0.5 - torch.minimum(d_top, d_low) / g.aa).clamp_(0.0, 1.0) * has_hair
     over(canvas, idv.hair * 0.78, a)
 
 
 def _neck(canvas, X: torch.Tensor, Y: torch.Tensor, g: SimpleNamespace, idv) -> None:
-    """Neck from under the jaw to the bottom of the image: it rolls with the head above the pivot and
-    bends back to upright within 0.3 face units below it."""
+    """Neck from under the jaw down (the shoulders cover its end): it rolls with the head above the pivot
+    and bends back to upright within 0.3 face units below it."""
     dy = (Y - g.cy) / g.s - PIVOT                                         # (B, H, 1)
     a = g.head_roll * (1.0 - dy / 0.3).clamp(0.0, 1.0)                   # roll angle per image row
     c, sn = torch.cos(a), torch.sin(a)
     dx = (X - g.cx) / g.s
     u = c * dx + sn * dy
     v = c * dy - sn * dx + PIVOT
-    d = _rounded_box(u, v - (0.3 * g.ry + 1.5), idv.neck_w, 1.5, 0.04)
-    shadow = 1.0 - 0.25 * (1.0 - (v - 0.8 * g.ry) / 0.25).clamp(0.0, 1.0)   # under the chin
-    over_shaded(canvas, idv.skin, (0.5 - d / g.aa).clamp_(0.0, 1.0), 0.8 * shadow)
+    d = torch.maximum(u.abs_() - idv.neck_w, 0.3 * g.ry - v)
+    shadow = (v - 0.8 * g.ry).clamp_(0.0, 0.25).add_(0.75)              # darker just under the chin
+    over_shaded(canvas, idv.skin, d.div_(g.aa).neg_().add_(0.5).clamp_(0.0, 1.0), shadow.mul_(0.8))
 
 
 def _shade(s: SimpleNamespace) -> torch.Tensor:
@@ -296,21 +294,42 @@ def _draw_face(canvas: torch.Tensor, idv: SimpleNamespace, g: SimpleNamespace) -
         _patch(canvas, g, px, py, R_EAR, lambda img, ps, a=(ue, ve, depth, side): draw_ear(img, ps, g, idv, *a))
 
 
+@functools.cache
+def _tune_allocator() -> None:
+    """Keep freed tensor memory in glibc's heap instead of returning it to the OS after every operation.
+
+    The renderer allocates many short-lived 0.5-2 MB intermediates; with glibc's defaults each is mmapped
+    and unmapped (or trimmed), so every operation pays fresh page faults: 2-3x slower at 256 px.
+    Raising the mmap and trim thresholds (process-wide, once) removes that cost; elsewhere this is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 256 << 20)   # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        log.debug("could not raise glibc malloc thresholds; rendering may be slower")
+
+
 @torch.no_grad()
 def render(identity: Identity, params: torch.Tensor, size: int) -> torch.Tensor:
     """Render frames: identity (1 or B), params (B, 16) motion vectors -> (B, 3, size, size) float32 in [0, 1].
 
     Parameters are clamped to PARAM_RANGES. blink_l closes the subject's left eye (on the image's right).
-    Runs on params.device. Whole-image layers go in chunks of CHUNK frames (their intermediates then stay
-    in cache), the patch layers in chunks of PATCH_CHUNK (fewer, larger operations).
+    Runs on params.device. Whole-image layers go in chunks of PASS_PIXELS pixels (their intermediates then
+    stay in cache), the feature patches in chunks of PATCH_FRAMES times as many frames.
     """
     size = _check_size(size)
     _check_inputs(identity, params)
+    _tune_allocator()
     params = clamp_params(params.to(torch.float32))
     B = params.shape[0]
     out = torch.empty(B, 3, size, size, device=params.device)
     idv, g = _views(identity, params, size)
-    for step, draw in ((CHUNK, _draw_body), (PATCH_CHUNK, _draw_face)):
+    chunk = max(1, PASS_PIXELS // (size * size))
+    for step, draw in ((chunk, _draw_body), (chunk * PATCH_FRAMES, _draw_face)):
         for a in range(0, B, step):
             draw(out[a:a + step], _slice(idv, a, a + step), _slice(g, a, a + step))
     return out.clamp_(0.0, 1.0)

@@ -1,7 +1,7 @@
 """Identities of the synthetic portraits: face shape, colours and hair style per seed, batched as tensors.
 
-Lengths are in *face units*: image half-widths at head_scale 1 (the image spans [-1, 1] on both axes,
-y down). Values marked *unit* are fractions of the head's radii (`head_rx`, `head_ry`), measured on the
+Lengths are in *face units* (models/data/face.py: one is BASE_SCALE image half-widths at head_scale 1;
+the image spans [-1, 1] on both axes, y down). Values marked *unit* are fractions of the head's radii (`head_rx`, `head_ry`), measured on the
 head's surface from its centre; the renderer (models/data/face.py) turns them into face units.
 """
 
