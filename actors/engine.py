@@ -10,6 +10,7 @@
 import asyncio
 import logging
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -26,6 +27,21 @@ from models.presets import get_preset
 log = logging.getLogger(__name__)
 
 
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Fail fast (ray.init would wait for minutes) when nothing answers at a host:port Ray address."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://")[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ActorcastError(f"Ray address {address!r} is not host:port; give e.g. 127.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ActorcastError(f"cannot reach the Ray cluster at {address} ({e.strerror or e.__class__.__name__}); "
+                             "check the address or leave --address out to start a local one") from None
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join Ray if this process has not: the cluster at `address`, or a local one bound to loopback only."""
     import ray
@@ -36,6 +52,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray server binds 127.0.0.1
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return
+    check_address(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:

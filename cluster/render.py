@@ -1,0 +1,235 @@
+"""`actorcast render AUDIO -o out.mp4`: any-length audio -> talking-portrait mp4, streaming, resumable.
+
+The audio is decoded block by block and fed to an offline session; frames come back in order and go to H.264
+segments in the work directory. Every `--checkpoint-every` seconds the session's state (audio encoder buffers,
+the generator's KV cache and RNG) is saved next to the finished segments, so a killed render continues where
+it stopped and gives the same frames. At the end the segments and the input's audio are joined into out.mp4
+(temporary name, then rename) and the work directory is removed.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from actors.engine import Engine, check_address
+from actors.reference import load_image
+from actors.session import SessionCheckpoint
+from cluster.cli_args import emotion, frame_size, output_file, positive_int, positive_seconds
+from cluster.render_mux import SegmentWriter, mux_final, probe_audio
+from models.data.media import iter_audio_blocks
+from models.errors import ActorcastError, InputError
+from models.kv_cache import POLICY_NAMES
+from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+BLOCK = 4 * SAMPLES_PER_FRAME  # one chunk of audio: the session sees the same blocks in every run
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Everything that decides a render's frames (its fingerprint keys the work directory)."""
+
+    audio: str
+    out: str
+    image: str | None = None
+    identity: int = 0
+    emotion: str = "neutral"
+    shards: int = 1
+    cache: str | None = None
+    weights: str | None = None
+    size: int = 256
+    seed: int = 0
+    checkpoint_every: float = 8.0
+
+    def fingerprint(self) -> str:
+        parts = asdict(self)
+        parts.pop("out")
+        for key in ("audio", "image"):
+            if parts[key]:
+                st = Path(parts[key]).stat()
+                parts[key] = [str(Path(parts[key]).resolve()), st.st_size, st.st_mtime_ns]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def work_dir_for(job: RenderJob, work_dir: Path | None) -> Path:
+    out = Path(job.out)
+    return work_dir if work_dir is not None else out.with_name(f".{out.name}.work")
+
+
+class _WorkDir:
+    """Finished segments + the checkpoint after the last one; anything from another job is cleared."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = path
+        job_file = path / "job.json"
+        if path.exists() and (not job_file.is_file() or json.loads(job_file.read_text()).get("job") != fingerprint):
+            log.warning("work directory %s belongs to another render; starting over", path)
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if not job_file.is_file():
+            job_file.write_text(json.dumps({"job": fingerprint}))
+        self.state_file = path / "state.pt"
+
+    def load(self) -> tuple[SessionCheckpoint | None, int]:
+        """The last checkpoint and its segment count; segments written after it are dropped."""
+        ckpt, n_seg = None, 0
+        if self.state_file.is_file():
+            saved = torch.load(self.state_file, weights_only=False)
+            ckpt, n_seg = SessionCheckpoint(**saved["checkpoint"]), saved["segments"]
+        for seg in self.path.glob("seg_*.mp4"):
+            if int(seg.stem[4:]) >= n_seg:
+                seg.unlink()
+        return ckpt, n_seg
+
+    def segment(self, i: int) -> Path:
+        return self.path / f"seg_{i:06d}.mp4"
+
+    def save(self, ckpt: SessionCheckpoint, n_seg: int) -> None:
+        tmp = self.state_file.with_suffix(".part")
+        buf = io.BytesIO()  # serialised in memory: a failing disk then raises a plain OSError on write
+        torch.save({"checkpoint": asdict(ckpt), "segments": n_seg}, buf)
+        try:
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, self.state_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+async def _feed(session, audio: Path, start: int, every: int) -> None:
+    """Feed the audio from sample `start` in BLOCK-sized pieces; a checkpoint every `every` samples."""
+    buf, pos, total = np.zeros(0, np.float32), 0, 0
+    for block in iter_audio_blocks(audio):
+        total += block.size
+        if pos + block.size <= start:  # already rendered before the last checkpoint
+            pos += block.size
+            continue
+        block = block[max(0, start - pos):]
+        pos = max(pos, start)
+        buf = np.concatenate([buf, block])
+        n = buf.size // BLOCK * BLOCK
+        for i in range(0, n, BLOCK):
+            await session.put(buf[i:i + BLOCK])
+            pos += BLOCK
+            if pos % every == 0:
+                session.checkpoint()
+        buf = buf[n:]
+    if total < SAMPLES_PER_FRAME:
+        raise InputError(f"{audio} holds {total / SAMPLE_RATE * 1000:.0f} ms of audio: give at least 40 ms")
+    if buf.size:
+        await session.put(buf)
+    session.end()
+
+
+async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool) -> int:
+    ckpt, n_seg = work.load()
+    if ckpt is not None:
+        log.warning("resuming %s from frame %d (work directory %s)", job.out, ckpt.next_frame, work.path)
+    reference = load_image(job.image) if job.image else None
+    session = await engine.open_session(reference, identity_seed=job.identity, emotion=job.emotion,
+                                        cache_policy=job.cache, seed=job.seed, live=False, resume=ckpt)
+    duration, _, _ = probe_audio(Path(job.audio))
+    total = int(duration * FPS) if duration else None
+    done = ckpt.next_frame if ckpt else 0
+    every = max(1, int(job.checkpoint_every * FPS / 4)) * BLOCK
+    feeder = asyncio.create_task(_feed(session, Path(job.audio), ckpt.samples if ckpt else 0, every))
+    bar = tqdm(total=total, initial=done, unit="frame", desc="render", disable=not progress, dynamic_ncols=True)
+    writer = None
+    try:
+        async for item in session.events():
+            if isinstance(item, SessionCheckpoint):
+                if writer is not None:
+                    writer.close()
+                    writer = None
+                    n_seg += 1
+                work.save(item, n_seg)
+                continue
+            if writer is None:
+                writer = SegmentWriter(work.segment(n_seg), engine.size)
+            writer.write(item.frames)
+            done += item.n_frames
+            bar.update(item.n_frames)
+        await feeder
+        if writer is not None:
+            writer.close()
+            writer = None
+            n_seg += 1
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.abort()
+        if not feeder.done():
+            feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await session.close()
+    return done, n_seg
+
+
+def render(job: RenderJob, work_dir: Path | None = None, address: str | None = None, use_ray: bool = True,
+           progress: bool = True, engine: Engine | None = None) -> dict:
+    """Render `job` to job.out; returns {"out", "frames", "seconds"}. Resumes from the work directory."""
+    audio, out = Path(job.audio), Path(job.out)
+    probe_audio(audio)  # fail on a bad input before anything starts
+    if job.image:
+        load_image(job.image)
+    if not out.parent.is_dir():
+        raise InputError(f"output directory {out.parent} does not exist; create it first")
+    work = _WorkDir(work_dir_for(job, work_dir), job.fingerprint())
+    own = engine is None
+    if own:
+        engine = Engine(job.weights, shards=job.shards, use_ray=use_ray, address=address, size=job.size)
+    try:
+        frames, n_seg = asyncio.run(_render(engine, job, work, progress))
+    finally:
+        if own:
+            engine.close()
+    mux_final([work.segment(i) for i in range(n_seg)], audio, out, frames)
+    shutil.rmtree(work.path, ignore_errors=True)
+    return {"out": str(out), "frames": frames, "seconds": frames / FPS}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("render", help="render an audio file to a talking-portrait mp4 (H.264 + AAC)")
+    p.add_argument("audio", type=Path, help="any audio PyAV reads (wav, mp3, m4a, ogg, a video's sound track)")
+    p.add_argument("-o", "--out", type=output_file, required=True, help="output mp4")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--image", type=Path, help="portrait image (cropped to a square)")
+    ref.add_argument("--identity", type=int, default=0, help="synthetic identity seed (default 0)")
+    p.add_argument("--emotion", type=emotion, default="neutral")
+    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (Ray actors)")
+    p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="KV-cache policy (default: the preset's)")
+    p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped ones)")
+    p.add_argument("--size", type=frame_size, default=256, help="frame size in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, default=None, help="where finished chunks go (default: next to -o)")
+    p.add_argument("--checkpoint-every", type=positive_seconds, default=8.0, help="seconds between checkpoints")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--in-process", action="store_true", help="run the stages in this process, without Ray")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    job = RenderJob(str(args.audio), str(args.out), str(args.image) if args.image else None, args.identity,
+                    args.emotion, args.shards, args.cache, str(args.weights) if args.weights else None, args.size,
+                    args.seed, args.checkpoint_every)
+    if not args.in_process:
+        from cluster.ray_env import connect
+
+        probe_audio(Path(job.audio))  # a bad input fails before Ray starts
+        if args.address:
+            check_address(args.address)
+        connect(args.address)
+    result = render(job, args.work_dir, args.address, use_ray=not args.in_process)
+    print(f"{result['out']}: {result['frames']} frames, {result['seconds']:.1f} s")
+    return 0

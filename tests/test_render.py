@@ -1,0 +1,166 @@
+"""`actorcast render`: real H.264 + AAC files, resume after a kill, bad input never leaves a half-written mp4."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from cluster.cli import main
+from cluster.render import RenderJob, render
+from cluster.render_mux import SegmentWriter
+from tests.test_stages import _png_header_only
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_audio(path: Path, seconds: float, rate: int = 44100, layout: str = "stereo", silent: bool = False):
+    t = np.arange(int(rate * seconds)) / rate
+    tone = 0.0 if silent else 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+    channels = 2 if layout == "stereo" else 1
+    pcm = np.repeat(np.asarray(tone + 0 * t, np.float32)[None], channels, 0)
+    codec = "pcm_s16le" if path.suffix == ".wav" else "aac"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        fmt = "s16" if codec == "pcm_s16le" else "fltp"
+        for i in range(0, pcm.shape[1], 1024):
+            block = pcm[:, i:i + 1024]
+            data = (block * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" else np.ascontiguousarray(block)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+            frame.sample_rate, frame.pts = rate, i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_render_h264_aac_interleaved_original_audio(tmp_path):
+    audio = _write_audio(tmp_path / "in.m4a", 3.0)  # AAC stereo 44.1 kHz in
+    out = tmp_path / "out.mp4"
+    result = render(RenderJob(str(audio), str(out), identity=4, size=64, checkpoint_every=1.0), use_ray=False,
+                    progress=False)
+    assert result["frames"] == 75 and out.is_file()
+    assert not list(tmp_path.glob(".out.mp4*"))  # temporary files and the work directory are gone
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
+        assert (a.codec_context.sample_rate, a.codec_context.channels) == (44100, 2)  # not resampled
+        order = [p.stream.type for p in c.demux() if p.size]
+    run, longest = 0, 0
+    for kind in order:  # interleaved: never a long run of one stream
+        run = run + 1 if kind == "video" else 0
+        longest = max(longest, run)
+    assert longest <= 5 and order.count("audio") > 50
+    frames = _decode(out)
+    assert frames.shape == (75, 64, 64, 3)
+
+
+def _cli(tmp_path, *args):
+    out = tmp_path / "o.mp4"
+    code = main(["render", *map(str, args), "-o", str(out), "--in-process", "--size", "64"])
+    return code, out
+
+
+@pytest.mark.parametrize("case", ["corrupt", "text", "truncated", "no_audio", "empty", "bad_image", "bomb",
+                                  "missing_dir", "address"])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
+    good = _write_audio(tmp_path / "good.wav", 1.0, 16000, "mono")
+    args: list = [good]
+    if case == "corrupt":
+        (tmp_path / "c.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + os.urandom(3000))
+        args = [tmp_path / "c.wav"]
+    elif case == "text":
+        (tmp_path / "t.mp3").write_text("hello, not audio\n" * 50)
+        args = [tmp_path / "t.mp3"]
+    elif case == "truncated":
+        full = _write_audio(tmp_path / "f.m4a", 2.0)
+        (tmp_path / "tr.m4a").write_bytes(full.read_bytes()[: full.stat().st_size // 3])
+        args = [tmp_path / "tr.m4a"]
+    elif case == "no_audio":
+        seg = SegmentWriter(tmp_path / "v.mp4", 64)
+        seg.write(np.zeros((5, 64, 64, 3), np.uint8))
+        seg.close()
+        args = [tmp_path / "v.mp4"]
+    elif case == "empty":
+        args = [_write_audio(tmp_path / "e.wav", 0.0, 16000, "mono")]
+    elif case == "bad_image":
+        (tmp_path / "i.png").write_bytes(os.urandom(500))
+        args = [good, "--image", tmp_path / "i.png"]
+    elif case == "bomb":
+        (tmp_path / "b.png").write_bytes(_png_header_only(9000, 9000))
+        args = [good, "--image", tmp_path / "b.png"]
+    if case == "missing_dir":
+        with pytest.raises(SystemExit) as e:
+            main(["render", str(good), "-o", str(tmp_path / "nope" / "o.mp4")])
+        code, out = e.value.code, tmp_path / "nope" / "o.mp4"
+    elif case == "address":
+        code = main(["render", str(good), "-o", str(tmp_path / "o.mp4"), "--address", "127.0.0.1:9"])
+        out = tmp_path / "o.mp4"
+    else:
+        code, out = _cli(tmp_path, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0], err
+    assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
+
+
+def test_silence_renders(tmp_path, capsys):
+    code, out = _cli(tmp_path, _write_audio(tmp_path / "s.wav", 1.0, 22050, "mono", silent=True))
+    assert code == 0 and _decode(out).shape[0] == 25
+
+
+def _cmd(audio, out, work):
+    return [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size",
+            "64", "--checkpoint-every", "0.8", "--work-dir", str(work), "--seed", "3"]
+
+
+@pytest.mark.slow
+def test_killed_render_resumes_frame_identical(tmp_path):
+    audio = _write_audio(tmp_path / "a.wav", 24.0, 16000, "mono")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    clean = tmp_path / "clean.mp4"
+    subprocess.run(_cmd(audio, clean, tmp_path / "w1"), check=True, env=env, cwd=ROOT, capture_output=True)
+    out, work = tmp_path / "resumed.mp4", tmp_path / "w2"
+    proc = subprocess.Popen(_cmd(audio, out, work), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(work.glob("seg_*.mp4"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # killed mid-way, like a crashed machine
+    proc.wait()
+    assert not out.exists() and (work / "state.pt").is_file()
+    rerun = subprocess.run(_cmd(audio, out, work), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
+    a, b = _decode(clean), _decode(out)
+    assert a.shape == b.shape == (600, 64, 64, 3)
+    assert np.array_equal(a, b)  # identical decoded frames
+    assert not work.exists()
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    import resource
+
+    audio = _write_audio(tmp_path / "a.wav", 10.0, 16000, "mono")
+    out = tmp_path / "o.mp4"
+
+    def small_disk():  # every file this process writes is capped at 30 kB: writes fail like on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size", "64",
+           "--work-dir", str(tmp_path / "w")]
+    run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, preexec_fn=small_disk)
+    err = [line for line in run.stderr.splitlines() if line.startswith("actorcast")]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(err) == 1 and ("space" in err[0] or "large" in err[0]), run.stderr[-2000:]
+    assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
