@@ -20,14 +20,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
     from cluster import render
-    from cluster import render
     from cluster import data_cmd, train
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     data_cmd.add_parser(sub)
-    render.add_parser(sub)
     render.add_parser(sub)
     train.add_parser(sub)
     __import__("cluster.serve").serve.add_parser(sub)
