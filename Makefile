@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/actorcast data preview -o preview.mp4 --clips 4 --seconds 5
-	@echo "demo output: $(CURDIR)/preview.mp4"
+	$(VENV)/bin/actorcast render assets/sample_speech.wav --identity 3 -o demo.mp4
+	@echo "demo output: $(CURDIR)/demo.mp4"
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
-    from cluster import render
+    from cluster import batch, render
     from cluster import data_cmd, train
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     data_cmd.add_parser(sub)
     render.add_parser(sub)
+    batch.add_parser(sub)
     train.add_parser(sub)
     __import__("cluster.serve").serve.add_parser(sub)
     __import__("cluster.call").call.add_parser(sub)

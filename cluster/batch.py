@@ -1,0 +1,144 @@
+"""`actorcast batch jobs.jsonl`: many renders spread over the Ray cluster, one Ray task per job.
+
+Each line of jobs.jsonl is one render: {"audio": "talk.wav", "image": "face.png" | "identity": 3, "emotion": ...,
+"size": 256, "seed": 0, "shards": 1, "cache": ..., "weights": ..., "out": "talk.mp4"} (only "audio" is required;
+relative paths are relative to the jobs file). A job's failure is its own: it is reported in the summary and
+the others go on. Finished jobs are recorded in OUT_DIR/batch_status.json and skipped by a rerun; an
+interrupted job resumes from its own work directory.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from cluster.render import RenderJob, render
+from models.errors import ActorcastError, InputError
+
+log = logging.getLogger(__name__)
+
+JOB_KEYS = {f.name for f in dataclasses.fields(RenderJob)} - {"checkpoint_every"}
+STATUS_FILE = "batch_status.json"
+
+
+def parse_jobs(path: Path, out_dir: Path) -> list[tuple[str, RenderJob | None, str | None]]:
+    """(name, job or None, error or None) per non-empty line; a bad line is an error for that job only."""
+    if not path.is_file():
+        raise InputError(f"jobs file {path} does not exist: give a .jsonl file with one render per line")
+    jobs = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        name = f"line{lineno}"
+        try:
+            spec = json.loads(line)
+            if not isinstance(spec, dict) or "audio" not in spec:
+                raise InputError('each line must be a JSON object with at least "audio"')
+            name = str(spec.pop("name", Path(str(spec["audio"])).stem + f"_{lineno}"))
+            unknown = set(spec) - JOB_KEYS
+            if unknown:
+                raise InputError(f"unknown keys {sorted(unknown)}; valid: {sorted(JOB_KEYS | {'name'})}")
+            for key in ("audio", "image", "weights"):
+                if spec.get(key):
+                    spec[key] = str((path.parent / spec[key]).resolve())
+            spec["out"] = str(out_dir / (spec.get("out") or f"{name}.mp4"))
+            jobs.append((name, RenderJob(**spec), None))
+        except (json.JSONDecodeError, TypeError, InputError) as e:
+            jobs.append((name, None, f"line {lineno}: {e}"))
+    return jobs
+
+
+def run_job(job: RenderJob) -> dict:
+    """One render, in-process on whichever worker runs it; user errors come back as a result, not a crash."""
+    t0 = time.monotonic()
+    try:
+        result = render(job, use_ray=False, progress=False)
+        return {"status": "done", "frames": result["frames"], "seconds": result["seconds"],
+                "wall_s": round(time.monotonic() - t0, 2)}
+    except (ActorcastError, OSError) as e:
+        return {"status": "failed", "error": str(e).splitlines()[0], "wall_s": round(time.monotonic() - t0, 2)}
+
+
+def run_batch(jobs_file: Path, out_dir: Path, cpus_per_job: float = 1.0) -> list[dict]:
+    """Run every job of `jobs_file` (Ray must be connected); returns one status row per job, in file order."""
+    import ray
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status_path = out_dir / STATUS_FILE
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    rows, pending = {}, {}
+    remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=2)
+    jobs = parse_jobs(jobs_file, out_dir)
+    for name, job, error in jobs:
+        if job is None:
+            rows[name] = {"job": name, "status": "failed", "error": error}
+        elif status.get(name, {}).get("fingerprint") == _fingerprint(job) and Path(job.out).is_file():
+            rows[name] = {**status[name], "job": name, "status": "skipped"}
+        else:
+            pending[remote.remote(job)] = (name, job)
+    total = len(jobs)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name, job = pending.pop(ready[0])
+        try:
+            row = ray.get(ready[0])
+        except ray.exceptions.RayError as e:  # the worker died (after retries) or the task crashed
+            row = {"status": "failed", "error": f"{e.__class__.__name__}: {str(e).strip().splitlines()[-1]}"}
+        rows[name] = {"job": name, "out": job.out, **row}
+        if row["status"] == "done":
+            status[name] = {**rows[name], "fingerprint": _fingerprint(job)}
+            _write_status(status_path, status)
+        print(f"[{sum(r['status'] != 'skipped' for r in rows.values())}/{total}] {name}: {row['status']}"
+              + (f" ({row['error']})" if row["status"] == "failed" else f" ({row['seconds']:.1f} s video in "
+                                                                         f"{row['wall_s']:.1f} s)"), flush=True)
+    return [rows[name] for name, _, _ in jobs]
+
+
+def _fingerprint(job: RenderJob) -> str:
+    try:
+        return job.fingerprint()
+    except OSError:
+        return ""
+
+
+def _write_status(path: Path, status: dict) -> None:
+    tmp = path.with_suffix(".part")
+    tmp.write_text(json.dumps(status, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A plain-text table: job, status, video seconds, wall seconds, error."""
+    header = ("job", "status", "video s", "wall s", "error")
+    lines = [(r["job"], r["status"], f"{r['seconds']:.1f}" if "seconds" in r else "-",
+              f"{r['wall_s']:.1f}" if "wall_s" in r else "-", r.get("error", "")) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines])
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("batch", help="run many renders (one per line of a .jsonl file) over the Ray cluster")
+    p.add_argument("jobs", type=Path, help="jobs file: one JSON object per line (see docs in cluster/batch.py)")
+    p.add_argument("--out-dir", type=Path, default=Path("renders"), help="where the mp4s go (default renders/)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from actors.engine import check_address
+    from cluster.ray_env import connect
+
+    if not args.jobs.is_file():
+        raise InputError(f"jobs file {args.jobs} does not exist: give a .jsonl file with one render per line")
+    if args.address:
+        check_address(args.address)
+    connect(args.address)
+    rows = run_batch(args.jobs, args.out_dir)
+    print(summary_table(rows))
+    failed = sum(r["status"] == "failed" for r in rows)
+    print(f"{len(rows) - failed} of {len(rows)} jobs finished; outputs in {args.out_dir}")
+    return 1 if failed else 0
