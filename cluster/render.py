@@ -132,7 +132,7 @@ async def _feed(session, audio: Path, start: int, every: int) -> None:
     session.end()
 
 
-async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool) -> int:
+async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool, on_frames=None) -> tuple[int, int]:
     ckpt, n_seg = work.load()
     if ckpt is not None:
         log.warning("resuming %s from frame %d (work directory %s)", job.out, ckpt.next_frame, work.path)
@@ -160,6 +160,8 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
             writer.write(item.frames)
             done += item.n_frames
             bar.update(item.n_frames)
+            if on_frames is not None:
+                on_frames(done)
         await feeder
         if writer is not None:
             writer.close()
@@ -177,8 +179,10 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
 
 
 def render(job: RenderJob, work_dir: Path | None = None, address: str | None = None, use_ray: bool = True,
-           progress: bool = True, engine: Engine | None = None) -> dict:
-    """Render `job` to job.out; returns {"out", "frames", "seconds"}. Resumes from the work directory."""
+           progress: bool = True, engine: Engine | None = None, on_frames=None) -> dict:
+    """Render `job` to job.out; returns {"out", "frames", "seconds"}. Resumes from the work directory.
+
+    on_frames(frames_done) is called after every chunk written (benchmarks time chunks with it)."""
     audio, out = Path(job.audio), Path(job.out)
     probe_audio(audio)  # fail on a bad input before anything starts
     if job.image:
@@ -190,7 +194,7 @@ def render(job: RenderJob, work_dir: Path | None = None, address: str | None = N
     if own:
         engine = Engine(job.weights, shards=job.shards, use_ray=use_ray, address=address, size=job.size)
     try:
-        frames, n_seg = asyncio.run(_render(engine, job, work, progress))
+        frames, n_seg = asyncio.run(_render(engine, job, work, progress, on_frames))
     finally:
         if own:
             engine.close()
