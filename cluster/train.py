@@ -1,4 +1,4 @@
-"""`actorcast train`: DeepSpeed training of one stage on a Ray cluster (Ray Train's TorchTrainer).
+"""`actorcast train`: DeepSpeed training of one stage on a Ray cluster (Ray Train data-parallel workers).
 
 Each Ray Train worker runs models.train.train_func with Ray's hooks: checkpoints (every rank's ZeRO shard) are
 reported to Ray Train and persisted under OUT/ray/; a worker that dies restarts from the latest checkpoint
@@ -56,11 +56,41 @@ class RayHooks:
                          if checkpoint is not None else None)
 
 
+def _join_process_group(config: dict) -> None:
+    """Rank 0 binds the rendezvous on its node address only and broadcasts it; every rank joins."""
+    import ray.train
+    import ray.train.collective
+    from ray.util import get_node_ip_address
+
+    from models.train import bind_rendezvous, init_process_group
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    fd = None
+    address = None
+    if rank == 0:
+        host = get_node_ip_address()
+        fd, port = bind_rendezvous(host)
+        address = (host, port)
+    host, port = ray.train.collective.broadcast_from_rank_zero(address)
+    backend = "nccl" if config["train"]["device"] == "cuda" else "gloo"
+    init_process_group(rank, context.get_world_size(), host, port, listen_fd=fd, backend=backend,
+                       local_rank=context.get_local_rank())
+
+
 def worker_loop(config: dict) -> None:
-    """The per-worker function of TorchTrainer: everything comes in through `config`."""
+    """The per-worker function of the trainer: everything comes in through `config`."""
+    import torch
+
     from models.train import train_func
 
-    train_func(TrainConfig(**config["train"]), RayHooks())
+    if config["train"]["device"] == "cuda":
+        torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
+    _join_process_group(config)
+    try:
+        train_func(TrainConfig(**config["train"]), RayHooks())
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _progress_callback(total_steps: int):
@@ -82,7 +112,8 @@ def _progress_callback(total_steps: int):
 def _latest_ray_checkpoint(storage: Path):
     from ray.train import Checkpoint
 
-    found = sorted((storage / RUN_NAME).glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    # Ray names checkpoint directories checkpoint_<timestamp>; a snapshot file shares the prefix.
+    found = sorted(p for p in (storage / RUN_NAME).glob("checkpoint_*") if p.is_dir())
     return Checkpoint.from_directory(str(found[-1])) if found else None
 
 
@@ -99,9 +130,9 @@ def check_capacity(workers: int, use_gpu: bool) -> None:
 
 
 def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) -> dict:
-    """Run TorchTrainer over `workers` and publish the final export to cfg.out_dir; returns final metrics."""
+    """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from cluster.ray_env import connect
 
@@ -117,7 +148,9 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) ->
     if not resume and (storage / RUN_NAME).exists():
         raise ActorcastError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu")
-    trainer = TorchTrainer(
+    # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
+    # node address only (TorchTrainer's env:// rendezvous listens on every interface).
+    trainer = DataParallelTrainer(
         worker_loop, train_loop_config={"train": dataclasses.asdict(cfg)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage),

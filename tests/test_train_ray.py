@@ -1,0 +1,53 @@
+"""`actorcast train` on Ray: two DeepSpeed workers, checkpoint, export, and the launcher's one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster.train import launch
+from models.checkpoint import load_weights
+from models.probe import Probe, ProbeConfig
+from models.train import TrainConfig
+from tests.netcheck import non_loopback_listeners
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers_checkpoint_and_export(ray_local, tmp_path):
+    cfg = TrainConfig(stage="probe", steps=4, batch_size=4, size=64, checkpoint_every=2, log_every=1,
+                      out_dir=str(tmp_path / "run"), device="cpu")
+    metrics = launch(cfg, workers=2, resume=False, address=None)
+    assert metrics["step"] == 4 and "eval_jaw_r" in metrics
+    probe, config = load_weights(tmp_path / "run", "probe", ProbeConfig, Probe)
+    assert probe(torch.rand(2, 3, 64, 64)).shape == (2, 16)
+    checkpoints = sorted(p for p in (tmp_path / "run" / "ray" / "run").glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) >= 2
+    # Both ranks' ZeRO optimizer shards are in the reported checkpoint.
+    shards = list(checkpoints[-1].rglob("*optim_states.pt"))
+    assert len(shards) == 2, shards
+    assert non_loopback_listeners() == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster.cli", "train", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "vocoder"], "invalid choice"),
+    (["--stage", "probe", "--preset", "huge"], "invalid choice"),
+    (["--stage", "motion", "--steps", "2"], "needs --weights"),
+    (["--stage", "probe", "--data", "/nonexistent"], "synthetic renders only"),
+    (["--stage", "probe", "--workers", "64", "--steps", "1"], "more than the cluster can place"),
+    (["--stage", "probe", "--address", "127.0.0.1:1", "--steps", "1"], "cannot reach the Ray cluster"),
+])
+def test_train_bad_input_is_one_line(tmp_path, args, message):
+    result = _cli(*args, "--out", str(tmp_path / "o"))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if "WARNING" not in line and line.strip()]
+    assert lines and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
