@@ -129,9 +129,41 @@ class DecoderStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
+        fold_latent_normalisation(module, cfg)
         save_weights(directory, "motion_encoder", module.encoder, module.encoder_config, {"preset": cfg.preset})
         save_weights(directory, "decoder", module.decoder, module.decoder_config, {"preset": cfg.preset})
         write_summary(directory, cfg, metrics)
+
+
+@torch.no_grad()
+def latent_statistics(encoder: MotionEncoder, seed: int, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (d_motion,) of z over n training renders (performance motions on random identities)."""
+    rng = np.random.default_rng([seed, 0x57A7])
+    pool = param_pool("train", seed)
+    size = encoder.config.input_size
+    zs = []
+    for _ in range(0, n, 64):
+        params = pool[torch.from_numpy(rng.integers(0, len(pool), 64))]
+        frames = render(sample_identities(draw_identities("train", rng, 64)), params, size)
+        zs.append(encoder(frames.to(next(encoder.parameters()))).float())
+    z = torch.cat(zs)
+    return z.mean(0), z.std(0).clamp_min(1e-4)
+
+
+@torch.no_grad()
+def fold_latent_normalisation(module: nn.Module, cfg) -> None:
+    """Make exported latents zero-mean, unit-variance per dimension (what the diffusion generator expects).
+
+    z_n = (z - mean) / std is folded into the encoder's last linear layer, and z = z_n * std + mean into the
+    decoder's first, so encoder → decoder computes exactly the same frames before and after.
+    """
+    mean, std = latent_statistics(module.encoder, cfg.seed)
+    head, first = module.encoder.head, module.decoder.style[0]
+    mean, std = mean.to(head.weight), std.to(head.weight)
+    head.weight.div_(std[:, None])
+    head.bias.sub_(mean).div_(std)
+    first.bias.add_(first.weight @ mean)
+    first.weight.mul_(std[None, :])
 
 
 def _folder_batches(cfg, rank: int, start_step: int, size: int) -> Iterator[dict]:

@@ -84,3 +84,21 @@ def test_bad_config_is_refused():
         TrainConfig(stage="vocoder")
     with pytest.raises(ConfigError, match="steps"):
         TrainConfig(stage="probe", steps=0)
+
+
+def test_latent_normalisation_fold_keeps_frames_and_whitens_z():
+    from models.train_stages import DecoderTrainer, fold_latent_normalisation, latent_statistics
+
+    torch.manual_seed(0)
+    module = DecoderTrainer("tiny", 64).eval()
+    with torch.no_grad():  # an untrained encoder barely varies (std ~1e-4); spread it like a trained one
+        module.encoder.head.weight.normal_(0.0, 1.0)
+    cfg = TrainConfig(stage="decoder", size=64, seed=0)
+    frames, ref = torch.rand(4, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = module.decoder(module.decoder.encode_reference(ref), module.encoder(frames))
+        fold_latent_normalisation(module, cfg)
+        after = module.decoder(module.decoder.encode_reference(ref), module.encoder(frames))
+    assert (before - after).abs().max() < 1e-4
+    mean, std = latent_statistics(module.encoder, seed=0)
+    assert mean.abs().max() < 1e-3 and (std - 1).abs().max() < 1e-2
