@@ -19,18 +19,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
-    from cluster import batch, render
-    from cluster import data_cmd, train
+    from cluster import batch, call, data_cmd, eval_cmd, render, serve, train
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    data_cmd.add_parser(sub)
-    render.add_parser(sub)
-    batch.add_parser(sub)
-    train.add_parser(sub)
-    __import__("cluster.serve").serve.add_parser(sub)
-    __import__("cluster.call").call.add_parser(sub)
+    for module in (data_cmd, train, eval_cmd, render, batch, serve, call):
+        module.add_parser(sub)
     return parser
 
 

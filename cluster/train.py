@@ -8,9 +8,11 @@ checkpoint (safetensors + JSON) is copied to OUT/.
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,14 +26,18 @@ log = logging.getLogger(__name__)
 RUN_NAME = "run"
 
 
+PROGRESS_FILE = "progress.jsonl"  # rank 0 appends each report; the driver prints it as progress lines
+
+
 class RayHooks:
     """models.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
 
-    def __init__(self):
+    def __init__(self, out_dir: str):
         import ray.train
 
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.progress = Path(out_dir) / PROGRESS_FILE
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
@@ -52,6 +58,9 @@ class RayHooks:
     def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
         import ray.train
 
+        if self.rank == 0 and metrics:
+            with self.progress.open("a") as f:
+                f.write(json.dumps({**metrics, "checkpoint": checkpoint is not None}) + "\n")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint))
                          if checkpoint is not None else None)
 
@@ -88,25 +97,43 @@ def worker_loop(config: dict) -> None:
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
     _join_process_group(config)
     try:
-        train_func(TrainConfig(**config["train"]), RayHooks())
+        train_func(TrainConfig(**config["train"]), RayHooks(config["train"]["out_dir"]))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _progress_callback(total_steps: int):
-    """A Ray Train UserCallback that prints one progress line per report (step, loss, samples/s, ETA)."""
-    from ray.train import UserCallback
+def format_progress(m: dict, total_steps: int) -> str:
+    """One console line: step, loss, samples/s, ETA."""
+    eta = time.strftime("%H:%M:%S", time.gmtime(m.get("eta_s", 0)))
+    return (f"step {m['step']}/{total_steps}  loss {m['loss']:.4f}  {m['samples_per_s']:.1f} samples/s  ETA {eta}"
+            + ("  [checkpoint]" if m.get("checkpoint") else ""))
 
-    class Progress(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            m = metrics[0] if metrics else {}
-            if "step" not in m:
-                return
-            eta = time.strftime("%H:%M:%S", time.gmtime(m.get("eta_s", 0)))
-            print(f"step {m['step']}/{total_steps}  loss {m['loss']:.4f}  {m['samples_per_s']:.1f} samples/s  "
-                  f"ETA {eta}" + ("  [checkpoint]" if checkpoint is not None else ""), flush=True)
 
-    return Progress()
+def _fit_with_progress(trainer, progress: Path, total_steps: int):
+    """Run trainer.fit() in a thread and print rank 0's progress lines as they appear."""
+    result: dict = {}
+
+    def fit() -> None:
+        try:
+            result["value"] = trainer.fit()
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    offset = progress.stat().st_size if progress.exists() else 0
+    while thread.is_alive():
+        thread.join(timeout=1.0)
+        if progress.exists():
+            with progress.open() as f:
+                f.seek(offset)
+                for line in f:
+                    if line.endswith("\n"):
+                        print(format_progress(json.loads(line), total_steps), flush=True)
+                        offset += len(line)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _latest_ray_checkpoint(storage: Path):
@@ -154,10 +181,10 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) ->
         worker_loop, train_loop_config={"train": dataclasses.asdict(cfg)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage),
-                                       failure_config=ray.train.FailureConfig(max_failures=3),
-                                       callbacks=[_progress_callback(cfg.steps)]),
+                                       failure_config=ray.train.FailureConfig(max_failures=3)),
         resume_from_checkpoint=resume_from)
-    result = trainer.fit()
+    out.mkdir(parents=True, exist_ok=True)
+    result = _fit_with_progress(trainer, out / PROGRESS_FILE, cfg.steps)
     if result.checkpoint is None:
         raise ActorcastError(f"training finished without a checkpoint; see the logs under {storage}")
     with result.checkpoint.as_directory() as directory:

@@ -1,0 +1,76 @@
+"""`actorcast eval`: the measures themselves, and a full report on (untrained) weights with every field."""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.audio import AudioEncoder
+from models.checkpoint import save_weights
+from models.decoder import VideoDecoder
+from models.evaluate import lip_lag, pearson
+from models.motion import MotionGenerator
+from models.motion_ae import MotionEncoder
+from models.presets import get_preset
+from models.probe import Probe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_pearson_and_lip_lag_find_a_known_shift():
+    rng = np.random.default_rng(0)
+    truth = np.convolve(rng.standard_normal(400), np.ones(5) / 5, mode="same")
+    late = np.concatenate([np.zeros(2), truth[:-2]])  # the video shows each frame 2 frames late
+    assert lip_lag(truth, late) == 2
+    assert lip_lag(truth, truth) == 0
+    assert pearson(truth, truth) == pytest.approx(1.0)
+    assert pearson(truth, -truth) == pytest.approx(-1.0)
+    assert pearson(truth, np.ones_like(truth)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory) -> Path:
+    """Every model the evaluation loads, untrained, at 64² (the structure of a real export)."""
+    directory = tmp_path_factory.mktemp("weights")
+    p = get_preset("tiny")
+    torch.manual_seed(0)
+    decoder_config = dataclasses.replace(p.decoder, resolution=64)
+    for name, module, config in (("audio_encoder", AudioEncoder(p.audio), p.audio),
+                                 ("motion_generator", MotionGenerator(p.motion), p.motion),
+                                 ("motion_encoder", MotionEncoder(p.motion_ae), p.motion_ae),
+                                 ("decoder", VideoDecoder(decoder_config), decoder_config),
+                                 ("probe", Probe(p.probe), p.probe)):
+        save_weights(directory, name, module, config)
+    return directory
+
+
+@pytest.mark.slow
+def test_eval_writes_every_field(untrained_weights, tmp_path):
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "--weights", str(untrained_weights),
+                             "--clips", "2", "--clip-seconds", "2", "--long-seconds", "6", "--json", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    for key in ("lipsync_r", "lipsync_r_ceiling", "lipsync_r_floor", "lip_lag_frames", "psnr_db",
+                "dynamics_ratio", "drift"):
+        assert isinstance(report[key], (int, float)) and math.isfinite(report[key]), key
+    for key in ("lipsync_r", "lipsync_r_ceiling", "lipsync_r_floor"):
+        assert -1.0 <= report[key] <= 1.0
+    assert abs(report["lip_lag_frames"]) <= 5 and report["psnr_db"] > 0
+    assert set(report["policies"]) == {"full", "window", "sink", "deep_sink", "deep_sink_pc"}
+    for scores in report["policies"].values():
+        assert {"lipsync_r", "dynamics_ratio", "drift"} <= set(scores)
+
+
+def test_eval_without_weights_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "--weights", str(tmp_path / "none")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "does not exist" in result.stderr
