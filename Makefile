@@ -22,8 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
+# Every benchmark, full size (each writes bench-out/NAME.json; figures go in the README).
 bench: $(STAMP)
-	$(PY) bench/data.py --out bench-out
+	for b in data models cache render live; do $(PY) bench/$$b.py --out bench-out || exit 1; done
 
 clean:
-	rm -rf $(VENV) bench-out test-artifacts preview.mp4
+	rm -rf $(VENV) bench-out test-artifacts preview.mp4 demo.mp4
