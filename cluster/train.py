@@ -32,20 +32,23 @@ PROGRESS_FILE = "progress.jsonl"  # rank 0 appends each report; the driver print
 class RayHooks:
     """models.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, resume_from: str | None = None):
         import ray.train
 
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.progress = Path(out_dir) / PROGRESS_FILE
+        self.resume_from = resume_from
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
         import ray.train
 
+        # A worker group restarted inside this run (a worker died) gets Ray's latest checkpoint; a new run
+        # started with --resume gets the previous run's latest checkpoint through its config.
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            yield None
+            yield Path(self.resume_from) if self.resume_from else None
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)
@@ -97,7 +100,7 @@ def worker_loop(config: dict) -> None:
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
     _join_process_group(config)
     try:
-        train_func(TrainConfig(**config["train"]), RayHooks(config["train"]["out_dir"]))
+        train_func(TrainConfig(**config["train"]), RayHooks(config["train"]["out_dir"], config["resume_from"]))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -136,12 +139,10 @@ def _fit_with_progress(trainer, progress: Path, total_steps: int):
     return result["value"]
 
 
-def _latest_ray_checkpoint(storage: Path):
-    from ray.train import Checkpoint
-
+def _latest_ray_checkpoint(storage: Path) -> Path | None:
     # Ray names checkpoint directories checkpoint_<timestamp>; a snapshot file shares the prefix.
     found = sorted(p for p in (storage / RUN_NAME).glob("checkpoint_*") if p.is_dir())
-    return Checkpoint.from_directory(str(found[-1])) if found else None
+    return found[-1] if found else None
 
 
 def check_capacity(workers: int, use_gpu: bool) -> None:
@@ -178,11 +179,11 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) ->
     # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
     # node address only (TorchTrainer's env:// rendezvous listens on every interface).
     trainer = DataParallelTrainer(
-        worker_loop, train_loop_config={"train": dataclasses.asdict(cfg)},
+        worker_loop, train_loop_config={"train": dataclasses.asdict(cfg),
+                                         "resume_from": str(resume_from) if resume_from else None},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage),
-                                       failure_config=ray.train.FailureConfig(max_failures=3)),
-        resume_from_checkpoint=resume_from)
+                                       failure_config=ray.train.FailureConfig(max_failures=3)))
     out.mkdir(parents=True, exist_ok=True)
     result = _fit_with_progress(trainer, out / PROGRESS_FILE, cfg.steps)
     if result.checkpoint is None:

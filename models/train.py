@@ -201,17 +201,17 @@ def train_func(cfg: TrainConfig, hooks) -> dict:
         samples += cfg.batch_size * hooks.world_size
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        last, checkpoint = step == cfg.steps, step % cfg.checkpoint_every == 0
+        if step % cfg.log_every == 0 or checkpoint or last:
             rate = samples / (time.perf_counter() - t0)
             metrics = {"step": step, "loss": float(loss.detach()), "samples_per_s": rate,
                        "eta_s": (cfg.steps - step) * cfg.batch_size * hooks.world_size / max(rate, 1e-9),
                        "lr": engine.get_lr()[0], **{k: float(v) for k, v in parts.items()}}
         # 3. Eval and checkpoint at intervals (every rank saves its ZeRO shard; the hooks persist them).
         #    The last checkpoint also carries the evaluation and the safetensors export (rank 0).
-        last = step == cfg.steps
         if hooks.rank == 0 and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
             metrics.update(stage.evaluate(engine.module, cfg))
-        if step % cfg.checkpoint_every == 0 or last:
+        if checkpoint or last:
             _save(engine, cfg, hooks, step, metrics, stage if last else None)
         elif step % cfg.log_every == 0:
             hooks.report(metrics)

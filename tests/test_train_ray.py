@@ -51,3 +51,35 @@ def test_train_bad_input_is_one_line(tmp_path, args, message):
     lines = [line for line in result.stderr.strip().splitlines() if "WARNING" not in line and line.strip()]
     assert lines and message in lines[-1], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    """Ctrl-C after the first checkpoint, then --resume: the run continues at the next step, not from step 1."""
+    import json
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["--stage", "probe", "--steps", "8", "--batch-size", "2", "--checkpoint-every", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = out / "progress.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and any(json.loads(x).get("checkpoint") for x in progress.read_text().splitlines()):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    done = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
+    assert done and max(done) < 8, "the run finished before it could be interrupted"
+    again = _cli(*args)
+    assert again.returncode == 2 and "--resume" in again.stderr  # a second plain run refuses to overwrite
+    resumed = _cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
+    after = steps[len(done):]
+    assert after and after[-1] == 8
+    assert min(after) > min(s for s in done if s % 2 == 0)  # continued past a checkpoint, not from the start
+    assert (out / "probe.safetensors").is_file()
