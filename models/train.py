@@ -271,28 +271,4 @@ def _resume(engine, cfg: TrainConfig, hooks) -> int:
     return int(state["step"])
 
 
-def publish_export(checkpoint_dir: Path | str, out_dir: Path | str) -> list[Path]:
-    """Copy the safetensors export of a final checkpoint into `out_dir` (each file via a temporary name)."""
-    source = Path(checkpoint_dir) / EXPORT_DIR
-    if not source.is_dir():
-        raise ConfigError(f"{checkpoint_dir} holds no export: it is not the checkpoint of a finished run")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in sorted(source.iterdir()):
-        tmp = out / f".{path.name}.part"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, out / path.name)
-        written.append(out / path.name)
-    return written
-
-
-def run_local(cfg: TrainConfig, resume: bool = False, on_report=None) -> dict:
-    """Train in this process (no Ray) and publish the export to cfg.out_dir; returns the final metrics."""
-    hooks = LocalHooks(cfg.out_dir, resume=resume, on_report=on_report)
-    metrics = train_func(cfg, hooks)
-    publish_export(hooks.root / f"step_{cfg.steps:08d}", cfg.out_dir)
-    return metrics
-
-
 __all__ = ["TrainConfig", "LocalHooks", "train_func", "run_local", "publish_export", "deepspeed_config", "STAGE_NAMES"]
