@@ -1,10 +1,13 @@
 """Video decoder: a cached identity feature pyramid, warped by a flow field that z predicts, decoded to RGB.
 
 Per session the reference portrait is encoded once (`encode_reference`) into features at 1/2, 1/4, ... of the
-resolution. Per frame, the motion latent z drives (1) a dense flow field + occlusion mask predicted at the
-coarsest level from the reference's coarse features and a z-driven spatial map, upsampled to every level,
-which warps the reference features with `F.grid_sample`, and (2) FiLM scale/shift of every decoder conv.
-Losses (L1 + multi-scale SSIM + a small latent regulariser) and the cross-identity training step live here too.
+resolution. Per frame, the motion latent z drives (1) a warp field predicted at the coarsest level: a global
+affine part (the head's translation, scale and rotation) plus a dense local flow and an occlusion mask, from the
+reference's coarse features and a z-driven spatial map, upsampled to every level, which warps the reference
+features with `F.grid_sample`, and (2) FiLM scale/shift of every decoder conv. The output blends the portrait
+itself, warped at full resolution (sharp detail), with generated pixels (an opening mouth, disocclusions) through
+a predicted mask. Losses (L1 + multi-scale SSIM + a small latent regulariser) and the cross-identity training
+step live here too.
 """
 
 from dataclasses import dataclass
@@ -76,10 +79,12 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
 
 @dataclass(frozen=True)
 class IdentityFeatures:
-    """One identity's cached reference pyramid: `levels[i]` is (B, channels[i], res / 2^(i+1), same)."""
+    """One identity's cached reference: the pyramid `levels[i]` (B, channels[i], res / 2^(i+1), same) and the
+    portrait itself `image` (B, 3, res, res), which the decoder warps at full resolution for sharp detail."""
 
     levels: tuple[torch.Tensor, ...]
     resolution: int
+    image: torch.Tensor
 
     @property
     def batch(self) -> int:
@@ -138,6 +143,12 @@ class VideoDecoder(nn.Module):
         self.flow_in = ModulatedConv(ch[-1] + Z_MAP_CHANNELS, c.flow_channels, c.d_hidden)
         self.flow_out = nn.Conv2d(c.flow_channels, 3, 3, padding=1)  # 2 flow + 1 occlusion logit
         nn.init.zeros_(self.flow_out.weight)  # start from zero flow and an almost-open occlusion mask
+        # A global affine warp (the head's translation, scale, rotation) under the local flow: its gradient
+        # gathers over the whole image, where a dense flow only sees local edges, so large head motion is learnt.
+        self.affine = nn.Linear(c.d_hidden, 6)
+        nn.init.zeros_(self.affine.weight)
+        with torch.no_grad():
+            self.affine.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
         with torch.no_grad():
             self.flow_out.bias.copy_(torch.tensor([0.0, 0.0, 3.0]))
         self.lift = nn.ModuleList([nn.Conv2d(ch[i + 1], ch[i], 1) for i in range(len(ch) - 1)])
@@ -145,7 +156,12 @@ class VideoDecoder(nn.Module):
             nn.ModuleList([ModulatedConv(ch[i], ch[i], c.d_hidden) for _ in range(c.blocks_per_level)])
             for i in range(len(ch))
         ])
-        self.to_rgb = nn.Conv2d(ch[0], 3 * 4, 3, padding=1)  # at resolution / 2, then pixel shuffle x2
+        # At resolution / 2, then pixel shuffle x2: 3 generated RGB channels + 1 logit of the mask that blends the
+        # full-resolution warped portrait (sharp wherever warping explains the frame) with the generated pixels
+        # (new content: the inside of an opening mouth, disoccluded background).
+        self.to_rgb = nn.Conv2d(ch[0], 4 * 4, 3, padding=1)
+        with torch.no_grad():
+            self.to_rgb.bias.view(4, 4)[3].fill_(2.0)  # start mostly as the warped portrait
 
     def encode_reference(self, reference: torch.Tensor) -> IdentityFeatures:
         """(B, 3, H, W) in [0, 1], H = W = resolution -> the identity pyramid (compute once per session)."""
@@ -154,7 +170,7 @@ class VideoDecoder(nn.Module):
         for stage in self.ref_encoder:
             h = stage(h)
             levels.append(h)  # (B, channels[i], res / 2^(i+1), same)
-        return IdentityFeatures(levels=tuple(levels), resolution=self.config.resolution)
+        return IdentityFeatures(levels=tuple(levels), resolution=self.config.resolution, image=reference)
 
     def _check_inputs(self, identity: IdentityFeatures, z: torch.Tensor) -> None:
         if not isinstance(identity, IdentityFeatures) or identity.resolution != self.config.resolution:
@@ -173,7 +189,9 @@ class VideoDecoder(nn.Module):
         ref = identity.levels[-1].expand(b, -1, -1, -1)  # (B', C, r, r)
         zmap = self.z_map(style).view(b, Z_MAP_CHANNELS, r, r)
         out = self.flow_out(self.flow_in(torch.cat([ref, zmap], dim=1), style))  # (B', 3, r, r)
-        return out[:, :2], torch.sigmoid(out[:, 2:])
+        theta = self.affine(style).view(b, 2, 3)
+        affine = F.affine_grid(theta, [b, 1, r, r], align_corners=False) - identity_grid(r, style.device, style.dtype)
+        return out[:, :2] + affine.permute(0, 3, 1, 2), torch.sigmoid(out[:, 2:])
 
     def forward(self, identity: IdentityFeatures, z: torch.Tensor) -> torch.Tensor:
         """identity (1 or B' frames), z (B', d_motion) -> frames (B', 3, resolution, resolution) in [0, 1]."""
@@ -193,7 +211,12 @@ class VideoDecoder(nn.Module):
             h = w
             for block in self.blocks[i]:
                 h = block(h, style)
-        return torch.sigmoid(F.pixel_shuffle(self.to_rgb(h), 2))  # (B', 3, res, res)
+        out = F.pixel_shuffle(self.to_rgb(h), 2)  # (B', 4, res, res)
+        res = self.config.resolution
+        flow_full = F.interpolate(flow, size=(res, res), mode="bilinear", align_corners=False)
+        warped = warp(identity.image.expand(z.shape[0], -1, -1, -1), flow_full)  # (B', 3, res, res)
+        mask = torch.sigmoid(out[:, 3:])
+        return mask * warped + (1 - mask) * torch.sigmoid(out[:, :3])  # (B', 3, res, res) in [0, 1]
 
 
 # ---- losses ------------------------------------------------------------------------------------------------

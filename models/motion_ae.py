@@ -73,9 +73,11 @@ class MotionEncoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = 3
         for c_out in c.channels:
+            # GroupNorm keeps activations at unit scale through the stack: without it an untrained encoder maps
+            # every frame to nearly the same z (std ~1e-4) and the decoder gets no motion signal to learn from.
             layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-                nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.LeakyReLU(0.2),
+                nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.LeakyReLU(0.2),
             ]
             c_in = c_out
         self.net = nn.Sequential(*layers)

@@ -25,7 +25,7 @@ from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
 from models.probe import PROBE_PRESETS, Probe
 
 POOL_CLIPS, POOL_SECONDS = 12, 10.0  # motion parameters drawn from 12 performances of 10 s (3,000 frames)
-UNIFORM_SHARE = 0.25  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach
+UNIFORM_SHARE = 0.1  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach
 EVAL_BATCH = 16
 
 
