@@ -102,3 +102,21 @@ def test_latent_normalisation_fold_keeps_frames_and_whitens_z():
     assert (before - after).abs().max() < 1e-4
     mean, std = latent_statistics(module.encoder, seed=0)
     assert mean.abs().max() < 1e-3 and (std - 1).abs().max() < 1e-2
+
+
+def test_motion_stage_trains_on_cached_latents(tmp_path):
+    """The motion stage encodes its clips once (cached on disk), trains, and exports audio encoder + generator."""
+    from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+
+    torch.manual_seed(0)
+    weights = tmp_path / "decoder-export"
+    save_weights(weights, "motion_encoder", MotionEncoder(MOTION_AE_PRESETS["tiny"]), MOTION_AE_PRESETS["tiny"])
+    cfg = _cfg(tmp_path, "motion", steps=60, batch_size=8, lr=3e-3, weights=str(weights), clips=4, clip_seconds=2.0,
+               window_frames=16)
+    losses, metrics = _losses(cfg)
+    assert len(list((tmp_path / "motion" / "latents").glob("train-*.pt"))) == 1
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.85 * first, f"motion loss {first:.4f} -> {last:.4f}"
+    assert "eval_loss" in metrics
+    for name in ("audio_encoder", "motion_generator"):
+        assert (tmp_path / "motion" / f"{name}.safetensors").is_file()
