@@ -36,9 +36,9 @@ def load_motion_encoder(weights: str) -> MotionEncoder:
 
 
 @torch.no_grad()
-def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float) -> dict:
-    """Render clips, encode every frame: {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}."""
-    size = encoder.config.input_size
+def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float, size: int) -> dict:
+    """Render clips at `size` (what the encoder sees at inference), encode every frame:
+    {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}."""
     zs, refs, pcms, emotions = [], [], [], []
     for seed in seeds:
         clip = make_clip(seed, seconds, size=size)
@@ -59,12 +59,13 @@ def latent_cache(cfg, rank: int, world_size: int, split: str = "train", n_clips:
     clip_seeds = [int(seeds.start + s) for s in rng.choice(min(len(seeds), 10 ** 6), n_clips, replace=False)]
     mine = clip_seeds[rank::world_size]
     weights_file = Path(cfg.weights) / "motion_encoder.safetensors"
-    key = hashlib.sha256(weights_file.read_bytes() + repr((mine, cfg.clip_seconds)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(weights_file.read_bytes() + repr((mine, cfg.clip_seconds, cfg.size)).encode()).hexdigest()[:16]
     path = Path(cfg.out_dir) / "latents" / f"{split}-{key}.pt"
     if path.is_file():
         return torch.load(path)
     log.info("encoding %d %s clips of %.1f s (once; cached at %s)", len(mine), split, cfg.clip_seconds, path)
-    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds)
+    size = cfg.size or get_preset(cfg.preset).decoder.resolution
+    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     torch.save(data, tmp)
