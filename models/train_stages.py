@@ -19,7 +19,7 @@ from models.data.dataset import SPLITS, identity_seed, performance_seed
 from models.data.face import render, sample_identities
 from models.data.params import N_PARAMS, PARAM_RANGES, neutral_params
 from models.data.performance import generate_performance
-from models.decoder import DECODER_PRESETS, VideoDecoder, reconstruction_loss
+from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss
 from models.errors import ConfigError
 from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
 from models.probe import PROBE_PRESETS, Probe
@@ -27,7 +27,6 @@ from models.probe import PROBE_PRESETS, Probe
 POOL_CLIPS, POOL_SECONDS = 12, 10.0  # motion parameters drawn from 12 performances of 10 s (3,000 frames)
 UNIFORM_SHARE = 0.1  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach
 EVAL_BATCH = 16
-PARAM_LOSS_WEIGHT = 0.5  # decoder stage: weight of the z → true-parameters regression (normalised MSE)
 
 
 def param_pool(split: str, seed: int) -> torch.Tensor:
@@ -67,11 +66,7 @@ def write_summary(directory: Path, cfg, metrics: dict) -> None:
 
 
 class DecoderTrainer(nn.Module):
-    """Stage `decoder`: the motion encoder and the video decoder, trained on cross-identity pairs.
-
-    On synthetic data a linear head also regresses the true motion parameters from z (training only, never
-    exported): without it the encoder learns motion slowly and the decoder falls back to copying the portrait.
-    """
+    """Stage `decoder`: the motion encoder and the video decoder, trained on cross-identity pairs."""
 
     def __init__(self, preset: str, size: int):
         super().__init__()
@@ -80,23 +75,10 @@ class DecoderTrainer(nn.Module):
             if size else DECODER_PRESETS[preset]
         self.encoder = MotionEncoder(self.encoder_config)
         self.decoder = VideoDecoder(self.decoder_config)
-        self.param_head = nn.Linear(self.encoder_config.d_motion, N_PARAMS)
-        low = torch.tensor([r[0] for r in PARAM_RANGES])
-        high = torch.tensor([r[1] for r in PARAM_RANGES])
-        self.register_buffer("param_center", (low + high) / 2, persistent=False)
-        self.register_buffer("param_halfrange", (high - low) / 2, persistent=False)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        z = self.encoder(batch["frame_a"])  # (B, d_motion), from identity A
-        pred = self.decoder(self.decoder.encode_reference(batch["ref_b"]), z)  # identity B, same motion
-        loss, metrics = reconstruction_loss(pred, batch["target_b"], z, self.decoder_config)
-        metrics.pop("loss")
-        if "params" in batch:
-            target = (batch["params"] - self.param_center) / self.param_halfrange
-            aux = (self.param_head(z) - target).square().mean()
-            loss = loss + PARAM_LOSS_WEIGHT * aux
-            metrics["param_mse"] = aux.detach()
-        return loss, metrics
+        loss, metrics = decoder_loss(self.encoder, self.decoder, batch["frame_a"], batch["ref_b"], batch["target_b"])
+        return loss, {k: v for k, v in metrics.items() if k != "loss"}
 
 
 class DecoderStage:
@@ -122,7 +104,7 @@ class DecoderStage:
         ids = draw_identities(split, rng, 2 * n)
         identities = sample_identities(ids[:n] + ids[n:] + ids[n:])
         images = render(identities, torch.cat([params, params, neutral_params(n)]), size)
-        return {"frame_a": images[:n], "target_b": images[n:2 * n], "ref_b": images[2 * n:], "params": params}
+        return {"frame_a": images[:n], "target_b": images[n:2 * n], "ref_b": images[2 * n:]}
 
     @classmethod
     def batches(cls, cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
