@@ -1,6 +1,5 @@
 """`actorcast eval`: the measures themselves, and a full report on (untrained) weights with every field."""
 
-import dataclasses
 import json
 import math
 import subprocess
@@ -9,16 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from models.audio import AudioEncoder
-from models.checkpoint import save_weights
-from models.decoder import VideoDecoder
 from models.evaluate import lip_lag, pearson
-from models.motion import MotionGenerator
-from models.motion_ae import MotionEncoder
-from models.presets import get_preset
-from models.probe import Probe
+from tests.untrained import write_untrained_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,17 +29,7 @@ def test_pearson_and_lip_lag_find_a_known_shift():
 @pytest.fixture(scope="module")
 def untrained_weights(tmp_path_factory) -> Path:
     """Every model the evaluation loads, untrained, at 64² (the structure of a real export)."""
-    directory = tmp_path_factory.mktemp("weights")
-    p = get_preset("tiny")
-    torch.manual_seed(0)
-    decoder_config = dataclasses.replace(p.decoder, resolution=64)
-    for name, module, config in (("audio_encoder", AudioEncoder(p.audio), p.audio),
-                                 ("motion_generator", MotionGenerator(p.motion), p.motion),
-                                 ("motion_encoder", MotionEncoder(p.motion_ae), p.motion_ae),
-                                 ("decoder", VideoDecoder(decoder_config), decoder_config),
-                                 ("probe", Probe(p.probe), p.probe)):
-        save_weights(directory, name, module, config)
-    return directory
+    return write_untrained_weights(tmp_path_factory.mktemp("weights"), probe=True)
 
 
 @pytest.mark.slow
