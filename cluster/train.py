@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cluster.cli_args import positive_int
-from models.errors import ActorcastError, ConfigError
+from models.errors import ActorcastError
 from models.train import STAGE_NAMES, TrainConfig, publish_export
 
 log = logging.getLogger(__name__)
@@ -224,11 +224,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     out = args.out or f"runs/{args.stage}-{args.preset}"
-    try:
-        cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
-                             "data": args.data, "weights": args.weights, "device": args.device})
-    except ConfigError as e:
-        raise ActorcastError(str(e)) from None
+    # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.
+    cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
+                         "data": args.data, "weights": args.weights, "device": args.device})
     get_stage(args.stage).check(cfg)
     metrics = launch(cfg, args.workers, args.resume, args.address)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

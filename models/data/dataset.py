@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from models.data.face import render, sample_identities
-from models.data.params import EMOTION_INDEX, EMOTIONS, neutral_params
+from models.data.params import EMOTION_INDEX, neutral_params
 from models.data.performance import generate_performance
 from models.errors import ConfigError
 
@@ -128,4 +128,4 @@ class SyntheticClips(IterableDataset):
             yield self.clip(seed)
 
 
-__all__ = ["Clip", "SyntheticClips", "make_clip", "split_of", "SPLITS", "HELDOUT_START", "HELDOUT_END", "EMOTIONS"]
+__all__ = ["Clip", "SyntheticClips", "make_clip", "split_of", "SPLITS", "HELDOUT_START", "HELDOUT_END"]
