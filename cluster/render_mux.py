@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from models.data.media import yuv_frame
 from models.errors import InputError
 from models.timebase import FPS
 
@@ -38,9 +39,7 @@ class SegmentWriter:
 
     def write(self, frames: np.ndarray) -> None:
         for image in frames:
-            vf = av.VideoFrame.from_ndarray(image, format="rgb24")
-            vf.pts = self.frames
-            self.container.mux(self.stream.encode(vf))
+            self.container.mux(self.stream.encode(yuv_frame(image, self.frames)))
             self.frames += 1
 
     def close(self) -> None:

@@ -73,6 +73,18 @@ def write_wav(path: Path | str, audio: torch.Tensor) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def yuv_frame(image: np.ndarray, pts: int) -> av.VideoFrame:
+    """An (H, W, 3) uint8 RGB image as a yuv420p VideoFrame for libx264, converted deterministically.
+
+    Handing an rgb24 frame to `stream.encode` makes PyAV convert it internally, and that conversion is not
+    repeatable here: the same frames gave 4 different H.264 files over 40 encodes (at 64²), which broke
+    frame-identical resumed renders. Converting with `reformat` first gave the same bytes every time.
+    """
+    vf = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+    vf.pts = pts
+    return vf
+
+
 class Mp4Writer:
     """H.264 + AAC mp4 writer that interleaves audio and video per frame and renames on success.
 
@@ -106,9 +118,7 @@ class Mp4Writer:
             pcm = audio.to(torch.float32).numpy().reshape(1, -1)
             assert pcm.shape[1] == len(rgb) * SAMPLES_PER_FRAME, "audio must be exactly 640 samples per frame"
         for i, image in enumerate(rgb):
-            vf = av.VideoFrame.from_ndarray(image, format="rgb24")
-            vf.pts = self.frames_written
-            self.container.mux(self.video.encode(vf))
+            self.container.mux(self.video.encode(yuv_frame(image, self.frames_written)))
             if self.with_audio:
                 af = av.AudioFrame.from_ndarray(
                     np.ascontiguousarray(pcm[:, i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]),
