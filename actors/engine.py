@@ -9,6 +9,7 @@
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import uuid
@@ -88,6 +89,7 @@ class Engine:
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
         self.size = int(self.shards[0].submit("output_size").result())  # --size, else the decoder's own
         self.lookahead = get_preset(preset).audio.lookahead
+        self.chunk_frames = get_preset(preset).motion.chunk_frames
         self._closed = False
 
     async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,
@@ -105,7 +107,7 @@ class Engine:
         if reference is None:
             reference = await asyncio.to_thread(synthetic_portrait, identity_seed or 0, 256)
         reference = check_portrait(reference)
-        config = config or SessionConfig(live=live)
+        config = config or (self.live_config() if live else SessionConfig(live=False))
         sid = resume.session_id if resume else uuid.uuid4().hex[:12]
         call = self._call
         first = resume.next_frame if resume else 0
@@ -117,7 +119,19 @@ class Engine:
             await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
                                  call(self.motion, "restore", sid, resume.motion_state))
         return Session(sid, (self.audio, self.motion, self.shards), reference, self.size, config, silence,
-                       self.lookahead, first_frame=first, samples=resume.samples if resume else 0)
+                       self.lookahead, first_frame=first, samples=resume.samples if resume else 0,
+                       chunk_frames=self.chunk_frames)
+
+    def live_config(self) -> SessionConfig:
+        """Low-latency settings for live sessions.
+
+        A chunk of C frames can be generated once the audio through its last frame plus the encoder's lookahead
+        has arrived. Audio blocks of gcd(C, lookahead) frames end exactly there (C=4, lookahead 2: blocks of 2
+        frames, not 4, which would wait 80 ms longer for the same chunk). Chunks are decoded in 2-frame pieces,
+        so the first frames go out before the whole chunk is decoded (a little more decoder work in all).
+        """
+        return SessionConfig(live=True, block_frames=math.gcd(self.chunk_frames, self.lookahead) or self.chunk_frames,
+                             decode_piece_frames=2)
 
     @staticmethod
     async def _call(stage, method, *args):

@@ -32,6 +32,8 @@ class SessionConfig:
 
     live: bool = True  # live: degrade instead of falling behind; offline (render): never degrade
     block_frames: int = 4  # audio is fed to the encoder in blocks of this many frames (one chunk)
+    decode_piece_frames: int = 0  # 0: a chunk is decoded at once, split over the shards; n: in n-frame pieces,
+    #                               each emitted as soon as it is decoded (live: the first frame shows sooner)
     queue_chunks: int = 2  # capacity of each queue between stages, in chunks
     decode_window: int = 2  # chunks being decoded at once
     inbox_seconds: float = 2.0  # `put` waits while more audio than this is queued
@@ -70,10 +72,13 @@ class Session:
     """
 
     def __init__(self, session_id: str, stages, reference: np.ndarray, size: int, config: SessionConfig,
-                 silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0):
+                 silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0, chunk_frames: int = 4):
         self.session_id, self.size, self.config = session_id, size, config
         self._audio, self._motion, self._shards = stages
         self._reference, self._silence, self._lookahead = reference, silence, lookahead
+        self.chunk_frames, self.lookahead = chunk_frames, lookahead
+        self._feat_frontier = first_frame  # features of frames before this have reached the motion stage
+        self._next_shard = 0
         self._block = config.block_frames * SAMPLES_PER_FRAME
         self._inbox: collections.deque = collections.deque()  # (pcm, t_wall) or _Marker
         self._inbox_samples, self._samples_in = 0, samples
@@ -82,7 +87,8 @@ class Session:
         self._interrupts = 0
         q = config.queue_chunks
         self._q_feat, self._q_motion = asyncio.Queue(q), asyncio.Queue(q)
-        self._q_pending, self._out = asyncio.Queue(config.decode_window), asyncio.Queue(4 * q)
+        pieces = -(-chunk_frames // config.decode_piece_frames) if config.decode_piece_frames > 0 else 1
+        self._q_pending, self._out = asyncio.Queue(config.decode_window * pieces), asyncio.Queue(4 * q * pieces)
         self._last_frame: np.ndarray | None = None
         self._next_out = first_frame
         self._frames_out = self._degraded = 0
@@ -130,10 +136,14 @@ class Session:
         """Switch emotion from the next generated chunk on (a control call: it jumps the queues)."""
         self._motion.submit("set_emotion", self.session_id, emotion)
 
-    def interrupt(self) -> None:
+    def interrupt(self) -> int:
         """Blank the queued speech (replaced by silence of the same length, so frame indices stay whole) and
-        the encoder's buffers; the avatar returns to idle within the chunks already being decoded."""
+        the encoder's buffers; the avatar returns to idle within the chunks already being decoded.
+
+        Returns the first frame made only from silence: the start of the first chunk none of whose features
+        had reached the motion stage (frames before it may still show the interrupted speech)."""
         self._interrupts += 1
+        idle_from = -(-self._feat_frontier // self.chunk_frames) * self.chunk_frames
         self._inbox = collections.deque(item if isinstance(item, _Marker) else (np.zeros_like(item[0]), item[1])
                                         for item in self._inbox)
         self._audio.submit("reset", self.session_id)
@@ -142,6 +152,7 @@ class Session:
             blanked.append(self._blank(self._q_feat.get_nowait()))
         for item in blanked:
             self._q_feat.put_nowait(item)
+        return idle_from
 
     # ---- output ----------------------------------------------------------------------------------------------
 
@@ -280,6 +291,7 @@ class Session:
                 state = await self._call(self._motion, "snapshot", self.session_id)
                 await self._q_motion.put(_Marker(item.samples, item.audio_state, state))
                 continue
+            self._feat_frontier = item.first_frame + item.feats.shape[0]
             steps, repeat = None, False
             if self.config.live and item.t_wall is not None:
                 lag = time.monotonic() - item.t_wall - chunk_s
@@ -300,14 +312,28 @@ class Session:
                     return
                 continue
             mc, repeat = item
-            job = None if repeat else asyncio.ensure_future(self._decode(mc))
-            await self._q_pending.put((mc, job))
+            for piece, shards in self._pieces(mc):
+                job = None if repeat else asyncio.ensure_future(self._decode(piece, shards))
+                await self._q_pending.put((piece, job))
 
-    async def _decode(self, mc: MotionChunk) -> np.ndarray:
+    def _pieces(self, mc: MotionChunk) -> list[tuple[MotionChunk, list]]:
+        """The chunk as one job over all shards, or in `decode_piece_frames` pieces that take turns on them."""
+        n, k = mc.z.shape[0], self.config.decode_piece_frames
+        if k <= 0 or k >= n:
+            return [(mc, self._shards)]
+        out = []
+        for a in range(0, n, k):
+            shard = self._shards[self._next_shard % len(self._shards)]
+            self._next_shard += 1
+            out.append((MotionChunk(mc.session_id, mc.first_frame + a, mc.z[a:a + k], mc.degraded, mc.t_wall),
+                        [shard]))
+        return out
+
+    async def _decode(self, mc: MotionChunk, shards: list) -> np.ndarray:
         n = mc.z.shape[0]
-        bounds = np.linspace(0, n, min(len(self._shards), n) + 1).round().astype(int)
+        bounds = np.linspace(0, n, min(len(shards), n) + 1).round().astype(int)
         parts = await asyncio.gather(*(self._decode_part(shard, mc.first_frame + a, mc.z[a:b])
-                                       for shard, a, b in zip(self._shards, bounds[:-1], bounds[1:])))
+                                       for shard, a, b in zip(shards, bounds[:-1], bounds[1:])))
         firsts = [p[0] for p in parts]
         assert firsts == sorted(firsts) and firsts[0] == mc.first_frame, "shard results out of order"
         return np.concatenate([p[1] for p in parts])

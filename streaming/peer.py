@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from models.data.params import EMOTIONS
 from models.errors import InputError
-from models.timebase import FPS
+from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from streaming.ice import rtc_configuration, set_local_description
 from streaming.metrics import Metrics
 from streaming.tracks import VOICE_BLOCK, VOICE_RATE, AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, VoiceTrack
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("mic", "agent")
 IDLE_TIMEOUT_S = 3.0  # no audio and no control message for this long after connecting = the peer is gone
 STATS_PERIOD_S = 0.5
+STARTUP_S = 2.0  # frames degraded in the first seconds of a call (the pipeline warming up) are counted apart
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,18 @@ class LiveCall:
         self.pc = RTCPeerConnection(rtc_configuration(stun))
         self.content = ContentAudio()
         self.audio_in = AudioInput(session.feed, self.content)
-        self.video = AvatarVideoTrack(self._frame_sent)
+        self.video = AvatarVideoTrack(self._frame_sent, chunk_frames=session.chunk_frames)
         self.voice = VoiceTrack(self.content, lambda: self.anchor)
         self.anchor: tuple[int, float] | None = None  # (frame index, wall time sent) of the latest real frame
         self.speech: collections.deque[np.ndarray] = collections.deque()  # agent mode: 48 kHz int16 blocks
         self.latencies: collections.deque[float] = collections.deque(maxlen=1500)
         self.sent_times: collections.deque[float] = collections.deque(maxlen=2 * FPS)
         self.pending_frames: list[list[float]] = []
-        self.frames_sent = self.degraded_frames = 0
+        self.frames_sent = self.degraded_frames = self.degraded_after_startup = 0
         self.t_answer: float | None = None
         self.t_first_frame: float | None = None
         self.interrupts: list[dict] = []
+        self.fed_ahead = 0  # agent mode: 20 ms blocks of silence fed ahead of the clock (see interrupt)
         self.last_activity = time.monotonic()
         self.channel = None
         self.tasks: list[asyncio.Task] = []
@@ -107,6 +109,10 @@ class LiveCall:
 
     def _on_track(self, track) -> None:
         if track.kind == "audio":
+            for transceiver in self.pc.getTransceivers():
+                mapper = getattr(transceiver.receiver, "_RTCRtpReceiver__timestamp_mapper", None)  # aiortc 1.16
+                if transceiver.receiver.track is track and mapper is not None:
+                    self.audio_in.rtp_origin = lambda m=mapper: getattr(m, "_origin", None)
             self.tasks.append(asyncio.create_task(self._pump_audio(track), name=f"{self.call_id}-audio"))
 
     def _on_datachannel(self, channel) -> None:
@@ -137,8 +143,11 @@ class LiveCall:
         """Agent mode: 20 ms of queued speech (or silence) every 20 ms, on a steady clock."""
         t0, k = time.monotonic(), 0
         while True:
-            block = self.speech.popleft() if self.speech else np.zeros(VOICE_BLOCK, np.int16)
-            self.audio_in.push_voice(block)
+            if self.fed_ahead:  # this slot's silence went in early, after an interrupt
+                self.fed_ahead -= 1
+            else:
+                block = self.speech.popleft() if self.speech else np.zeros(VOICE_BLOCK, np.int16)
+                self.audio_in.push_voice(block)
             k += 1
             await asyncio.sleep(max(0.0, t0 + k * VOICE_BLOCK / VOICE_RATE - time.monotonic()))
 
@@ -154,21 +163,25 @@ class LiveCall:
         await self.close()
 
     def _frame_sent(self, sent: SentFrame) -> None:
-        latency = None
+        latency = rtp = None
         if sent.index is not None:
             self.anchor = (sent.index, sent.t_sent)
             arrival = self.audio_in.arrival(sent.index)
             if arrival is not None:
                 latency = (sent.t_sent - arrival) * 1000.0
                 self.latencies.append(latency)
+            rtp = self.audio_in.rtp_timestamp(sent.index)
         if self.t_first_frame is None:
             self.t_first_frame = sent.t_sent
         self.frames_sent += 1
         self.degraded_frames += int(sent.degraded)
+        self.degraded_after_startup += int(sent.degraded and sent.t_sent - self.t_first_frame > STARTUP_S)
         self.sent_times.append(sent.t_sent)
         self.metrics.frame_sent(sent.degraded, latency)
+        # [sent ms, server latency ms, frame index, degraded, pts, RTP timestamp of its audio in the caller's
+        # stream or None]: the browser turns the last into its own capture time
         self.pending_frames.append([round(sent.t_sent * 1000.0, 1), None if latency is None else round(latency, 1),
-                                    sent.index, int(sent.degraded), sent.pts])
+                                    sent.index, int(sent.degraded), sent.pts, rtp])
         for event in self.interrupts:
             if event.get("idle_ms") is None and sent.index is not None and sent.index >= event["frame"]:
                 event["idle_ms"] = (sent.t_sent - event["t"]) * 1000.0
@@ -181,19 +194,25 @@ class LiveCall:
         self.session.set_emotion(emotion)
 
     def interrupt(self) -> None:
-        """Barge-in: drop queued speech everywhere (agent queue, session, voice not yet played)."""
+        """Barge-in: drop queued speech everywhere (agent queue, session, voice not yet played).
+
+        Frames before the session's first all-silence frame are skipped (the last one shown is held). In agent
+        mode the audio that follows is known to be silence, so enough of it to generate that first idle chunk
+        is fed at once, instead of waiting up to 7 frames for it to arrive in real time; the feeder then skips
+        as many 20 ms slots, so the content clock stays on time.
+        """
         self.speech.clear()
-        self.session.interrupt()
-        self.video.dropped += len(self.video.queue)  # made from the dropped speech: skip them
-        self.video.queue.clear()
+        idle_from = self.session.interrupt()  # the first frame made from silence only
+        self.video.skip_until(idle_from)
         if self.voice.pos is not None:
             self.content.silence_from(self.voice.pos)
-        # Frames already past the session's blanking point (chunks in the motion stage, waiting to be
-        # decoded or emitted) still show speech; every frame after them is idle by construction.
-        stats = self.session.stats()
-        queues, block = stats["queues"], self.session.config.block_frames
-        boundary = stats["frames_out"] + block * (queues["motion"] + queues["decoding"] + queues["frames"] + 2)
-        self.interrupts.append({"t": time.time(), "frame": boundary, "idle_ms": None})
+        if self.options.source == "agent":
+            needed = (idle_from + self.session.chunk_frames + self.session.lookahead) * SAMPLES_PER_FRAME
+            blocks = max(0, -(-(needed - self.audio_in.fed) * VOICE_RATE // SAMPLE_RATE // VOICE_BLOCK) + 1)
+            for _ in range(blocks):
+                self.audio_in.push_voice(np.zeros(VOICE_BLOCK, np.int16))
+            self.fed_ahead += blocks
+        self.interrupts.append({"t": time.time(), "frame": idle_from, "idle_ms": None})
 
     def speak(self, pcm48: np.ndarray) -> float:
         """Agent mode: queue 48 kHz mono int16 speech as the avatar's voice; returns its length in seconds."""
@@ -236,7 +255,8 @@ class LiveCall:
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         return {
             "session_id": self.call_id, "fps": round(fps, 2), "frames_sent": self.frames_sent,
-            "degraded_frames": self.degraded_frames, "dropped_frames": self.video.dropped,
+            "degraded_frames": self.degraded_frames, "degraded_after_startup": self.degraded_after_startup,
+            "dropped_frames": self.video.dropped,
             "repeated_frames": self.video.repeated,
             "server_latency_ms": {"p50": percentile(self.latencies, 50), "p95": percentile(self.latencies, 95)},
             "av_offset_ms": self.voice.offset_ms(), "voice_resyncs": self.voice.resyncs,

@@ -31,6 +31,7 @@ VOICE_RATE = 48_000
 VOICE_PER_FRAME = SAMPLES_PER_FRAME * VOICE_RATE // SAMPLE_RATE  # 1920 samples of 48 kHz per video frame
 VOICE_BLOCK = VOICE_RATE // 50  # 20 ms audio packets, as WebRTC peers send them
 RESYNC_SAMPLES = VOICE_RATE // 100  # re-align the voice when it is off by more than 10 ms (smoothed)
+RTP_AUDIO_CLOCK = 48_000  # Opus RTP timestamps count 48 kHz samples whatever the codec's rate
 
 
 def decode_audio_48k(raw: bytes) -> np.ndarray:
@@ -81,23 +82,33 @@ class ContentAudio:
 class AudioInput:
     """Turns inbound audio (any av.AudioFrame, or 48 kHz mono int16 blocks) into the session feed.
 
-    Keeps the voice copy (ContentAudio) and when each fed sample arrived, for the latency measure.
+    Keeps the voice copy (ContentAudio), when each fed sample arrived and its RTP timestamp (the caller's
+    clock for it: a browser maps that to its own capture time), for the latency measures.
     """
 
     def __init__(self, feed: Callable[[np.ndarray], None], content: ContentAudio):
         self.feed, self.content = feed, content
+        # aiortc numbers decoded frames from its first packet: pts = RTP timestamp - origin. The call sets this to
+        # read the origin back, so the caller's own RTP timestamps can be reported.
+        self.rtp_origin: Callable[[], int | None] = lambda: None
         self.to_voice = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
         self.to_model = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         self.fed = 0  # 16 kHz samples fed so far
-        self.arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (first sample, wall time)
+        # (first fed sample, wall time it arrived, RTP timestamp of that sample or None)
+        self.arrivals: collections.deque[tuple[int, float, int | None]] = collections.deque()
 
     def push_frame(self, frame: av.AudioFrame) -> None:
-        """An inbound WebRTC audio frame (typically s16 stereo 48 kHz, 20 ms)."""
+        """An inbound WebRTC audio frame (typically s16 stereo 48 kHz, 20 ms; pts counts 48 kHz samples)."""
+        origin = self.rtp_origin()
+        rtp = None if origin is None or frame.pts is None else (frame.pts + origin) % 2**32
         for out in self.to_voice.resample(frame):
-            self.push_voice(out.to_ndarray().reshape(-1))
+            self.push_voice(out.to_ndarray().reshape(-1), rtp)
+            rtp = None
 
-    def push_voice(self, block: np.ndarray) -> None:
-        """48 kHz mono int16 samples, in real time: keep them for the voice track and feed them at 16 kHz."""
+    def push_voice(self, block: np.ndarray, rtp: int | None = None) -> None:
+        """48 kHz mono int16 samples, in real time: keep them for the voice track and feed them at 16 kHz.
+
+        rtp: the RTP timestamp of the block's first sample, when it came from a caller."""
         now = time.time()
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.reshape(1, -1)), format="s16", layout="mono")
         frame.sample_rate = VOICE_RATE
@@ -105,7 +116,7 @@ class AudioInput:
         pcm = [o.to_ndarray().reshape(-1) for o in self.to_model.resample(frame)]
         if pcm:
             pcm16 = np.concatenate(pcm).astype(np.float32, copy=False)
-            self.arrivals.append((self.fed, now))
+            self.arrivals.append((self.fed, now, rtp))
             self.fed += len(pcm16)
             self.feed(pcm16)
         while len(self.arrivals) > 3000:  # about a minute of 20 ms blocks
@@ -113,13 +124,24 @@ class AudioInput:
 
     def arrival(self, frame_index: int) -> float | None:
         """Wall time at which the first sample of video frame `frame_index` was fed (None if not kept)."""
+        found = self._block_of(frame_index)
+        return None if found is None else found[1]
+
+    def rtp_timestamp(self, frame_index: int) -> int | None:
+        """The caller's RTP timestamp of the first audio sample of video frame `frame_index`, if known."""
+        found = self._block_of(frame_index)
+        if found is None or found[2] is None:
+            return None
+        return (found[2] + (frame_index * SAMPLES_PER_FRAME - found[0]) * RTP_AUDIO_CLOCK // SAMPLE_RATE) % 2**32
+
+    def _block_of(self, frame_index: int) -> tuple[int, float, int | None] | None:
         pos = frame_index * SAMPLES_PER_FRAME
-        found = None
-        for start, t in reversed(self.arrivals):
-            if start <= pos:
-                found = t
-                break
-        return found if pos < self.fed else None
+        if pos >= self.fed:
+            return None
+        for block in reversed(self.arrivals):
+            if block[0] <= pos:
+                return block
+        return None
 
 
 @dataclass
@@ -141,11 +163,11 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 1):
+    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 1, chunk_frames: int = 1):
         super().__init__()
         self.on_sent = on_sent
         self.queue: collections.deque[tuple[int, np.ndarray, bool]] = collections.deque()
-        self.max_chunk = 1
+        self.max_chunk = chunk_frames  # frames arrive in bursts of a generated chunk (even when put in pieces)
         self.prebuffer = prebuffer_frames
         self.slack = prebuffer_frames
         self.depths: collections.deque[int] = collections.deque(maxlen=6)
@@ -155,6 +177,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.last: np.ndarray | None = None
         self.dropped = 0
         self.repeated = 0
+        self.skip_before = 0  # frames with a lower index are dropped on arrival (they show interrupted speech)
 
     def put(self, first_frame: int, frames: np.ndarray, degraded: bool) -> None:
         """Queue (T, H, W, 3) uint8 frames starting at session frame `first_frame`."""
@@ -167,6 +190,9 @@ class AvatarVideoTrack(MediaStreamTrack):
             self.dropped += 1
             self.depths.clear()
         for k, image in enumerate(frames):
+            if first_frame + k < self.skip_before:
+                self.dropped += 1
+                continue
             self.queue.append((first_frame + k, image, degraded))
         bound = 2 * self.max_chunk + 2
         while len(self.queue) > bound:
@@ -174,6 +200,13 @@ class AvatarVideoTrack(MediaStreamTrack):
             self.dropped += 1
         if len(self.queue) >= min(self.prebuffer + 1, bound) or self.t0 is not None:
             self.have_frames.set()
+
+    def skip_until(self, frame_index: int) -> None:
+        """Drop every frame before `frame_index`, queued or still to come (barge-in); the last frame shown is
+        held until then."""
+        self.dropped += len(self.queue)
+        self.queue.clear()
+        self.skip_before = max(self.skip_before, frame_index)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":

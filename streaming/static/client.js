@@ -3,13 +3,41 @@
 
 const $ = (id) => document.getElementById(id);
 const call = { pc: null, dc: null, frames: [], presented: [], latencies: [], offset: null, rtt: null,
-               server: null, videoDelays: [], avOffset: null, running: false, shown: [] };
+               server: null, videoDelays: [], avOffset: null, running: false, shown: [], sentAudio: [] };
 window.actorcast = call;  // tests read call.stats()
 
 const nowEpoch = () => performance.timeOrigin + performance.now();
-// The server's arrival time of audio is taken after aiortc's receive buffer (4 packets of 20 ms prefetched):
-// capture -> server arrival = half the round trip + one packet being filled + that buffer (an estimate).
-const UPLINK_FIXED_MS = 20 + 60;
+// Latency = when a frame is presented - when the audio it shows was captured, both on this page's clock. The
+// page notes when each encoded 20 ms audio frame leaves its encoder (insertable streams), by RTP timestamp;
+// the server returns, with each video frame, the RTP timestamp of that frame's first audio sample. A sample is
+// taken as captured when its encoded frame left minus the rest of that frame (the encoder emits a frame as
+// soon as its last sample is in).
+const AUDIO_RTP_RATE = 48;  // RTP ticks per ms (Opus)
+
+function passThrough(endpoint, onFrame) {
+  if (!endpoint.createEncodedStreams) return false;
+  const { readable, writable } = endpoint.createEncodedStreams();
+  const transform = new TransformStream({ transform(frame, ctl) { if (onFrame) onFrame(frame); ctl.enqueue(frame); } });
+  readable.pipeThrough(transform).pipeTo(writable);
+  return true;
+}
+
+function noteEncodedAudio(frame) {
+  const meta = frame.getMetadata ? frame.getMetadata() : {};
+  const rtp = (meta.rtpTimestamp !== undefined ? meta.rtpTimestamp : frame.timestamp) >>> 0;
+  call.sentAudio.push([rtp, performance.now(), frame.data.byteLength]);
+  if (call.sentAudio.length > 3000) call.sentAudio.splice(0, 500);
+}
+
+function captureTime(rtp) {  // page time (performance.now) the audio sample with this RTP timestamp was captured
+  const a = call.sentAudio;
+  for (let i = a.length - 1; i >= 0; i--) {
+    const ahead = (rtp - a[i][0]) >>> 0;  // ticks from this frame's first sample to the sample
+    const next = i + 1 < a.length ? (a[i + 1][0] - a[i][0]) >>> 0 : 960;
+    if (ahead < next) return a[i][1] - (next - ahead) / AUDIO_RTP_RATE;
+  }
+  return null;
+}
 
 function pct(values, q) {
   if (!values.length) return null;
@@ -49,7 +77,7 @@ function onMessage(event) {
     }
   } else if (msg.type === "stats") {
     call.server = msg;
-    for (const f of msg.frames) call.frames.push(f);  // [sent_ms, latency_ms, index, degraded]
+    for (const f of msg.frames) call.frames.push(f);  // [sent_ms, latency_ms, index, degraded, pts, capture_ms]
     if (call.frames.length > 600) call.frames.splice(0, call.frames.length - 600);
     resolveShown();
   } else if (msg.type === "error") {
@@ -104,11 +132,12 @@ function resolveShown() {
   const keep = [];
   for (const meta of call.shown) {
     const f = matchFrame(meta);
-    if (f && f[1] !== null && call.offset !== null) {
-      const arrivalServer = f[0] - f[1];
-      const shownServer = performance.timeOrigin + meta.shown + call.offset;
-      call.latencies.push(shownServer - arrivalServer + call.rtt / 2 + UPLINK_FIXED_MS);
-      if (call.latencies.length > 1500) call.latencies.shift();
+    if (f) {
+      const captured = f[5] === null || f[5] === undefined ? null : captureTime(f[5]);
+      if (captured !== null) {
+        call.latencies.push(meta.shown - captured);
+        if (call.latencies.length > 1500) call.latencies.shift();
+      }
     } else if (performance.now() - meta.shown < 2000) {
       keep.push(meta);
     }
@@ -169,13 +198,16 @@ async function start() {
   $("start").disabled = true;
   try {
     const mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
-    const pc = new RTCPeerConnection({ iceServers: [] });  // loopback/LAN: no STUN contacted
+    // loopback/LAN: no STUN contacted. Insertable streams: see captureTime.
+    const insertable = "createEncodedStreams" in RTCRtpSender.prototype;
+    const pc = new RTCPeerConnection({ iceServers: [], encodedInsertableStreams: insertable });
     call.pc = pc;
-    mic.getTracks().forEach((t) => pc.addTrack(t, mic));
+    mic.getTracks().forEach((t) => passThrough(pc.addTrack(t, mic), noteEncodedAudio));
     pc.addTransceiver("video", { direction: "recvonly" });
     call.dc = pc.createDataChannel("control");
     call.dc.onmessage = onMessage;
     pc.ontrack = (e) => {
+      if (insertable) passThrough(e.receiver, null);  // with insertable streams on, every receiver must pipe
       const video = $("remote");
       if (video.srcObject !== e.streams[0]) video.srcObject = e.streams[0];
     };
