@@ -1,6 +1,7 @@
 """Sessions end to end: in-process and on Ray, sharded decoding in order, a killed shard, live degradation."""
 
 import asyncio
+import dataclasses
 import os
 import signal
 
@@ -105,3 +106,42 @@ def test_ray_shard_killed_mid_render_is_retried_frame_identical(ray_local, caplo
     assert "retrying on the restarted actor" in caplog.text  # a chunk was lost and decoded again
     assert clean_idx == idx == list(range(n))
     assert np.array_equal(frames, clean)  # no frame lost, none duplicated, identical pixels
+
+
+def test_live_config_pieces_and_interrupt_boundary():
+    """Live sessions: 2-frame audio blocks and 2-frame decode pieces give the offline frames, in order; an
+    interrupt names a chunk-aligned first idle frame that no emitted frame has passed."""
+    pcm = _pcm(3.0, seed=4)
+    with Engine(size=SIZE, shards=2) as engine:
+        live = engine.live_config()
+        assert (live.block_frames, live.decode_piece_frames) == (2, 2)
+        never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
+
+        async def pieces():
+            session = await engine.open_session(identity_seed=2, seed=5, config=never_behind)
+            session.feed(pcm)
+            session.end()
+            out = [vf async for vf in session.frames()]
+            await session.close()
+            return out
+
+        async def interrupted():
+            session = await engine.open_session(identity_seed=2, seed=5, config=never_behind)
+            session.feed(pcm[:16000])
+            seen = 0
+            async for vf in session.frames():
+                seen = vf.first_frame + vf.n_frames
+                if seen >= 8:
+                    break
+            idle_from = session.interrupt()
+            await session.close()
+            return seen, idle_from
+
+        out = asyncio.run(pieces())
+        _, offline, _ = asyncio.run(_render(engine, pcm))
+        seen, idle_from = asyncio.run(interrupted())
+    n = len(pcm) // SAMPLES_PER_FRAME
+    assert [vf.first_frame for vf in out] == list(range(0, n, 2)) and {vf.n_frames for vf in out[:-1]} == {2}
+    frames = np.concatenate([vf.frames for vf in out])
+    assert np.abs(frames.astype(int) - offline).max() <= 1  # same frames (up to batch round-off)
+    assert idle_from % 4 == 0 and idle_from >= seen
