@@ -19,12 +19,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
-    from cluster import batch, call, data_cmd, eval_cmd, render, serve, train
+    from cluster import batch, bench_cmd, call, data_cmd, eval_cmd, render, serve, train
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (data_cmd, train, eval_cmd, render, batch, serve, call):
+    for module in (data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd):
         module.add_parser(sub)
     return parser
 

@@ -56,3 +56,15 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_subcommand_runs_a_benchmark(tmp_path):
+    import json
+
+    result = actorcast("bench", "data", "--out", str(tmp_path / "b"), "--quick")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "b" / "data.json").read_text())
+    assert report["frames_per_s_128"] > 0 and report["audio_s_per_s"] > 0
+    (tmp_path / "f").write_text("")
+    bad = actorcast("bench", "data", "--out", str(tmp_path / "f"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "is a file" in bad.stderr
