@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", type=Path, help="weights directory (default: the shipped ones, else untrained)")
     p.add_argument("--address", help="join this Ray cluster (host:port or auto) instead of running in-process")
     p.add_argument("--stun", help="STUN server URL for ICE, e.g. stun:stun.example.org:3478 (default: none)")
+    p.add_argument("--audio-prefetch", type=positive_int, default=None,
+                   help="inbound 20 ms audio frames held against network jitter before use (default: 1 when "
+                        "--host is loopback, else 4 as aiortc does; each frame held adds 20 ms of latency)")
     p.set_defaults(run=run)
 
 
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is not None and not args.weights.is_dir():
         raise ActorcastError(f"--weights {args.weights} is not a directory; give the folder with the weights")
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                          stun=args.stun)
+                          stun=args.stun, audio_prefetch=args.audio_prefetch)
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.address is not None or args.shards > 1,
                     address=args.address)
     try:

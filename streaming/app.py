@@ -29,6 +29,7 @@ from models.errors import InputError
 from streaming.ice import hosts_for
 from streaming.metrics import Metrics
 from streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
+from streaming.receiver import audio_prefetch_for
 from streaming.tracks import decode_audio_48k
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ServerConfig:
     token: str | None = None
     max_sessions: int = 2
     stun: str | None = None
+    audio_prefetch: int | None = None  # inbound 20 ms audio frames held against jitter (None: 1 on loopback, else 4)
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -148,7 +150,8 @@ class LiveServer:
         session = await _maybe_await(self.engine.open_session(
             reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True))
         call_id = str(getattr(session, "session_id", None) or uuid.uuid4().hex)
-        call = LiveCall(call_id, session, options, self.metrics, self._closed, stun=self.config.stun)
+        call = LiveCall(call_id, session, options, self.metrics, self._closed, stun=self.config.stun,
+                        audio_prefetch=self.config.audio_prefetch or audio_prefetch_for(self.config.host))
         try:
             answer = await call.answer(offer, hosts_for(self.config.host))
         except BaseException:

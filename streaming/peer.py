@@ -25,6 +25,7 @@ from models.errors import InputError
 from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from streaming.ice import rtc_configuration, set_local_description
 from streaming.metrics import Metrics
+from streaming.receiver import rtp_origin, set_audio_prefetch
 from streaming.tracks import VOICE_BLOCK, VOICE_RATE, AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, VoiceTrack
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ class LiveCall:
     """A peer connection, its tracks and its session; `close()` frees all of them (idempotent)."""
 
     def __init__(self, call_id: str, session, options: CallOptions, metrics: Metrics,
-                 on_closed: Callable[["LiveCall"], None], stun: str | None = None):
+                 on_closed: Callable[["LiveCall"], None], stun: str | None = None, audio_prefetch: int = 4):
         self.call_id, self.session, self.options, self.metrics = call_id, session, options, metrics
         self.on_closed = on_closed
+        self.audio_prefetch = audio_prefetch
         self.pc = RTCPeerConnection(rtc_configuration(stun))
         self.content = ContentAudio()
         self.audio_in = AudioInput(session.feed, self.content)
@@ -110,9 +112,9 @@ class LiveCall:
     def _on_track(self, track) -> None:
         if track.kind == "audio":
             for transceiver in self.pc.getTransceivers():
-                mapper = getattr(transceiver.receiver, "_RTCRtpReceiver__timestamp_mapper", None)  # aiortc 1.16
-                if transceiver.receiver.track is track and mapper is not None:
-                    self.audio_in.rtp_origin = lambda m=mapper: getattr(m, "_origin", None)
+                if transceiver.receiver.track is track:
+                    self.audio_in.rtp_origin = rtp_origin(transceiver.receiver)
+                    set_audio_prefetch(transceiver.receiver, self.audio_prefetch)
             self.tasks.append(asyncio.create_task(self._pump_audio(track), name=f"{self.call_id}-audio"))
 
     def _on_datachannel(self, channel) -> None:

@@ -155,23 +155,30 @@ class SentFrame:
 
 
 class AvatarVideoTrack(MediaStreamTrack):
-    """Sends the session's frames at exactly 25 fps on a 90 kHz clock (pts = n * 3600).
+    """Sends the session's frames at 25 fps on a 90 kHz clock (pts = n * 3600), as soon after they are made as
+    the frame rate allows.
 
-    Frames wait in a short buffer; when it runs dry the last frame is repeated (and counted degraded), when
-    it overflows the oldest frames are dropped, so latency stays bounded whatever the session does.
+    Frames wait in a short buffer and go out on a 25 fps schedule that follows the source: a frame that is due
+    but not there yet is waited for up to `late_grace_s` (the schedule then moves later by that much); past
+    that the last frame is repeated (counted degraded). When every frame of the last two chunks waited longer
+    than `target_wait_s` for its slot, the schedule moves earlier by at most `catch_up_s` per frame, so the
+    latency drains back without a visible jump (a whole frame too early: that frame is skipped). A backlog
+    beyond two chunks drops the oldest frames, so latency stays bounded whatever the session does.
     """
 
     kind = "video"
 
-    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 1, chunk_frames: int = 1):
+    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 1, chunk_frames: int = 1,
+                 late_grace_s: float = 0.02, target_wait_s: float = 0.005, catch_up_s: float = 0.004):
         super().__init__()
         self.on_sent = on_sent
-        self.queue: collections.deque[tuple[int, np.ndarray, bool]] = collections.deque()
+        self.queue: collections.deque[tuple[int, np.ndarray, bool, float]] = collections.deque()
         self.max_chunk = chunk_frames  # frames arrive in bursts of a generated chunk (even when put in pieces)
         self.prebuffer = prebuffer_frames
-        self.slack = prebuffer_frames
-        self.depths: collections.deque[int] = collections.deque(maxlen=6)
-        self.have_frames = asyncio.Event()
+        self.late_grace_s, self.target_wait_s, self.catch_up_s = late_grace_s, target_wait_s, catch_up_s
+        self.waits: collections.deque[float] = collections.deque(maxlen=2 * chunk_frames)  # queue time of frames sent
+        self.have_frames = asyncio.Event()  # the prebuffer is full: sending may start
+        self.arrived = asyncio.Event()  # a frame was queued
         self.n = 0
         self.t0: float | None = None
         self.last: np.ndarray | None = None
@@ -182,22 +189,17 @@ class AvatarVideoTrack(MediaStreamTrack):
     def put(self, first_frame: int, frames: np.ndarray, degraded: bool) -> None:
         """Queue (T, H, W, 3) uint8 frames starting at session frame `first_frame`."""
         self.max_chunk = max(self.max_chunk, len(frames))
-        # The depth just before a chunk arrives is the buffer's slack: when it stayed above `slack` frames for
-        # the last few chunks, skip one frame to give that latency back (a jitter spike left it behind).
-        self.depths.append(len(self.queue))
-        if self.t0 is not None and len(self.depths) == self.depths.maxlen and min(self.depths) > self.slack:
-            self.queue.popleft()
-            self.dropped += 1
-            self.depths.clear()
+        now = time.monotonic()
         for k, image in enumerate(frames):
             if first_frame + k < self.skip_before:
                 self.dropped += 1
                 continue
-            self.queue.append((first_frame + k, image, degraded))
+            self.queue.append((first_frame + k, image, degraded, now))
         bound = 2 * self.max_chunk + 2
         while len(self.queue) > bound:
             self.queue.popleft()
             self.dropped += 1
+        self.arrived.set()
         if len(self.queue) >= min(self.prebuffer + 1, bound) or self.t0 is not None:
             self.have_frames.set()
 
@@ -207,6 +209,27 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.dropped += len(self.queue)
         self.queue.clear()
         self.skip_before = max(self.skip_before, frame_index)
+
+    async def _wait_late_frame(self) -> None:
+        """The next frame is due and not there: wait up to late_grace_s; the schedule follows if it comes."""
+        t_due = time.monotonic()
+        self.arrived.clear()
+        try:
+            await asyncio.wait_for(self.arrived.wait(), self.late_grace_s)
+        except asyncio.TimeoutError:
+            return
+        self.t0 += time.monotonic() - t_due
+
+    def _catch_up(self, waited: float) -> None:
+        self.waits.append(waited)
+        if len(self.waits) == self.waits.maxlen:
+            excess = min(self.waits) - self.target_wait_s
+            if excess > 1.0 / FPS and self.queue:  # a whole frame behind: skip one (a 40 ms jump)
+                self.queue.popleft()
+                self.dropped += 1
+                self.waits.clear()
+            elif excess > 0:
+                self.t0 -= min(excess, self.catch_up_s)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -220,12 +243,16 @@ class AvatarVideoTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         elif delay < -0.25:  # the loop stalled: restart the clock instead of bursting frames
             self.t0 = time.monotonic() - self.n / FPS
+        if not self.queue and self.last is not None and self.late_grace_s > 0:
+            await self._wait_late_frame()
         if self.queue:
-            index, image, degraded = self.queue.popleft()
+            index, image, degraded, t_put = self.queue.popleft()
+            self._catch_up(time.monotonic() - t_put)
             self.last = image
         else:
             index, image, degraded = None, self.last, True
             self.repeated += 1
+            self.waits.clear()
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = self.n * VIDEO_PTS_STEP, fractions.Fraction(1, VIDEO_CLOCK)
         self.on_sent(SentFrame(frame.pts, index, degraded, time.time()))

@@ -109,12 +109,12 @@ def test_ray_shard_killed_mid_render_is_retried_frame_identical(ray_local, caplo
 
 
 def test_live_config_pieces_and_interrupt_boundary():
-    """Live sessions: 2-frame audio blocks and 2-frame decode pieces give the offline frames, in order; an
+    """Live sessions: 2-frame audio blocks and 1-frame decode pieces give the offline frames, in order; an
     interrupt names a chunk-aligned first idle frame that no emitted frame has passed."""
     pcm = _pcm(3.0, seed=4)
     with Engine(size=SIZE, shards=2) as engine:
         live = engine.live_config()
-        assert (live.block_frames, live.decode_piece_frames) == (2, 2)
+        assert (live.block_frames, live.decode_piece_frames) == (2, 1)
         never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
 
         async def pieces():
@@ -141,7 +141,7 @@ def test_live_config_pieces_and_interrupt_boundary():
         _, offline, _ = asyncio.run(_render(engine, pcm))
         seen, idle_from = asyncio.run(interrupted())
     n = len(pcm) // SAMPLES_PER_FRAME
-    assert [vf.first_frame for vf in out] == list(range(0, n, 2)) and {vf.n_frames for vf in out[:-1]} == {2}
+    assert [vf.first_frame for vf in out] == list(range(n)) and {vf.n_frames for vf in out} == {1}
     frames = np.concatenate([vf.frames for vf in out])
     assert np.abs(frames.astype(int) - offline).max() <= 1  # same frames (up to batch round-off)
     assert idle_from % 4 == 0 and idle_from >= seen

@@ -188,3 +188,32 @@ async def test_vanished_peer_frees_session_and_actors(engine, speech_wav):
         assert freed_after <= 5.0
         assert not engine.shards[0].submit("has_session", sid).result()
         assert sid not in engine.motion._obj.sessions.items
+
+
+@pytest.mark.asyncio
+async def test_video_track_schedule_follows_the_source_and_drains_back():
+    """A chunk that comes 150 ms late moves the 25 fps schedule later; once chunks are on time again the
+    schedule drains back, so the first frame of each chunk stops waiting in the buffer for its slot."""
+    from streaming.tracks import AvatarVideoTrack
+
+    sent = []
+    track = AvatarVideoTrack(sent.append, chunk_frames=4)
+    image = np.zeros((16, 16, 3), np.uint8)
+    put_at = {}
+
+    async def produce():
+        t0 = time.monotonic()
+        for k in range(25):  # 4 s of 4-frame chunks, one every 160 ms; chunk 3 comes 150 ms late
+            await asyncio.sleep(max(0.0, t0 + 0.16 * k + (0.15 if k == 3 else 0.0) - time.monotonic()))
+            put_at[4 * k] = time.time()
+            track.put(4 * k, np.stack([image] * 4), False)
+
+    producer = asyncio.create_task(produce())
+    while len(sent) < 96:
+        await track.recv()
+    await producer
+    t_sent = {s.index: s.t_sent for s in sent if s.index is not None}
+    waits = [(t_sent[i] - put_at[i]) * 1000 for i in sorted(put_at) if i in t_sent]
+    assert len(waits) >= 20 and track.repeated <= 6, (waits, track.repeated)
+    assert max(waits[4:8]) > 60, waits  # behind after the late chunk: on-time chunks waited for their slots
+    assert max(waits[-6:]) < 30, waits  # drained back: each chunk's first frame goes out soon after it comes
