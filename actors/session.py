@@ -278,8 +278,13 @@ class Session:
     async def _motion_task(self):
         await self._run(self._motion_body)
 
+    def _lag(self, t_wall: float | None) -> float:
+        """Live: seconds this audio is behind real time, beyond its own block and lookahead (0 offline)."""
+        if not self.config.live or t_wall is None:
+            return 0.0
+        return time.monotonic() - t_wall - (self.config.block_frames + self._lookahead) / FPS
+
     async def _motion_body(self):
-        chunk_s = self.config.block_frames / FPS + self._lookahead / FPS
         while True:
             item = await self._q_feat.get()
             if item is _END:
@@ -292,11 +297,9 @@ class Session:
                 await self._q_motion.put(_Marker(item.samples, item.audio_state, state))
                 continue
             self._feat_frontier = item.first_frame + item.feats.shape[0]
-            steps, repeat = None, False
-            if self.config.live and item.t_wall is not None:
-                lag = time.monotonic() - item.t_wall - chunk_s
-                steps = self.config.degraded_steps if lag > self.config.degrade_after_s else None
-                repeat = lag > self.config.repeat_after_s
+            lag = self._lag(item.t_wall)
+            steps = self.config.degraded_steps if lag > self.config.degrade_after_s else None
+            repeat = lag > self.config.repeat_after_s
             for mc in await self._call(self._motion, "process", item, steps):
                 await self._q_motion.put((mc, repeat))
 
@@ -304,6 +307,7 @@ class Session:
         await self._run(self._decode_body)
 
     async def _decode_body(self):
+        inflight: collections.deque = collections.deque()  # live: decode jobs not finished yet
         while True:
             item = await self._q_motion.get()
             if item is _END or isinstance(item, _Marker):
@@ -313,7 +317,16 @@ class Session:
                 continue
             mc, repeat = item
             for piece, shards in self._pieces(mc):
-                job = None if repeat else asyncio.ensure_future(self._decode(piece, shards))
+                if self.config.live:  # at most one piece waits per shard, so `late` is judged near decode time
+                    while inflight and inflight[0].done():
+                        inflight.popleft()
+                    if len(inflight) > len(self._shards):
+                        await asyncio.wait([inflight.popleft()])
+                # behind by now (the decoders are the bottleneck): repeat rather than queue more latency
+                late = repeat or self._lag(piece.t_wall) > self.config.repeat_after_s
+                job = None if late else asyncio.ensure_future(self._decode(piece, shards))
+                if job is not None and self.config.live:
+                    inflight.append(job)
                 await self._q_pending.put((piece, job))
 
     def _pieces(self, mc: MotionChunk) -> list[tuple[MotionChunk, list]]:

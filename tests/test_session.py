@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +146,40 @@ def test_live_config_pieces_and_interrupt_boundary():
     frames = np.concatenate([vf.frames for vf in out])
     assert np.abs(frames.astype(int) - offline).max() <= 1  # same frames (up to batch round-off)
     assert idle_from % 4 == 0 and idle_from >= seen
+
+
+def test_live_latency_stays_bounded_when_the_decoder_is_too_slow():
+    """A decoder 1.5x slower than real time: the live session repeats frames instead of queueing them, so the
+    latency of what it does decode stays near `repeat_after_s` instead of growing with the call."""
+    pcm = _pcm(6.0, seed=6)
+    with Engine(size=SIZE, shards=1) as engine:
+        shard = engine.shards[0]._obj
+        decode = shard.decode
+
+        def slow_decode(session_id, first, z):
+            time.sleep(0.06 * len(z))  # 60 ms a frame: 1.5x slower than 25 fps
+            return decode(session_id, first, z)
+
+        shard.decode = slow_decode
+
+        async def run():
+            session = await engine.open_session(identity_seed=1, live=True)
+
+            async def feed():  # real time, in 20 ms packets
+                t0 = time.monotonic()
+                for k, i in enumerate(range(0, len(pcm), 320)):
+                    await asyncio.sleep(max(0.0, t0 + 0.02 * k - time.monotonic()))
+                    session.feed(pcm[i:i + 320])
+                session.end()
+
+            feeder = asyncio.create_task(feed())
+            index = [i async for vf in session.frames() for i in range(vf.first_frame, vf.first_frame + vf.n_frames)]
+            await feeder
+            stats = session.stats()
+            await session.close()
+            return index, stats
+
+        index, stats = asyncio.run(run())
+    assert index == list(range(len(pcm) // SAMPLES_PER_FRAME))  # every frame index still comes out, in order
+    assert stats["degraded_frames"] > 0
+    assert stats["latency_ms"]["p95"] < 1300, stats  # ~0.8 s: repeat_after_s (0.5 s) + a block + decodes (was 2.4 s)
