@@ -63,11 +63,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 class Engine:
-    """AudioEncoderStage -> MotionStage -> DecoderShard x `shards`, built once and shared by sessions."""
+    """AudioEncoderStage -> MotionStage -> DecoderShard x `shards`, built once and shared by sessions.
+
+    stage_threads: torch threads per in-process stage (None: torch's default). A live server uses 1 (see
+    streaming.app.LIVE_STAGE_THREADS): the stages then run side by side instead of fighting over the cores.
+    """
 
     def __init__(self, weights: str | Path | None = None, preset: str = "tiny", shards: int = 1, use_ray: bool = False,
                  address: str | None = None, size: int | None = None, device: str = "cpu",
-                 resources: dict[str, Resources] | None = None):
+                 resources: dict[str, Resources] | None = None, stage_threads: int | None = None):
         if shards < 1:
             raise ConfigError(f"shards={shards} must be >= 1")
         self.preset = get_preset(preset).name
@@ -83,7 +87,7 @@ class Engine:
                 return RayStage(cls, name=name, resources=res[kind], **args, **kw)
         else:
             def make(cls, name, kind, **kw):
-                return LocalStage(cls, name=name, **args, **kw)
+                return LocalStage(cls, name=name, threads=stage_threads, **args, **kw)
         self.audio = make(AudioEncoderStage, "audio", "audio")
         self.motion = make(MotionStage, "motion", "motion")
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]

@@ -38,9 +38,16 @@ class LocalStage:
 
     retryable: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, cls, *args, name: str = "stage", **kwargs):
+    def __init__(self, cls, *args, name: str = "stage", threads: int | None = None, **kwargs):
+        """threads: torch intra-op threads of this stage's worker thread (None: as many as the creating thread
+        has). Always set explicitly: a thread that sets its own count changes the default of threads started
+        after it, so one live engine would otherwise slow every later engine in the process."""
+        import torch
+
         self.name = name
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"actorcast-{name}")
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"actorcast-{name}",
+                                                           initializer=torch.set_num_threads,
+                                                           initargs=(threads or torch.get_num_threads(),))
         # Built on the worker thread too: loading weights must not block an event loop either.
         self._obj = self._pool.submit(cls, *args, **kwargs).result()
 

@@ -24,7 +24,7 @@ from actors.engine import Engine  # noqa: E402
 from bench.common import parse_args, write_json  # noqa: E402
 from models.data.media import write_wav  # noqa: E402
 from models.data.performance import generate_speech  # noqa: E402
-from streaming.app import ServerConfig, create_app  # noqa: E402
+from streaming.app import LIVE_STAGE_THREADS, ServerConfig, create_app  # noqa: E402
 from streaming.client import LiveCaller  # noqa: E402
 from streaming.tracks import VOICE_RATE, decode_audio_48k  # noqa: E402
 
@@ -112,7 +112,7 @@ async def main_async(args) -> dict:
     write_wav(wav, generate_speech(11, seconds + 2))
     pcm = decode_audio_48k(wav.read_bytes())
     result: dict = {"seconds": seconds, "preset": "tiny", "size": 256}
-    with Engine() as engine:
+    with Engine(stage_threads=LIVE_STAGE_THREADS) as engine:
         async with serving(engine, max_sessions=8) as url:
             one = (await concurrent_calls(url, pcm, 1, seconds))[0]
             srv = one["server"]

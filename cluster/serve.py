@@ -64,7 +64,7 @@ async def serve(engine, config, ready=None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actors.engine import Engine
-    from streaming.app import ServerConfig
+    from streaming.app import LIVE_STAGE_THREADS, ServerConfig
 
     if not 0 <= args.port <= 65535:
         raise ActorcastError(f"--port {args.port} is not a TCP port; give 0..65535")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                           stun=args.stun, audio_prefetch=args.audio_prefetch)
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.address is not None or args.shards > 1,
-                    address=args.address)
+                    address=args.address, stage_threads=LIVE_STAGE_THREADS)
     try:
         asyncio.run(serve(engine, config))
     finally:

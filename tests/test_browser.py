@@ -10,7 +10,7 @@ from actors.engine import Engine
 from models.data.media import write_wav
 from models.data.performance import generate_speech
 from bench.live import browser_call
-from streaming.app import SERVER, ServerConfig, create_app
+from streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -21,7 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 async def test_browser_call_shows_avatar_with_stats(tmp_path, artifacts_dir):
     wav = tmp_path / "speech.wav"
     write_wav(wav, generate_speech(5, 8.0))
-    with Engine() as engine:
+    with Engine(stage_threads=LIVE_STAGE_THREADS) as engine:
         runner = web.AppRunner(create_app(engine, ServerConfig()))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

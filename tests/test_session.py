@@ -183,3 +183,23 @@ def test_live_latency_stays_bounded_when_the_decoder_is_too_slow():
     assert index == list(range(len(pcm) // SAMPLES_PER_FRAME))  # every frame index still comes out, in order
     assert stats["degraded_frames"] > 0
     assert stats["latency_ms"]["p95"] < 1300, stats  # ~0.8 s: repeat_after_s (0.5 s) + a block + decodes (was 2.4 s)
+
+
+def test_stage_threads_are_per_engine():
+    """A live engine's 1-thread stages do not change the thread count of engines made after it."""
+    import torch
+
+    from actors.executor import LocalStage
+
+    class Threads:
+        def count(self):
+            return torch.get_num_threads()
+
+    one = LocalStage(Threads, threads=1)
+    later = LocalStage(Threads)
+    try:
+        assert one.submit("count").result() == 1
+        assert later.submit("count").result() == torch.get_num_threads()
+    finally:
+        one.shutdown()
+        later.shutdown()

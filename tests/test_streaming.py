@@ -19,7 +19,7 @@ from actors.engine import Engine
 from models.data.media import write_wav
 from models.data.performance import generate_speech
 from models.errors import ActorcastError
-from streaming.app import SERVER, ServerConfig, create_app
+from streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
 from streaming.client import LiveCaller
 from streaming.ice import candidate_hosts, hosts_for, is_loopback
 from streaming.tracks import VOICE_RATE, decode_audio_48k
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def engine():
-    with Engine() as e:  # in-process stages, untrained weights unless shipped ones exist
+    with Engine(stage_threads=LIVE_STAGE_THREADS) as e:  # in-process stages, untrained weights unless shipped ones exist
         yield e
 
 
