@@ -33,6 +33,16 @@ def default_resources(stage: str, shards: int, device: str = "cpu") -> Resources
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def _bind_torch_threads(n: int) -> None:
+    """Give the calling thread n torch threads for good. torch sets a thread's count from a process-wide value
+    the first time the thread asks for it, so it is asked at once, before another thread changes that value."""
+    import torch
+
+    torch.set_num_threads(n)
+    if torch.get_num_threads() != n:
+        log.warning("torch kept %d threads for this stage instead of %d", torch.get_num_threads(), n)
+
+
 class LocalStage:
     """Runs one stage object's methods, in order, on a dedicated worker thread."""
 
@@ -46,7 +56,7 @@ class LocalStage:
 
         self.name = name
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"actorcast-{name}",
-                                                           initializer=torch.set_num_threads,
+                                                           initializer=_bind_torch_threads,
                                                            initargs=(threads or torch.get_num_threads(),))
         # Built on the worker thread too: loading weights must not block an event loop either.
         self._obj = self._pool.submit(cls, *args, **kwargs).result()

@@ -76,11 +76,12 @@ def write_wav(path: Path | str, audio: torch.Tensor) -> None:
 def yuv_frame(image: np.ndarray, pts: int) -> av.VideoFrame:
     """An (H, W, 3) uint8 RGB image as a yuv420p VideoFrame for libx264, converted deterministically.
 
-    Handing an rgb24 frame to `stream.encode` makes PyAV convert it internally, and that conversion is not
-    repeatable here: the same frames gave 4 different H.264 files over 40 encodes (at 64²), which broke
-    frame-identical resumed renders. Converting with `reformat` first gave the same bytes every time.
+    Multi-threaded swscale is not repeatable here: handing an rgb24 frame to `stream.encode` (PyAV converts
+    it with the codec's thread count) gave up to 11 different H.264 files over 24 encodes of the same frames,
+    and `reformat` with its default (threads=0, automatic) 1 in 150. That broke frame-identical resumed
+    renders. One thread gave the same bytes 150 times out of 150.
     """
-    vf = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+    vf = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p", threads=1)
     vf.pts = pts
     return vf
 
