@@ -21,7 +21,11 @@ from models.timebase import FPS
 
 log = logging.getLogger(__name__)
 
-X264_OPTIONS = {"preset": "veryfast", "crf": "20", "bframes": "0"}
+# Constant QP, not CRF: with CRF, x264's floating-point rate control (mb-tree, adaptive quantisation) gave two
+# different bitstreams for the same frames in some segments from run to run (even single-threaded), so a
+# resumed render could differ from an uninterrupted one. With a constant QP no segment differed in 12 renders.
+# QP 24 matches CRF 20 here: 39.2 vs 39.0 dB at 80 vs 70 kbit/s for 256² avatar frames.
+X264_OPTIONS = {"preset": "veryfast", "qp": "24", "bframes": "0"}
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 

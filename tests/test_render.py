@@ -172,7 +172,8 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
 def test_segment_encoding_is_repeatable(tmp_path):
     """The same frames always give the same H.264 bytes (resumed renders rely on it). Letting PyAV convert RGB to
     YUV inside `encode` gave up to 11 different files over 24 encodes of these decoder frames; a threaded
-    `reformat`, 1 in 150."""
+    `reformat`, 1 in 150. (CRF rate control also varied, but only inside whole renders:
+    test_killed_render_resumes_frame_identical covers that.)"""
     from actors.reference import synthetic_portrait
     from actors.stages import DecoderShard
 
