@@ -75,7 +75,7 @@ class Session:
                  silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0, chunk_frames: int = 4):
         self.session_id, self.size, self.config = session_id, size, config
         self._audio, self._motion, self._shards = stages
-        self._reference, self._silence, self._lookahead = reference, silence, lookahead
+        self._reference, self._silence = reference, silence
         self.chunk_frames, self.lookahead = chunk_frames, lookahead
         self._feat_frontier = first_frame  # features of frames before this have reached the motion stage
         self._next_shard = 0
@@ -282,7 +282,7 @@ class Session:
         """Live: seconds this audio is behind real time, beyond its own block and lookahead (0 offline)."""
         if not self.config.live or t_wall is None:
             return 0.0
-        return time.monotonic() - t_wall - (self.config.block_frames + self._lookahead) / FPS
+        return time.monotonic() - t_wall - (self.config.block_frames + self.lookahead) / FPS
 
     async def _motion_body(self):
         while True:
@@ -317,17 +317,21 @@ class Session:
                 continue
             mc, repeat = item
             for piece, shards in self._pieces(mc):
-                if self.config.live:  # at most one piece waits per shard, so `late` is judged near decode time
-                    while inflight and inflight[0].done():
-                        inflight.popleft()
-                    if len(inflight) > len(self._shards):
-                        await asyncio.wait([inflight.popleft()])
+                if self.config.live:
+                    await self._one_waiting_per_shard(inflight)
                 # behind by now (the decoders are the bottleneck): repeat rather than queue more latency
                 late = repeat or self._lag(piece.t_wall) > self.config.repeat_after_s
                 job = None if late else asyncio.ensure_future(self._decode(piece, shards))
                 if job is not None and self.config.live:
                     inflight.append(job)
                 await self._q_pending.put((piece, job))
+
+    async def _one_waiting_per_shard(self, inflight: collections.deque) -> None:
+        """Live: hold the next piece until at most one waits per shard, so its lateness is judged near its decode."""
+        while inflight and inflight[0].done():
+            inflight.popleft()
+        if len(inflight) > len(self._shards):
+            await asyncio.wait([inflight.popleft()])
 
     def _pieces(self, mc: MotionChunk) -> list[tuple[MotionChunk, list]]:
         """The chunk as one job over all shards, or in `decode_piece_frames` pieces that take turns on them."""

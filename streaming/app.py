@@ -106,6 +106,7 @@ class LiveServer:
 
     def __init__(self, engine, config: ServerConfig):
         self.engine, self.config = engine, config
+        self.audio_prefetch = config.audio_prefetch or audio_prefetch_for(config.host)
         self.metrics = Metrics()
         self.calls: dict[str, LiveCall] = {}
         self.admitting = 0  # offers being set up, counted against capacity before their session exists
@@ -157,7 +158,7 @@ class LiveServer:
             reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True))
         call_id = str(getattr(session, "session_id", None) or uuid.uuid4().hex)
         call = LiveCall(call_id, session, options, self.metrics, self._closed, stun=self.config.stun,
-                        audio_prefetch=self.config.audio_prefetch or audio_prefetch_for(self.config.host))
+                        audio_prefetch=self.audio_prefetch)
         try:
             answer = await call.answer(offer, hosts_for(self.config.host))
         except BaseException:

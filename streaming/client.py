@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from models.data.media import Mp4Writer
 from models.errors import ActorcastError, InputError
 from streaming.ice import hosts_for, rtc_configuration, set_local_description
-from streaming.receiver import audio_prefetch_for, set_audio_prefetch
+from streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
 from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, decode_audio_48k
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,9 @@ class LiveCaller:
         self.t_answer = time.time()
 
     def _on_track(self, track) -> None:
-        if track.kind == "audio":
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.receiver.track is track:
-                    set_audio_prefetch(transceiver.receiver, audio_prefetch_for(urlparse(self.url).hostname or ""))
+        receiver = receiver_of(self.pc, track)
+        if track.kind == "audio" and receiver is not None:
+            set_audio_prefetch(receiver, audio_prefetch_for(urlparse(self.url).hostname or ""))
         coro = _collect_video(track, self.rec, self.keep) if track.kind == "video" else _collect_voice(track, self.rec)
         self.tasks.append(asyncio.create_task(coro))
 

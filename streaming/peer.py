@@ -25,7 +25,7 @@ from models.errors import InputError
 from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from streaming.ice import rtc_configuration, set_local_description
 from streaming.metrics import Metrics
-from streaming.receiver import rtp_origin, set_audio_prefetch
+from streaming.receiver import DEFAULT_PREFETCH, receiver_of, rtp_origin, set_audio_prefetch
 from streaming.tracks import VOICE_BLOCK, VOICE_RATE, AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, VoiceTrack
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class LiveCall:
     """A peer connection, its tracks and its session; `close()` frees all of them (idempotent)."""
 
     def __init__(self, call_id: str, session, options: CallOptions, metrics: Metrics,
-                 on_closed: Callable[["LiveCall"], None], stun: str | None = None, audio_prefetch: int = 4):
+                 on_closed: Callable[["LiveCall"], None], stun: str | None = None,
+                 audio_prefetch: int = DEFAULT_PREFETCH):
         self.call_id, self.session, self.options, self.metrics = call_id, session, options, metrics
         self.on_closed = on_closed
         self.audio_prefetch = audio_prefetch
@@ -111,10 +112,10 @@ class LiveCall:
 
     def _on_track(self, track) -> None:
         if track.kind == "audio":
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.receiver.track is track:
-                    self.audio_in.rtp_origin = rtp_origin(transceiver.receiver)
-                    set_audio_prefetch(transceiver.receiver, self.audio_prefetch)
+            receiver = receiver_of(self.pc, track)
+            if receiver is not None:
+                self.audio_in.rtp_origin = rtp_origin(receiver)
+                set_audio_prefetch(receiver, self.audio_prefetch)
             self.tasks.append(asyncio.create_task(self._pump_audio(track), name=f"{self.call_id}-audio"))
 
     def _on_datachannel(self, channel) -> None:

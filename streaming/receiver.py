@@ -25,6 +25,11 @@ DEFAULT_PREFETCH = 4  # aiortc's own
 LOOPBACK_PREFETCH = 1
 
 
+def receiver_of(pc, track):
+    """The RTCRtpReceiver of `pc` that delivers `track` (None if none does)."""
+    return next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+
+
 def audio_prefetch_for(address: str) -> int:
     """Inbound audio frames to hold for a peer bound to / calling `address`."""
     return LOOPBACK_PREFETCH if is_loopback(address) else DEFAULT_PREFETCH
