@@ -13,11 +13,12 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.checkpoint import save_weights
 from models.data.dataset import SPLITS, identity_seed, performance_seed
 from models.data.face import render, sample_identities
-from models.data.params import N_PARAMS, PARAM_RANGES, neutral_params
+from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, neutral_params
 from models.data.performance import generate_performance
 from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss
 from models.errors import ConfigError
@@ -27,6 +28,7 @@ from models.probe import PROBE_PRESETS, Probe
 POOL_CLIPS, POOL_SECONDS = 12, 10.0  # motion parameters drawn from 12 performances of 10 s (3,000 frames)
 UNIFORM_SHARE = 0.1  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach
 EVAL_BATCH = 16
+NEW_PIXEL_THRESHOLD = 0.08  # colour difference (of 1) that marks a pixel as new content, not a warp of the portrait
 
 
 def param_pool(split: str, seed: int) -> torch.Tensor:
@@ -45,6 +47,20 @@ def draw_params(pool: torch.Tensor, rng: np.random.Generator, n: int) -> torch.T
     uniform = torch.from_numpy(rng.uniform(low, high, (n, N_PARAMS)).astype(np.float32))
     pick = torch.from_numpy(rng.random(n) < UNIFORM_SHARE)
     return torch.where(pick[:, None], uniform, rows)
+
+
+def shut_params(params: torch.Tensor) -> torch.Tensor:
+    """The same motion with the jaw shut and both eyes open: what warping the portrait can show."""
+    shut = params.clone()
+    shut[:, [PARAM_INDEX["jaw_open"], PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]] = 0.0
+    return shut
+
+
+def new_pixels(frame: torch.Tensor, shut: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) in {0, 1}: where a frame differs from its shut-jaw, open-eyed render by more than
+    NEW_PIXEL_THRESHOLD in any channel (inner mouth, teeth, lowered lip and chin, eyelids), grown by one pixel."""
+    differs = ((frame - shut).abs().amax(dim=1, keepdim=True) > NEW_PIXEL_THRESHOLD).float()
+    return F.max_pool2d(differs, 3, stride=1, padding=1)
 
 
 def draw_identities(split: str, rng: np.random.Generator, n: int) -> list[int]:
@@ -77,7 +93,8 @@ class DecoderTrainer(nn.Module):
         self.decoder = VideoDecoder(self.decoder_config)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        loss, metrics = decoder_loss(self.encoder, self.decoder, batch["frame_a"], batch["ref_b"], batch["target_b"])
+        loss, metrics = decoder_loss(self.encoder, self.decoder, batch["frame_a"], batch["ref_b"], batch["target_b"],
+                                     new_pixels=batch.get("new_b"), params=batch.get("params"))
         return loss, {k: v for k, v in metrics.items() if k != "loss"}
 
 
@@ -99,12 +116,15 @@ class DecoderStage:
 
     @staticmethod
     def _pairs(split: str, pool: torch.Tensor, rng: np.random.Generator, n: int, size: int) -> dict:
-        """Same motion on two identities: A's frame, B's neutral reference, B's frame."""
+        """Same motion on two identities: A's frame, B's neutral reference, B's frame, where B's frame shows pixels
+        its reference lacks, and the true motion."""
         params = draw_params(pool, rng, n)
         ids = draw_identities(split, rng, 2 * n)
-        identities = sample_identities(ids[:n] + ids[n:] + ids[n:])
-        images = render(identities, torch.cat([params, params, neutral_params(n)]), size)
-        return {"frame_a": images[:n], "target_b": images[n:2 * n], "ref_b": images[2 * n:]}
+        identities = sample_identities(ids[:n] + ids[n:] + ids[n:] + ids[n:])
+        images = render(identities, torch.cat([params, params, neutral_params(n), shut_params(params)]), size)
+        target_b, shut_b = images[n:2 * n], images[3 * n:]
+        return {"frame_a": images[:n], "target_b": target_b, "ref_b": images[2 * n:3 * n],
+                "new_b": new_pixels(target_b, shut_b), "params": params}
 
     @classmethod
     def batches(cls, cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:

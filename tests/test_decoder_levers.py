@@ -1,0 +1,87 @@
+"""The decoder-training levers that make the mouth and eyes render: each test fails without its lever."""
+
+import numpy as np
+import torch
+
+from models.data.face import feature_points, render, sample_identities
+from models.data.params import PARAM_INDEX, neutral_params
+from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, new_pixel_loss, normalise_params
+from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+from models.train_stages import DecoderStage, new_pixels, param_pool, shut_params
+
+SIZE = 128
+IDS = [3, 11, 42]
+
+
+def frames_with(**values: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renders of IDS with the given parameters set (else neutral), and their params (B, 16)."""
+    params = neutral_params(len(IDS))
+    for name, v in values.items():
+        params[:, PARAM_INDEX[name]] = v
+    return render(sample_identities(IDS), params, SIZE), params
+
+
+def inside_box(mask: torch.Tensor, centres: torch.Tensor, half: float) -> torch.Tensor:
+    """Fraction (B,) of each mask's pixels within a box of half-width `half` px around its centre (B, 2)."""
+    ys, xs = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    box = ((xs[None] - centres[:, 0, None, None]).abs() <= half) & ((ys[None] - centres[:, 1, None, None]).abs()
+                                                                   <= half)
+    m = mask[:, 0] > 0
+    return (m & box).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
+def test_new_pixels_land_on_the_open_mouth_and_closed_eyes_only():
+    open_mouth, params = frames_with(jaw_open=1.0)
+    shut = render(sample_identities(IDS), shut_params(params), SIZE)
+    mask = new_pixels(open_mouth, shut)
+    points = feature_points(sample_identities(IDS), params, SIZE)
+    assert (mask.flatten(1).sum(1) > 20).all()  # an open mouth is new content on every face
+    # ... and most of it at the mouth (the rest is the dropped chin's outline)
+    assert (inside_box(mask, points["mouth"], 0.16 * SIZE) > 0.8).all()
+    closed_eyes, params = frames_with(blink_l=1.0, blink_r=1.0)
+    mask = new_pixels(closed_eyes, render(sample_identities(IDS), shut_params(params), SIZE))
+    points = feature_points(sample_identities(IDS), params, SIZE)
+    near_eyes = inside_box(mask, points["eye_l"], 0.08 * SIZE) + inside_box(mask, points["eye_r"], 0.08 * SIZE)
+    assert (mask.flatten(1).sum(1) > 10).all() and (near_eyes > 0.9).all()
+    neutral, params = frames_with()
+    assert new_pixels(neutral, render(sample_identities(IDS), shut_params(params), SIZE)).sum() == 0
+
+
+def test_decoder_batches_carry_new_pixels_and_true_motion():
+    batch = DecoderStage._pairs("train", param_pool("train", 0), np.random.default_rng(0), 6, 64)
+    assert batch["new_b"].shape == (6, 1, 64, 64) and batch["params"].shape == (6, 16)
+    jaw = batch["params"][:, PARAM_INDEX["jaw_open"]]
+    area = batch["new_b"].flatten(1).sum(1)
+    assert area[jaw.argmax()] > area[jaw.argmin()]  # wider jaw, more new pixels
+
+
+def test_region_l1_weighs_the_mouth_like_the_whole_frame():
+    target = torch.full((1, 3, 64, 64), 0.5)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 40:44, 28:36] = 1  # 32 px: under 1 % of the frame, like a mouth
+    pred = target.clone()
+    pred[..., 40:44, 28:36] = 0.0  # wrong only inside the mouth
+    logit = torch.zeros(1, 1, 64, 64)
+    loss, parts = new_pixel_loss(pred, logit, target, mask, DECODER_PRESETS["tiny"])
+    whole_frame_l1 = float((pred - target).abs().mean())
+    assert float(parts["region_l1"]) > 100 * whole_frame_l1 and abs(float(parts["region_l1"]) - 0.5) < 1e-6
+    # The blend term prefers painting (logit < 0) inside the new pixels and warping (logit > 0) elsewhere.
+    right = torch.where(mask > 0, -5.0, 5.0)
+    assert float(new_pixel_loss(pred, right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"]) < \
+        0.05 * float(new_pixel_loss(pred, -right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+
+
+def test_latent_regresses_the_true_motion_where_it_is_known():
+    torch.manual_seed(0)
+    decoder = VideoDecoder(DECODER_PRESETS["tiny"].__class__(resolution=64))
+    encoder = MotionEncoder(MOTION_AE_PRESETS["tiny"])
+    frames, params = frames_with(jaw_open=0.8)
+    frames = torch.nn.functional.interpolate(frames, size=64, mode="area")
+    _, without = decoder_loss(encoder, decoder, frames, frames, frames)
+    loss, with_params = decoder_loss(encoder, decoder, frames, frames, frames, params=params)
+    assert "param_mse" in with_params and "param_mse" not in without
+    assert float(with_params["loss"]) > float(without["loss"])
+    loss.backward()
+    assert encoder.head.weight.grad[:16].abs().sum() > 0
+    n = normalise_params(params)
+    assert n.min() >= -1 and n.max() <= 1 and torch.allclose(n[:, PARAM_INDEX["jaw_open"]], torch.tensor(0.6))
