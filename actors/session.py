@@ -95,6 +95,7 @@ class Session:
         self._latency: collections.deque = collections.deque(maxlen=2000)
         self._tasks = [asyncio.create_task(coro) for coro in
                        (self._audio_task(), self._motion_task(), self._decode_task(), self._emit_task())]
+        self._producers: list[asyncio.Task] = []  # tasks that feed this session (see `produce`)
         self._closed = False
 
     # ---- input -----------------------------------------------------------------------------------------------
@@ -131,6 +132,15 @@ class Session:
         """No more audio: the remaining frames come out, then the frame iterator stops."""
         self._ended = True
         self._wake.set()
+
+    def produce(self, coro) -> asyncio.Task:
+        """Run `coro`, a coroutine that feeds this session (`put`, `checkpoint`, `end`), as part of the session.
+
+        Should it raise, `events()` ends with its error at once, as for a failing stage: otherwise a feeder that
+        fails before `end()` leaves the consumer waiting for frames that never come. `close()` cancels it."""
+        task = asyncio.create_task(self._run(lambda: coro, what="reading the input"))
+        self._producers.append(task)
+        return task
 
     def set_emotion(self, emotion: str) -> None:
         """Switch emotion from the next generated chunk on (a control call: it jumps the queues)."""
@@ -186,9 +196,10 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        tasks = self._tasks + self._producers
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for stage in (self._audio, self._motion, *self._shards):
             try:
                 await asyncio.wrap_future(stage.submit("close", self.session_id))
@@ -228,20 +239,21 @@ class Session:
             n += item[0].size
         return n
 
-    async def _run(self, body):
+    async def _run(self, body, what: str = "the pipeline"):
+        """Run a pipeline or producer task; its failure stops every task and ends `events()` with the error."""
         try:
             await body()
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.debug("session %s failed: %r", self.session_id, e)
-            for task in self._tasks:
+            log.debug("session %s failed (%s): %r", self.session_id, what, e, exc_info=True)
+            for task in self._tasks + self._producers:
                 if task is not asyncio.current_task():
                     task.cancel()
             while not self._out.empty():
                 self._out.get_nowait()
             err = e if isinstance(e, ActorcastError) else ActorcastError(
-                f"the pipeline failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"{what} failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "rerun with -v for details")
             self._out.put_nowait(err)
 

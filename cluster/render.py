@@ -137,13 +137,14 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
     if ckpt is not None:
         log.warning("resuming %s from frame %d (work directory %s)", job.out, ckpt.next_frame, work.path)
     reference = load_image(job.image) if job.image else None
+    duration, _, _ = probe_audio(Path(job.audio))
     session = await engine.open_session(reference, identity_seed=job.identity, emotion=job.emotion,
                                         cache_policy=job.cache, seed=job.seed, live=False, resume=ckpt)
-    duration, _, _ = probe_audio(Path(job.audio))
     total = int(duration * FPS) if duration else None
     done = ckpt.next_frame if ckpt else 0
     every = max(1, int(job.checkpoint_every * FPS / 4)) * BLOCK
-    feeder = asyncio.create_task(_feed(session, Path(job.audio), ckpt.samples if ckpt else 0, every))
+    # The feeder runs as part of the session: if reading the audio fails, the events below end with its error.
+    feeder = session.produce(_feed(session, Path(job.audio), ckpt.samples if ckpt else 0, every))
     bar = tqdm(total=total, initial=done, unit="frame", desc="render", disable=not progress, dynamic_ncols=True)
     writer = None
     try:

@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import wave
 from pathlib import Path
 
 import av
@@ -13,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from cluster import render as render_module
 from cluster.cli import main
 from cluster.render import RenderJob, render
 from cluster.render_mux import SegmentWriter
+from models.errors import ActorcastError, InputError
 from tests.test_stages import _png_header_only
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +42,41 @@ def _write_audio(path: Path, seconds: float, rate: int = 44100, layout: str = "s
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+def _write_pcm_wav(path: Path, samples: int, keep_bytes: int | None = None) -> Path:
+    """A 16 kHz mono 16-bit WAV (44-byte header) of `samples` samples, cut after `keep_bytes` bytes if given."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(samples) / 5) * 8000).astype("<i2").tobytes())
+    if keep_bytes is not None:
+        path.write_bytes(path.read_bytes()[:keep_bytes])
+    return path
+
+
+def _within(seconds: float, fn):
+    """fn() on a daemon thread: its result, or its exception; fails (instead of hanging the run) if it has not
+    returned after `seconds`. A guard against a hang, not a measure of speed: keep it far above any real run."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (re-raised below, on the test's thread)
+            result["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"hung: still running after {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+HANG_GUARD_S = 300
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -72,8 +111,8 @@ def _cli(tmp_path, *args):
     return code, out
 
 
-@pytest.mark.parametrize("case", ["corrupt", "text", "truncated", "no_audio", "empty", "bad_image", "bomb",
-                                  "missing_dir", "address"])
+@pytest.mark.parametrize("case", ["corrupt", "text", "truncated", "no_audio", "empty", "20ms", "cut_after_60_bytes",
+                                  "bad_image", "bomb", "missing_dir", "address"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
     good = _write_audio(tmp_path / "good.wav", 1.0, 16000, "mono")
     args: list = [good]
@@ -92,8 +131,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
         seg.write(np.zeros((5, 64, 64, 3), np.uint8))
         seg.close()
         args = [tmp_path / "v.mp4"]
-    elif case == "empty":
-        args = [_write_audio(tmp_path / "e.wav", 0.0, 16000, "mono")]
+    elif case == "empty":  # a valid WAV of 0 samples
+        args = [_write_pcm_wav(tmp_path / "e.wav", 0)]
+    elif case == "20ms":
+        args = [_write_pcm_wav(tmp_path / "s.wav", 320)]
+    elif case == "cut_after_60_bytes":  # the header promises 1 s, the file holds 8 samples
+        args = [_write_pcm_wav(tmp_path / "cut.wav", 16000, keep_bytes=60)]
     elif case == "bad_image":
         (tmp_path / "i.png").write_bytes(os.urandom(500))
         args = [good, "--image", tmp_path / "i.png"]
@@ -108,11 +151,53 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
         code = main(["render", str(good), "-o", str(tmp_path / "o.mp4"), "--address", "127.0.0.1:9"])
         out = tmp_path / "o.mp4"
     else:
-        code, out = _cli(tmp_path, *args)
-    err = capsys.readouterr().err.strip().splitlines()
+        code, out = _within(HANG_GUARD_S, lambda: _cli(tmp_path, *args))
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("render:")]
     assert code == 2
     assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0], err
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
+
+
+@pytest.fixture(scope="module")
+def engine64():
+    from actors.engine import Engine
+
+    with Engine(size=64) as engine:
+        yield engine
+
+
+def _failing_reader(point, error: Exception):
+    """iter_audio_blocks that raises `error` before block `point`, after the last block ("end"), or that yields a
+    block of NaN samples there ("nan": session.put refuses it)."""
+    real = render_module.iter_audio_blocks
+
+    def blocks(path):
+        for i, block in enumerate(real(path)):
+            if i == point:
+                raise error
+            if point == ("nan", i):
+                block = np.full_like(block, np.nan)
+            yield block
+        if point == "end":
+            raise error
+    return blocks
+
+
+@pytest.mark.parametrize("point, error, message", [
+    (0, InputError("unreadable first block"), "unreadable first block"),
+    (6, RuntimeError("read failed"), "reading the input failed (RuntimeError: read failed)"),
+    ("end", InputError("the audio ends badly"), "the audio ends badly"),
+    (("nan", 4), None, "NaN"),
+])
+def test_a_failing_feeder_ends_the_render_with_its_error(tmp_path, monkeypatch, engine64, point, error, message):
+    """Any failure while the audio is read or fed ends the render with that error, never a wait for frames."""
+    audio = _write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
+    monkeypatch.setattr(render_module, "iter_audio_blocks", _failing_reader(point, error))
+    job = RenderJob(str(audio), str(tmp_path / "o.mp4"), size=64, checkpoint_every=0.16)
+    with pytest.raises(ActorcastError) as e:
+        _within(HANG_GUARD_S, lambda: render(job, engine=engine64, progress=False))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_silence_renders(tmp_path, capsys):
