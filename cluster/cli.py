@@ -37,15 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ActorcastError as e:
-        sys.stderr.write(f"actorcast: error: {e}\n")
+        sys.stderr.write(f"actorcast: error: {e}{_notes(e)}\n")
         return EXIT_USER_ERROR
     except OSError as e:  # disk full, permission denied, ... while writing outputs
         where = f" ({e.filename})" if e.filename else ""
-        sys.stderr.write(f"actorcast: error: {e.strerror or e}{where}: free space or choose another path\n")
+        sys.stderr.write(f"actorcast: error: {e.strerror or e}{where}: free space or choose another path{_notes(e)}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("actorcast: interrupted\n")
         return 130
+
+
+def _notes(e: BaseException) -> str:
+    """What a job added to its error on the way out (e.g. how a rerun resumes), on the same line."""
+    return "".join(f"; {note}" for note in getattr(e, "__notes__", ()))
 
 
 if __name__ == "__main__":

@@ -69,18 +69,45 @@ def work_dir_for(job: RenderJob, work_dir: Path | None) -> Path:
 
 
 class _WorkDir:
-    """Finished segments + the checkpoint after the last one; anything from another job is cleared."""
+    """Finished segments + the checkpoint after the last one; anything from another job is cleared.
+
+    The folder is made when the first segment or checkpoint is written, so a render that fails (or is killed)
+    before its first chunk leaves nothing behind.
+    """
 
     def __init__(self, path: Path, fingerprint: str):
-        self.path = path
-        job_file = path / "job.json"
-        if path.exists() and (not job_file.is_file() or json.loads(job_file.read_text()).get("job") != fingerprint):
-            log.warning("work directory %s belongs to another render; starting over", path)
+        self.path, self.fingerprint = path, fingerprint
+        self.job_file, self.state_file = path / "job.json", path / "state.pt"
+        if path.exists() and not path.is_dir():
+            raise InputError(f"work folder {path} is a file: give a folder with --work-dir")
+        if path.is_dir() and self._owner() != fingerprint:
+            if self._owner() is None and any(path.iterdir()):  # never delete a folder that is not ours
+                raise InputError(f"work folder {path} holds other files: give a new or empty folder with --work-dir")
+            if self._owner() is not None:
+                log.warning("work directory %s belongs to another render; starting over", path)
             shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if not job_file.is_file():
-            job_file.write_text(json.dumps({"job": fingerprint}))
-        self.state_file = path / "state.pt"
+
+    def _owner(self) -> str | None:
+        try:
+            return json.loads(self.job_file.read_text()).get("job")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def create(self) -> None:
+        """Make the folder and mark it as this job's (before anything else is written into it)."""
+        if not self.job_file.is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.job_file.write_text(json.dumps({"job": self.fingerprint}))
+
+    def resume_frame(self) -> int | None:
+        """The frame a rerun of the same job would continue from, or None when no checkpoint is saved."""
+        try:
+            return int(torch.load(self.state_file, weights_only=False)["checkpoint"]["next_frame"])
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError, EOFError):
+            return None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def load(self) -> tuple[SessionCheckpoint | None, int]:
         """The last checkpoint and its segment count; segments written after it are dropped."""
@@ -97,6 +124,7 @@ class _WorkDir:
         return self.path / f"seg_{i:06d}.mp4"
 
     def save(self, ckpt: SessionCheckpoint, n_seg: int) -> None:
+        self.create()
         tmp = self.state_file.with_suffix(".part")
         buf = io.BytesIO()  # serialised in memory: a failing disk then raises a plain OSError on write
         torch.save({"checkpoint": asdict(ckpt), "segments": n_seg}, buf)
@@ -157,6 +185,7 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
                 work.save(item, n_seg)
                 continue
             if writer is None:
+                work.create()
                 writer = SegmentWriter(work.segment(n_seg), engine.size)
             writer.write(item.frames)
             done += item.n_frames
@@ -192,16 +221,31 @@ def render(job: RenderJob, work_dir: Path | None = None, address: str | None = N
         raise InputError(f"output directory {out.parent} does not exist; create it first")
     work = _WorkDir(work_dir_for(job, work_dir), job.fingerprint())
     own = engine is None
-    if own:
-        engine = Engine(job.weights, shards=job.shards, use_ray=use_ray, address=address, size=job.size)
     try:
-        frames, n_seg = asyncio.run(_render(engine, job, work, progress, on_frames))
-    finally:
         if own:
-            engine.close()
-    mux_final([work.segment(i) for i in range(n_seg)], audio, out, frames)
-    shutil.rmtree(work.path, ignore_errors=True)
+            engine = Engine(job.weights, shards=job.shards, use_ray=use_ray, address=address, size=job.size)
+        try:
+            frames, n_seg = asyncio.run(_render(engine, job, work, progress, on_frames))
+        finally:
+            if own and engine is not None:
+                engine.close()
+        mux_final([work.segment(i) for i in range(n_seg)], audio, out, frames)
+    except BaseException as e:  # KeyboardInterrupt too: Ctrl-C is the usual way a render stops early
+        _keep_if_resumable(work, e)
+        raise
+    work.remove()
     return {"out": str(out), "frames": frames, "seconds": frames / FPS}
+
+
+def _keep_if_resumable(work: _WorkDir, error: BaseException) -> None:
+    """After a failed render: keep the work folder only if rerunning the same command can resume from it, and
+    say so on the error (the CLI prints its notes on the error's line). An InputError would stop the rerun again
+    (and fixing the input makes it another job), so its folder goes too."""
+    frame = work.resume_frame()
+    if frame is None or isinstance(error, InputError):
+        work.remove()
+        return
+    error.add_note(f"rerunning the same command resumes from frame {frame} (saved in {work.path})")
 
 
 def add_parser(sub) -> None:

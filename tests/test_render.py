@@ -107,12 +107,16 @@ def test_render_h264_aac_interleaved_original_audio(tmp_path):
 
 def _cli(tmp_path, *args):
     out = tmp_path / "o.mp4"
-    code = main(["render", *map(str, args), "-o", str(out), "--in-process", "--size", "64"])
+    try:
+        code = main(["render", *map(str, args), "-o", str(out), "--in-process", "--size", "64"])
+    except SystemExit as e:  # argparse refused an argument
+        code = e.code
     return code, out
 
 
 @pytest.mark.parametrize("case", ["corrupt", "text", "truncated", "no_audio", "empty", "20ms", "cut_after_60_bytes",
-                                  "bad_image", "bomb", "missing_dir", "address"])
+                                  "bad_image", "bomb", "missing_dir", "address", "negative_identity",
+                                  "weights_dir_without_weights"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
     good = _write_audio(tmp_path / "good.wav", 1.0, 16000, "mono")
     args: list = [good]
@@ -137,6 +141,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
         args = [_write_pcm_wav(tmp_path / "s.wav", 320)]
     elif case == "cut_after_60_bytes":  # the header promises 1 s, the file holds 8 samples
         args = [_write_pcm_wav(tmp_path / "cut.wav", 16000, keep_bytes=60)]
+    elif case == "negative_identity":
+        args = [good, "--identity", "-5"]
+    elif case == "weights_dir_without_weights":
+        (tmp_path / "no_weights").mkdir()
+        (tmp_path / "no_weights" / "notes.txt").write_text("not weights")
+        args = [good, "--weights", tmp_path / "no_weights"]
     elif case == "bad_image":
         (tmp_path / "i.png").write_bytes(os.urandom(500))
         args = [good, "--image", tmp_path / "i.png"]
@@ -198,6 +208,45 @@ def test_a_failing_feeder_ends_the_render_with_its_error(tmp_path, monkeypatch, 
         _within(HANG_GUARD_S, lambda: render(job, engine=engine64, progress=False))
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "o.mp4").exists()
+    work = tmp_path / ".o.mp4.work"
+    if isinstance(error, InputError) or error is None:  # the rerun would fail the same way: nothing is kept
+        assert not work.exists()
+    elif work.exists():  # kept only with a checkpoint to resume from, and the error says so
+        assert "resumes from frame" in "".join(getattr(e.value, "__notes__", []))
+
+
+def test_a_later_failure_keeps_a_resumable_work_folder_and_says_so(tmp_path, monkeypatch, engine64):
+    """A render that fails after checkpoints keeps its work folder and names the frame a rerun resumes from;
+    the rerun finishes the render and removes the folder."""
+    audio = _write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
+    out, work = tmp_path / "o.mp4", tmp_path / ".o.mp4.work"
+    job = RenderJob(str(audio), str(out), size=64, checkpoint_every=0.16)
+    real_write = SegmentWriter.write
+
+    def full_disk_from_segment_3(self, frames):  # a segment per chunk (checkpoint_every 0.16 s = 4 frames)
+        if int(self.path.stem[4:]) >= 3:
+            raise OSError(28, "No space left on device", str(self.tmp))
+        real_write(self, frames)
+
+    monkeypatch.setattr(SegmentWriter, "write", full_disk_from_segment_3)
+    with pytest.raises(OSError) as e:
+        _within(HANG_GUARD_S, lambda: render(job, engine=engine64, progress=False))
+    assert (work / "state.pt").is_file() and not out.exists()
+    saved = torch.load(work / "state.pt", weights_only=False)["checkpoint"]["next_frame"]
+    assert saved == 12 and e.value.__notes__ == [f"rerunning the same command resumes from frame {saved} "
+                                               f"(saved in {work})"]
+    monkeypatch.setattr(SegmentWriter, "write", real_write)
+    result = _within(HANG_GUARD_S, lambda: render(job, engine=engine64, progress=False))
+    assert result["frames"] == 50 and out.is_file() and not work.exists()
+
+
+def test_work_dir_that_is_not_a_work_folder_is_refused_and_kept(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    code = main(["render", str(_write_pcm_wav(tmp_path / "a.wav", 16000)), "-o", str(tmp_path / "o.mp4"),
+                 "--in-process", "--work-dir", str(mine)])
+    assert code == 2 and (mine / "thesis.tex").read_text() == "precious"
 
 
 def test_silence_renders(tmp_path, capsys):
