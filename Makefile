@@ -2,12 +2,19 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
+# The lip-sync meter (MediaPipe Face Mesh) lives in its own venv: mediapipe 0.10.21 needs numpy<2 and the
+# project needs numpy 2. models/meter.py runs models/meter_worker.py with this venv's python.
+METER_VENV  ?= .venv-meter
+METER_STAMP := $(METER_VENV)/.installed-stamp
+METER_REQS  := models/meter-requirements.txt
 # Ray binds and advertises 127.0.0.1 only (see cluster/ray_env.py); tests must never leave loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install demo test bench clean
+.PHONY: install meter demo test bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(METER_STAMP)
+
+meter: $(METER_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -15,16 +22,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# mediapipe goes in with --no-deps: its declared dependencies pull in jax (1.1 GB) that face_mesh never uses.
+$(METER_STAMP): $(METER_REQS)
+	test -x $(METER_VENV)/bin/python || python3.11 -m venv $(METER_VENV)
+	$(METER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(METER_VENV)/bin/python -m pip install --quiet -r $(METER_REQS)
+	$(METER_VENV)/bin/python -m pip install --quiet --no-deps mediapipe==0.10.21
+	$(METER_VENV)/bin/python -c "from mediapipe.python.solutions import face_mesh"
+	touch $(METER_STAMP)
+
+demo: install
 	$(VENV)/bin/actorcast render assets/sample_speech.wav --identity 3 -o demo.mp4
 	@echo "demo output: $(CURDIR)/demo.mp4"
 
-test: $(STAMP)
+test: install
 	$(VENV)/bin/pytest -q
 
 # Every benchmark, full size (each writes bench-out/NAME.json; figures go in the README).
-bench: $(STAMP)
+bench: install
 	for b in data models cache render live; do $(PY) bench/$$b.py --out bench-out || exit 1; done
 
 clean:
-	rm -rf $(VENV) bench-out test-artifacts preview.mp4 demo.mp4
+	rm -rf $(VENV) $(METER_VENV) bench-out test-artifacts preview.mp4 demo.mp4

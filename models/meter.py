@@ -1,0 +1,169 @@
+"""The lip-sync meter: MediaPipe Face Mesh reading mouth and eye opening off frames (DESIGN.md, "Measures").
+
+Nobody here trained it, so it is an independent reader of generated frames. mediapipe 0.10.21 needs numpy<2,
+so it runs in its own venv (`.venv-meter`, built by `make install`) as a subprocess:
+
+    frames (N, H, W, 3) uint8 --np.save--> tmp/chunk_*.npy --.venv-meter/bin/python models/meter_worker.py-->
+    tmp/out.npz --np.load--> MeterReading
+
+One worker call reads one video sequence (its face tracking carries across the chunks); the frames go to disk
+in chunks of CHUNK_FRAMES so a float tensor is converted to uint8 a piece at a time. `ACTORCAST_METER_PYTHON`
+overrides the worker's python. Cost: 1.4-2.6 s per call (start-up, import, model load) plus the per-frame
+cost noted at `FaceMeter`.
+"""
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.errors import ActorcastError, InputError
+
+ROOT = Path(__file__).resolve().parent.parent           # the repository root, where `make install` runs
+WORKER = Path(__file__).with_name("meter_worker.py")
+METER_PYTHON_ENV = "ACTORCAST_METER_PYTHON"
+CHUNK_FRAMES = 2000                                      # frames per .npy handed to the worker (~390 MB at 256²)
+
+
+class MeterError(ActorcastError):
+    """The lip-sync meter's worker failed; the message carries the last line of its stderr."""
+
+
+class MeterUnavailable(MeterError):
+    """The meter's environment (.venv-meter) is not installed."""
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """What the meter read off N frames. Ratios are unitless (pixel distance / pixel distance); NaN where
+    no face was found.
+
+    mouth_open (N,): inner-lip gap (landmarks 13-14) / face height (10-152); ~0 closed, ~0.2 wide open.
+    eye_open_l, eye_open_r (N,): lid gap / eye width of the subject's left (image right) and right eye;
+    ~0.45 open, ~0.05 closed on the built-in cartoons. eye_open (N,): their mean.
+    found (N,) bool: a face was found in the frame.
+    landmarks (N, 478, 2) float32: (x, y) in pixels of Face Mesh's refined landmarks.
+    """
+
+    mouth_open: np.ndarray
+    eye_open: np.ndarray
+    eye_open_l: np.ndarray
+    eye_open_r: np.ndarray
+    found: np.ndarray
+    landmarks: np.ndarray
+
+    @property
+    def n_missing(self) -> int:
+        """Frames in which no face was found."""
+        return int((~self.found).sum())
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+
+def _meter_python() -> Path:
+    """The python of the meter's venv, or MeterUnavailable (one line that says what to run)."""
+    override = os.environ.get(METER_PYTHON_ENV)
+    python = Path(override) if override else ROOT / ".venv-meter" / "bin" / "python"
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        where = f" ({METER_PYTHON_ENV}={override} is not an executable)" if override else ""
+        raise MeterUnavailable("the lip-sync meter's environment .venv-meter is missing: run `make install`" + where)
+    return python
+
+
+def _uint8_chunks(frames: np.ndarray | torch.Tensor):
+    """Yield uint8 (n, H, W, 3) pieces of at most CHUNK_FRAMES frames of `frames` (see FaceMeter.read)."""
+    if isinstance(frames, torch.Tensor):
+        if not frames.is_floating_point() or frames.ndim != 4 or frames.shape[1] != 3:
+            raise InputError(f"the meter reads float (N, 3, H, W) tensors in [0, 1], got {frames.dtype} "
+                             f"{tuple(frames.shape)}")
+        for a in range(0, frames.shape[0], CHUNK_FRAMES):
+            x = frames[a:a + CHUNK_FRAMES].detach().float().clamp(0.0, 1.0).mul(255.0).round()
+            yield x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    elif isinstance(frames, np.ndarray):
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise InputError(f"the meter reads uint8 (N, H, W, 3) RGB arrays, got {frames.dtype} {frames.shape}")
+        for a in range(0, frames.shape[0], CHUNK_FRAMES):
+            yield frames[a:a + CHUNK_FRAMES]
+    else:
+        raise InputError(f"the meter reads a numpy array or a torch tensor of frames, got {type(frames).__name__}")
+
+
+class FaceMeter:
+    """Reads mouth and eye opening off frames with MediaPipe Face Mesh in `.venv-meter`.
+
+    Measured on 256² cartoons, CPU, sharing the cores with other jobs (2026-11-29): 6-14 ms per frame
+    tracking, ~24 ms per frame with static=True (detection on every frame); plus the per-call start-up.
+    """
+
+    def __init__(self) -> None:
+        self.python = _meter_python()
+
+    def read(self, frames: np.ndarray | torch.Tensor, static: bool = False) -> MeterReading:
+        """Read N frames as one video sequence.
+
+        frames: uint8 numpy (N, H, W, 3) RGB, or a float torch tensor (N, 3, H, W) in [0, 1] (any device).
+        static: detect the face afresh on every frame (unrelated stills) instead of tracking it.
+        Returns a MeterReading of N frames, in order; frames without a face are NaN there, not dropped.
+        """
+        if frames.shape[0] == 0:
+            raise InputError("the meter got 0 frames: give it at least one")
+        with tempfile.TemporaryDirectory(prefix="actorcast-meter-") as tmp:
+            paths = []
+            for i, chunk in enumerate(_uint8_chunks(frames)):
+                paths.append(str(Path(tmp) / f"chunk_{i:05d}.npy"))
+                np.save(paths[-1], chunk)
+            out = str(Path(tmp) / "out.npz")
+            cmd = [str(self.python), str(WORKER), *(["--static"] if static else []), out, *paths]
+            # GLOG_minloglevel=2 keeps MediaPipe's start-up chatter out of stderr, so its last line is the error.
+            env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+            if proc.returncode != 0:
+                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+                last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+                raise MeterError(f"the lip-sync meter failed: {last}")
+            with np.load(out) as d:
+                left, right = d["eye_open_l"], d["eye_open_r"]
+                return MeterReading(mouth_open=d["mouth_open"], eye_open=(left + right) / 2, eye_open_l=left,
+                                    eye_open_r=right, found=d["found"], landmarks=d["landmarks"])
+
+
+def pearson(a, b) -> tuple[float, int]:
+    """Pearson r of two (N,) series over the frames where both are finite; returns (r, frames used).
+
+    r is NaN when fewer than 2 frames are usable or either series is constant over them.
+    """
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise InputError(f"pearson needs two series of equal length, got {a.shape[0]} and {b.shape[0]}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 2:
+        return float("nan"), n
+    x, y = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    return (float((x * y).sum() / denom) if denom > 0 else float("nan")), n
+
+
+def best_lag(truth, reading, max_lag: int = 5) -> int:
+    """The lag in frames (positive = `reading` lags `truth`) in [-max_lag, max_lag] at which the Pearson r of
+    truth[t] against reading[t + lag], over NaN-free pairs, peaks. Ties go to the smaller |lag|.
+    """
+    t, r = np.asarray(truth, np.float64).ravel(), np.asarray(reading, np.float64).ravel()
+    if t.shape != r.shape:
+        raise InputError(f"best_lag needs two series of equal length, got {t.shape[0]} and {r.shape[0]}")
+    best, best_r = None, -np.inf
+    for lag in sorted(range(-max_lag, max_lag + 1), key=abs):
+        a, b = (t[:len(t) - lag], r[lag:]) if lag >= 0 else (t[-lag:], r[:lag])
+        rho, _ = pearson(a, b)
+        if np.isfinite(rho) and rho > best_r:
+            best, best_r = lag, rho
+    if best is None:
+        raise InputError(f"best_lag found no lag in ±{max_lag} frames with a defined correlation: the series "
+                         "are too short, constant, or have too few frames with a face")
+    return best
