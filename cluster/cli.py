@@ -1,8 +1,10 @@
 """The `actorcast` command line: one subcommand per job; user errors become one line and exit code 2."""
 
 import argparse
+import errno
 import logging
 import sys
+from pathlib import Path
 
 from models.errors import ActorcastError
 
@@ -40,12 +42,28 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"actorcast: error: {e}{_notes(e)}\n")
         return EXIT_USER_ERROR
     except OSError as e:  # disk full, permission denied, ... while writing outputs
-        where = f" ({e.filename})" if e.filename else ""
-        sys.stderr.write(f"actorcast: error: {e.strerror or e}{where}: free space or choose another path{_notes(e)}\n")
+        sys.stderr.write(f"actorcast: error: {describe_os_error(e)}{_notes(e)}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("actorcast: interrupted\n")
         return 130
+
+
+# errno values that mean "no room": everything else (no such folder, permission, read-only, /proc) is a path
+# that cannot be written, and freeing space would not help.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError met while writing: what failed, where, and what to do about it."""
+    what = e.strerror or str(e)
+    if e.errno in _NO_SPACE:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{what}{where}: free space or choose another path"
+    if e.filename:
+        folder = Path(e.filename).parent
+        return f"{folder} cannot be written ({what}: {e.filename}): choose another path or folder"
+    return f"{what}: check that the paths you gave can be read and written"
 
 
 def _notes(e: BaseException) -> str:

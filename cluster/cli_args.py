@@ -3,6 +3,7 @@
 import argparse
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from models.data.params import EMOTIONS
@@ -58,4 +59,10 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"output directory {parent} is not writable; choose another path")
+    try:  # access() says yes to root almost everywhere (/proc, read-only mounts): try a file for real
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"output directory {parent} cannot be written ({e.strerror or e}); "
+                                         "choose another path") from None
     return path
