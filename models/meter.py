@@ -132,38 +132,3 @@ class FaceMeter:
                 return MeterReading(mouth_open=d["mouth_open"], eye_open=(left + right) / 2, eye_open_l=left,
                                     eye_open_r=right, found=d["found"], landmarks=d["landmarks"])
 
-
-def pearson(a, b) -> tuple[float, int]:
-    """Pearson r of two (N,) series over the frames where both are finite; returns (r, frames used).
-
-    r is NaN when fewer than 2 frames are usable or either series is constant over them.
-    """
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.shape != b.shape:
-        raise InputError(f"pearson needs two series of equal length, got {a.shape[0]} and {b.shape[0]}")
-    ok = np.isfinite(a) & np.isfinite(b)
-    n = int(ok.sum())
-    if n < 2:
-        return float("nan"), n
-    x, y = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return (float((x * y).sum() / denom) if denom > 0 else float("nan")), n
-
-
-def best_lag(truth, reading, max_lag: int = 5) -> int:
-    """The lag in frames (positive = `reading` lags `truth`) in [-max_lag, max_lag] at which the Pearson r of
-    truth[t] against reading[t + lag], over NaN-free pairs, peaks. Ties go to the smaller |lag|.
-    """
-    t, r = np.asarray(truth, np.float64).ravel(), np.asarray(reading, np.float64).ravel()
-    if t.shape != r.shape:
-        raise InputError(f"best_lag needs two series of equal length, got {t.shape[0]} and {r.shape[0]}")
-    best, best_r = None, -np.inf
-    for lag in sorted(range(-max_lag, max_lag + 1), key=abs):
-        a, b = (t[:len(t) - lag], r[lag:]) if lag >= 0 else (t[-lag:], r[:lag])
-        rho, _ = pearson(a, b)
-        if np.isfinite(rho) and rho > best_r:
-            best, best_r = lag, rho
-    if best is None:
-        raise InputError(f"best_lag found no lag in ±{max_lag} frames with a defined correlation: the series "
-                         "are too short, constant, or have too few frames with a face")
-    return best

@@ -10,7 +10,7 @@ from models.data.face import render
 from models.data.face_identity import sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
 from models.errors import ActorcastError
-from models.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable, best_lag, pearson
+from models.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable
 
 IDENTITIES = [0, 1, 2, 3, 4, 5]
 # (jaw_open, blink) per row; blink closes both eyes.
@@ -87,18 +87,3 @@ def test_worker_failure_reports_last_stderr_line(monkeypatch):
     msg = str(err.value)
     assert msg.startswith("the lip-sync meter failed: ") and "\n" not in msg and "mediapipe" in msg
 
-
-def test_pearson_ignores_nan():
-    a = np.array([0.0, 1.0, 2.0, np.nan, 4.0])
-    b = np.array([1.0, 3.0, 5.0, 7.0, np.nan])
-    r, n = pearson(a, b)
-    assert n == 3 and r == pytest.approx(1.0)
-    assert np.isnan(pearson([1.0, np.nan], [2.0, 3.0])[0])
-
-
-def test_best_lag_sign():
-    truth = np.random.default_rng(0).random(100)
-    late = np.concatenate([np.full(3, np.nan), truth[:-3]])    # reading[t] = truth[t - 3]: lags by 3
-    assert best_lag(truth, late) == 3
-    assert best_lag(late, truth) == -3
-    assert best_lag(truth, truth) == 0
