@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from models.audio import AudioConfig, AudioEncoder
-from models.checkpoint import load_weights
+from models.checkpoint import load_weights, read_header
 from models.decoder import DecoderConfig, VideoDecoder
 from models.errors import ConfigError, InputError
 from models.motion import MotionConfig, MotionGenerator
@@ -41,11 +41,29 @@ def resolve_weights(weights: str | Path | None, preset: str = "tiny") -> Path | 
         if not path.is_dir():
             raise InputError(f"weights directory {path} does not exist: pass a directory written by "
                              "`actorcast train`, or leave --weights out")
+        check_weights(path)
         return path
     shipped = SHIPPED_ROOT / preset
     if (shipped / "decoder.json").is_file():
         return shipped
     return None
+
+
+def check_weights(directory: Path, names: tuple[str, ...] = tuple(MODELS)) -> None:
+    """InputError unless `directory` holds every model of `names` (header readable, config valid, tensors file
+    present): checked from the small JSON headers before any stage starts or loads a tensor."""
+    missing = [n for n in names if not (directory / f"{n}.json").is_file()
+               or not (directory / f"{n}.safetensors").is_file()]
+    if missing:
+        raise InputError(f"{directory} lacks the weights of {', '.join(missing)} (each needs NAME.json and "
+                         "NAME.safetensors): pass a directory written by `actorcast train`, or leave --weights out")
+    for name in names:
+        _, config_cls, _ = MODELS[name]
+        try:
+            config_cls(**read_header(directory, name)["config"])
+        except (TypeError, KeyError) as e:
+            raise InputError(f"{directory}/{name}.json does not hold a {config_cls.__name__} ({e}): these weights "
+                             "are for another model or version") from None
 
 
 def load_model(name: str, weights: Path | None, preset: str = "tiny", device: str = "cpu",

@@ -42,6 +42,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch generators take seeds up to 2**64 - 1; signed 64-bit is the portable range
+
+
+def seed(text: str) -> int:
+    """A random seed or identity number: an integer in 0..2**63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..{MAX_SEED}, got {value}")
+    return value
+
+
 def emotion(text: str) -> str:
     """One of the five emotions."""
     if text not in EMOTIONS:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import torch
 from tqdm import tqdm
 
 from actors.engine import Engine, check_address
+from actors.loading import resolve_weights
 from actors.reference import load_image
 from actors.session import SessionCheckpoint
-from cluster.cli_args import emotion, frame_size, output_file, positive_int, positive_seconds
+from cluster.cli_args import MAX_SEED, emotion, frame_size, output_file, positive_int, positive_seconds, seed
 from cluster.render_mux import SegmentWriter, mux_final, probe_audio
 from models.data.media import iter_audio_blocks
-from models.errors import ActorcastError, InputError
+from models.data.params import EMOTIONS
+from models.errors import InputError
 from models.kv_cache import POLICY_NAMES
 from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
@@ -80,6 +83,13 @@ class _WorkDir:
         self.job_file, self.state_file = path / "job.json", path / "state.pt"
         if path.exists() and not path.is_dir():
             raise InputError(f"work folder {path} is a file: give a folder with --work-dir")
+        existing = path if path.is_dir() else next(p for p in path.parents if p.is_dir())
+        try:  # made later, on the first chunk: find out now whether it can be
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".actorcast-", suffix=".probe"):
+                pass
+        except OSError as e:
+            raise InputError(f"work folder {path} cannot be written ({e.strerror or e}): choose another "
+                             "--work-dir") from None
         if path.is_dir() and self._owner() != fingerprint:
             if self._owner() is None and any(path.iterdir()):  # never delete a folder that is not ours
                 raise InputError(f"work folder {path} holds other files: give a new or empty folder with --work-dir")
@@ -135,6 +145,40 @@ class _WorkDir:
             tmp.unlink(missing_ok=True)
 
 
+def _too_short(audio: Path, seconds: float) -> str:
+    return f"{audio} holds {seconds * 1000:.0f} ms of audio: give at least {SAMPLES_PER_FRAME / SAMPLE_RATE * 1000:.0f} ms"
+
+
+def check_job(job: RenderJob, address: str | None = None) -> None:
+    """Every check that needs neither Ray nor a model, so that a bad argument or input file fails at once,
+    before Ray starts or weights load: the audio (readable, long enough when its header tells), the portrait,
+    the identity, emotion and cache policy, the output folder, the weights folder and the Ray address."""
+    probe_audio(Path(job.audio))
+    head = 0  # decode just enough to know that the audio yields a frame (headers may claim what is not there)
+    blocks = iter_audio_blocks(job.audio)
+    for block in blocks:
+        head += block.size
+        if head >= SAMPLES_PER_FRAME:
+            break
+    blocks.close()
+    if head < SAMPLES_PER_FRAME:
+        raise InputError(_too_short(Path(job.audio), head / SAMPLE_RATE))
+    if job.image:
+        load_image(job.image)
+    elif not (isinstance(job.identity, int) and 0 <= job.identity <= MAX_SEED):
+        raise InputError(f"identity {job.identity!r} must be a whole number in 0..{MAX_SEED}")
+    if job.emotion not in EMOTIONS:
+        raise InputError(f"unknown emotion {job.emotion!r}; choose one of {', '.join(EMOTIONS)}")
+    if job.cache is not None and job.cache not in POLICY_NAMES:
+        raise InputError(f"unknown cache policy {job.cache!r}; choose one of {', '.join(POLICY_NAMES)}")
+    out = Path(job.out)
+    if not out.parent.is_dir():
+        raise InputError(f"output directory {out.parent} does not exist; create it first")
+    resolve_weights(job.weights)
+    if address:
+        check_address(address)
+
+
 async def _feed(session, audio: Path, start: int, every: int) -> None:
     """Feed the audio from sample `start` in BLOCK-sized pieces; a checkpoint every `every` samples."""
     buf, pos, total = np.zeros(0, np.float32), 0, 0
@@ -154,7 +198,7 @@ async def _feed(session, audio: Path, start: int, every: int) -> None:
                 session.checkpoint()
         buf = buf[n:]
     if total < SAMPLES_PER_FRAME:
-        raise InputError(f"{audio} holds {total / SAMPLE_RATE * 1000:.0f} ms of audio: give at least 40 ms")
+        raise InputError(_too_short(audio, total / SAMPLE_RATE))
     if buf.size:
         await session.put(buf)
     session.end()
@@ -214,11 +258,7 @@ def render(job: RenderJob, work_dir: Path | None = None, address: str | None = N
 
     on_frames(frames_done) is called after every chunk written (benchmarks time chunks with it)."""
     audio, out = Path(job.audio), Path(job.out)
-    probe_audio(audio)  # fail on a bad input before anything starts
-    if job.image:
-        load_image(job.image)
-    if not out.parent.is_dir():
-        raise InputError(f"output directory {out.parent} does not exist; create it first")
+    check_job(job, address if use_ray else None)  # a bad input fails before Ray starts or weights load
     work = _WorkDir(work_dir_for(job, work_dir), job.fingerprint())
     own = engine is None
     try:
@@ -254,13 +294,13 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--out", type=output_file, required=True, help="output mp4")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--image", type=Path, help="portrait image (cropped to a square)")
-    ref.add_argument("--identity", type=int, default=0, help="synthetic identity seed (default 0)")
+    ref.add_argument("--identity", type=seed, default=0, help="synthetic identity seed (default 0)")
     p.add_argument("--emotion", type=emotion, default="neutral")
     p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (Ray actors)")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="KV-cache policy (default: the preset's)")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped ones)")
     p.add_argument("--size", type=frame_size, default=256, help="frame size in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--work-dir", type=Path, default=None, help="where finished chunks go (default: next to -o)")
     p.add_argument("--checkpoint-every", type=positive_seconds, default=8.0, help="seconds between checkpoints")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
@@ -272,13 +312,6 @@ def _run(args: argparse.Namespace) -> int:
     job = RenderJob(str(args.audio), str(args.out), str(args.image) if args.image else None, args.identity,
                     args.emotion, args.shards, args.cache, str(args.weights) if args.weights else None, args.size,
                     args.seed, args.checkpoint_every)
-    if not args.in_process:
-        from cluster.ray_env import connect
-
-        probe_audio(Path(job.audio))  # a bad input fails before Ray starts
-        if args.address:
-            check_address(args.address)
-        connect(args.address)
-    result = render(job, args.work_dir, args.address, use_ray=not args.in_process)
+    result = render(job, args.work_dir, args.address, use_ray=not args.in_process)  # checks all, then starts
     print(f"{result['out']}: {result['frames']} frames, {result['seconds']:.1f} s")
     return 0

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -62,14 +63,33 @@ async def serve(engine, config, ready=None) -> None:
         await runner.cleanup()  # on_shutdown closes the calls, their sessions and actors
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail before start-up when `host:port` cannot be bound (in use, or not an address of this machine)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: only a listener blocks it
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ActorcastError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or "
+                                 "--host") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from actors.engine import Engine
+    from actors.engine import Engine, check_address
+    from actors.loading import resolve_weights
     from streaming.app import LIVE_STAGE_THREADS, ServerConfig
 
     if not 0 <= args.port <= 65535:
         raise ActorcastError(f"--port {args.port} is not a TCP port; give 0..65535")
     if args.weights is not None and not args.weights.is_dir():
         raise ActorcastError(f"--weights {args.weights} is not a directory; give the folder with the weights")
+    resolve_weights(args.weights)  # every file there, before a stage loads one
+    check_port(args.host, args.port)
+    if args.address:
+        check_address(args.address)
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                           stun=args.stun, audio_prefetch=args.audio_prefetch)
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.address is not None or args.shards > 1,

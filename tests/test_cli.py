@@ -37,3 +37,55 @@ def test_os_errors_say_space_only_when_space_is_the_problem():
     assert "free space" in full
     assert "/proc cannot be written" in missing and "space" not in missing
     assert "/srv/out cannot be written" in denied and "space" not in denied
+
+
+# ---- issue 11.4: every argument and input file is checked before Ray starts or weights load ------------------
+
+@pytest.fixture
+def nothing_may_start(monkeypatch):
+    """Fail the test if Ray starts or any stage loads weights."""
+    import ray
+
+    import actors.engine
+    import actors.loading
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("started Ray or loaded weights before the arguments were checked")
+
+    monkeypatch.setattr(ray, "init", tripwire)
+    monkeypatch.setattr(actors.engine.Engine, "__init__", tripwire)
+    monkeypatch.setattr(actors.loading, "load_model", tripwire)
+
+
+@pytest.mark.parametrize("case", ["missing_audio", "empty_wav", "20ms_wav", "bad_image", "negative_identity",
+                                  "weights_dir_without_weights", "bad_emotion", "foreign_work_dir",
+                                  "unwritable_work_dir", "unreachable_address"])
+def test_render_checks_everything_before_start_up(tmp_path, capsys, nothing_may_start, case):
+    good = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    args = {
+        "missing_audio": [tmp_path / "nope.wav"],
+        "empty_wav": [_write_pcm_wav(tmp_path / "e.wav", 0)],
+        "20ms_wav": [_write_pcm_wav(tmp_path / "s.wav", 320)],
+        "bad_image": [good, "--image", tmp_path / "a.wav"],
+        "negative_identity": [good, "--identity", "-5"],
+        "weights_dir_without_weights": [good, "--weights", tmp_path],
+        "bad_emotion": [good, "--emotion", "bored"],
+        "foreign_work_dir": [good, "--work-dir", tmp_path],
+        "unwritable_work_dir": [good, "--work-dir", "/proc/w"],
+        "unreachable_address": [good, "--address", "127.0.0.1:9"],
+    }[case]
+    code, err = _run(capsys, "render", *args, "-o", tmp_path / "o.mp4")  # the Ray path: nothing may start
+    assert code == 2 and len(err) == 1 and "error" in err[0], err
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*"))
+
+
+def test_serve_checks_weights_and_port_before_start_up(tmp_path, capsys, nothing_may_start):
+    import socket
+
+    code, err = _run(capsys, "serve", "--weights", tmp_path)
+    assert code == 2 and len(err) == 1 and "weights" in err[0], err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, err = _run(capsys, "serve", "--port", busy.getsockname()[1])
+    assert code == 2 and len(err) == 1 and "--port" in err[0], err
