@@ -33,6 +33,32 @@ def default_resources(stage: str, shards: int, device: str = "cpu") -> Resources
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def project_error(error: BaseException) -> BaseException | None:
+    """The project's own error (an ActorcastError) that `error` carries, or None.
+
+    Ray wraps what a task, actor or Train worker raised: RayTaskError (`.cause`; its `as_instanceof_cause()`
+    copy is also an instance of the cause's class, but prints the remote traceback), Ray Train's
+    WorkerGroupError (`.worker_failures`), ControllerError (`.controller_failure`) and the user-exception
+    wrapper (`._base_exc`). This looks through all of them (duck-typed: no Ray import) so that callers can show
+    the error's own one line instead of a traceback.
+    """
+    from models.errors import ActorcastError
+
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        inner = [getattr(e, "cause", None), getattr(e, "_base_exc", None), getattr(e, "controller_failure", None),
+                 *getattr(e, "worker_failures", {}).values(), e.__cause__, e.__context__]
+        wrapper = type(e).__module__.startswith("ray.") or type(e).__name__.startswith("RayTaskError(")
+        if isinstance(e, ActorcastError) and not wrapper:
+            return e
+        stack.extend(reversed([x for x in inner if isinstance(x, BaseException)]))
+    return None
+
+
 def _bind_torch_threads(n: int) -> None:
     """Give the calling thread n torch threads for good. torch sets a thread's count from a process-wide value
     the first time the thread asks for it, so it is asked at once, before another thread changes that value."""

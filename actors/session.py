@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actors.executor import project_error
 from actors.messages import AudioChunk, FeatureChunk, MotionChunk, VideoFrames
 from models.errors import ActorcastError, InputError
 from models.timebase import FPS, SAMPLES_PER_FRAME
@@ -252,7 +253,7 @@ class Session:
                     task.cancel()
             while not self._out.empty():
                 self._out.get_nowait()
-            err = e if isinstance(e, ActorcastError) else ActorcastError(
+            err = project_error(e) or ActorcastError(
                 f"{what} failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "rerun with -v for details")
             self._out.put_nowait(err)

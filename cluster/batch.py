@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from actors.executor import project_error
 from cluster.render import RenderJob, render
 from models.errors import ActorcastError, InputError
 
@@ -86,7 +87,9 @@ def run_batch(jobs_file: Path, out_dir: Path, cpus_per_job: float = 1.0) -> list
         try:
             row = ray.get(ready[0])
         except ray.exceptions.RayError as e:  # the worker died (after retries) or the task crashed
-            row = {"status": "failed", "error": f"{e.__class__.__name__}: {str(e).strip().splitlines()[-1]}"}
+            own = project_error(e)
+            row = {"status": "failed", "error": str(own).splitlines()[0] if own is not None else
+                   f"{e.__class__.__name__}: {str(e).strip().splitlines()[-1]}"}
         rows[name] = {"job": name, "out": job.out, **row}
         if row["status"] == "done":
             status[name] = {**rows[name], "fingerprint": _fingerprint(job)}

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from models.errors import ActorcastError
+from actors.executor import project_error
 
 EXIT_USER_ERROR = 2
 
@@ -38,11 +38,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
-    except ActorcastError as e:
-        sys.stderr.write(f"actorcast: error: {e}{_notes(e)}\n")
-        return EXIT_USER_ERROR
     except OSError as e:  # disk full, permission denied, ... while writing outputs
         sys.stderr.write(f"actorcast: error: {describe_os_error(e)}{_notes(e)}\n")
+        return EXIT_USER_ERROR
+    except Exception as e:
+        own = project_error(e)  # ours, possibly inside a Ray task, actor or Train worker error
+        if own is None:
+            raise  # a bug: its traceback is what a report needs
+        sys.stderr.write(f"actorcast: error: {own}{_notes(own, e)}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("actorcast: interrupted\n")
@@ -66,9 +69,10 @@ def describe_os_error(e: OSError) -> str:
     return f"{what}: check that the paths you gave can be read and written"
 
 
-def _notes(e: BaseException) -> str:
+def _notes(*errors: BaseException) -> str:
     """What a job added to its error on the way out (e.g. how a rerun resumes), on the same line."""
-    return "".join(f"; {note}" for note in getattr(e, "__notes__", ()))
+    notes = dict.fromkeys(n for e in errors for n in getattr(e, "__notes__", ()))
+    return "".join(f"; {note}" for note in notes)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -157,6 +158,28 @@ def check_capacity(workers: int, use_gpu: bool) -> None:
                              f"so use --workers {max(available, 1)} or fewer")
 
 
+def check_inputs(cfg: TrainConfig, resume: bool) -> Path | None:
+    """What the workers would find wrong, found on the driver before Ray starts: the data folder, the output
+    folder and the run to resume (returned: its latest checkpoint, or None for a new run)."""
+    from models.data.video_folder import list_videos
+
+    if cfg.data != "synthetic":
+        list_videos(cfg.data)  # InputError: no such folder, or no video files in it
+    out = Path(cfg.out_dir).resolve()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ActorcastError(f"--out {cfg.out_dir}: {existing} is a file; give a folder")
+    if not os.access(existing, os.W_OK):
+        raise ActorcastError(f"--out {cfg.out_dir}: {existing} cannot be written; choose another folder")
+    storage = out / "ray"
+    resume_from = _latest_ray_checkpoint(storage) if resume else None
+    if resume and resume_from is None:
+        raise ActorcastError(f"nothing to resume in {out}: no checkpoint under {storage}; start without --resume")
+    if not resume and (storage / RUN_NAME).exists():
+        raise ActorcastError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    return resume_from
+
+
 def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) -> dict:
     """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics."""
     import ray.train
@@ -166,15 +189,11 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) ->
 
     out = Path(cfg.out_dir).resolve()
     storage = out / "ray"
+    resume_from = check_inputs(cfg, resume)
     connect(address)
     use_gpu = cfg.resolved_device() == "cuda" or (cfg.device == "auto" and
                                                   ray.cluster_resources().get("GPU", 0) >= 1)
     check_capacity(workers, use_gpu)
-    resume_from = _latest_ray_checkpoint(storage) if resume else None
-    if resume and resume_from is None:
-        raise ActorcastError(f"nothing to resume in {out}: no checkpoint under {storage}; start without --resume")
-    if not resume and (storage / RUN_NAME).exists():
-        raise ActorcastError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu")
     # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
     # node address only (TorchTrainer's env:// rendezvous listens on every interface).

@@ -89,3 +89,49 @@ def test_serve_checks_weights_and_port_before_start_up(tmp_path, capsys, nothing
         busy.listen()
         code, err = _run(capsys, "serve", "--port", busy.getsockname()[1])
     assert code == 2 and len(err) == 1 and "--port" in err[0], err
+
+
+# ---- issue 11.5: train checks its inputs on the driver; project errors from Ray come out as their one line ----
+
+def test_train_refuses_an_empty_data_folder_before_ray_starts(tmp_path, capsys, nothing_may_start):
+    (tmp_path / "empty").mkdir()
+    code, err = _run(capsys, "train", "--stage", "decoder", "--data", tmp_path / "empty", "--steps", "1",
+                     "--out", tmp_path / "run")
+    assert code == 2 and err == [f"actorcast: error: data folder {tmp_path / 'empty'} has no video files "
+                                 "(.mp4, .mov, .mkv, .webm, .avi)"], err
+
+
+def test_project_errors_are_unwrapped_from_ray_wrappers():
+    from ray.exceptions import RayTaskError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from actors.executor import project_error
+    from models.errors import InputError
+
+    own = InputError("data folder d has no video files")
+    task = RayTaskError("worker_loop", "Traceback (most recent call last):\n...\n" * 20, own).as_instanceof_cause()
+    assert isinstance(task, InputError) and "\n" in str(task)  # Ray's copy is an InputError that prints 41 lines
+    workers = WorkerGroupError("Training failed", {1: UserExceptionWithTraceback(own, "Traceback ...")})
+    for wrapped in (task, workers, ControllerError(workers)):
+        assert project_error(wrapped) is own
+    assert project_error(RuntimeError("a bug")) is None
+
+
+def test_cli_prints_the_one_line_of_an_error_raised_in_a_ray_task(ray_local, monkeypatch, capsys):
+    """A project error raised inside a real Ray task reaches the user as its own line."""
+    import argparse
+
+    from models.errors import InputError
+
+    @ray_local.remote
+    def fails():
+        raise InputError("the clip is too short: give at least 40 ms")
+
+    def run(args: argparse.Namespace) -> int:
+        return ray_local.get(fails.remote())
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: argparse.Namespace(
+        verbose=False, run=run))
+    code, err = _run(capsys, "batch", "x")
+    assert code == 2 and err == ["actorcast: error: the clip is too short: give at least 40 ms"], err
