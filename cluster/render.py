@@ -1,4 +1,5 @@
-"""`actorcast render AUDIO -o out.mp4`: any-length audio -> talking-portrait mp4, streaming, resumable.
+"""`actorcast render AUDIO -o out.mp4` (or `--say TEXT`, spoken by espeak-ng): any-length audio ->
+talking-portrait mp4, streaming, resumable.
 
 The audio is decoded block by block and fed to an offline session; frames come back in order and go to H.264
 segments in the work directory. Every `--checkpoint-every` seconds the session's state (audio encoder buffers,
@@ -290,7 +291,10 @@ def _keep_if_resumable(work: _WorkDir, error: BaseException) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("render", help="render an audio file to a talking-portrait mp4 (H.264 + AAC)")
-    p.add_argument("audio", type=Path, help="any audio PyAV reads (wav, mp3, m4a, ogg, a video's sound track)")
+    p.add_argument("audio", type=Path, nargs="?", help="any audio PyAV reads (wav, mp3, m4a, ogg, a video's sound "
+                   "track); or --say")
+    p.add_argument("--say", metavar="TEXT", help="speak TEXT with espeak-ng and render that instead of AUDIO")
+    p.add_argument("--voice", default="en-us", help="espeak-ng voice for --say, e.g. en-us+m3 (default en-us)")
     p.add_argument("-o", "--out", type=output_file, required=True, help="output mp4")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--image", type=Path, help="portrait image (cropped to a square)")
@@ -309,9 +313,33 @@ def add_parser(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = RenderJob(str(args.audio), str(args.out), str(args.image) if args.image else None, args.identity,
+    if (args.audio is None) == (args.say is None):
+        raise InputError("give an AUDIO file or --say TEXT (one of the two)")
+    audio = args.audio if args.say is None else _say(args.say, args.voice, Path(args.out))
+    job = RenderJob(str(audio), str(args.out), str(args.image) if args.image else None, args.identity,
                     args.emotion, args.shards, args.cache, str(args.weights) if args.weights else None, args.size,
                     args.seed, args.checkpoint_every)
-    result = render(job, args.work_dir, args.address, use_ray=not args.in_process)  # checks all, then starts
+    try:
+        result = render(job, args.work_dir, args.address, use_ray=not args.in_process)  # checks all, then starts
+    finally:
+        if args.say is not None:
+            audio.unlink(missing_ok=True)  # a rerun writes it again, the same to the job's fingerprint: it resumes
     print(f"{result['out']}: {result['frames']} frames, {result['seconds']:.1f} s")
     return 0
+
+
+def _say(text: str, voice: str, out: Path) -> Path:
+    """Speak `text` with espeak-ng into a wav beside `out`, padded to whole frames so the video ends with the
+    speech. Its name comes from its content and its time is fixed, so the job's fingerprint (path, size,
+    time) is the same whenever the same words are spoken again: a rerun after a kill resumes."""
+    from models.data.media import write_wav
+    from models.data.tts import speak
+
+    if not out.parent.is_dir():
+        raise InputError(f"output directory {out.parent} does not exist; create it first")
+    audio = speak(text, voice=voice).audio
+    audio = torch.nn.functional.pad(audio, (0, -len(audio) % SAMPLES_PER_FRAME))  # silence to a whole frame
+    path = out.with_name(f".{out.name}.say-{hashlib.sha256(audio.numpy().tobytes()).hexdigest()[:12]}.wav")
+    write_wav(path, audio)
+    os.utime(path, ns=(0, 0))
+    return path

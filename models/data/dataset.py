@@ -9,6 +9,9 @@ rendered on one identity (models/data/face.py). Seeds are split once, here:
 A clip seed determines everything: the identity, the alternate identity used for cross-identity pairs,
 the emotion and the performance. `SyntheticClips(split="train")` refuses a held-out seed, so a held-out
 clip can never leak into training through this class.
+
+The speech comes from one of two sources: "babble" (the formant synthesiser) or "tts" (espeak-ng speaking
+sentences, models/data/tts.py); a held-out clip seed speaks only held-out words in held-out voices.
 """
 
 from dataclasses import dataclass
@@ -20,11 +23,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from models.data.face import render, sample_identities
 from models.data.params import EMOTION_INDEX, neutral_params
 from models.data.performance import generate_performance
+from models.data.tts import tts_performance
 from models.errors import ConfigError
 
 HELDOUT_START = 1_000_000
 HELDOUT_END = 1_100_000
 SPLITS = {"train": range(0, HELDOUT_START), "heldout": range(HELDOUT_START, HELDOUT_END)}
+SOURCES = ("babble", "tts")  # where a clip's speech comes from
 
 # Derived seeds for the parts of a clip, so that the identity of clip s is not the identity seed s of
 # another clip's performance: each part gets its own stream.
@@ -68,10 +73,15 @@ def performance_seed(seed: int) -> int:
 
 
 def make_clip(seed: int, seconds: float, size: int | None = 128, cross_identity: bool = False,
-              emotion: str | None = None) -> Clip:
+              emotion: str | None = None, source: str = "babble") -> Clip:
     """Generate the clip of `seed` (any split); `size=None` skips rendering (audio + params only)."""
-    split_of(seed)
-    perf = generate_performance(performance_seed(seed), seconds, emotion=emotion)
+    split = split_of(seed)
+    if source == "tts":
+        perf = tts_performance(performance_seed(seed), seconds, emotion=emotion, heldout=split == "heldout")
+    elif source == "babble":
+        perf = generate_performance(performance_seed(seed), seconds, emotion=emotion)
+    else:
+        raise ConfigError(f"unknown speech source {source!r}; use one of {', '.join(SOURCES)}")
     frames = reference = frames_alt = reference_alt = None
     if size is not None:
         frames, reference = _render_on(identity_seed(seed), perf.params, size)
@@ -98,13 +108,16 @@ class SyntheticClips(IterableDataset):
 
     def __init__(self, split: str = "train", seconds: float = 2.0, size: int | None = 128,
                  cross_identity: bool = False, base_seed: int = 0, rank: int = 0,
-                 length: int | None = None):
+                 length: int | None = None, source: str = "babble"):
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if source not in SOURCES:
+            raise ConfigError(f"unknown speech source {source!r}; use one of {', '.join(SOURCES)}")
         if not np.isfinite(seconds) or seconds <= 0:
             raise ConfigError(f"clip seconds must be > 0, got {seconds}")
         self.split, self.seconds, self.size = split, seconds, size
         self.cross_identity, self.base_seed, self.rank, self.length = cross_identity, base_seed, rank, length
+        self.source = source
 
     def clip_seeds(self, worker: int = 0):
         """The clip seeds this dataset yields for `worker`, in order (all inside the split)."""
@@ -119,7 +132,7 @@ class SyntheticClips(IterableDataset):
         """The clip of one seed; refuses seeds of another split."""
         if split_of(seed) != self.split:
             raise ConfigError(f"clip seed {seed} belongs to the {split_of(seed)} split, not {self.split}")
-        return make_clip(seed, self.seconds, self.size, self.cross_identity)
+        return make_clip(seed, self.seconds, self.size, self.cross_identity, source=self.source)
 
     def __iter__(self):
         info = get_worker_info()
@@ -128,4 +141,4 @@ class SyntheticClips(IterableDataset):
             yield self.clip(seed)
 
 
-__all__ = ["Clip", "SyntheticClips", "make_clip", "split_of", "SPLITS", "HELDOUT_START", "HELDOUT_END"]
+__all__ = ["Clip", "SyntheticClips", "make_clip", "split_of", "SPLITS", "SOURCES", "HELDOUT_START", "HELDOUT_END"]

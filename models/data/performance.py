@@ -57,13 +57,19 @@ def n_frames_for(seconds: float) -> int:
     return max(1, round(seconds * FPS))
 
 
+def performance_streams(seed: int, emotion: str | None) -> tuple[str, list[np.random.Generator]]:
+    """The emotion (given, or drawn from `seed`) and the seven random streams of a performance:
+    emotion, voice, text, audio, mouth, head, eyes (one per part, so a part's draws never shift another's)."""
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
+    drawn = EMOTIONS[int(streams[0].integers(len(EMOTIONS)))]
+    return emotion or drawn, streams
+
+
 def generate_performance(seed: int, seconds: float, emotion: str | None = None) -> Performance:
     """Synthesise `seconds` of speech and motion, deterministic by `seed`; emotion None = drawn from it."""
-    _check(seed, seconds, emotion)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
+    check_request(seed, seconds, emotion)
+    emotion, streams = performance_streams(seed, emotion)
     rng_emotion, rng_voice, rng_text, rng_audio, rng_mouth, rng_head, rng_eyes = streams
-    drawn = EMOTIONS[int(rng_emotion.integers(len(EMOTIONS)))]
-    emotion = emotion or drawn
     n_frames = n_frames_for(seconds)
     duration = n_frames / FPS
     speaker = sample_speaker(rng_voice)
@@ -71,6 +77,19 @@ def generate_performance(seed: int, seconds: float, emotion: str | None = None) 
     peak = float(np.clip(0.62 * voice.energy * rng_voice.uniform(0.92, 1.08), 0.5, 0.9))
     segs = random_utterance(rng_text, duration, rate=speaker.rate * voice.rate)
     audio = synthesize(segs, n_frames * SAMPLES_PER_FRAME, speaker, voice, rng_audio, peak=peak)
+    log.debug("performance seed=%d emotion=%s frames=%d", seed, emotion, n_frames)
+    return animate(segs, audio, emotion, rng_emotion, rng_mouth, rng_head, rng_eyes)
+
+
+def animate(segs: list[Segment], audio: np.ndarray, emotion: str, rng_emotion: np.random.Generator,
+            rng_mouth: np.random.Generator, rng_head: np.random.Generator,
+            rng_eyes: np.random.Generator) -> Performance:
+    """The motion of timed phonemes `segs` (covering the clip from 0 s) over `audio` ((640 T,) float32 at 16 kHz).
+
+    The timeline every speech source shares: viseme targets with coarticulation and lead, nods on the
+    accents, blinks, gaze and the emotion's face offsets.
+    """
+    n_frames = len(audio) // SAMPLES_PER_FRAME
     lead_ms = float(rng_mouth.uniform(*LEAD_MS_RANGE))
     times = (np.arange(n_frames) + 0.5) / FPS  # (T,) frame centres in seconds
     params = neutral_params(n_frames).numpy().astype(np.float64)  # (T, 16)
@@ -82,7 +101,6 @@ def generate_performance(seed: int, seconds: float, emotion: str | None = None) 
     _add_emotion(params, rng_emotion, emotion)
     phonemes = tuple((s.symbol, s.start * FPS, s.end * FPS) for s in segs)
     accents = tuple(0.5 * (s.start + s.end) * FPS for s in segs if s.accent > 0)
-    log.debug("performance seed=%d emotion=%s frames=%d lead=%.0f ms", seed, emotion, n_frames, lead_ms)
     return Performance(audio=torch.from_numpy(audio), params=clamp_params(torch.from_numpy(params).float()),
                        emotion=emotion, phonemes=phonemes, lead_ms=lead_ms, accents=accents)
 
@@ -92,7 +110,7 @@ def generate_speech(seed: int, seconds: float, emotion: str | None = None) -> to
     return generate_performance(seed, seconds, emotion).audio
 
 
-def _check(seed: int, seconds: float, emotion: str | None) -> None:
+def check_request(seed: int, seconds: float, emotion: str | None) -> None:
     """Raise ConfigError for a negative seed, non-positive or non-finite seconds, or an unknown emotion."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
