@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: its traceback is what a report needs
         sys.stderr.write(f"actorcast: error: {own}{_notes(own, e)}\n")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        sys.stderr.write("actorcast: interrupted\n")
+    except KeyboardInterrupt as e:  # a job that can be resumed says how in a note
+        sys.stderr.write(f"actorcast: interrupted{_notes(e)}\n")
         return 130
 
 

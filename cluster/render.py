@@ -283,8 +283,10 @@ def _keep_if_resumable(work: _WorkDir, error: BaseException) -> None:
     say so on the error (the CLI prints its notes on the error's line). An InputError would stop the rerun again
     (and fixing the input makes it another job), so its folder goes too."""
     frame = work.resume_frame()
-    if frame is None or isinstance(error, InputError):
+    if not frame or isinstance(error, InputError):  # None, or a checkpoint before the first frame: nothing to keep
         work.remove()
+        if isinstance(error, KeyboardInterrupt):
+            error.add_note("no chunk was saved yet, so rerunning the same command starts from frame 0")
         return
     error.add_note(f"rerunning the same command resumes from frame {frame} (saved in {work.path})")
 

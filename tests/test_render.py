@@ -328,3 +328,26 @@ def test_segment_encoding_is_repeatable(tmp_path):
         writer.close()
         digests.add(hashlib.md5((tmp_path / "s.mp4").read_bytes()).hexdigest())
     assert len(digests) == 1, f"{len(digests)} different encodings of the same frames"
+
+
+@pytest.mark.parametrize("stop_at_segment, expected", [
+    (3, "actorcast: interrupted; rerunning the same command resumes from frame 12 (saved in {work})"),
+    (0, "actorcast: interrupted; no chunk was saved yet, so rerunning the same command starts from frame 0"),
+])
+def test_ctrl_c_says_how_a_rerun_resumes(tmp_path, monkeypatch, capsys, stop_at_segment, expected):
+    """Ctrl-C during a render names the frame that rerunning the same command resumes from."""
+    audio = _write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
+    out, work = tmp_path / "o.mp4", tmp_path / ".o.mp4.work"
+    real_write = SegmentWriter.write
+
+    def ctrl_c(self, frames):  # a segment per chunk (checkpoint every 0.16 s = 4 frames)
+        if int(self.path.stem[4:]) >= stop_at_segment:
+            raise KeyboardInterrupt
+        real_write(self, frames)
+
+    monkeypatch.setattr(SegmentWriter, "write", ctrl_c)
+    argv = ["render", str(audio), "-o", str(out), "--in-process", "--size", "64", "--checkpoint-every", "0.16"]
+    code = _within(HANG_GUARD_S, lambda: main(argv))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("actorcast")]
+    assert code == 130 and err == [expected.format(work=work)]
+    assert work.exists() == bool(stop_at_segment) and not out.exists()
