@@ -123,9 +123,27 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines])
 
 
+JOBS_FORMAT = """\
+jobs file: one JSON object per line, one render each; blank lines are skipped.
+  {"audio": "talk.wav", "out": "talk.mp4", "identity": 3, "emotion": "happy"}
+  {"audio": "intro.m4a", "image": "face.png", "size": 384, "seed": 7, "name": "intro"}
+keys:
+  audio     (required) any audio PyAV reads
+  image     portrait image; else
+  identity  built-in synthetic identity, any whole number >= 0 (default 0)
+  emotion   neutral, happy, sad, angry or surprised (default neutral)
+  out       output file in --out-dir, ending in .mp4 (default: NAME.mp4)
+  name      the job's name in the status lines and the table (default: AUDIO-STEM_LINE)
+  size, seed, shards, cache, weights   as the render options of the same names
+audio, image and weights paths are relative to the jobs file, out to --out-dir."""
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("batch", help="run many renders (one per line of a .jsonl file) over the Ray cluster")
-    p.add_argument("jobs", type=Path, help="jobs file: one JSON object per line (see docs in cluster/batch.py)")
+    p = sub.add_parser("batch", help="run many renders (one per line of a .jsonl file) over the Ray cluster",
+                       description="Run one render per line of a jobs file as Ray tasks. A failed job never stops "
+                                   "the others, and a rerun skips the jobs that finished.",
+                       epilog=JOBS_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("jobs", type=Path, help="jobs file (.jsonl): its format is below")
     p.add_argument("--out-dir", type=Path, default=Path("renders"), help="where the mp4s go (default renders/)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     p.set_defaults(run=_run)

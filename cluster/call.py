@@ -5,7 +5,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from cluster.cli_args import emotion, output_file, positive_seconds
+from cluster.cli_args import mp4_file, positive_seconds, seed
+from models.data.params import EMOTIONS
 
 
 def add_parser(sub) -> None:
@@ -15,10 +16,12 @@ def add_parser(sub) -> None:
     p.add_argument("url", help="server URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--audio", type=Path, required=True, help="audio file sent as the microphone")
     p.add_argument("--seconds", type=positive_seconds, help="call length (default: the audio's length)")
-    p.add_argument("--record", type=output_file, help="write what came back (video + voice) to this mp4")
+    p.add_argument("--record", type=mp4_file, metavar="OUT",
+                   help="write what came back (video + voice) to this file, ending in .mp4")
     p.add_argument("--token", help="bearer token, when the server has one")
-    p.add_argument("--emotion", type=emotion, default="neutral")
-    p.add_argument("--identity-seed", type=int, help="built-in identity (default 0)")
+    p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="the face's emotion (default neutral)")
+    p.add_argument("--identity", type=seed, metavar="N",
+                   help="built-in synthetic identity: any whole number >= 0 (default 0)")
     p.set_defaults(run=run)
 
 
@@ -29,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.url.startswith(("http://", "https://")):
         raise ActorcastError(f"{args.url} is not an http(s) URL; give e.g. http://127.0.0.1:8080")
     options = {"emotion": args.emotion}
-    if args.identity_seed is not None:
-        options["identity_seed"] = args.identity_seed
+    if args.identity is not None:
+        options["identity_seed"] = args.identity
     report = asyncio.run(run_call(args.url, args.audio, args.seconds, args.record, args.token, **options))
     print(json.dumps(report, indent=1, default=float))
     return 0

@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import importlib.metadata
 import logging
 import sys
 from pathlib import Path
@@ -25,10 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"actorcast {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in (data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd):
         module.add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("actorcast")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "(source tree, not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

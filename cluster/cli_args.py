@@ -6,7 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from models.data.params import EMOTIONS
 
 
 def positive_seconds(text: str) -> float:
@@ -56,13 +55,6 @@ def seed(text: str) -> int:
     return value
 
 
-def emotion(text: str) -> str:
-    """One of the five emotions."""
-    if text not in EMOTIONS:
-        raise argparse.ArgumentTypeError(f"unknown emotion {text!r}; choose one of {', '.join(EMOTIONS)}")
-    return text
-
-
 def output_file(text: str) -> Path:
     """A file path whose directory exists and is writable (checked before any work starts)."""
     path = Path(text)
@@ -79,4 +71,12 @@ def output_file(text: str) -> Path:
     except OSError as e:
         raise argparse.ArgumentTypeError(f"output directory {parent} cannot be written ({e.strerror or e}); "
                                          "choose another path") from None
+    return path
+
+
+def mp4_file(text: str) -> Path:
+    """An output file (see output_file) named .mp4: the writer makes an mp4 whatever the name says."""
+    path = output_file(text)
+    if path.suffix.lower() != ".mp4":
+        raise argparse.ArgumentTypeError(f"output {text} must end in .mp4 (the file is an H.264 + AAC mp4)")
     return path

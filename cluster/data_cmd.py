@@ -3,7 +3,8 @@
 import argparse
 import logging
 
-from cluster.cli_args import emotion, frame_size, output_file, positive_int, positive_seconds
+from cluster.cli_args import frame_size, mp4_file, output_file, positive_int, positive_seconds
+from models.data.params import EMOTIONS
 from models.errors import ActorcastError
 
 log = logging.getLogger(__name__)
@@ -19,19 +20,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     preview = dsub.add_parser("preview", help="write an mp4 of synthetic clips with their speech",
                               description="Render K synthetic clips one after another into an H.264 + AAC mp4, "
                                           "so you can watch the mouth follow the voice.")
-    preview.add_argument("-o", "--output", required=True, type=output_file, help="output .mp4 path")
+    preview.add_argument("-o", "--out", required=True, type=mp4_file, metavar="OUT", help="output file, ending in .mp4")
     preview.add_argument("--clips", type=positive_int, default=4, help="number of clips (default 4)")
     preview.add_argument("--seconds", type=positive_seconds, default=5.0, help="seconds per clip (default 5)")
     preview.add_argument("--size", type=frame_size, default=256, help="frame size in pixels, 64..512 (default 256)")
     preview.add_argument("--seed", type=int, default=0, help="first clip seed (default 0)")
-    preview.add_argument("--emotion", type=emotion, default=None, help="force one emotion (default: drawn per clip)")
+    preview.add_argument("--emotion", choices=EMOTIONS, default=None, help="force one emotion (default: drawn per clip)")
     preview.set_defaults(run=run_preview)
 
     speech = dsub.add_parser("speech", help="write synthetic speech as a WAV file",
                              description="Synthesise formant speech (16 kHz mono WAV).")
-    speech.add_argument("-o", "--output", required=True, type=output_file, help="output .wav path")
+    speech.add_argument("-o", "--out", required=True, type=output_file, metavar="OUT", help="output file, ending in .wav")
     speech.add_argument("--seconds", type=positive_seconds, default=5.0, help="duration (default 5)")
-    speech.add_argument("--emotion", type=emotion, default=None, help="emotion (default: drawn from the seed)")
+    speech.add_argument("--emotion", choices=EMOTIONS, default=None, help="emotion (default: drawn from the seed)")
     speech.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     speech.set_defaults(run=run_speech)
 
@@ -53,11 +54,11 @@ def run_preview(args: argparse.Namespace) -> int:
     from models.data.performance import generate_performance
     from models.timebase import FPS, SAMPLES_PER_FRAME
 
-    if args.output.suffix.lower() != ".mp4":
-        raise ActorcastError(f"output {args.output} must end in .mp4")
+    if args.out.suffix.lower() != ".mp4":
+        raise ActorcastError(f"output {args.out} must end in .mp4")
     _check_seed(args.seed, args.clips)
     total = args.clips * max(1, round(args.seconds * FPS))
-    with Mp4Writer(args.output, args.size) as writer, tqdm(total=total, unit="frame", desc="preview") as bar:
+    with Mp4Writer(args.out, args.size) as writer, tqdm(total=total, unit="frame", desc="preview") as bar:
         for seed in range(args.seed, args.seed + args.clips):
             perf = generate_performance(performance_seed(seed), args.seconds, emotion=args.emotion)
             identity = sample_identities([identity_seed(seed)])
@@ -69,7 +70,7 @@ def run_preview(args: argparse.Namespace) -> int:
                 writer.write(frames, audio)
                 bar.update(len(params))
     seconds = writer.frames_written / FPS
-    print(f"wrote {args.output} ({writer.frames_written} frames, {seconds:.1f} s, {args.size}x{args.size}, "
+    print(f"wrote {args.out} ({writer.frames_written} frames, {seconds:.1f} s, {args.size}x{args.size}, "
           f"{args.clips} clips)")
     return 0
 
@@ -79,10 +80,10 @@ def run_speech(args: argparse.Namespace) -> int:
     from models.data.media import write_wav
     from models.data.performance import generate_performance
 
-    if args.output.suffix.lower() != ".wav":
-        raise ActorcastError(f"output {args.output} must end in .wav")
+    if args.out.suffix.lower() != ".wav":
+        raise ActorcastError(f"output {args.out} must end in .wav")
     perf = generate_performance(args.seed, args.seconds, emotion=args.emotion)
-    write_wav(args.output, perf.audio)
-    print(f"wrote {args.output} ({len(perf.audio) / 16000:.2f} s, emotion {perf.emotion})")
+    write_wav(args.out, perf.audio)
+    print(f"wrote {args.out} ({len(perf.audio) / 16000:.2f} s, emotion {perf.emotion})")
     return 0
 

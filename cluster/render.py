@@ -28,7 +28,7 @@ from actors.engine import Engine, check_address
 from actors.loading import resolve_weights
 from actors.reference import load_image
 from actors.session import SessionCheckpoint
-from cluster.cli_args import MAX_SEED, emotion, frame_size, output_file, positive_int, positive_seconds, seed
+from cluster.cli_args import MAX_SEED, frame_size, mp4_file, positive_int, positive_seconds, seed
 from cluster.render_mux import SegmentWriter, mux_final, probe_audio
 from models.data.media import iter_audio_blocks
 from models.data.params import EMOTIONS
@@ -173,6 +173,8 @@ def check_job(job: RenderJob, address: str | None = None) -> None:
     if job.cache is not None and job.cache not in POLICY_NAMES:
         raise InputError(f"unknown cache policy {job.cache!r}; choose one of {', '.join(POLICY_NAMES)}")
     out = Path(job.out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"output {out} must end in .mp4 (the file is an H.264 + AAC mp4)")
     if not out.parent.is_dir():
         raise InputError(f"output directory {out.parent} does not exist; create it first")
     resolve_weights(job.weights)
@@ -297,16 +299,18 @@ def add_parser(sub) -> None:
                    "track); or --say")
     p.add_argument("--say", metavar="TEXT", help="speak TEXT with espeak-ng and render that instead of AUDIO")
     p.add_argument("--voice", default="en-us", help="espeak-ng voice for --say, e.g. en-us+m3 (default en-us)")
-    p.add_argument("-o", "--out", type=output_file, required=True, help="output mp4")
+    p.add_argument("-o", "--out", type=mp4_file, required=True, metavar="OUT", help="output file, ending in .mp4")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--image", type=Path, help="portrait image (cropped to a square)")
-    ref.add_argument("--identity", type=seed, default=0, help="synthetic identity seed (default 0)")
-    p.add_argument("--emotion", type=emotion, default="neutral")
+    ref.add_argument("--identity", type=seed, default=0, metavar="N",
+                     help="built-in synthetic identity: any whole number >= 0 (default 0)")
+    p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="the face's emotion (default neutral)")
     p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (Ray actors)")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="KV-cache policy (default: the preset's)")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped ones)")
     p.add_argument("--size", type=frame_size, default=256, help="frame size in pixels (default 256)")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, metavar="N",
+                   help="seed of the generator's noise: the same seed gives the same frames (default 0)")
     p.add_argument("--work-dir", type=Path, default=None, help="where finished chunks go (default: next to -o)")
     p.add_argument("--checkpoint-every", type=positive_seconds, default=8.0, help="seconds between checkpoints")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")

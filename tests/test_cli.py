@@ -135,3 +135,59 @@ def test_cli_prints_the_one_line_of_an_error_raised_in_a_ray_task(ray_local, mon
         verbose=False, run=run))
     code, err = _run(capsys, "batch", "x")
     assert code == 2 and err == ["actorcast: error: the clip is too short: give at least 40 ms"], err
+
+
+# ---- issue 11.8: one vocabulary across commands ----------------------------------------------------------------
+
+def _subcommands():
+    """(name, parser) of every subcommand, nested ones (data preview) included."""
+    import argparse
+
+    from cluster.cli import build_parser
+
+    todo, found = [("actorcast", build_parser())], []
+    while todo:
+        name, parser = todo.pop()
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return found
+
+
+def test_every_option_has_help_and_outputs_are_dash_o_out():
+    for name, parser in _subcommands():
+        for action in parser._actions:
+            if action.help is None and action.option_strings:
+                pytest.fail(f"{name} {'/'.join(action.option_strings)} has no help text")
+            assert "--output" not in action.option_strings and "--identity-seed" not in action.option_strings
+            if "-o" in action.option_strings:
+                assert action.option_strings == ["-o", "--out"] and action.metavar == "OUT", name
+
+
+def test_emotion_choices_are_listed_and_identity_is_one_name():
+    from models.data.params import EMOTIONS
+
+    parsers = dict(_subcommands())
+    for name in ("actorcast render", "actorcast call"):
+        help_text = parsers[name].format_help()
+        assert "{" + ",".join(EMOTIONS) + "}" in help_text and "--seed" in parsers["actorcast render"].format_help()
+        assert "--identity N" in help_text
+    batch_help = parsers["actorcast batch"].format_help()
+    assert all(f"  {key} " in batch_help for key in ("audio", "image", "identity", "emotion", "out", "name"))
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("actorcast ")
+
+
+@pytest.mark.parametrize("argv", [["render", "{audio}", "-o", "{tmp}/out.txt"],
+                                  ["call", "http://127.0.0.1:9", "--audio", "{audio}", "--record", "{tmp}/r.mkv"],
+                                  ["data", "preview", "-o", "{tmp}/p.webm"]])
+def test_outputs_not_named_mp4_are_refused(tmp_path, capsys, nothing_may_start, argv):
+    audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    code, err = _run(capsys, *(a.format(audio=audio, tmp=tmp_path) for a in argv))
+    assert code == 2 and len(err) == 1 and ".mp4" in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]

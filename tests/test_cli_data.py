@@ -42,10 +42,10 @@ def test_speech_writes_wav(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["data", "preview", "-o", "/nonexistent-dir/p.mp4"], "does not exist"),
-    (["data", "preview", "-o", "OUT", "--size", "32"], "size must be"),
-    (["data", "preview", "-o", "OUT", "--seconds", "0"], "seconds must be > 0"),
-    (["data", "preview", "-o", "OUT", "--seconds", "nan"], "seconds must be > 0"),
-    (["data", "speech", "-o", "OUT.wav", "--emotion", "bored"], "unknown emotion"),
+    (["data", "preview", "-o", "OUT.mp4", "--size", "32"], "size must be"),
+    (["data", "preview", "-o", "OUT.mp4", "--seconds", "0"], "seconds must be > 0"),
+    (["data", "preview", "-o", "OUT.mp4", "--seconds", "nan"], "seconds must be > 0"),
+    (["data", "speech", "-o", "OUT.wav", "--emotion", "bored"], "invalid choice: 'bored' (choose from 'neutral'"),
     (["data", "preview", "-o", "OUT.txt"], "must end in .mp4"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
