@@ -69,6 +69,11 @@ def test_region_l1_weighs_the_mouth_like_the_whole_frame():
     right = torch.where(mask > 0, -5.0, 5.0)
     assert float(new_pixel_loss(pred, right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"]) < \
         0.05 * float(new_pixel_loss(pred, -right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+    # Balanced between the classes: a mask that warps everywhere, never painting the 0.8 % of new pixels, costs
+    # as much as half of a mask that is wrong everywhere (a plain mean would call it 99 % right).
+    warp_everywhere = torch.full_like(logit, 5.0)
+    bce = float(new_pixel_loss(pred, warp_everywhere, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+    assert bce > 0.45 * float(new_pixel_loss(pred, -right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
 
 
 def test_latent_regresses_the_true_motion_where_it_is_known():
