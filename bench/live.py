@@ -101,8 +101,8 @@ async def interrupt_idle(url: str, wav: Path, times: int) -> list[float]:
 def holds_25fps(report: dict) -> bool:
     """25 fps at the receiver and no more than 1% of the frames degraded once the call has started (the first
     2 s, while the pipeline warms up, are not held against it)."""
-    server = report["server"]
-    return report["fps"] >= 24.0 and server.get("degraded_after_startup", 1) <= 0.01 * max(1, server.get("frames_sent", 0))
+    return report["received_fps"] >= 24.0 and (report["sent_degraded_after_startup_frames"] or 0) <= \
+        0.01 * max(1, report["sent_frames"] or 0)
 
 
 async def main_async(args) -> dict:
@@ -115,12 +115,12 @@ async def main_async(args) -> dict:
     with Engine(stage_threads=LIVE_STAGE_THREADS) as engine:
         async with serving(engine, max_sessions=8) as url:
             one = (await concurrent_calls(url, pcm, 1, seconds))[0]
-            srv = one["server"]
-            result.update(ttff_s=one["ttff_s"], fps=one["fps"], degraded_frames=srv["degraded_frames"],
-                          degraded_after_startup=srv["degraded_after_startup"],
-                          server_latency_ms=srv["server_latency_ms"], av_offset_ms=one["av_offset_ms"],
-                          av_offset_sender_ms=srv["av_offset_ms"], session_latency_ms=srv["session"]["latency_ms"],
-                          repeated_frames=srv["repeated_frames"], dropped_frames=srv["dropped_frames"])
+            result.update(ttff_s=one["ttff_s"], fps=one["received_fps"], degraded_frames=one["sent_degraded_frames"],
+                          degraded_after_startup=one["sent_degraded_after_startup_frames"],
+                          server_latency_ms=one["server_latency_ms"], av_offset_ms=one["av_offset_ms"],
+                          av_offset_sender_ms=one["sender_av_offset_ms"],
+                          session_latency_ms=one["generation_latency_ms"], repeated_frames=one["repeated_frames"],
+                          dropped_frames=one["skipped_frames"])
             if CHROMIUM.exists():
                 page = await browser_call(url, wav, min(seconds, 20.0))
                 result.update(browser_latency_ms=page["latency_ms"], browser_av_offset_ms=page["av_offset_ms"],
@@ -131,8 +131,8 @@ async def main_async(args) -> dict:
             scaling, best = {}, 0
             for n in range(1, 5):
                 reports = await concurrent_calls(url, pcm, n, 8.0 if args.quick else 20.0)
-                scaling[n] = [{"fps": r["fps"], "degraded": r["server"].get("degraded_frames"),
-                               "p95_ms": r["server"].get("server_latency_ms", {}).get("p95")} for r in reports]
+                scaling[n] = [{"fps": r["received_fps"], "degraded": r["sent_degraded_frames"],
+                               "p95_ms": (r["server_latency_ms"] or {}).get("p95")} for r in reports]
                 if not all(holds_25fps(r) for r in reports):
                     break
                 best = n

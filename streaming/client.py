@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from models.data.media import Mp4Writer
 from models.errors import ActorcastError, InputError
+from streaming.figures import SERVER_FIGURES
 from streaming.ice import hosts_for, rtc_configuration, set_local_description
 from streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
 from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, decode_audio_48k
@@ -158,14 +159,14 @@ class LiveCaller:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def report(self, sent48: np.ndarray) -> dict:
-        """Receiver-side numbers of the call so far."""
+        """The call so far: what this caller measured, then the server's latest stats (streaming.figures)."""
         times = [t for t, _, _ in self.rec.video]
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         last = self.rec.server[-1] if self.rec.server else {}
-        return {"frames": len(times), "fps": round(fps, 2),
+        return {"received_frames": len(times), "received_fps": round(fps, 2),
                 "ttff_s": None if not times or self.t_answer is None else times[0] - self.t_answer,
                 "av_offset_ms": av_offset_ms(self.rec, sent48),
-                "server": {k: v for k, v in last.items() if k != "frames"}}
+                **{f.key: last.get(f.key) for f in SERVER_FIGURES}}
 
 
 def av_offset_ms(rec: Received, sent48: np.ndarray, window_s: float = 0.5) -> float | None:

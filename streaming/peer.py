@@ -253,28 +253,31 @@ class LiveCall:
     # ---- stats and lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Live numbers of this call (also sent on the data channel)."""
+        """Live numbers of this call (also sent on the data channel); keys, units and meanings: streaming.figures."""
         times = list(self.sent_times)
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        session = self.session.stats()
         return {
-            "session_id": self.call_id, "fps": round(fps, 2), "frames_sent": self.frames_sent,
-            "degraded_frames": self.degraded_frames, "degraded_after_startup": self.degraded_after_startup,
-            "dropped_frames": self.video.dropped,
-            "repeated_frames": self.video.repeated,
+            "session_id": self.call_id, "sent_frames": self.frames_sent, "sent_fps": round(fps, 2),
+            "sent_degraded_frames": self.degraded_frames,
+            "sent_degraded_after_startup_frames": self.degraded_after_startup,
+            "repeated_frames": self.video.repeated, "skipped_frames": self.video.dropped,
+            "generated_frames": session["frames_out"], "generated_degraded_frames": session["degraded_frames"],
             "server_latency_ms": {"p50": percentile(self.latencies, 50), "p95": percentile(self.latencies, 95)},
-            "av_offset_ms": self.voice.offset_ms(), "voice_resyncs": self.voice.resyncs,
-            "ttff_s": None if self.t_first_frame is None or self.t_answer is None
+            "generation_latency_ms": session["latency_ms"],
+            "sender_av_offset_ms": self.voice.offset_ms(), "voice_resyncs": self.voice.resyncs,
+            "server_ttff_s": None if self.t_first_frame is None or self.t_answer is None
             else self.t_first_frame - self.t_answer,
             "interrupt_idle_ms": [e["idle_ms"] for e in self.interrupts],
             "queued_speech_s": len(self.speech) * VOICE_BLOCK / VOICE_RATE,
-            "buffered_frames": len(self.video.queue), "session": self.session.stats(),
+            "buffered_frames": len(self.video.queue),
         }
 
     async def _send_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_PERIOD_S)
             frames, self.pending_frames = self.pending_frames, []
-            self._send({"type": "stats", **self.stats(), "server_ms": time.time() * 1000.0, "frames": frames})
+            self._send({"type": "stats", **self.stats(), "frames": frames})
 
     async def _watchdog(self) -> None:
         """A caller that vanished without closing (tab killed, network gone) stops sending: free its call."""

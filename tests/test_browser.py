@@ -40,5 +40,5 @@ async def test_browser_call_shows_avatar_with_stats(tmp_path, artifacts_dir):
     assert 0 < stats["latency_ms"]["p50"] < 1500  # measured in the page; the target (p95 <= 450) is in bench/live.py
     # the page's A/V estimate (sender offset + audio playout - video display delay) must exist; its target
     # (|offset| <= 45 ms) is reported by bench/live.py, not asserted on this shared, headless machine
-    assert stats["av_offset_ms"] is not None and abs(stats["server"]["av_offset_ms"]) <= 45
+    assert stats["av_offset_ms"] is not None and abs(stats["server"]["sender_av_offset_ms"]) <= 45
     assert server.metrics.sessions_total == 1 and not server.calls  # the page's hang-up freed the call

@@ -21,6 +21,7 @@ from models.data.performance import generate_speech
 from models.errors import ActorcastError
 from streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
 from streaming.client import LiveCaller
+from streaming.figures import RECEIVER_FIGURES, SERVER_FIGURES
 from streaming.ice import candidate_hosts, hosts_for, is_loopback
 from streaming.tracks import VOICE_RATE, decode_audio_48k
 
@@ -95,10 +96,12 @@ async def test_token_bad_input_and_a_good_call(engine, speech_wav):
         await asyncio.sleep(4.0)
         report = caller.report(pcm)
         await caller.stop()
-        assert report["frames"] >= 80 and 23.0 <= report["fps"] <= 27.0
-        assert report["ttff_s"] is not None and report["ttff_s"] < 2.0
-        assert report["av_offset_ms"] is not None and abs(report["av_offset_ms"]) < 150  # aiortc receiver, see bench
-        assert report["server"]["server_latency_ms"]["p95"] < 1500  # bounded, whatever the shared CPU does
+        # video arrived and every figure was measured; how fast is bench/live.py's business, not a test's
+        assert report["received_frames"] > 0 and report["received_fps"] > 0 and report["ttff_s"] is not None
+        assert report["av_offset_ms"] is not None and report["server_latency_ms"]["p95"] is not None
+        assert set(report) == {f.key for f in RECEIVER_FIGURES + SERVER_FIGURES} - {"recorded_frames"}
+        assert set(caller.rec.server[-1]) - {"type", "frames"} == {f.key for f in SERVER_FIGURES}  # all named
+        assert report["sent_frames"] >= report["repeated_frames"] and report["generated_frames"] > 0
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "/metrics") as r:
                 text = await r.text()
@@ -119,7 +122,7 @@ async def test_capacity_503_and_recovery(engine, speech_wav):
         with pytest.raises(ActorcastError, match=r"503: server full: 1 of 1 sessions"):
             await LiveCaller(url, pcm).start()
         await asyncio.sleep(1.0)
-        assert first.report(pcm)["frames"] > 10  # the admitted call kept running
+        assert first.report(pcm)["received_frames"] > 10  # the admitted call kept running
         await first.stop()
         await wait_for(lambda: not server.calls, 5.0)
         second = LiveCaller(url, pcm)
@@ -217,3 +220,32 @@ async def test_video_track_schedule_follows_the_source_and_drains_back():
     assert len(waits) >= 20 and track.repeated <= 6, (waits, track.repeated)
     assert max(waits[4:8]) > 60, waits  # behind after the late chunk: on-time chunks waited for their slots
     assert max(waits[-6:]) < 30, waits  # drained back: each chunk's first frame goes out soon after it comes
+
+
+@pytest.mark.asyncio
+async def test_call_cli_names_every_figure_with_its_unit(engine, speech_wav):
+    """`actorcast call --json` gives each figure once, under a key that ends in its unit; the printed table gives
+    the same figures with unit and meaning. No absolute timestamps (server_ms) and no second degraded count."""
+    from streaming.figures import FIGURES
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with serving(engine) as (url, server):
+        outputs = []
+        for flag in (["--json"], []):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cluster.cli", "call", url, "--audio", str(speech_wav), "--seconds", "2",
+                *flag, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()[-2000:]
+            outputs.append(out.decode())
+    report, table = json.loads(outputs[0]), outputs[1].splitlines()
+    assert set(report) == {f.key for f in RECEIVER_FIGURES + SERVER_FIGURES} - {"recorded_frames"}
+    assert "server_ms" not in outputs[0] and "session" not in {k for k, v in report.items() if isinstance(v, dict)}
+    suffix = {"ms": "_ms", "s": "_s", "frames": "_frames", "frames/s": "_fps"}
+    for key in report:
+        unit = FIGURES[key].unit
+        assert unit == "" or key.endswith(suffix[unit]), (key, unit)
+    assert report["received_frames"] > 0 and report["sent_frames"] > 0
+    assert [line.split()[0] for line in table] == list(report)  # the same figures, in the same order
+    row = next(line for line in table if line.startswith("sent_degraded_frames "))
+    assert " frames " in row and "fewer denoising steps" in row

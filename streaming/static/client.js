@@ -169,7 +169,7 @@ async function refresh() {
   const fps = p.length > 1 ? 1000 * (p.length - 1) / (p[p.length - 1] - p[0]) : null;
   const audioDelay = await audioPlayoutDelayMs();
   const videoDelay = call.videoDelays.length ? call.videoDelays.reduce((a, b) => a + b) / call.videoDelays.length : null;
-  const sender = call.server ? call.server.av_offset_ms : null;
+  const sender = call.server ? call.server.sender_av_offset_ms : null;
   // same content: voice plays at (send - sender offset) + audio buffer, video at send + video buffer + render
   call.avOffset = audioDelay !== null && videoDelay !== null && sender !== null ? audioDelay - videoDelay - sender : null;
   $("s-fps").textContent = fps === null ? "–" : fps.toFixed(1);
@@ -178,7 +178,7 @@ async function refresh() {
   if (call.server) {
     const s = call.server.server_latency_ms;
     $("s-server").textContent = `${fmt(s.p50)} / ${fmt(s.p95)}`;
-    $("s-degraded").textContent = String(call.server.degraded_frames);
+    $("s-degraded").textContent = String(call.server.sent_degraded_frames);
   }
   $("s-av").textContent = fmt(call.avOffset);
   $("s-rtt").textContent = fmt(call.rtt);
@@ -189,7 +189,7 @@ call.stats = () => ({
   state: $("s-state").textContent, fps: call.fps, presented: call.presentedCount || 0,
   latency_ms: { p50: pct(call.latencies, 0.5), p95: pct(call.latencies, 0.95), n: call.latencies.length },
   av_offset_ms: call.avOffset, rtt_ms: call.rtt, server: call.server,
-  av_parts_ms: { audio_playout: call.audioDelay || null, sender: call.server ? call.server.av_offset_ms : null,
+  av_parts_ms: { audio_playout: call.audioDelay || null, sender: call.server ? call.server.sender_av_offset_ms : null,
                  video_display: call.videoDelays.length ? call.videoDelays.reduce((a, b) => a + b) / call.videoDelays.length : null },
 });
 

@@ -1,0 +1,75 @@
+"""The figures of a live call, each defined once here: key, unit and meaning.
+
+The server's per-call stats (the data channel's "stats" messages, `GET /calls/ID`) carry the SERVER_FIGURES;
+`actorcast call` adds the RECEIVER_FIGURES it measures itself and reports both under these keys, with
+`--json` as values and otherwise as a table with each figure's unit and meaning. A key ends in its unit
+(`_ms`, `_s`, `_fps`, `_frames`); `{p50, p95}` are percentiles over the call.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    unit: str  # "" for identifiers and counts of events
+    meaning: str
+
+
+RECEIVER_FIGURES = (
+    Figure("received_frames", "frames", "video frames that reached this caller"),
+    Figure("received_fps", "frames/s", "rate they arrived at, first to last"),
+    Figure("ttff_s", "s", "the server's answer to the first frame arriving here"),
+    Figure("av_offset_ms", "ms", "voice minus video arrival here for the same audio content, median "
+                                 "(+: voice later)"),
+    Figure("recorded_frames", "frames", "frames written to --record"),
+)
+
+SERVER_FIGURES = (
+    Figure("session_id", "", "the call's id (for POST /calls/ID/...)"),
+    Figure("sent_frames", "frames", "video frames the server sent on the call's track"),
+    Figure("sent_fps", "frames/s", "rate the server sent them at, over the last 2 s"),
+    Figure("sent_degraded_frames", "frames", "frames sent degraded: generated with fewer denoising steps, or "
+                                             "the previous frame sent again because the next one was late"),
+    Figure("sent_degraded_after_startup_frames", "frames", "sent_degraded_frames after the first 2 s (the "
+                                                           "pipeline warming up)"),
+    Figure("repeated_frames", "frames", "the previous frame sent again because the next one was late (counted "
+                                        "in sent_degraded_frames)"),
+    Figure("skipped_frames", "frames", "frames made but never sent: speech an interrupt cut, or skipped to "
+                                       "catch up after a delay"),
+    Figure("generated_frames", "frames", "frames the generation pipeline made for this call"),
+    Figure("generated_degraded_frames", "frames", "of those, made with fewer denoising steps or repeated "
+                                                  "because the pipeline fell behind real time"),
+    Figure("server_latency_ms", "ms", "audio arriving at the server to the frame made from it sent, {p50, p95}"),
+    Figure("generation_latency_ms", "ms", "audio fed to the pipeline to its frame made, {p50, p95}"),
+    Figure("sender_av_offset_ms", "ms", "voice minus video content as the server sends them, smoothed "
+                                        "(+: voice ahead)"),
+    Figure("voice_resyncs", "", "times the server re-aligned the returning voice to the video"),
+    Figure("server_ttff_s", "s", "the server's answer to its first frame sent"),
+    Figure("interrupt_idle_ms", "ms", "per interrupt: the interrupt to the first frame made only from silence "
+                                      "sent"),
+    Figure("queued_speech_s", "s", "agent mode: speech waiting to be spoken"),
+    Figure("buffered_frames", "frames", "frames made and waiting for their send slot"),
+)
+
+FIGURES = {f.key: f for f in RECEIVER_FIGURES + SERVER_FIGURES}
+
+
+def format_value(value) -> str:
+    """A figure's value for the printed table: percentiles as 'p50 X / p95 Y', lists comma-separated."""
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return " / ".join(f"{k} {format_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def summary_table(report: dict) -> str:
+    """One line per figure of `report` (in FIGURES order): key, value, unit, meaning."""
+    rows = [(f.key, format_value(report[f.key]), f.unit, f.meaning) for f in FIGURES.values() if f.key in report]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
+    return "\n".join(f"{k:<{widths[0]}}  {v:>{widths[1]}}  {u:<{widths[2]}}  {m}".rstrip() for k, v, u, m in rows)
