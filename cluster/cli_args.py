@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from actors.reference import MAX_SEED
 
 
 def positive_seconds(text: str) -> float:
@@ -41,7 +42,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-MAX_SEED = 2**63 - 1  # torch generators take seeds up to 2**64 - 1; signed 64-bit is the portable range
 
 
 def seed(text: str) -> int:

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from actors.engine import Engine, check_address
 from actors.loading import resolve_weights
-from actors.reference import load_image
+from actors.reference import MAX_SEED, load_image
 from actors.session import SessionCheckpoint
-from cluster.cli_args import MAX_SEED, frame_size, mp4_file, positive_int, positive_seconds, seed
+from cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
 from cluster.render_mux import SegmentWriter, mux_final, probe_audio
 from models.data.media import iter_audio_blocks
 from models.data.params import EMOTIONS

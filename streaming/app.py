@@ -24,6 +24,7 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
+from actors.reference import MAX_SEED
 from models.data.params import EMOTIONS
 from models.errors import InputError
 from streaming.ice import hosts_for
@@ -95,8 +96,8 @@ def call_options(params: dict) -> CallOptions:
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; choose mic or agent")
     seed = params.get("identity_seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise InputError("identity_seed must be an integer >= 0")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
+        raise InputError(f"identity_seed must be a whole number in 0..{MAX_SEED}")
     reference = decode_image(params["portrait"]) if params.get("portrait") else None
     return CallOptions(emotion=emotion, identity_seed=seed, reference=reference, source=source)
 

@@ -249,3 +249,14 @@ async def test_call_cli_names_every_figure_with_its_unit(engine, speech_wav):
     assert [line.split()[0] for line in table] == list(report)  # the same figures, in the same order
     row = next(line for line in table if line.startswith("sent_degraded_frames "))
     assert " frames " in row and "fewer denoising steps" in row
+
+
+def test_offer_takes_any_identity_number():
+    from actors.reference import MAX_SEED
+    from streaming.app import call_options
+
+    assert call_options({"identity_seed": 123456789}).identity_seed == 123456789
+    assert call_options({"identity_seed": MAX_SEED}).identity_seed == MAX_SEED
+    for bad in (-1, MAX_SEED + 1, 1.5, True, "7"):
+        with pytest.raises(ActorcastError, match="identity_seed"):
+            call_options({"identity_seed": bad})

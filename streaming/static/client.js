@@ -193,11 +193,46 @@ call.stats = () => ({
                  video_display: call.videoDelays.length ? call.videoDelays.reduce((a, b) => a + b) / call.videoDelays.length : null },
 });
 
+// The identity field takes any whole number >= 0 (each is a built-in face), up to what a JS number holds exactly.
+function identitySeed() {
+  const text = $("identity").value.trim();
+  const seed = Number(text === "" ? "0" : text);
+  if (!Number.isSafeInteger(seed) || seed < 0) {
+    throw new Error(`identity must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}, got "${text}"`);
+  }
+  return seed;
+}
+
+// The microphone, or an error that says why there is none and what to do.
+async function openMicrophone() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error("this browser offers the microphone only to https pages or http://localhost / 127.0.0.1: "
+                    + "open the page at such an address");
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  } catch (err) {
+    if (err.name === "NotAllowedError" || err.name === "SecurityError") {
+      throw new Error("the microphone was refused: allow it for this page (the icon at the left of the address "
+                      + "bar, or the browser's site settings) and press Start call again");
+    }
+    if (err.name === "NotFoundError" || err.name === "OverconstrainedError") {
+      throw new Error("no microphone was found: connect one and press Start call again");
+    }
+    if (err.name === "NotReadableError") {
+      throw new Error("the microphone is in use by another program or cannot be opened: free it and press Start "
+                      + "call again");
+    }
+    throw new Error(`the microphone cannot be used (${err.name}: ${err.message})`);
+  }
+}
+
 async function start() {
   $("error").textContent = "";
   $("start").disabled = true;
   try {
-    const mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    const seed = identitySeed();
+    const mic = await openMicrophone();
     // loopback/LAN: no STUN contacted. Insertable streams: see captureTime.
     const insertable = "createEncodedStreams" in RTCRtpSender.prototype;
     const pc = new RTCPeerConnection({ iceServers: [], encodedInsertableStreams: insertable });
@@ -215,7 +250,7 @@ async function start() {
     await pc.setLocalDescription(await pc.createOffer());
     await waitGathering(pc);
     const body = { sdp: pc.localDescription.sdp, type: "offer", emotion: $("emotion").value,
-                   identity_seed: Number($("identity").value) };
+                   identity_seed: seed };
     const portrait = await readPortrait();
     if (portrait) body.portrait = portrait;
     const headers = { "Content-Type": "application/json" };
