@@ -1,11 +1,13 @@
 """The quality measures of DESIGN.md "Measures", computed on held-out clips with the trained models.
 
-Everything reads generated *frames* through the independent probe (models/probe.py), never the latents:
-lip-sync r (Pearson of true vs probe-read jaw_open) and lip lag (cross-correlation peak, in frames), decoder
-PSNR, and over a long generation the dynamics ratio (std of probe-read motion, last window ÷ first) and drift
-(change of mean probe-read parameters, and of similarity to the reference portrait, first → last window).
-Two baselines run beside the model: ground-truth motion through the decoder (ceiling) and motion generated with
-the audio zeroed (floor).
+Lip-sync is read off generated *frames* by the independent meter (MediaPipe Face Mesh, models/meter.py), which
+nobody here trained: lip-sync r is the Pearson correlation of the truth (true jaw_open on synthetic clips, the
+phoneme-derived openness on espeak speech) with the meter's mouth opening; lip lag is the cross-correlation
+peak, in frames. Beside every figure stands the meter's own ceiling on the ground-truth frames, the decoder's
+ceiling (ground-truth motion through the decoder) and the floor (motion generated with the audio zeroed).
+The probe (models/probe.py) reads what the meter does not see (head pose), for the dynamics ratio and drift of a
+long generation; its lip readings are reported under `probe_*`. Frames where the meter finds no face are
+counted (`meter_missing`) and left out of the correlations, never filled in.
 """
 
 import logging
@@ -18,15 +20,19 @@ from models.data.dataset import HELDOUT_START, identity_seed, make_clip
 from models.data.face import render, sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
 from models.kv_cache import POLICY_NAMES, CacheConfig
+from models.meter import FaceMeter, MeterReading
 from models.sampling import SamplerConfig, generate
 
 log = logging.getLogger(__name__)
 JAW = PARAM_INDEX["jaw_open"]
+BLINKS = [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]
 # Motion the dynamics ratio watches: the mouth and the head (blinks and gaze are not "motion" here).
 DYNAMIC_PARAMS = [PARAM_INDEX[n] for n in ("jaw_open", "lip_spread", "lip_round", "head_yaw", "head_pitch",
                                            "head_roll", "head_x", "head_y")]
 MAX_LAG = 5
 DECODE_BATCH = 25
+CLIP_STRIDE = 17  # held-out clip i is seed HELDOUT_START + 17 i
+LONG_SEED = HELDOUT_START + 999
 
 
 @dataclass
@@ -41,8 +47,12 @@ class Models:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation; 0 when either side is constant."""
-    a, b = a - a.mean(), b - b.mean()
+    """Pearson correlation over the pairs where both are finite; 0 when fewer than 3 or either side is constant."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return 0.0
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 1e-12 else 0.0
 
@@ -54,16 +64,29 @@ def lip_lag(truth: np.ndarray, read: np.ndarray, max_lag: int = MAX_LAG) -> int:
     return max(scores, key=scores.get)
 
 
+def span(values: np.ndarray) -> float:
+    """p95 - p5 of the finite values (how far the mouth opens and closes); 0 when there are none."""
+    values = np.asarray(values)[np.isfinite(values)]
+    return float(np.percentile(values, 95) - np.percentile(values, 5)) if len(values) else 0.0
+
+
 @torch.no_grad()
-def decode_and_read(models: Models, reference: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """z (T, d) on one reference (3, H, W) → (frames (T, 3, H, W), probe-read params (T, 16)), in batches."""
+def decode(models: Models, reference: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """z (T, d) on one reference (3, H, W) → frames (T, 3, H, W), in batches."""
     identity = models.decoder.encode_reference(reference[None])
-    frames, params = [], []
-    for i in range(0, len(z), DECODE_BATCH):
-        f = models.decoder(identity, z[i:i + DECODE_BATCH])
-        frames.append(f)
-        params.append(models.probe(f))
-    return torch.cat(frames), torch.cat(params)
+    return torch.cat([models.decoder(identity, z[i:i + DECODE_BATCH]) for i in range(0, len(z), DECODE_BATCH)])
+
+
+@torch.no_grad()
+def probe_read(models: Models, frames: torch.Tensor) -> torch.Tensor:
+    """Probe-read motion parameters (T, 16) of frames (T, 3, H, W)."""
+    return torch.cat([models.probe(frames[i:i + DECODE_BATCH]) for i in range(0, len(frames), DECODE_BATCH)])
+
+
+@torch.no_grad()
+def encode(models: Models, frames: torch.Tensor) -> torch.Tensor:
+    """Motion latents (T, d) of frames (T, 3, H, W)."""
+    return torch.cat([models.encoder(frames[i:i + DECODE_BATCH]) for i in range(0, len(frames), DECODE_BATCH)])
 
 
 @torch.no_grad()
@@ -75,38 +98,74 @@ def generate_motion(models: Models, audio: torch.Tensor, reference: torch.Tensor
     return generate(models.motion, feats, z_ref, torch.tensor([emotion]), policy, SamplerConfig(seed=seed))[0]
 
 
+class _Readings:
+    """Meter readings per condition, pooled over clips, with the truth they are scored against."""
+
+    def __init__(self):
+        self.truth, self.blink, self.parts = [], [], {}
+
+    def add(self, name: str, reading: MeterReading) -> None:
+        self.parts.setdefault(name, []).append(reading)
+
+    def mouth(self, name: str) -> np.ndarray:
+        return np.concatenate([r.mouth_open for r in self.parts[name]])
+
+    def eyes(self, name: str) -> np.ndarray:
+        return np.concatenate([r.eye_open for r in self.parts[name]])
+
+    def missing(self) -> dict:
+        return {name: int(sum(r.n_missing for r in rs)) for name, rs in self.parts.items()}
+
+
 @torch.no_grad()
-def clip_scores(models: Models, n_clips: int, seconds: float, size: int, policy: CacheConfig) -> dict:
-    """Lip-sync r/lag for the model, ceiling and floor, and decoder PSNR, over n held-out clips."""
-    truth, read = [], {"model": [], "ceiling": [], "floor": []}
-    mse = []
+def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, size: int, policy: CacheConfig,
+                source: str = "babble") -> dict:
+    """Meter-read lip-sync of the model, the decoder's ceiling, the floor and the ground truth itself, over n
+    held-out clips of `source` (the formant babble, or espeak speech); decoder PSNR and the probe's jaw r too."""
+    read, mse, probe_jaw = _Readings(), [], {"ceiling": [], "model": []}
     for i in range(n_clips):
-        clip = make_clip(HELDOUT_START + 17 * i, seconds, size=size)
-        truth.append(clip.params[:, JAW].numpy())
-        z_true = torch.cat([models.encoder(clip.frames[j:j + DECODE_BATCH])
-                            for j in range(0, len(clip.frames), DECODE_BATCH)])
-        frames, params = decode_and_read(models, clip.reference, z_true)
-        mse.append(float((frames - clip.frames).square().mean()))
-        read["ceiling"].append(params[:, JAW].numpy())
+        clip = make_clip(HELDOUT_START + CLIP_STRIDE * i, seconds, size=size, source=source)
+        read.truth.append(clip.params[:, JAW].numpy())
+        read.blink.append(clip.params[:, BLINKS].mean(1).numpy())
+        read.add("ground_truth", meter.read(clip.frames))
+        ceiling = decode(models, clip.reference, encode(models, clip.frames))
+        mse.append(float((ceiling - clip.frames).square().mean()))
+        read.add("ceiling", meter.read(ceiling))
+        probe_jaw["ceiling"].append(probe_read(models, ceiling)[:, JAW].numpy())
         for name, audio in (("model", clip.audio), ("floor", torch.zeros_like(clip.audio))):
-            z = generate_motion(models, audio, clip.reference, clip.emotion, policy, seed=i)
-            read[name].append(decode_and_read(models, clip.reference, z)[1][:, JAW].numpy())
-    t = np.concatenate(truth)
-    r = {name: pearson(t, np.concatenate(v)) for name, v in read.items()}
-    return {"lipsync_r": r["model"], "lipsync_r_ceiling": r["ceiling"], "lipsync_r_floor": r["floor"],
-            "lip_lag_frames": lip_lag(t, np.concatenate(read["model"])),
-            "psnr_db": float(-10 * np.log10(max(np.mean(mse), 1e-10)))}
+            frames = decode(models, clip.reference,
+                            generate_motion(models, audio, clip.reference, clip.emotion, policy, seed=i))
+            read.add(name, meter.read(frames))
+            if name == "model":
+                probe_jaw["model"].append(probe_read(models, frames)[:, JAW].numpy())
+    truth, blink = np.concatenate(read.truth), np.concatenate(read.blink)
+    r = {name: pearson(truth, read.mouth(name)) for name in read.parts}
+    result = {"meter_r_ground_truth": r["ground_truth"], "lipsync_r_ceiling": r["ceiling"],
+              "lipsync_r": r["model"], "lipsync_r_floor": r["floor"],
+              "lip_lag_frames": lip_lag(truth, read.mouth("model")),
+              # Eyes close as blink rises: report the correlation of blink with eye *closure* (minus openness).
+              "blink_r_ground_truth": pearson(blink, -read.eyes("ground_truth")),
+              "blink_r_ceiling": pearson(blink, -read.eyes("ceiling")),
+              "mouth_open_span": {name: span(read.mouth(name)) for name in read.parts},
+              "meter_missing": read.missing(), "meter_frames": int(len(truth)),
+              "probe_lipsync_r_ceiling": pearson(truth, np.concatenate(probe_jaw["ceiling"])),
+              "probe_lipsync_r": pearson(truth, np.concatenate(probe_jaw["model"])),
+              "psnr_db": float(-10 * np.log10(max(np.mean(mse), 1e-10)))}
+    if source != "babble":
+        result = {f"{k}_{source}": v for k, v in result.items()}
+    return result
 
 
 @torch.no_grad()
-def long_run_scores(models: Models, seconds: float, size: int, policy: CacheConfig, window_s: float) -> dict:
-    """Dynamics ratio, drift and lip-sync r of one long held-out generation (first vs last window)."""
-    clip = make_clip(HELDOUT_START + 999, seconds, size=None)
-    reference = render(sample_identities([identity_seed(HELDOUT_START + 999)]), neutral_params(1), size)[0]
+def long_run_scores(models: Models, meter: FaceMeter, seconds: float, size: int, policy: CacheConfig,
+                    window_s: float) -> dict:
+    """Dynamics ratio, drift and meter-read lip-sync r of one long held-out generation (first vs last window)."""
+    clip = make_clip(LONG_SEED, seconds, size=None)
+    reference = render(sample_identities([identity_seed(LONG_SEED)]), neutral_params(1), size)[0]
     z = generate_motion(models, clip.audio, reference, clip.emotion, policy, seed=0)
     w = int(window_s * 25)
-    first_frames, first = decode_and_read(models, reference, z[:w])
-    last_frames, last = decode_and_read(models, reference, z[-w:])
+    first_frames, last_frames = decode(models, reference, z[:w]), decode(models, reference, z[-w:])
+    first, last = probe_read(models, first_frames), probe_read(models, last_frames)
     std_first, std_last = first[:, DYNAMIC_PARAMS].std(0), last[:, DYNAMIC_PARAMS].std(0)
     keep = std_first > 1e-6
     dynamics = float((std_last[keep] / std_first[keep]).mean()) if keep.any() else 0.0
@@ -114,9 +173,12 @@ def long_run_scores(models: Models, seconds: float, size: int, policy: CacheConf
     drift_params = float(((last.mean(0) - first.mean(0)) / scale).abs().mean())
     sim_first, sim_last = _similarity(first_frames, reference), _similarity(last_frames, reference)
     jaw = clip.params[:, JAW].numpy()
-    read_jaw = np.concatenate([first[:, JAW].numpy(), last[:, JAW].numpy()])
+    mouth_first, mouth_last = meter.read(first_frames).mouth_open, meter.read(last_frames).mouth_open
     return {"dynamics_ratio": dynamics, "drift": drift_params, "identity_similarity_first": sim_first,
-            "identity_similarity_last": sim_last, "lipsync_r": pearson(np.concatenate([jaw[:w], jaw[-w:]]), read_jaw)}
+            "identity_similarity_last": sim_last,
+            "lipsync_r": pearson(np.concatenate([jaw[:w], jaw[-w:]]), np.concatenate([mouth_first, mouth_last])),
+            "lipsync_r_first": pearson(jaw[:w], mouth_first), "lipsync_r_last": pearson(jaw[-w:], mouth_last),
+            "mouth_span_ratio": span(mouth_last) / max(span(mouth_first), 1e-9)}
 
 
 def _similarity(frames: torch.Tensor, reference: torch.Tensor) -> float:
@@ -127,18 +189,24 @@ def _similarity(frames: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def evaluate(models: Models, clips: int = 8, clip_seconds: float = 10.0, long_seconds: float = 300.0,
-             size: int = 256, cache: CacheConfig = CacheConfig(), progress=None) -> dict:
+             size: int = 256, cache: CacheConfig = CacheConfig(), tts_clips: int | None = None,
+             meter: FaceMeter | None = None, progress=None) -> dict:
     """Every measure of DESIGN.md, with the default cache policy and an ablation over all five policies."""
-    result = clip_scores(models, clips, clip_seconds, size, cache)
+    meter = meter or FaceMeter()
+    result = clip_scores(models, meter, clips, clip_seconds, size, cache)
     if progress:
         progress("clips")
+    tts = clip_scores(models, meter, tts_clips or clips, clip_seconds, size, cache, source="tts")
+    result.update(tts)
+    if progress:
+        progress("tts")
     window = min(60.0, long_seconds / 3)
     result["long_seconds"], result["window_seconds"] = long_seconds, window
     result["policies"] = {}
     for name in POLICY_NAMES:
         policy = CacheConfig(name, cache.budget_frames, compress_tokens=cache.compress_tokens,
                              query_tokens=cache.query_tokens)
-        result["policies"][name] = long_run_scores(models, long_seconds, size, policy, window)
+        result["policies"][name] = long_run_scores(models, meter, long_seconds, size, policy, window)
         if progress:
             progress(name)
     default = result["policies"][cache.policy]

@@ -53,6 +53,7 @@ class TrainConfig:
     clips: int = 256               # motion stage: training clips encoded once into latents
     clip_seconds: float = 8.0      # motion stage: length of each clip
     window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
+    tts_share: float = 0.5         # motion stage: share of clips spoken by espeak-ng (the rest formant babble)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
 
@@ -62,6 +63,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.tts_share <= 1.0:
+            raise ConfigError(f"tts_share must be in [0, 1], got {self.tts_share}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0..3, got {self.zero_stage}")
         if self.device not in ("auto", "cpu", "cuda"):

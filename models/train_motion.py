@@ -35,13 +35,19 @@ def load_motion_encoder(weights: str) -> MotionEncoder:
     return encoder.eval()
 
 
+def clip_sources(n: int, tts_share: float) -> list[str]:
+    """The speech source of each of n clips: `tts_share` of them espeak-ng, spread evenly, the rest babble."""
+    return ["tts" if int((i + 1) * tts_share) > int(i * tts_share) else "babble" for i in range(n)]
+
+
 @torch.no_grad()
-def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float, size: int) -> dict:
+def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float, size: int,
+                 sources: list[str] | None = None) -> dict:
     """Render clips at `size` (what the encoder sees at inference), encode every frame:
     {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}."""
     zs, refs, pcms, emotions = [], [], [], []
-    for seed in seeds:
-        clip = make_clip(seed, seconds, size=size)
+    for seed, source in zip(seeds, sources or ["babble"] * len(seeds)):
+        clip = make_clip(seed, seconds, size=size, source=source)
         z = torch.cat([encoder(clip.frames[i:i + ENCODE_BATCH]) for i in range(0, len(clip.frames), ENCODE_BATCH)])
         zs.append(z)
         refs.append(encoder(clip.reference[None])[0])
@@ -58,14 +64,17 @@ def latent_cache(cfg, rank: int, world_size: int, split: str = "train", n_clips:
     rng = np.random.default_rng([cfg.seed, 0x1A7E])
     clip_seeds = [int(seeds.start + s) for s in rng.choice(min(len(seeds), 10 ** 6), n_clips, replace=False)]
     mine = clip_seeds[rank::world_size]
+    sources = clip_sources(n_clips, cfg.tts_share)[rank::world_size]
     weights_file = Path(cfg.weights) / "motion_encoder.safetensors"
-    key = hashlib.sha256(weights_file.read_bytes() + repr((mine, cfg.clip_seconds, cfg.size)).encode()).hexdigest()[:16]
+    ident = repr((mine, sources, cfg.clip_seconds, cfg.size)).encode()
+    key = hashlib.sha256(weights_file.read_bytes() + ident).hexdigest()[:16]
     path = Path(cfg.out_dir) / "latents" / f"{split}-{key}.pt"
     if path.is_file():
         return torch.load(path)
-    log.info("encoding %d %s clips of %.1f s (once; cached at %s)", len(mine), split, cfg.clip_seconds, path)
+    log.info("encoding %d %s clips of %.1f s, %d of them espeak speech (once; cached at %s)", len(mine), split,
+             cfg.clip_seconds, sources.count("tts"), path)
     size = cfg.size or get_preset(cfg.preset).decoder.resolution
-    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds, size)
+    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds, size, sources)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     torch.save(data, tmp)

@@ -107,6 +107,7 @@ def test_latent_normalisation_fold_keeps_frames_and_whitens_z():
 def test_motion_stage_trains_on_cached_latents(tmp_path):
     """The motion stage encodes its clips once (cached on disk), trains, and exports audio encoder + generator."""
     from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+    from models.train_motion import clip_sources
 
     torch.manual_seed(0)
     weights = tmp_path / "decoder-export"
@@ -118,5 +119,8 @@ def test_motion_stage_trains_on_cached_latents(tmp_path):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.85 * first, f"motion loss {first:.4f} -> {last:.4f}"
     assert "eval_loss" in metrics
+    # Half of the clips are espeak-ng speech, half formant babble (TrainConfig.tts_share 0.5).
+    assert clip_sources(4, 0.5) == ["babble", "tts", "babble", "tts"]
+    assert clip_sources(4, 0.0) == ["babble"] * 4 and clip_sources(3, 1.0) == ["tts"] * 3
     for name in ("audio_encoder", "motion_generator"):
         assert (tmp_path / "motion" / f"{name}.safetensors").is_file()
