@@ -1,9 +1,8 @@
 """`actorcast batch jobs.jsonl`: many renders spread over the Ray cluster, one Ray task per job.
 
-Each line of jobs.jsonl is one render: {"audio": "talk.wav", "image": "face.png" | "identity": 3, "emotion": ...,
-"size": 256, "seed": 0, "shards": 1, "cache": ..., "weights": ..., "out": "talk.mp4"} (only "audio" is required;
-relative paths are relative to the jobs file). A job's failure is its own: it is reported in the summary and
-the others go on. Finished jobs are recorded in OUT_DIR/batch_status.json and skipped by a rerun; an
+Each line of jobs.jsonl is one render (JOBS_FORMAT below, also `actorcast batch --help`), named after its
+output file. Lines are checked on the driver first; a job's failure is its own: it is reported in the summary
+and the others go on. Finished jobs are recorded in OUT_DIR/batch_status.json and skipped by a rerun; an
 interrupted job resumes from its own work directory.
 """
 
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from actors.executor import project_error
-from cluster.render import RenderJob, render
+from cluster.render import RenderJob, check_job, render
 from models.errors import ActorcastError, InputError
 
 log = logging.getLogger(__name__)
@@ -26,10 +25,12 @@ STATUS_FILE = "batch_status.json"
 
 
 def parse_jobs(path: Path, out_dir: Path) -> list[tuple[str, RenderJob | None, str | None]]:
-    """(name, job or None, error or None) per non-empty line; a bad line is an error for that job only."""
+    """(name, job or None, error or None) per non-empty line. A job is named after its output file (its "name"
+    if it gives one); a line that is not a valid job, or whose inputs fail render's checks, is an error for that
+    job only, found here on the driver before any worker starts."""
     if not path.is_file():
         raise InputError(f"jobs file {path} does not exist: give a .jsonl file with one render per line")
-    jobs = []
+    jobs, outputs, names = [], {}, {}  # output path / job name -> the line that has it
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -38,18 +39,41 @@ def parse_jobs(path: Path, out_dir: Path) -> list[tuple[str, RenderJob | None, s
             spec = json.loads(line)
             if not isinstance(spec, dict) or "audio" not in spec:
                 raise InputError('each line must be a JSON object with at least "audio"')
-            name = str(spec.pop("name", Path(str(spec["audio"])).stem + f"_{lineno}"))
+            given = spec.pop("name", None)
+            name = str(given) if given is not None else name
             unknown = set(spec) - JOB_KEYS
             if unknown:
                 raise InputError(f"unknown keys {sorted(unknown)}; valid: {sorted(JOB_KEYS | {'name'})}")
             for key in ("audio", "image", "weights"):
                 if spec.get(key):
                     spec[key] = str((path.parent / spec[key]).resolve())
-            spec["out"] = str(out_dir / (spec.get("out") or f"{name}.mp4"))
-            jobs.append((name, RenderJob(**spec), None))
-        except (json.JSONDecodeError, TypeError, InputError) as e:
+            out = spec.pop("out", None) or _default_out(given, Path(str(spec["audio"])).stem, lineno, out_dir, outputs)
+            out_path = out_dir / out
+            if given is None:
+                name = out[:-4] if out.lower().endswith(".mp4") else out
+            if out_path.resolve() in outputs:
+                name = f"line{lineno}"
+                raise InputError(f'out {out} is also the output of line {outputs[out_path.resolve()]}; give each '
+                                 'job its own "out"')
+            if name in names:
+                name, taken = f"line{lineno}", name
+                raise InputError(f"name {taken} is also line {names[taken]}'s; give each job its own name")
+            outputs[out_path.resolve()], names[name] = lineno, lineno
+            job = RenderJob(**spec, out=str(out_path))
+            check_job(job)
+            jobs.append((name, job, None))
+        except (json.JSONDecodeError, TypeError, ActorcastError, OSError) as e:
             jobs.append((name, None, f"line {lineno}: {e}"))
     return jobs
+
+
+def _default_out(name: str | None, audio_stem: str, lineno: int, out_dir: Path, taken: dict) -> str:
+    """NAME.mp4, else AUDIO-STEM.mp4, else (another line writes that) AUDIO-STEM_LINE.mp4."""
+    if name is not None:
+        return f"{name}.mp4"
+    if (out_dir / f"{audio_stem}.mp4").resolve() not in taken:
+        return f"{audio_stem}.mp4"
+    return f"{audio_stem}_{lineno}.mp4"
 
 
 def run_job(job: RenderJob) -> dict:
@@ -63,23 +87,29 @@ def run_job(job: RenderJob) -> dict:
         return {"status": "failed", "error": str(e).splitlines()[0], "wall_s": round(time.monotonic() - t0, 2)}
 
 
-def run_batch(jobs_file: Path, out_dir: Path, cpus_per_job: float = 1.0) -> list[dict]:
-    """Run every job of `jobs_file` (Ray must be connected); returns one status row per job, in file order."""
+def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_per_job: float = 1.0) -> list[dict]:
+    """Run every job of `jobs_file` as Ray tasks (Ray starts, or joins `address`, only when a job is left to
+    run); returns one status row per job, in file order."""
     import ray
 
+    from cluster.ray_env import connect
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = parse_jobs(jobs_file, out_dir)
     status_path = out_dir / STATUS_FILE
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
-    rows, pending = {}, {}
-    remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=2)
-    jobs = parse_jobs(jobs_file, out_dir)
+    rows, todo, pending = {}, [], {}
     for name, job, error in jobs:
         if job is None:
             rows[name] = {"job": name, "status": "failed", "error": error}
         elif status.get(name, {}).get("fingerprint") == _fingerprint(job) and Path(job.out).is_file():
             rows[name] = {**status[name], "job": name, "status": "skipped"}
         else:
-            pending[remote.remote(job)] = (name, job)
+            todo.append((name, job))
+    if todo:
+        connect(address)
+        remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=2)
+        pending = {remote.remote(job): (name, job) for name, job in todo}
     total = len(jobs)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -118,9 +148,12 @@ def summary_table(rows: list[dict]) -> str:
     header = ("job", "status", "video s", "wall s", "error")
     lines = [(r["job"], r["status"], f"{r['seconds']:.1f}" if "seconds" in r else "-",
               f"{r['wall_s']:.1f}" if "wall_s" in r else "-", r.get("error", "")) for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)][:-1]  # the last column is not padded
+    rule = tuple("-" * w for w in widths) + ("-----",)
+
+    def row(cells) -> str:
+        return "  ".join([f"{c:<{w}}" for c, w in zip(cells, widths)] + [str(cells[-1])]).rstrip()
+    return "\n".join(row(cells) for cells in [header, rule, *lines])
 
 
 JOBS_FORMAT = """\
@@ -132,8 +165,8 @@ keys:
   image     portrait image; else
   identity  built-in synthetic identity, any whole number >= 0 (default 0)
   emotion   neutral, happy, sad, angry or surprised (default neutral)
-  out       output file in --out-dir, ending in .mp4 (default: NAME.mp4)
-  name      the job's name in the status lines and the table (default: AUDIO-STEM_LINE)
+  out       output file in --out-dir, ending in .mp4 (default: NAME.mp4, else AUDIO-STEM.mp4)
+  name      the job's name in the status lines and the table (default: out without .mp4)
   size, seed, shards, cache, weights   as the render options of the same names
 audio, image and weights paths are relative to the jobs file, out to --out-dir."""
 
@@ -151,14 +184,12 @@ def add_parser(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from actors.engine import check_address
-    from cluster.ray_env import connect
 
     if not args.jobs.is_file():
         raise InputError(f"jobs file {args.jobs} does not exist: give a .jsonl file with one render per line")
     if args.address:
         check_address(args.address)
-    connect(args.address)
-    rows = run_batch(args.jobs, args.out_dir)
+    rows = run_batch(args.jobs, args.out_dir, args.address)
     print(summary_table(rows))
     failed = sum(r["status"] == "failed" for r in rows)
     print(f"{len(rows) - failed} of {len(rows)} jobs finished; outputs in {args.out_dir}")

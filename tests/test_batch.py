@@ -4,6 +4,7 @@ import json
 
 import av
 
+from cluster.batch import parse_jobs, summary_table
 from cluster.cli import main
 from tests.test_render import _write_audio
 
@@ -39,3 +40,35 @@ def test_batch_isolates_failures_and_skips_finished(ray_local, tmp_path, capsys)
     assert code == 1
     assert [ln.split()[1] for ln in text.splitlines() if ln.startswith(("first ", "second "))] == ["skipped"] * 2
     assert (out / "first.mp4").stat().st_mtime_ns == mtime  # not rendered again
+
+
+def test_jobs_are_named_after_their_output_and_checked_before_ray(tmp_path):
+    _write_audio(tmp_path / "speech.wav", 0.5, 16000, "mono")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(spec) for spec in [
+        {"audio": "speech.wav"},
+        {"audio": "speech.wav", "emotion": "happy"},
+        {"audio": "speech.wav", "out": "talk.mp4"},
+        {"audio": "speech.wav", "out": "talk.mp4"},
+        {"audio": "speech.wav", "name": "intro"},
+        {"audio": "speech.wav", "out": "talk.txt"},
+        {"audio": "speech.wav", "identity": -1, "out": "bad_identity.mp4"},
+    ]) + "\n")
+    out = tmp_path / "renders"
+    out.mkdir()
+    parsed = parse_jobs(jobs, out)
+    names = [name for name, _, _ in parsed]
+    assert names[:3] == ["speech", "speech_2", "talk"] and names[4] == "intro"
+    assert [job.out if job else None for _, job, _ in parsed][:3] == [str(out / "speech.mp4"),
+                                                                      str(out / "speech_2.mp4"), str(out / "talk.mp4")]
+    errors = [error or "" for _, _, error in parsed]
+    assert "also the output of line 3" in errors[3]
+    assert ".mp4" in errors[5] and "identity" in errors[6]  # render's own checks, on the driver
+
+
+def test_summary_table_has_no_trailing_blanks():
+    rows = [{"job": "a", "status": "done", "seconds": 1.0, "wall_s": 2.0},
+            {"job": "bb", "status": "failed", "error": "line 2: audio file /a/very/long/path/x.wav does not exist"}]
+    table = summary_table(rows).splitlines()
+    assert all(line == line.rstrip() for line in table)
+    assert table[2].split() == ["a", "done", "1.0", "2.0"]
