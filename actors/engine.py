@@ -8,10 +8,12 @@
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -43,6 +45,51 @@ def check_address(address: str, timeout: float = 3.0) -> None:
                              "check the address or leave --address out to start a local one") from None
 
 
+def ray_driver_log() -> Path:
+    """The file that Ray's own log lines in this process go to (Ray's servers log under ray_logs_dir())."""
+    return Path(tempfile.gettempdir()) / "ray" / "actorcast-driver.log"
+
+
+@contextlib.contextmanager
+def _ray_lines_to_file():
+    """Send Ray's own log lines in this process to ray_driver_log(), so that the user sees actorcast's lines only
+    (a local start announces token authentication each time, for one); errors name the file (ray_logs_note).
+
+    ray.init(configure_logging=False) clears the `ray` logger's handlers and leaves it not propagating, so what
+    Ray logs during init falls through to logging.lastResort (stderr): that is pointed at the file meanwhile,
+    and the file handler is attached to the `ray` logger once init is done."""
+    path = ray_driver_log()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s pid {os.getpid()} %(levelname)s %(name)s: %(message)s"))
+    previous, logging.lastResort = logging.lastResort, handler
+    try:
+        yield
+    finally:
+        logging.lastResort = previous
+        ray_logger = logging.getLogger("ray")
+        for old in list(ray_logger.handlers):
+            if isinstance(old, logging.StreamHandler) and not isinstance(old, logging.FileHandler):
+                ray_logger.removeHandler(old)
+        ray_logger.addHandler(handler)
+        ray_logger.propagate = False
+
+
+def ray_logs_note() -> str | None:
+    """Where Ray's logs of this process are, when it joined Ray (for error messages); else None."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+    except AttributeError:  # a client connection or another Ray version: no local node
+        logs = None
+    where = f"{logs} and {ray_driver_log()}" if logs else str(ray_driver_log())
+    return f"Ray's logs are in {where}"
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join Ray if this process has not: the cluster at `address`, or a local one bound to loopback only."""
     import ray
@@ -51,11 +98,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address is None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray server binds 127.0.0.1
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        with _ray_lines_to_file():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return
     check_address(address)
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        with _ray_lines_to_file():
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ActorcastError(f"cannot reach the Ray cluster at {address} ({first}); check the address or "

@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from actors.engine import ray_logs_note
 from actors.executor import project_error
+from models.errors import ConfigError, InputError
 
 EXIT_USER_ERROR = 2
 
@@ -52,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except Exception as e:
         own = project_error(e)  # ours, possibly inside a Ray task, actor or Train worker error
-        if own is None:
-            raise  # a bug: its traceback is what a report needs
-        sys.stderr.write(f"actorcast: error: {own}{_notes(own, e)}\n")
+        if own is None:  # a bug: its traceback is what a report needs, with Ray's logs when Ray ran
+            logs = ray_logs_note()
+            if logs:
+                sys.stderr.write(f"actorcast: {logs}\n")
+            raise
+        logs = None if isinstance(own, (InputError, ConfigError)) else ray_logs_note()  # bad input: no help there
+        sys.stderr.write(f"actorcast: error: {own}{_notes(own, e)}{'; ' + logs if logs else ''}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:  # a job that can be resumed says how in a note
         sys.stderr.write(f"actorcast: interrupted{_notes(e)}\n")

@@ -191,3 +191,41 @@ def test_outputs_not_named_mp4_are_refused(tmp_path, capsys, nothing_may_start, 
     code, err = _run(capsys, *(a.format(audio=audio, tmp=tmp_path) for a in argv))
     assert code == 2 and len(err) == 1 and ".mp4" in err[0], err
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
+
+
+# ---- issue 11.6: a local Ray start prints nothing of Ray's; errors name Ray's logs --------------------------
+
+def test_errors_after_ray_started_name_its_logs_and_input_errors_do_not(ray_local, monkeypatch, capsys):
+    import argparse
+
+    from actors.engine import ray_driver_log
+    from models.errors import ActorcastError, InputError
+
+    for error, named in ((ActorcastError("decoder shard decoder0 failed 4 times on frame 8"), True),
+                         (InputError("the audio is corrupt"), False)):
+        def run(args, error=error):
+            raise error
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None, run=run:
+                            argparse.Namespace(verbose=False, run=run))
+        code, err = _run(capsys, "batch", "x")
+        assert code == 2 and len(err) == 1 and str(error) in err[0], err
+        assert ("Ray's logs are in" in err[0] and str(ray_driver_log()) in err[0]) == named, err
+
+
+@pytest.mark.slow
+def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
+    """The local default: Ray starts (2 shards) and stops without a line of its own on stdout or stderr."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    run = subprocess.run([sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(tmp_path / "o.mp4"),
+                          "--size", "64", "--shards", "2"], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines() == [f"{tmp_path / 'o.mp4'}: 25 frames, 1.0 s"]
+    others = [line for line in run.stderr.replace("\r", "\n").splitlines() if line and not line.startswith("render:")]
+    assert others == [], others
