@@ -28,6 +28,7 @@ from actors.reference import MAX_SEED
 from models.data.params import EMOTIONS
 from models.errors import InputError
 from streaming.ice import hosts_for
+from streaming.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streaming.metrics import Metrics
 from streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
 from streaming.receiver import audio_prefetch_for
@@ -137,15 +138,14 @@ class LiveServer:
                                   "token_required": bool(self.config.token), "uptime_s": time.time() - self.started})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        self.metrics.sessions_active = len(self.calls)
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "text/plain; version=0.0.4"})
+        self.metrics.set_active(len(self.calls))
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def offer(self, request: web.Request) -> web.Response:
         offer, params = parse_offer(await request.read())
         options = call_options(params)
         if len(self.calls) + self.admitting >= self.config.max_sessions:
-            self.metrics.sessions_rejected += 1
+            self.metrics.session_rejected()
             return _error(503, f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions "
                                "in use; retry when a call ends or start serve with a larger --max-sessions")
         self.admitting += 1
@@ -166,14 +166,14 @@ class LiveServer:
             await call.close()
             raise
         self.calls[call_id] = call
-        self.metrics.sessions_total += 1
-        self.metrics.sessions_active = len(self.calls)
+        self.metrics.session_admitted()
+        self.metrics.set_active(len(self.calls))
         log.info("call %s admitted (%d/%d)", call_id, len(self.calls), self.config.max_sessions)
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call_id})
 
     def _closed(self, call: LiveCall) -> None:
         self.calls.pop(call.call_id, None)
-        self.metrics.sessions_active = len(self.calls)
+        self.metrics.set_active(len(self.calls))
         log.info("call %s closed (%d left)", call.call_id, len(self.calls))
 
     def _call(self, request: web.Request) -> LiveCall:

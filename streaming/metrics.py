@@ -1,71 +1,67 @@
-"""Server metrics in the Prometheus text format: sessions, frames sent/degraded, a latency histogram."""
+"""Server metrics for Prometheus (prometheus-client): sessions, frames sent/degraded, a latency histogram.
 
-import bisect
-from dataclasses import dataclass, field
+Each server has its own CollectorRegistry, so two servers in one process (tests, benchmarks) never share
+counts, and nothing registers in prometheus-client's global default registry.
+"""
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Upper bounds (ms) of the latency histogram: audio arrival at the server -> its frame sent.
 LATENCY_BUCKETS_MS = (25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 450.0, 600.0, 1000.0, 2000.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of `render()`'s text
 
 
-@dataclass
-class Histogram:
-    """A cumulative Prometheus histogram with fixed bucket bounds."""
-
-    bounds: tuple[float, ...] = LATENCY_BUCKETS_MS
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    n: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)  # last one is +Inf
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, count in zip(self.bounds, self.counts):
-            running += count
-            out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.n}')
-        out += [f"{name}_sum {self.total:.3f}", f"{name}_count {self.n}"]
-        return out
-
-
-@dataclass
 class Metrics:
-    """Counters of one server process; every mutation happens on the event loop (no locking needed)."""
+    """The counters of one server process; updated on the event loop, read by GET /metrics."""
 
-    sessions_active: int = 0
-    sessions_total: int = 0
-    sessions_rejected: int = 0
-    frames_sent: int = 0
-    frames_degraded: int = 0
-    latency_ms: Histogram = field(default_factory=Histogram)
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._active = Gauge("actorcast_sessions_active", "Calls in progress.", registry=r)
+        self._admitted = Counter("actorcast_sessions", "Calls admitted since start.", registry=r)
+        self._rejected = Counter("actorcast_sessions_rejected", "Offers refused because the server was full.",
+                                 registry=r)
+        self._sent = Counter("actorcast_frames_sent", "Video frames sent to peers.", registry=r)
+        self._degraded = Counter("actorcast_frames_degraded",
+                                 "Frames sent degraded (fewer steps, repeated or dropped).", registry=r)
+        self._latency = Histogram("actorcast_frame_latency_ms", "Audio arrival at the server to its video frame "
+                                  "sent, in ms.", buckets=LATENCY_BUCKETS_MS, registry=r)
+
+    # ---- updates ----------------------------------------------------------------------------------------------
+
+    def set_active(self, calls: int) -> None:
+        self._active.set(calls)
+
+    def session_admitted(self) -> None:
+        self._admitted.inc()
+
+    def session_rejected(self) -> None:
+        self._rejected.inc()
 
     def frame_sent(self, degraded: bool, latency_ms: float | None) -> None:
-        self.frames_sent += 1
-        self.frames_degraded += int(degraded)
+        self._sent.inc()
+        if degraded:
+            self._degraded.inc()
         if latency_ms is not None:
-            self.latency_ms.observe(latency_ms)
+            self._latency.observe(latency_ms)
 
-    def render(self) -> str:
-        """The whole exposition text (Content-Type text/plain; version=0.0.4)."""
-        rows = [
-            ("actorcast_sessions_active", "gauge", "Calls in progress.", self.sessions_active),
-            ("actorcast_sessions_total", "counter", "Calls admitted since start.", self.sessions_total),
-            ("actorcast_sessions_rejected_total", "counter", "Offers refused because the server was full.",
-             self.sessions_rejected),
-            ("actorcast_frames_sent_total", "counter", "Video frames sent to peers.", self.frames_sent),
-            ("actorcast_frames_degraded_total", "counter", "Frames sent degraded (fewer steps, repeated or dropped).",
-             self.frames_degraded),
-        ]
-        lines = []
-        for name, kind, help_text, value in rows:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        name = "actorcast_frame_latency_ms"
-        lines += [f"# HELP {name} Audio arrival at the server to its video frame sent, in ms.",
-                  f"# TYPE {name} histogram"] + self.latency_ms.lines(name)
-        return "\n".join(lines) + "\n"
+    # ---- reads ------------------------------------------------------------------------------------------------
+
+    def _value(self, sample: str) -> int:
+        return int(self.registry.get_sample_value(sample) or 0)
+
+    @property
+    def sessions_total(self) -> int:
+        return self._value("actorcast_sessions_total")
+
+    @property
+    def sessions_rejected(self) -> int:
+        return self._value("actorcast_sessions_rejected_total")
+
+    @property
+    def frames_sent(self) -> int:
+        return self._value("actorcast_frames_sent_total")
+
+    def render(self) -> bytes:
+        """The exposition text of every metric (Content-Type: CONTENT_TYPE)."""
+        return generate_latest(self.registry)
