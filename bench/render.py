@@ -6,12 +6,16 @@ Writes DIR/render.json with `rtf.1`, `rtf.2` (seconds of video per wall second, 
 decoder shards on Ray, H.264 + AAC written), `encode_only_rtf` (H.264 encode of the same frames alone: the
 ceiling), `rss_mb.<minutes>` and `ms_per_chunk.<minutes>` for a short and a long in-process render (each in a
 fresh process, so its peak RSS is its own), `ray_overhead_ratio` (time per chunk through Ray actors over
-in-process, same audio, same run), and DIR/render_longform.png (RSS and time per chunk vs position).
+in-process, same audio, same run), `cli_rtf.<seconds>` (seconds of video per wall second of the whole
+`actorcast render` command with its defaults, start-up included: a fresh process, imports, weights, and Ray only
+if the command starts it) for an 8 s and a 60 s render, and DIR/render_longform.png (RSS and time per chunk vs
+position).
 """
 
 import multiprocessing as mp
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,6 +89,20 @@ def longform(minutes: float, tmp: Path) -> dict:
     return result
 
 
+CLI_SECONDS = (8, 60)
+
+
+def cli_rtf(seconds: float, tmp: Path) -> float:
+    """Video seconds per wall second of `actorcast render AUDIO -o OUT` as a user runs it (default options but
+    the identity and size of the other measures), from process start to exit."""
+    audio = _long_audio(tmp / f"cli_{seconds:g}.wav", seconds / 60)
+    cmd = [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(tmp / f"cli_{seconds:g}.mp4"),
+           "--identity", "3", "--size", str(SIZE)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    return round(seconds / (time.perf_counter() - t0), 3)
+
+
 def encode_only(frames_file: Path, tmp: Path) -> float:
     """RTF of H.264-encoding the rendered frames alone (decoded first, so only encode is timed)."""
     import av
@@ -131,6 +149,8 @@ def main() -> None:
     audio = _long_audio(tmp / "rtf.wav", seconds / 60)
     result: dict = {"size": SIZE, "preset": "tiny", "rtf": {}, "rss_mb": {}, "ms_per_chunk": {},
                     "audio_seconds": seconds}
+    # before this process starts Ray, whose idle servers would share the CPU with the command
+    result["cli_rtf"] = {str(s): cli_rtf(s, tmp) for s in CLI_SECONDS}
     connect(num_cpus=2)
     per_chunk = {}
     for shards in (1, 2):

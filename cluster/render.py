@@ -255,7 +255,7 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
     return done, n_seg
 
 
-def render(job: RenderJob, work_dir: Path | None = None, address: str | None = None, use_ray: bool = True,
+def render(job: RenderJob, work_dir: Path | None = None, address: str | None = None, use_ray: bool = False,
            progress: bool = True, engine: Engine | None = None, on_frames=None) -> dict:
     """Render `job` to job.out; returns {"out", "frames", "seconds"}. Resumes from the work directory.
 
@@ -305,7 +305,8 @@ def add_parser(sub) -> None:
     ref.add_argument("--identity", type=seed, default=0, metavar="N",
                      help="built-in synthetic identity: any whole number >= 0 (default 0)")
     p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="the face's emotion (default neutral)")
-    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (Ray actors)")
+    p.add_argument("--shards", type=positive_int, default=1,
+                   help="decoder shards (default 1); more than 1 run as Ray actors, a process each, unless --in-process")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="KV-cache policy (default: the preset's)")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped ones)")
     p.add_argument("--size", type=frame_size, default=256, help="frame size in pixels (default 256)")
@@ -313,20 +314,28 @@ def add_parser(sub) -> None:
                    help="seed of the generator's noise: the same seed gives the same frames (default 0)")
     p.add_argument("--work-dir", type=Path, default=None, help="where finished chunks go (default: next to -o)")
     p.add_argument("--checkpoint-every", type=positive_seconds, default=8.0, help="seconds between checkpoints")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
-    p.add_argument("--in-process", action="store_true", help="run the stages in this process, without Ray")
+    p.add_argument("--address", default=None,
+                   help="render on the Ray cluster at host:port (default: in this process, no Ray start-up; a local "
+                        "Ray only for --shards above 1)")
+    p.add_argument("--in-process", action="store_true",
+                   help="keep every stage in this process even with --shards above 1 (shards as threads)")
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     if (args.audio is None) == (args.say is None):
         raise InputError("give an AUDIO file or --say TEXT (one of the two)")
+    if args.in_process and args.address:
+        raise InputError("--in-process and --address contradict each other: give one of them")
+    # Ray only where the work needs it: a cluster, or decoder shards in processes of their own. Otherwise the
+    # pipeline runs in this process, and a render does not wait the seconds Ray takes to start.
+    use_ray = args.address is not None or (args.shards > 1 and not args.in_process)
     audio = args.audio if args.say is None else _say(args.say, args.voice, Path(args.out))
     job = RenderJob(str(audio), str(args.out), str(args.image) if args.image else None, args.identity,
                     args.emotion, args.shards, args.cache, str(args.weights) if args.weights else None, args.size,
                     args.seed, args.checkpoint_every)
     try:
-        result = render(job, args.work_dir, args.address, use_ray=not args.in_process)  # checks all, then starts
+        result = render(job, args.work_dir, args.address, use_ray=use_ray)  # checks all, then starts
     finally:
         if args.say is not None:
             audio.unlink(missing_ok=True)  # a rerun writes it again, the same to the job's fingerprint: it resumes

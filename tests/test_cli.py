@@ -74,7 +74,7 @@ def test_render_checks_everything_before_start_up(tmp_path, capsys, nothing_may_
         "unwritable_work_dir": [good, "--work-dir", "/proc/w"],
         "unreachable_address": [good, "--address", "127.0.0.1:9"],
     }[case]
-    code, err = _run(capsys, "render", *args, "-o", tmp_path / "o.mp4")  # the Ray path: nothing may start
+    code, err = _run(capsys, "render", *args, "-o", tmp_path / "o.mp4")  # nothing may start
     assert code == 2 and len(err) == 1 and "error" in err[0], err
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*"))
 
@@ -229,3 +229,28 @@ def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
     assert run.stdout.splitlines() == [f"{tmp_path / 'o.mp4'}: 25 frames, 1.0 s"]
     others = [line for line in run.stderr.replace("\r", "\n").splitlines() if line and not line.startswith("render:")]
     assert others == [], others
+
+
+# ---- issue 11.12: the fast path is the default: Ray only for --address, shards in processes, batch ---------------
+
+def test_render_runs_in_process_by_default_and_on_ray_only_when_asked(tmp_path, capsys, monkeypatch):
+    import ray
+
+    import cluster.render
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a plain render started Ray")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    code, err = _run(capsys, "render", audio, "-o", tmp_path / "o.mp4", "--size", "64")
+    assert code == 0 and err == [] and (tmp_path / "o.mp4").is_file()
+
+    asked = []
+    monkeypatch.setattr(cluster.render, "render", lambda job, work_dir, address, use_ray: asked.append(use_ray)
+                        or {"out": job.out, "frames": 0, "seconds": 0.0})
+    for flags in (["--shards", "2"], ["--shards", "2", "--in-process"], ["--address", "127.0.0.1:6379"], []):
+        assert _run(capsys, "render", audio, "-o", tmp_path / "p.mp4", *flags)[0] == 0
+    assert asked == [True, False, True, False]
+    code, err = _run(capsys, "render", audio, "-o", tmp_path / "p.mp4", "--in-process", "--address", "h:1")
+    assert code == 2 and "contradict" in err[0]
