@@ -207,13 +207,18 @@ def _emotion(name: str, device) -> torch.Tensor:
     return torch.full((1,), EMOTION_INDEX[name], dtype=torch.long, device=device)
 
 
+DEFAULT_SIZE = 256  # pixels: the default side of output frames
+
+
 class DecoderShard:
     """Motion latents -> RGB frames for a slice of each chunk; holds each session's cached identity features."""
 
     def __init__(self, weights=None, preset: str = "tiny", size: int | None = None, device: str = "cpu"):
         self.decoder = load_model("decoder", resolve_weights(weights, preset), preset, device, resolution=size)
         self.resolution = self.decoder.config.resolution
-        self.size = size or self.resolution  # output frames are resized when it differs from the decoder's
+        # Output frames are resized when their size differs from the decoder's; by default they are at least
+        # DEFAULT_SIZE (the shipped tiny decoder renders 128², upscaled to 256²).
+        self.size = size or max(self.resolution, DEFAULT_SIZE)
         self.sessions = _Sessions("DecoderShard")
 
     @torch.no_grad()

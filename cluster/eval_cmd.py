@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="length of the long generation for dynamics/drift (default 300 = 5 min; --quick 60)")
     p.add_argument("--quick", action="store_true",
                    help="a smaller run (2 clips of 8 s per source, a 60 s long generation): every key, in minutes")
-    p.add_argument("--size", type=frame_size, default=None, help="frame size (default: the decoder's)")
+    p.add_argument("--size", type=frame_size, default=None, help="frame size the frames are scored at, as `render` outputs them (default 256, or the "
+                        "decoder's if larger); a smaller decoder's frames are upscaled")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="default policy (default: the preset's)")
     p.add_argument("--json", type=output_file, default=None, help="write the report here")
     p.set_defaults(run=run)
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from actors.loading import load_model, resolve_weights
     from models.checkpoint import load_weights
+    from actors.stages import DEFAULT_SIZE
     from models.evaluate import Models, evaluate
     from models.meter import FaceMeter
     from models.presets import get_preset
@@ -53,10 +55,7 @@ def run(args: argparse.Namespace) -> int:
     models = Models(*(load_model(n, weights) for n in ("audio_encoder", "motion_generator", "motion_encoder",
                                                        "decoder")),
                     load_weights(weights, "probe", ProbeConfig, Probe)[0].eval().requires_grad_(False))
-    size = args.size or models.decoder.config.resolution
-    if size != models.decoder.config.resolution:
-        raise ActorcastError(f"--size {size} differs from the decoder's resolution "
-                             f"{models.decoder.config.resolution}; leave --size out")
+    size = args.size or max(models.decoder.config.resolution, DEFAULT_SIZE)
     cache = get_preset("tiny").cache
     if args.cache:
         cache = dataclasses.replace(cache, policy=args.cache, sink_frames=None)

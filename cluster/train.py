@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cluster.cli_args import positive_int
+from cluster.cli_args import frame_size, positive_int
 from models.errors import ActorcastError
 from models.train import STAGE_NAMES, TrainConfig, publish_export
 
@@ -231,6 +231,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of talking-head mp4s")
     p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
+    p.add_argument("--size", type=frame_size, default=None,
+                   help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: GPU if present")
     p.set_defaults(run=run)
 
@@ -241,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = get_stage(args.stage).defaults(args.preset)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+                                   "checkpoint_every": args.checkpoint_every, "size": args.size}.items()
+                 if v is not None}
     out = args.out or f"runs/{args.stage}-{args.preset}"
     # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.
     cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
