@@ -3,10 +3,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 # The lip-sync meter (MediaPipe Face Mesh) lives in its own venv: mediapipe 0.10.21 needs numpy<2 and the
-# project needs numpy 2. models/meter.py runs models/meter_worker.py with this venv's python.
+# project needs numpy 2. models/training/meter.py runs models/training/meter_worker.py with this venv's python.
 METER_VENV  ?= .venv-meter
 METER_STAMP := $(METER_VENV)/.installed-stamp
-METER_REQS  := models/meter-requirements.txt
+METER_REQS  := models/training/meter-requirements.txt
 # Ray binds and advertises 127.0.0.1 only (see cluster/ray_env.py); tests must never leave loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.data.media import read_audio  # noqa: E402
-from models.meter import FaceMeter  # noqa: E402
+from models.training.meter import FaceMeter  # noqa: E402
 from models.timebase import FPS, SAMPLES_PER_FRAME  # noqa: E402
 
 SILENCE_RMS = 0.01  # a frame whose audio RMS is below this counts as silence

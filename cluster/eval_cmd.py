@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from actors.loading import load_model, resolve_weights
     from models.checkpoint import load_weights
     from actors.stages import DEFAULT_SIZE
-    from models.evaluate import Models, evaluate
-    from models.meter import FaceMeter
+    from models.training.evaluate import Models, evaluate
+    from models.training.meter import FaceMeter
     from models.presets import get_preset
     from models.probe import Probe, ProbeConfig
 

@@ -1,6 +1,6 @@
 """`actorcast train`: DeepSpeed training of one stage on a Ray cluster (Ray Train data-parallel workers).
 
-Each Ray Train worker runs models.train.train_func with Ray's hooks: checkpoints (every rank's ZeRO shard) are
+Each Ray Train worker runs models.training.train.train_func with Ray's hooks: checkpoints (every rank's ZeRO shard) are
 reported to Ray Train and persisted under OUT/ray/; a worker that dies restarts from the latest checkpoint
 (FailureConfig), `--resume` continues a stopped run from its latest checkpoint, and the export of the final
 checkpoint (safetensors + JSON) is copied to OUT/.
@@ -21,7 +21,7 @@ from typing import Iterator
 
 from cluster.cli_args import frame_size, positive_int
 from models.errors import ActorcastError
-from models.train import STAGE_NAMES, TrainConfig, publish_export
+from models.training.train import STAGE_NAMES, TrainConfig, publish_export
 
 log = logging.getLogger(__name__)
 RUN_NAME = "run"
@@ -31,7 +31,7 @@ PROGRESS_FILE = "progress.jsonl"  # rank 0 appends each report; the driver print
 
 
 class RayHooks:
-    """models.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
+    """models.training.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
 
     def __init__(self, out_dir: str, resume_from: str | None = None):
         import ray.train
@@ -75,7 +75,7 @@ def _join_process_group(config: dict) -> None:
     import ray.train.collective
     from ray.util import get_node_ip_address
 
-    from models.train import bind_rendezvous, init_process_group
+    from models.training.train import bind_rendezvous, init_process_group
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -95,7 +95,7 @@ def worker_loop(config: dict) -> None:
     """The per-worker function of the trainer: everything comes in through `config`."""
     import torch
 
-    from models.train import train_func
+    from models.training.train import train_func
 
     if config["train"]["device"] == "cuda":
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
@@ -239,7 +239,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: build the TrainConfig from the stage defaults and the flags, then launch."""
-    from models.train_stages import get_stage
+    from models.training.stages import get_stage
 
     defaults = get_stage(args.stage).defaults(args.preset)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,

@@ -7,7 +7,8 @@ from models.data.face import feature_points, render, sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
 from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, new_pixel_loss, normalise_params
 from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-from models.train_stages import DecoderStage, new_pixels, param_pool, shut_params
+from models.training.common import param_pool
+from models.training.decoder_stage import DecoderStage, new_pixels, shut_params
 
 SIZE = 128
 IDS = [3, 11, 42]

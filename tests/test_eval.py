@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.evaluate import lip_lag, pearson
+from models.training.evaluate import lip_lag, pearson
 from tests.untrained import write_untrained_weights
 
 ROOT = Path(__file__).resolve().parent.parent

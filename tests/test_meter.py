@@ -10,7 +10,7 @@ from models.data.face import render
 from models.data.face_identity import sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
 from models.errors import ActorcastError
-from models.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable
+from models.training.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable
 
 IDENTITIES = [0, 1, 2, 3, 4, 5]
 # (jaw_open, blink) per row; blink closes both eyes.

@@ -10,7 +10,7 @@ import torch
 from cluster.train import launch
 from models.checkpoint import load_weights
 from models.probe import Probe, ProbeConfig
-from models.train import TrainConfig
+from models.training.train import TrainConfig
 from tests.netcheck import non_loopback_listeners
 
 ROOT = Path(__file__).resolve().parent.parent

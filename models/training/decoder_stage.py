@@ -1,12 +1,7 @@
-"""What each training stage trains, on which batches, how it is evaluated and exported (models/train.py runs them).
-
-A stage is a small object with: `defaults(preset)` (TrainConfig fields), `check(cfg)`, `build(cfg)` (an nn.Module
-whose forward(batch) returns (loss, metrics)), `batches(cfg, rank, world_size, start_step)` (a pure function of
-(seed, rank, step), so resumed runs see the same data), `evaluate(module, cfg)` and `export(module, dir, cfg, m)`.
-"""
+"""Stage `decoder`: the motion encoder and the video decoder, trained on cross-identity pairs (DESIGN.md "Training",
+stage 1), with the new-pixel mask and the true motion where the data is synthetic."""
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -16,37 +11,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.checkpoint import save_weights
-from models.data.dataset import SPLITS, identity_seed, performance_seed
 from models.data.face import render, sample_identities
-from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, neutral_params
-from models.data.performance import generate_performance
+from models.data.params import PARAM_INDEX, neutral_params
 from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss
 from models.errors import ConfigError
 from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-from models.probe import PROBE_PRESETS, Probe
+from models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
 
-POOL_CLIPS, POOL_SECONDS = 12, 10.0  # motion parameters drawn from 12 performances of 10 s (3,000 frames)
-UNIFORM_SHARE = 0.1  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach
-EVAL_BATCH = 16
 NEW_PIXEL_THRESHOLD = 0.08  # colour difference (of 1) that marks a pixel as new content, not a warp of the portrait
-
-
-def param_pool(split: str, seed: int) -> torch.Tensor:
-    """(N, 16) motion parameters from performances of `split`, deterministic by seed."""
-    seeds = SPLITS[split]
-    rng = np.random.default_rng([seed, 0xB001])
-    clips = seeds.start + rng.choice(min(len(seeds), 10 ** 6), POOL_CLIPS, replace=False)
-    return torch.cat([generate_performance(performance_seed(int(s)), POOL_SECONDS).params for s in clips])
-
-
-def draw_params(pool: torch.Tensor, rng: np.random.Generator, n: int) -> torch.Tensor:
-    """n rows: most from the pool, a share uniform over the parameter ranges."""
-    rows = pool[torch.from_numpy(rng.integers(0, len(pool), n))]
-    low = np.array([r[0] for r in PARAM_RANGES])
-    high = np.array([r[1] for r in PARAM_RANGES])
-    uniform = torch.from_numpy(rng.uniform(low, high, (n, N_PARAMS)).astype(np.float32))
-    pick = torch.from_numpy(rng.random(n) < UNIFORM_SHARE)
-    return torch.where(pick[:, None], uniform, rows)
 
 
 def shut_params(params: torch.Tensor) -> torch.Tensor:
@@ -61,24 +33,6 @@ def new_pixels(frame: torch.Tensor, shut: torch.Tensor) -> torch.Tensor:
     NEW_PIXEL_THRESHOLD in any channel (inner mouth, teeth, lowered lip and chin, eyelids), grown by one pixel."""
     differs = ((frame - shut).abs().amax(dim=1, keepdim=True) > NEW_PIXEL_THRESHOLD).float()
     return F.max_pool2d(differs, 3, stride=1, padding=1)
-
-
-def draw_identities(split: str, rng: np.random.Generator, n: int) -> list[int]:
-    """n identity seeds of clips drawn from `split`."""
-    seeds = SPLITS[split]
-    return [identity_seed(int(seeds.start + s)) for s in rng.integers(0, len(seeds), n)]
-
-
-def step_rng(cfg, rank: int, step: int) -> np.random.Generator:
-    return np.random.default_rng([cfg.seed, rank, step])
-
-
-def write_summary(directory: Path, cfg, metrics: dict) -> None:
-    """Beside the weights: the training config and its final metrics (what produced these weights)."""
-    path = directory / f"{cfg.stage}_train.json"
-    info = {"config": dataclasses.asdict(cfg), "metrics": {k: v for k, v in metrics.items()
-                                                         if isinstance(v, (int, float))}}
-    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 class DecoderTrainer(nn.Module):
@@ -197,73 +151,3 @@ def _folder_batches(cfg, rank: int, start_step: int, size: int) -> Iterator[dict
         frames = torch.stack([c.frames[rng.integers(0, len(c.frames))] for c in picks])
         refs = torch.stack([c.reference for c in picks])
         yield {"frame_a": frames, "ref_b": refs, "target_b": frames}
-
-
-class ProbeTrainer(nn.Module):
-    """Stage `probe`: regress the 16 motion parameters from rendered frames (normalised MSE)."""
-
-    def __init__(self, preset: str):
-        super().__init__()
-        self.config = PROBE_PRESETS[preset]
-        self.probe = Probe(self.config)
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        pred = self.probe.forward_normalised(batch["frames"])
-        error = (pred - self.probe.normalise(batch["params"])).square()  # (B, 16)
-        return error.mean(), {"jaw_mse": error[:, 0].mean().detach()}
-
-
-class ProbeStage:
-    """The evaluation probe: trained only on rendered frames with their ground-truth parameters."""
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        return {"steps": 3000, "batch_size": 16, "lr": 2e-3, "checkpoint_every": 500}
-
-    @staticmethod
-    def check(cfg) -> None:
-        if cfg.data != "synthetic":
-            raise ConfigError("the probe trains on synthetic renders only (it needs ground-truth parameters); "
-                              "drop --data")
-
-    @staticmethod
-    def build(cfg) -> nn.Module:
-        return ProbeTrainer(cfg.preset)
-
-    @staticmethod
-    def _batch(split: str, pool: torch.Tensor, rng: np.random.Generator, n: int, size: int) -> dict:
-        params = draw_params(pool, rng, n)
-        return {"frames": render(sample_identities(draw_identities(split, rng, n)), params, size), "params": params}
-
-    @classmethod
-    def batches(cls, cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
-        size = cfg.size or DECODER_PRESETS[cfg.preset].resolution
-        pool = param_pool("train", cfg.seed)
-        for step in range(start_step + 1, 10 ** 12):
-            yield cls._batch("train", pool, step_rng(cfg, rank, step), cfg.batch_size, size)
-
-    @classmethod
-    @torch.no_grad()
-    def evaluate(cls, module: nn.Module, cfg) -> dict:
-        """Correlation of probe-read vs true jaw_open, and mean absolute error per parameter, held out."""
-        size = cfg.size or DECODER_PRESETS[cfg.preset].resolution
-        batch = cls._batch("heldout", param_pool("heldout", 0), np.random.default_rng(11), 4 * EVAL_BATCH, size)
-        device = next(module.parameters()).device
-        pred = module.probe(batch["frames"].to(device)).float().cpu()
-        jaw_r = float(np.corrcoef(pred[:, 0].numpy(), batch["params"][:, 0].numpy())[0, 1])
-        return {"eval_jaw_r": jaw_r, "eval_mae": float((pred - batch["params"]).abs().mean())}
-
-    @staticmethod
-    def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
-        save_weights(directory, "probe", module.probe, module.config, {"preset": cfg.preset})
-        write_summary(directory, cfg, metrics)
-
-
-def get_stage(name: str):
-    """The stage object for a stage name."""
-    from models.train_motion import MotionStage
-
-    STAGES = {"decoder": DecoderStage, "motion": MotionStage, "probe": ProbeStage}
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; use one of {', '.join(STAGES)}")
-    return STAGES[name]

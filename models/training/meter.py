@@ -3,7 +3,7 @@
 Nobody here trained it, so it is an independent reader of generated frames. mediapipe 0.10.21 needs numpy<2,
 so it runs in its own venv (`.venv-meter`, built by `make install`) as a subprocess:
 
-    frames (N, H, W, 3) uint8 --np.save--> tmp/chunk_*.npy --.venv-meter/bin/python models/meter_worker.py-->
+    frames (N, H, W, 3) uint8 --np.save--> tmp/chunk_*.npy --.venv-meter/bin/python models/training/meter_worker.py-->
     tmp/out.npz --np.load--> MeterReading
 
 One worker call reads one video sequence (its face tracking carries across the chunks); the frames go to disk
@@ -23,7 +23,7 @@ import torch
 
 from models.errors import ActorcastError, InputError
 
-ROOT = Path(__file__).resolve().parent.parent           # the repository root, where `make install` runs
+ROOT = Path(__file__).resolve().parents[2]         # the repository root, where `make install` runs
 WORKER = Path(__file__).with_name("meter_worker.py")
 METER_PYTHON_ENV = "ACTORCAST_METER_PYTHON"
 CHUNK_FRAMES = 2000                                      # frames per .npy handed to the worker (~390 MB at 256²)

@@ -21,6 +21,7 @@ from models.errors import ConfigError
 from models.motion import MotionGenerator, diffusion_forcing_loss
 from models.motion_ae import MotionAEConfig, MotionEncoder
 from models.presets import get_preset
+from models.training.common import write_summary
 from models.timebase import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ class MotionStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
-        from models.train_stages import write_summary
-
         save_weights(directory, "audio_encoder", module.audio, module.audio_config, {"preset": cfg.preset})
         save_weights(directory, "motion_generator", module.generator, module.motion_config, {"preset": cfg.preset})
         write_summary(directory, cfg, metrics)

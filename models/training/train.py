@@ -180,7 +180,7 @@ def train_func(cfg: TrainConfig, hooks) -> dict:
     """Train one stage: returns the final metrics (and exports weights to cfg.out_dir on rank 0)."""
     import deepspeed
 
-    from models.train_stages import get_stage
+    from models.training.stages import get_stage
 
     # 1. Set-up: seed, the stage's trainable module (its forward returns loss + metrics), DeepSpeed engine.
     _ensure_distributed()

@@ -1,6 +1,6 @@
 """The quality measures of DESIGN.md "Measures", computed on held-out clips with the trained models.
 
-Lip-sync is read off generated *frames* by the independent meter (MediaPipe Face Mesh, models/meter.py), which
+Lip-sync is read off generated *frames* by the independent meter (MediaPipe Face Mesh, models/training/meter.py), which
 nobody here trained: lip-sync r is the Pearson correlation of the truth (true jaw_open on synthetic clips, the
 phoneme-derived openness on espeak speech) with the meter's mouth opening; lip lag is the cross-correlation
 peak, in frames. Beside every figure stands the meter's own ceiling on the ground-truth frames, the decoder's
@@ -21,7 +21,7 @@ from models.data.dataset import HELDOUT_START, identity_seed, make_clip
 from models.data.face import render, sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
 from models.kv_cache import POLICY_NAMES, CacheConfig
-from models.meter import FaceMeter, MeterReading
+from models.training.meter import FaceMeter, MeterReading
 from models.sampling import SamplerConfig, generate
 
 log = logging.getLogger(__name__)
