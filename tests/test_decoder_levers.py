@@ -63,18 +63,44 @@ def test_region_l1_weighs_the_mouth_like_the_whole_frame():
     pred = target.clone()
     pred[..., 40:44, 28:36] = 0.0  # wrong only inside the mouth
     logit = torch.zeros(1, 1, 64, 64)
-    loss, parts = new_pixel_loss(pred, logit, target, mask, DECODER_PRESETS["tiny"])
+    loss, parts = new_pixel_loss(pred, logit, pred, target, mask, DECODER_PRESETS["tiny"])
     whole_frame_l1 = float((pred - target).abs().mean())
     assert float(parts["region_l1"]) > 100 * whole_frame_l1 and abs(float(parts["region_l1"]) - 0.5) < 1e-6
     # The blend term prefers painting (logit < 0) inside the new pixels and warping (logit > 0) elsewhere.
     right = torch.where(mask > 0, -5.0, 5.0)
-    assert float(new_pixel_loss(pred, right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"]) < \
-        0.05 * float(new_pixel_loss(pred, -right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+    assert float(new_pixel_loss(pred, right, pred, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"]) < \
+        0.05 * float(new_pixel_loss(pred, -right, pred, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
     # Balanced between the classes: a mask that warps everywhere, never painting the 0.8 % of new pixels, costs
     # as much as half of a mask that is wrong everywhere (a plain mean would call it 99 % right).
     warp_everywhere = torch.full_like(logit, 5.0)
-    bce = float(new_pixel_loss(pred, warp_everywhere, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
-    assert bce > 0.45 * float(new_pixel_loss(pred, -right, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+    bce = float(new_pixel_loss(pred, warp_everywhere, pred, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+    assert bce > 0.45 * float(new_pixel_loss(pred, -right, pred, target, mask, DECODER_PRESETS["tiny"])[1]["blend_bce"])
+
+
+def test_painted_branch_learns_the_mouth_even_where_the_mask_still_warps():
+    torch.manual_seed(0)
+    config = DECODER_PRESETS["tiny"].__class__(resolution=64)
+    decoder = VideoDecoder(config)
+    frames, _ = frames_with(jaw_open=1.0)
+    frames = torch.nn.functional.interpolate(frames, size=64, mode="area")
+    mask = torch.zeros(len(frames), 1, 64, 64)
+    mask[..., 40:44, 28:36] = 1
+    z = torch.zeros(len(frames), config.d_motion)
+
+    def paint_gradient(loss_of) -> float:
+        """|d loss / d weights| of the painted RGB channels of the last conv."""
+        decoder.zero_grad()
+        pred, logit, painted = decoder.render(decoder.encode_reference(frames), z)
+        loss_of(pred, logit, painted).backward()
+        return float(decoder.to_rgb.weight.grad.view(4, 4, *decoder.to_rgb.weight.shape[1:])[:3].abs().sum())
+
+    _, logit, painted = decoder.render(decoder.encode_reference(frames), z)
+    assert float(torch.sigmoid(logit.detach()).min()) > 0.8  # an untrained mask keeps the warped portrait everywhere
+    assert float(new_pixel_loss(painted, logit, painted, frames, mask, config)[1]["paint_l1"].detach()) > 0.05
+    with_paint = paint_gradient(lambda p, lg, q: new_pixel_loss(p, lg, q, frames, mask, config)[0])
+    frame_only = paint_gradient(lambda p, lg, q: ((p - frames).abs() * mask).sum() / (3 * mask.sum())
+                                + config.blend_weight * new_pixel_loss(p, lg, q, frames, mask, config)[1]["blend_bce"])
+    assert with_paint > 3 * frame_only  # the painted pixels get their own gradient, not only what the mask lets by
 
 
 def test_latent_regresses_the_true_motion_where_it_is_known():
