@@ -142,7 +142,6 @@ def test_render_say_writes_a_video_as_long_as_the_speech(tmp_path):
     assert main(["render", "--say", text, "-o", str(out), "--in-process", "--size", "64"]) == 0
     speech = tts.speak(text).seconds
     with av.open(str(out)) as c:
-        video = c.streams.video[0]
         n_frames = sum(1 for _ in c.decode(video=0))
     assert n_frames == math.ceil(speech * SAMPLE_RATE / SAMPLES_PER_FRAME)
     assert abs(n_frames / 25 - speech) < 1 / 25
