@@ -92,12 +92,15 @@ def ray_logs_note() -> str | None:
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join Ray if this process has not: the cluster at `address`, or a local one bound to loopback only."""
+    if address is None:
+        # Every Ray server binds 127.0.0.1. Ray reads this once, when it is first imported, so it is set before:
+        # set after, a local start looked for the machine's address by probing a public one instead.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
     if ray.is_initialized():
         return
     if address is None:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray server binds 127.0.0.1
         with _ray_lines_to_file():
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return

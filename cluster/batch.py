@@ -90,8 +90,6 @@ def run_job(job: RenderJob) -> dict:
 def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_per_job: float = 1.0) -> list[dict]:
     """Run every job of `jobs_file` as Ray tasks (Ray starts, or joins `address`, only when a job is left to
     run); returns one status row per job, in file order."""
-    import ray
-
     from cluster.ray_env import connect
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +105,9 @@ def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_p
         else:
             todo.append((name, job))
     if todo:
-        connect(address)
+        connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
+        import ray
+
         remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=2)
         pending = {remote.remote(job): (name, job) for name, job in todo}
     total = len(jobs)

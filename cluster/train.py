@@ -182,15 +182,16 @@ def check_inputs(cfg: TrainConfig, resume: bool) -> Path | None:
 
 def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) -> dict:
     """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics."""
-    import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
     from cluster.ray_env import connect
 
     out = Path(cfg.out_dir).resolve()
     storage = out / "ray"
     resume_from = check_inputs(cfg, resume)
-    connect(address)
+    connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
+    import ray
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
     use_gpu = cfg.resolved_device() == "cuda" or (cfg.device == "auto" and
                                                   ray.cluster_resources().get("GPU", 0) >= 1)
     check_capacity(workers, use_gpu)

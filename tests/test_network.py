@@ -37,3 +37,21 @@ def test_ss_agrees_no_ray_port_off_loopback(ray_local):
         local = line.split()[3]
         host = local.rsplit(":", 1)[0].strip("[]")
         assert host.startswith("127.") or host in ("::ffff:127.0.0.1", "::1"), line
+
+
+def test_a_local_start_binds_loopback_without_the_makefiles_environment():
+    """`actorcast` run outside make has no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER in its environment: the local Ray must
+    still advertise 127.0.0.1 (Ray reads the switch once, at import, so it must be set before Ray is imported)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    code = ("from actors.engine import ensure_ray; ensure_ray(num_cpus=1); import ray; "
+            "from ray._private import ray_constants; "
+            "print(ray.util.get_node_ip_address(), ray_constants.ENABLE_RAY_CLUSTER); ray.shutdown()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["127.0.0.1", "False"]
