@@ -75,8 +75,9 @@ def main() -> None:
     first, last = int(args.start * FPS), min(n, int((args.start + args.seconds) * FPS))
     shown = list(range(first, last, args.step))
     crops = mouth_crops(frames[shown], reading.landmarks[shown], half=max(12, frames.shape[1] // 10))
-    fig = plt.figure(figsize=(14, 5.2))
-    grid = fig.add_gridspec(3, 1, height_ratios=[1, 1, 1.3], hspace=0.35)
+    rows = -(-len(shown) // 20)
+    fig = plt.figure(figsize=(14, 3.6 + 0.75 * rows))
+    grid = fig.add_gridspec(3, 1, height_ratios=[1, 1, 0.55 * rows], hspace=0.35)
     t_audio = np.arange(first * SAMPLES_PER_FRAME, last * SAMPLES_PER_FRAME) / (FPS * SAMPLES_PER_FRAME)
     ax = fig.add_subplot(grid[0])
     ax.plot(t_audio, audio[first * SAMPLES_PER_FRAME:last * SAMPLES_PER_FRAME], lw=0.4, color="0.3")
@@ -89,7 +90,10 @@ def main() -> None:
     ax.set_ylabel("mouth open")
     ax.set_xlabel("seconds")
     ax = fig.add_subplot(grid[2])
-    ax.imshow(np.concatenate(crops, axis=1))
+    per_row = 20  # crops per row of the strip, left to right then down
+    crops += [np.zeros_like(crops[0])] * (-len(crops) % per_row)
+    ax.imshow(np.concatenate([np.concatenate(crops[i:i + per_row], axis=1)
+                              for i in range(0, len(crops), per_row)], axis=0))
     ax.set_axis_off()
     tmp = args.out / ".sheet.png.part"
     fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
