@@ -1,7 +1,7 @@
 """A picture of a rendered video talking: its waveform, the meter's mouth opening, and mouth crops over time.
 
     python bench/sheet.py VIDEO.mp4 --out DIR [--start S] [--seconds S] [--step N]
-        → DIR/sheet.png and DIR/sheet.json (the meter's mouth opening per frame, and its span in speech and silence)
+        → DIR/sheet.png and DIR/sheet.json (the meter's mouth-opening span and mean, in speech and in silence)
 
 A look at the crops tells in a second whether the avatar talks: the mouth should open on vowels and shut in the
 silences the waveform shows. The mouth is located by the meter's landmarks (inner lips 13/14, corners 78/308).
@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.data.media import read_audio  # noqa: E402
+from models.training.evaluate import span  # noqa: E402
 from models.training.meter import FaceMeter  # noqa: E402
 from models.timebase import FPS, SAMPLES_PER_FRAME  # noqa: E402
 
@@ -68,10 +69,6 @@ def main() -> None:
     speech = rms >= SILENCE_RMS
     mouth = reading.mouth_open
 
-    def spread(values: np.ndarray) -> float:
-        values = values[np.isfinite(values)]
-        return float(np.percentile(values, 95) - np.percentile(values, 5)) if len(values) > 1 else 0.0
-
     first, last = int(args.start * FPS), min(n, int((args.start + args.seconds) * FPS))
     shown = list(range(first, last, args.step))
     crops = mouth_crops(frames[shown], reading.landmarks[shown], half=max(12, frames.shape[1] // 10))
@@ -99,7 +96,7 @@ def main() -> None:
     fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     os.replace(tmp, args.out / "sheet.png")
     result = {"video": str(args.video), "frames": n, "meter_missing": int(reading.n_missing),
-              "mouth_open_span_speech": spread(mouth[speech]), "mouth_open_span_silence": spread(mouth[~speech]),
+              "mouth_open_span_speech": span(mouth[speech]), "mouth_open_span_silence": span(mouth[~speech]),
               "mouth_open_mean_speech": float(np.nanmean(mouth[speech])) if speech.any() else 0.0,
               "mouth_open_mean_silence": float(np.nanmean(mouth[~speech])) if (~speech).any() else 0.0}
     (args.out / "sheet.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -6,8 +6,8 @@ affine part (the head's translation, scale and rotation) plus a dense local flow
 reference's coarse features and a z-driven spatial map, upsampled to every level, which warps the reference
 features with `F.grid_sample`, and (2) FiLM scale/shift of every decoder conv. The output blends the portrait
 itself, warped at full resolution (sharp detail), with generated pixels (an opening mouth, disocclusions) through
-a predicted mask. Losses (L1 + multi-scale SSIM + a small latent regulariser) and the cross-identity training
-step live here too.
+a predicted mask. Losses (L1 + multi-scale SSIM + a small latent regulariser; on synthetic data also the
+new-pixel terms and the regression of the true motion) and the cross-identity training step live here too.
 """
 
 from dataclasses import dataclass
