@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import load_weights
     from actors.stages import DEFAULT_SIZE
     from models.training.evaluate import Models, evaluate
+    from models.training.motion_stage import encoder_latent_kind
     from models.training.meter import FaceMeter
     from models.presets import get_preset
     from models.probe import Probe, ProbeConfig
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     models = Models(*(load_model(n, weights) for n in ("audio_encoder", "motion_generator", "motion_encoder",
                                                        "decoder")),
-                    load_weights(weights, "probe", ProbeConfig, Probe)[0].eval().requires_grad_(False))
+                    load_weights(weights, "probe", ProbeConfig, Probe)[0].eval().requires_grad_(False),
+                    encoder_latent_kind(weights))
     size = args.size or max(models.decoder.config.resolution, DEFAULT_SIZE)
     cache = get_preset("tiny").cache
     if args.cache:

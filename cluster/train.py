@@ -234,6 +234,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
+    p.add_argument("--latent", default="auto", choices=("auto", "params", "encoder"),
+                   help="decoder stage: what drives the decoder while it learns. params: the true motion parameters "
+                        "(normalised) as the first latent dimensions, the rest zero, and the motion encoder learns "
+                        "to regress them beside it; encoder: the motion encoder's output, trained jointly (the only "
+                        "choice for --data FOLDER). auto (default): params on synthetic data")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: GPU if present")
     p.set_defaults(run=run)
 
@@ -249,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{args.stage}-{args.preset}"
     # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.
     cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
-                         "data": args.data, "weights": args.weights, "device": args.device})
+                         "data": args.data, "weights": args.weights, "device": args.device,
+                         "latent": args.latent})
     get_stage(args.stage).check(cfg)
     metrics = launch(cfg, args.workers, args.resume, args.address)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

@@ -1,6 +1,7 @@
 """The decoder-training levers that make the mouth and eyes render: each test fails without its lever."""
 
 import numpy as np
+import pytest
 import torch
 
 from models.data.face import feature_points, render, sample_identities
@@ -117,3 +118,65 @@ def test_latent_regresses_the_true_motion_where_it_is_known():
     assert encoder.head.weight.grad[:16].abs().sum() > 0
     n = normalise_params(params)
     assert n.min() >= -1 and n.max() <= 1 and torch.allclose(n[:, PARAM_INDEX["jaw_open"]], torch.tensor(0.6))
+
+
+def test_params_mode_drives_the_decoder_with_the_true_motion_and_trains_the_encoder_apart():
+    """`--latent params`: the decoder renders from the normalised true parameters (free dims near zero), and the
+    encoder's loss reaches only the encoder; the decoder's loss does not depend on the encoder at all."""
+    from models.training.decoder_stage import FREE_NOISE, DecoderTrainer, param_latent
+
+    torch.manual_seed(0)
+    trainer = DecoderTrainer("tiny", 64, latent="params")
+    batch = DecoderStage._pairs("train", param_pool("train", 0), np.random.default_rng(5), 4, 64)
+    batch["noise_seed"] = torch.tensor([3])
+    seen = []
+    render_fn = trainer.decoder.render
+    trainer.decoder.render = lambda identity, z: seen.append(z) or render_fn(identity, z)
+    loss, metrics = trainer(batch)
+    z = seen[0]
+    assert torch.equal(z[:, :16], normalise_params(batch["params"]))
+    assert 0 < z[:, 16:].abs().max() < 6 * FREE_NOISE  # noise the decoder learns to ignore, no motion there
+    assert torch.equal(param_latent(batch["params"], 32)[:, 16:], torch.zeros(4, 16))
+    loss.backward()
+    assert trainer.encoder.head.weight.grad.abs().sum() > 0 and "encoder_mse" in metrics
+    # Perturbing the encoder changes nothing the decoder sees: its frames come from the true motion only.
+    with torch.no_grad():
+        trainer.encoder.head.bias.add_(5.0)
+    seen.clear()
+    trainer(batch)
+    assert torch.equal(seen[0], z)
+
+
+def test_params_mode_needs_synthetic_data(tmp_path):
+    from models.errors import ConfigError
+    from models.training.train import TrainConfig
+
+    cfg = TrainConfig(stage="decoder", data=str(tmp_path), latent="params")
+    with pytest.raises(ConfigError, match="--latent params needs the synthetic data set"):
+        DecoderStage.check(cfg)
+    assert TrainConfig(stage="decoder", data=str(tmp_path)).resolved_latent() == "encoder"
+    assert TrainConfig(stage="decoder").resolved_latent() == "params"
+
+
+def test_motion_stage_and_eval_use_the_true_motion_of_a_params_decoder(tmp_path):
+    """A decoder trained on the true parameters is exported unfolded with meta latent=params; the motion stage then
+    learns the clips' true motion (z_ref still from the encoder, as at inference), and eval's ceiling decodes it."""
+    from models.checkpoint import save_weights
+    from models.data.dataset import HELDOUT_START, make_clip
+    from models.training.decoder_stage import param_latent
+    from models.training.evaluate import Models, true_motion
+    from models.training.motion_stage import encode_clips, encoder_latent_kind, load_motion_encoder
+
+    encoder = MotionEncoder(MOTION_AE_PRESETS["tiny"])
+    save_weights(tmp_path, "motion_encoder", encoder, encoder.config, {"preset": "tiny", "latent": "params"})
+    assert encoder_latent_kind(str(tmp_path)) == "params"
+    loaded = load_motion_encoder(str(tmp_path))
+    data = encode_clips(loaded, [HELDOUT_START + 3], 1.0, 64, ["babble"], "params")
+    clip = make_clip(HELDOUT_START + 3, 1.0, size=64)
+    assert torch.equal(data["z"][0], param_latent(clip.params, 32))
+    with torch.no_grad():
+        assert torch.allclose(data["z_ref"][0], loaded(clip.reference[None])[0], atol=1e-5)
+    models = Models(None, None, loaded, VideoDecoder(DECODER_PRESETS["tiny"]), None, latent="params")
+    assert torch.equal(true_motion(models, clip), param_latent(clip.params, 32))
+    save_weights(tmp_path, "motion_encoder", encoder, encoder.config, {"preset": "tiny"})
+    assert encoder_latent_kind(str(tmp_path)) == "encoder"  # exports from before the option

@@ -45,6 +45,7 @@ class Models:
     encoder: torch.nn.Module
     decoder: torch.nn.Module
     probe: torch.nn.Module
+    latent: str = "encoder"  # what the decoder was trained on: 'params' (the true motion) or 'encoder'
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,6 +102,17 @@ def encode(models: Models, frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def true_motion(models: Models, clip) -> torch.Tensor:
+    """The ground-truth motion latents (T, d) of a clip, in the decoder's own latent: the normalised true parameters
+    for a decoder trained on them, else the motion encoder's reading of the clip's frames."""
+    from models.training.decoder_stage import param_latent
+
+    if models.latent == "params":
+        return param_latent(clip.params, models.decoder.config.d_motion)
+    return encode(models, clip.frames)
+
+
+@torch.no_grad()
 def generate_motion(models: Models, audio: torch.Tensor, reference: torch.Tensor, emotion: int,
                     policy: CacheConfig, seed: int) -> torch.Tensor:
     """Motion latents (T, d) from audio (N,) and the reference portrait alone."""
@@ -139,9 +151,11 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
         read.truth.append(clip.params[:, JAW].numpy())
         read.blink.append(clip.params[:, BLINKS].mean(1).numpy())
         read.add("ground_truth", meter.read(clip.frames))
-        ceiling = decode(models, clip.reference, encode(models, clip.frames))
+        ceiling = decode(models, clip.reference, true_motion(models, clip))
         mse.append(float((ceiling - clip.frames).square().mean()))
         read.add("ceiling", meter.read(ceiling))
+        if models.latent == "params":  # the motion encoder's reading of the frames, through the decoder
+            read.add("encoded", meter.read(decode(models, clip.reference, encode(models, clip.frames))))
         probe_jaw["ceiling"].append(probe_read(models, ceiling)[:, JAW].numpy())
         for name, audio in (("model", clip.audio), ("floor", torch.zeros_like(clip.audio))):
             frames = decode(models, clip.reference,
@@ -153,6 +167,7 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
     r = {name: pearson(truth, read.mouth(name)) for name in read.parts}
     result = {"meter_r_ground_truth": r["ground_truth"], "lipsync_r_ceiling": r["ceiling"],
               "lipsync_r": r["model"], "lipsync_r_floor": r["floor"],
+              **({"lipsync_r_encoded": r["encoded"]} if "encoded" in r else {}),
               "lip_lag_frames": lip_lag(truth, read.mouth("model")),
               # Eyes close as blink rises: report the correlation of blink with eye *closure* (minus openness).
               "blink_r_ground_truth": pearson(blink, -read.eyes("ground_truth")),

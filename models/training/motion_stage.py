@@ -1,5 +1,9 @@
-"""Stage `motion`: the audio encoder + diffusion-forcing motion generator, on latents of the trained motion encoder.
+"""Stage `motion`: the audio encoder + diffusion-forcing motion generator, in the latent of the trained decoder.
 
+The latent of each clip frame depends on how the decoder stage trained (`latent` in its export's meta):
+- `params`: the decoder reads the normalised true motion (`param_latent`), so the clip's own parameters are the
+  target, exact; only the reference's latent `z_ref` comes from the motion encoder, as it does at inference;
+- `encoder`: every frame is rendered and encoded by the motion encoder.
 Latents are computed once per (encoder weights, clip set) and cached on disk beside the run (DESIGN.md "Training":
 "latents computed once and cached"); each rank computes and caches only its own shard of clips.
 """
@@ -15,8 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.audio import AudioEncoder
-from models.checkpoint import load_weights, save_weights
-from models.data.dataset import SPLITS, make_clip
+from models.checkpoint import load_weights, read_header, save_weights
+from models.data.dataset import SPLITS, identity_seed, make_clip
+from models.data.face import render, sample_identities
+from models.data.params import neutral_params
 from models.errors import ConfigError
 from models.motion import MotionGenerator, diffusion_forcing_loss
 from models.motion_ae import MotionAEConfig, MotionEncoder
@@ -36,6 +42,11 @@ def load_motion_encoder(weights: str) -> MotionEncoder:
     return encoder.eval()
 
 
+def encoder_latent_kind(weights: str) -> str:
+    """'params' or 'encoder': what the decoder of a decoder-stage export was trained on (older exports: encoder)."""
+    return read_header(weights, "motion_encoder").get("meta", {}).get("latent", "encoder")
+
+
 def clip_sources(n: int, tts_share: float) -> list[str]:
     """The speech source of each of n clips: `tts_share` of them espeak-ng, spread evenly, the rest babble."""
     return ["tts" if int((i + 1) * tts_share) > int(i * tts_share) else "babble" for i in range(n)]
@@ -43,15 +54,25 @@ def clip_sources(n: int, tts_share: float) -> list[str]:
 
 @torch.no_grad()
 def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float, size: int,
-                 sources: list[str] | None = None) -> dict:
-    """Render clips at `size` (what the encoder sees at inference), encode every frame:
-    {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}."""
+                 sources: list[str] | None = None, latent: str = "encoder") -> dict:
+    """The clips' latents: {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}. z_ref is the
+    encoder's reading of the reference rendered at `size` (what it sees at inference); z is the encoder's reading
+    of every frame (`latent='encoder'`) or the true motion (`latent='params'`)."""
+    from models.training.decoder_stage import param_latent
+
+    d_motion = encoder.config.d_motion
     zs, refs, pcms, emotions = [], [], [], []
     for seed, source in zip(seeds, sources or ["babble"] * len(seeds)):
-        clip = make_clip(seed, seconds, size=size, source=source)
-        z = torch.cat([encoder(clip.frames[i:i + ENCODE_BATCH]) for i in range(0, len(clip.frames), ENCODE_BATCH)])
-        zs.append(z)
-        refs.append(encoder(clip.reference[None])[0])
+        if latent == "params":
+            clip = make_clip(seed, seconds, size=None, source=source)
+            reference = render(sample_identities([identity_seed(seed)]), neutral_params(1), size)
+            zs.append(param_latent(clip.params, d_motion))
+        else:
+            clip = make_clip(seed, seconds, size=size, source=source)
+            reference = clip.reference[None]
+            zs.append(torch.cat([encoder(clip.frames[i:i + ENCODE_BATCH])
+                                 for i in range(0, len(clip.frames), ENCODE_BATCH)]))
+        refs.append(encoder(reference)[0])
         pcms.append(clip.audio)
         emotions.append(clip.emotion)
     return {"z": torch.stack(zs), "z_ref": torch.stack(refs), "pcm": torch.stack(pcms),
@@ -75,7 +96,8 @@ def latent_cache(cfg, rank: int, world_size: int, split: str = "train", n_clips:
     log.info("encoding %d %s clips of %.1f s, %d of them espeak speech (once; cached at %s)", len(mine), split,
              cfg.clip_seconds, sources.count("tts"), path)
     size = cfg.size or get_preset(cfg.preset).decoder.resolution
-    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds, size, sources)
+    data = encode_clips(load_motion_encoder(cfg.weights), mine, cfg.clip_seconds, size, sources,
+                        encoder_latent_kind(cfg.weights))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     torch.save(data, tmp)

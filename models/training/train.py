@@ -54,6 +54,7 @@ class TrainConfig:
     clip_seconds: float = 8.0      # motion stage: length of each clip
     window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
     tts_share: float = 0.5         # motion stage: share of clips spoken by espeak-ng (the rest formant babble)
+    latent: str = "auto"           # decoder stage: params | encoder | auto (params on synthetic data)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
 
@@ -65,6 +66,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.tts_share <= 1.0:
             raise ConfigError(f"tts_share must be in [0, 1], got {self.tts_share}")
+        if self.latent not in ("auto", "params", "encoder"):
+            raise ConfigError(f"latent must be auto, params or encoder, got {self.latent!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0..3, got {self.zero_stage}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -79,7 +82,14 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The fields a resumed run must share with the run it continues."""
-        return {"stage": self.stage, "preset": self.preset, "batch_size": self.batch_size, "seed": self.seed}
+        return {"stage": self.stage, "preset": self.preset, "batch_size": self.batch_size, "seed": self.seed,
+                "latent": self.resolved_latent()}
+
+    def resolved_latent(self) -> str:
+        """What drives the decoder in the decoder stage: the true parameters (synthetic data) or the encoder."""
+        if self.latent == "auto":
+            return "params" if self.data == "synthetic" else "encoder"
+        return self.latent
 
 
 class LocalHooks:
