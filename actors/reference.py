@@ -1,6 +1,7 @@
-"""Reference portraits: a synthetic identity by seed, or an image file (checked, cropped square, resized)."""
+"""Reference portraits: a synthetic identity by seed, or a picture (decoded upright, checked; framed by framing.py)."""
 
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -35,27 +36,47 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist or is not a file: check the path")
+    return decode_image(str(path), str(path), max_pixels)
+
+
+def decode_image(source: str | BinaryIO, what: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a picture (a path or a file object of png, jpeg, webp, ...) to upright (H, W, 3) uint8 RGB;
+    InputError naming `what` for non-images, corrupt files and pictures over `max_pixels`."""
     try:
-        container = av.open(str(path))
+        container = av.open(source)
     except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not an image PyAV can read ({e.__class__.__name__}): give a png or jpeg") from None
+        raise InputError(f"{what} is not an image PyAV can read ({e.__class__.__name__}): give a png or jpeg") from None
     with container:
         if not container.streams.video:
-            raise InputError(f"{path} holds no image: give a png or jpeg portrait")
+            raise InputError(f"{what} holds no image: give a png or jpeg portrait")
         ctx = container.streams.video[0].codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width * height > max_pixels:  # from the header, before anything is decoded
-            raise InputError(f"{path} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
+            raise InputError(f"{what} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
                              f"{max_pixels / 1e6:.0f} Mpx: downscale the portrait first")
         try:
             frame = next(container.decode(video=0), None)
         except av.error.FFmpegError as e:
-            raise InputError(f"{path} is a corrupt image ({e}): re-export it as png or jpeg") from None
+            raise InputError(f"{what} is a corrupt image ({e}): re-export it as png or jpeg") from None
     if frame is None:
-        raise InputError(f"{path} holds no decodable image: give a png or jpeg portrait")
+        raise InputError(f"{what} holds no decodable image: give a png or jpeg portrait")
     if frame.width * frame.height > max_pixels:
-        raise InputError(f"{path} decodes to {frame.width}x{frame.height}, over the {max_pixels / 1e6:.0f} Mpx limit")
-    return check_portrait(frame.to_ndarray(format="rgb24"), str(path))
+        raise InputError(f"{what} decodes to {frame.width}x{frame.height}, over the {max_pixels / 1e6:.0f} Mpx limit")
+    return check_portrait(upright_rgb(frame), what)
+
+
+def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded picture as (H, W, 3) uint8 RGB, the way viewers show it: grey, CMYK, palette and YUV are
+    converted; transparency is laid over white (a cut-out portrait on a white background); the EXIF orientation
+    (PyAV's `rotation`, degrees counter-clockwise) is applied. Mirrored EXIF orientations are shown unmirrored."""
+    rgba = frame.to_ndarray(format="rgba")
+    alpha = rgba[..., 3:].astype(np.uint16)
+    if (alpha < 255).any():
+        rgb = ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    else:
+        rgb = rgba[..., :3]
+    turns = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns) if turns else rgb)
 
 
 def check_portrait(image: np.ndarray, what: str = "reference") -> np.ndarray:

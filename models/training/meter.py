@@ -75,6 +75,20 @@ def _meter_python() -> Path:
     return python
 
 
+def run_in_meter_env(script: Path, args: list[str], what: str) -> None:
+    """Run `script args` with the meter venv's python (also actors/face_worker.py, which finds faces in
+    portraits); MeterError "`what` failed: <last line of its stderr>" if it exits non-zero."""
+    cmd = [str(_meter_python()), str(script), *args]
+    # GLOG_minloglevel=2 keeps MediaPipe's start-up chatter out of stderr, so its last line is the error.
+    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+        raise MeterError(f"{what} failed: {last}")
+
+
 def _uint8_chunks(frames: np.ndarray | torch.Tensor):
     """Yield uint8 (n, H, W, 3) pieces of at most CHUNK_FRAMES frames of `frames` (see FaceMeter.read)."""
     if isinstance(frames, torch.Tensor):
@@ -118,15 +132,7 @@ class FaceMeter:
                 paths.append(str(Path(tmp) / f"chunk_{i:05d}.npy"))
                 np.save(paths[-1], chunk)
             out = str(Path(tmp) / "out.npz")
-            cmd = [str(self.python), str(WORKER), *(["--static"] if static else []), out, *paths]
-            # GLOG_minloglevel=2 keeps MediaPipe's start-up chatter out of stderr, so its last line is the error.
-            env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, env=env)
-            if proc.returncode != 0:
-                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-                last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-                raise MeterError(f"the lip-sync meter failed: {last}")
+            run_in_meter_env(WORKER, [*(["--static"] if static else []), out, *paths], "the lip-sync meter")
             with np.load(out) as d:
                 left, right = d["eye_open_l"], d["eye_open_r"]
                 return MeterReading(mouth_open=d["mouth_open"], eye_open=(left + right) / 2, eye_open_l=left,

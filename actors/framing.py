@@ -1,0 +1,167 @@
+"""Face framing: find the face in a user's photo and cut the square the built-in identities are framed in.
+
+    picture = fit_output(photo)                 # at most 1080p, even sides: the full-frame output's size
+    framing = frame_face(picture, face=None)    # MediaPipe in .venv-meter (actors/face_worker.py)
+    reference = framing.crop()                  # (side, side, 3) uint8, edge colour where past the picture
+
+The target framing was measured on built-in identities 0-23 (models/data/face.py, neutral, 256²) with the
+same Face Mesh landmarks this module uses; all ratios are of the square's side:
+
+| measure                                   | landmarks           | median | range         | used as       |
+|-------------------------------------------|---------------------|--------|---------------|---------------|
+| face height: forehead top to chin         | 10 - 152            | 0.365  | 0.331 - 0.398 | FACE_HEIGHT   |
+| eye line: mean of the two eye centres, y  | 33/133, 362/263     | 0.461  | 0.444 - 0.473 | EYE_LINE      |
+| eye midpoint, x                           | same                | 0.498  | 0.496 - 0.501 | centred       |
+| margin above the forehead top (y of 10)   | 10                  | 0.328  | 0.303 - 0.349 | FOREHEAD      |
+
+Face height and eye line fix the square's side and height; the eye midpoint centres it; the margin above the
+head then follows (FOREHEAD is checked by the tests, not imposed). The square is kept as it is where it runs
+past the picture (`box` may start below 0): its outside is filled with the nearest edge colour, so the face
+stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from actors.reference import check_portrait, synthetic_portrait
+from models.errors import InputError
+from models.training.meter import run_in_meter_env
+
+WORKER = Path(__file__).with_name("face_worker.py")
+FACE_HEIGHT = 0.365         # forehead top (10) to chin (152) / side, built-in identities
+EYE_LINE = 0.461            # eye line from the top / side
+FOREHEAD = 0.328            # forehead top (10) from the top / side (follows from the two above)
+MIN_FACE = 64               # px, forehead to chin: smaller faces carry too little detail to animate
+MAX_OUTPUT = (1920, 1080)   # full-frame output fits this box in either orientation (1080p)
+FOREHEAD_TOP, CHIN = 10, 152
+EYE_R, EYE_L = (33, 133), (362, 263)  # subject's right eye (image left), left eye (image right): corners
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face found in a picture: its detector box and the refined Face Mesh landmarks, in picture pixels."""
+
+    box: tuple[float, float, float, float]   # x0, y0, x1, y1 of the detector
+    score: float                             # detector confidence in [0, 1]
+    landmarks: np.ndarray                    # (478, 2) float32 (x, y)
+
+    @property
+    def height(self) -> float:
+        """Forehead top to chin, px."""
+        return float(np.linalg.norm(self.landmarks[CHIN] - self.landmarks[FOREHEAD_TOP]))
+
+    @property
+    def eyes(self) -> np.ndarray:
+        """(x, y) midpoint between the two eye centres, px."""
+        return (self.landmarks[list(EYE_R)].mean(0) + self.landmarks[list(EYE_L)].mean(0)) / 2
+
+
+@dataclass(frozen=True)
+class Framing:
+    """A square around one face of a picture: the reference is `crop()`, the output pastes back at `box`."""
+
+    picture: np.ndarray                 # (H, W, 3) uint8, the picture the box refers to
+    box: tuple[int, int, int]           # x0, y0, side in picture pixels; may reach past the picture
+    face: Face | None                   # None for a built-in identity (framed so by construction)
+    index: int = 1                      # the face used, 1-based, faces numbered left to right
+    n_faces: int = 1
+    largest: int = 1                    # the number of the largest face (the default choice)
+
+    def crop(self, size: int | None = None) -> np.ndarray:
+        """The (side, side, 3) uint8 square, edge colour past the picture; resized (antialiased) to `size`."""
+        x0, y0, side = self.box
+        h, w = self.picture.shape[:2]
+        inside = self.picture[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
+        pad = ((max(0, -y0), max(0, y0 + side - h)), (max(0, -x0), max(0, x0 + side - w)), (0, 0))
+        square = np.pad(inside, pad, mode="edge")
+        return square if size is None or size == side else resize(square[None], size, size)[0]
+
+    @property
+    def note(self) -> str | None:
+        """Which face is animated, when the picture holds several; None for one."""
+        if self.n_faces < 2:
+            return None
+        which = " (the largest)" if self.index == self.largest else ""
+        return (f"{self.n_faces} faces found, numbered left to right: animating face {self.index}{which}; "
+                "--face N picks another")
+
+
+def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, height, width, 3) uint8, bilinear and antialiased (a clean shrink)."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32)  # (N, 3, H, W)
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def fit_output(image: np.ndarray) -> np.ndarray:
+    """The picture at the full-frame output's size: scaled down to fit 1920x1080 (1080x1920 if portrait), and
+    cut to even sides (H.264's 4:2:0 chroma needs them) by dropping the last row or column."""
+    h, w = image.shape[:2]
+    long_side, short_side = MAX_OUTPUT
+    scale = min(1.0, long_side / max(h, w), short_side / min(h, w))
+    if scale < 1.0:
+        image = resize(image[None], max(2, round(h * scale)), max(2, round(w * scale)))[0]
+        h, w = image.shape[:2]
+    return image[:h - h % 2, :w - w % 2]
+
+
+def find_faces(picture: np.ndarray) -> list[Face]:
+    """Every face MediaPipe finds and fits landmarks to, left to right (by eye midpoint)."""
+    with tempfile.TemporaryDirectory(prefix="actorcast-faces-") as tmp:
+        path, out = str(Path(tmp) / "picture.npy"), str(Path(tmp) / "faces.npz")
+        np.save(path, np.ascontiguousarray(picture))
+        run_in_meter_env(WORKER, [out, path], "face detection")
+        with np.load(out) as d:
+            boxes, scores, marks = d["boxes"], d["scores"], d["landmarks"]
+    faces = [Face(tuple(float(v) for v in b), float(s), m) for b, s, m in zip(boxes, scores, marks)
+             if not np.isnan(m).any()]  # a detector box the mesh does not confirm is not a face
+    return sorted(faces, key=lambda f: float(f.eyes[0]))
+
+
+def square_for(face: Face) -> tuple[int, int, int]:
+    """The (x0, y0, side) square that frames `face` as the built-in identities are framed."""
+    side = max(1, round(face.height / FACE_HEIGHT))
+    ex, ey = face.eyes
+    return round(ex - side / 2), round(ey - EYE_LINE * side), side
+
+
+def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the portrait") -> Framing:
+    """Frame a face of `picture` (H, W, 3) uint8: the largest, or face number `face` (1-based, left to right).
+
+    InputError (one line, what to do) when there is no face, `face` is out of range, or the face is smaller
+    than MIN_FACE pixels from forehead to chin."""
+    faces = find_faces(picture)
+    if not faces:
+        raise InputError(f"no face found in {what}: give a photo with a face seen from the front, at least "
+                         f"{MIN_FACE} px from forehead to chin")
+    if face is not None and not 1 <= face <= len(faces):
+        raise InputError(f"--face {face}: {what} has {len(faces)} face{'s' if len(faces) > 1 else ''} "
+                         f"(numbered 1-{len(faces)} from left to right)")
+    biggest = max(range(len(faces)), key=lambda i: faces[i].height) + 1
+    index = biggest if face is None else face
+    chosen = faces[index - 1]
+    if chosen.height < MIN_FACE:
+        h, w = picture.shape[:2]
+        raise InputError(f"the face in {what} is {chosen.height:.0f} px from forehead to chin (in the {w}x{h} "
+                         f"picture); it must be at least {MIN_FACE} px: use a larger or closer photo")
+    return Framing(picture, square_for(chosen), chosen, index, len(faces), biggest)
+
+
+def frame_reference(image: np.ndarray | None = None, identity_seed: int | None = None, face: int | None = None,
+                    size: int = 256, what: str = "the portrait") -> Framing:
+    """The reference of a render or call, framed: a photo's face (fit_output, then frame_face), or built-in
+    identity `identity_seed` at `size`², which is framed so by construction (its box is the whole picture, and
+    the tests check that framing it finds about that box)."""
+    if image is None:
+        if face is not None:
+            raise InputError(f"--face {face} picks a face in a photo: give --image too")
+        picture = synthetic_portrait(identity_seed or 0, size)
+        return Framing(picture, (0, 0, size), None)
+    return frame_face(fit_output(check_portrait(image, what)), face, what)
