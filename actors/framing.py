@@ -81,14 +81,13 @@ class Framing:
         square = np.pad(inside, pad, mode="edge")
         return square if size is None or size == side else resize(square[None], size, size)[0]
 
-    @property
-    def note(self) -> str | None:
-        """Which face is animated, when the picture holds several; None for one."""
+    def note(self, option: str = "--face N") -> str | None:
+        """Which face is animated, when the picture holds several (`option` picks another); None for one."""
         if self.n_faces < 2:
             return None
         which = " (the largest)" if self.index == self.largest else ""
         return (f"{self.n_faces} faces found, numbered left to right: animating face {self.index}{which}; "
-                "--face N picks another")
+                f"{option} picks another")
 
 
 def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -132,8 +131,10 @@ def square_for(face: Face) -> tuple[int, int, int]:
     return round(ex - side / 2), round(ey - EYE_LINE * side), side
 
 
-def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the portrait") -> Framing:
-    """Frame a face of `picture` (H, W, 3) uint8: the largest, or face number `face` (1-based, left to right).
+def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the portrait",
+               option: str = "--face") -> Framing:
+    """Frame a face of `picture` (H, W, 3) uint8: the largest, or face number `face` (1-based, left to right);
+    `option` is what the user sets `face` with, as messages name it.
 
     InputError (one line, what to do) when there is no face, `face` is out of range, or the face is smaller
     than MIN_FACE pixels from forehead to chin."""
@@ -142,7 +143,7 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
         raise InputError(f"no face found in {what}: give a photo with a face seen from the front, at least "
                          f"{MIN_FACE} px from forehead to chin")
     if face is not None and not 1 <= face <= len(faces):
-        raise InputError(f"--face {face}: {what} has {len(faces)} face{'s' if len(faces) > 1 else ''} "
+        raise InputError(f"{option} {face}: {what} has {len(faces)} face{'s' if len(faces) > 1 else ''} "
                          f"(numbered 1-{len(faces)} from left to right)")
     biggest = max(range(len(faces)), key=lambda i: faces[i].height) + 1
     index = biggest if face is None else face
@@ -155,13 +156,13 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
 
 
 def frame_reference(image: np.ndarray | None = None, identity_seed: int | None = None, face: int | None = None,
-                    size: int = 256, what: str = "the portrait") -> Framing:
+                    size: int = 256, what: str = "the portrait", option: str = "--face") -> Framing:
     """The reference of a render or call, framed: a photo's face (fit_output, then frame_face), or built-in
     identity `identity_seed` at `size`², which is framed so by construction (its box is the whole picture, and
     the tests check that framing it finds about that box)."""
     if image is None:
         if face is not None:
-            raise InputError(f"--face {face} picks a face in a photo: give --image too")
+            raise InputError(f"{option} {face} picks a face in a photo: give a photo too")
         picture = synthetic_portrait(identity_seed or 0, size)
         return Framing(picture, (0, 0, size), None)
-    return frame_face(fit_output(check_portrait(image, what)), face, what)
+    return frame_face(fit_output(check_portrait(image, what)), face, what, option)

@@ -162,7 +162,9 @@ jobs file: one JSON object per line, one render each; blank lines are skipped.
   {"audio": "intro.m4a", "image": "face.png", "size": 384, "seed": 7, "name": "intro"}
 keys:
   audio     (required) any audio PyAV reads
-  image     portrait image; else
+  image     a photo with a face (found and framed); else
+  face      with image: which face, numbered left to right from 1 (default: the largest)
+  full_frame  with image: true/false, paste the face back into the whole photo (default: when it is larger)
   identity  built-in synthetic identity, any whole number >= 0 (default 0)
   emotion   neutral, happy, sad, angry or surprised (default neutral)
   out       output file in --out-dir, ending in .mp4 (default: NAME.mp4, else AUDIO-STEM.mp4)

@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from actors.engine import Engine, check_address
 from actors.loading import resolve_weights
+from actors.framing import Framing, frame_reference
+from actors.paste import PasteBack
 from actors.reference import MAX_SEED, load_image
 from actors.session import SessionCheckpoint
 from cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
@@ -56,6 +58,8 @@ class RenderJob:
     size: int = 256
     seed: int = 0
     checkpoint_every: float = 8.0
+    face: int | None = None          # which face of the photo, 1-based left to right (None: the largest)
+    full_frame: bool | None = None   # paste back into the photo (None: when the photo is larger than the crop)
 
     def fingerprint(self) -> str:
         parts = asdict(self)
@@ -150,10 +154,11 @@ def _too_short(audio: Path, seconds: float) -> str:
     return f"{audio} holds {seconds * 1000:.0f} ms of audio: give at least {SAMPLES_PER_FRAME / SAMPLE_RATE * 1000:.0f} ms"
 
 
-def check_job(job: RenderJob, address: str | None = None) -> None:
+def check_job(job: RenderJob, address: str | None = None) -> Framing | None:
     """Every check that needs neither Ray nor a model, so that a bad argument or input file fails at once,
-    before Ray starts or weights load: the audio (readable, long enough when its header tells), the portrait,
-    the identity, emotion and cache policy, the output folder, the weights folder and the Ray address."""
+    before Ray starts or weights load: the audio (readable, long enough when its header tells), the portrait
+    and its face (framed: returned), the identity, emotion and cache policy, the output folder, the weights
+    folder and the Ray address."""
     probe_audio(Path(job.audio))
     head = 0  # decode just enough to know that the audio yields a frame (headers may claim what is not there)
     blocks = iter_audio_blocks(job.audio)
@@ -164,10 +169,19 @@ def check_job(job: RenderJob, address: str | None = None) -> None:
     blocks.close()
     if head < SAMPLES_PER_FRAME:
         raise InputError(_too_short(Path(job.audio), head / SAMPLE_RATE))
+    framing = None
+    if job.face is not None and (isinstance(job.face, bool) or not isinstance(job.face, int) or job.face < 1):
+        raise InputError(f"face {job.face!r} must be a whole number >= 1 (faces are numbered left to right)")
+    if job.full_frame is not None and not isinstance(job.full_frame, bool):
+        raise InputError(f"full_frame {job.full_frame!r} must be true or false")
     if job.image:
-        load_image(job.image)
+        framing = frame_reference(load_image(job.image), face=job.face, what=str(job.image))
     elif not (isinstance(job.identity, int) and 0 <= job.identity <= MAX_SEED):
         raise InputError(f"identity {job.identity!r} must be a whole number in 0..{MAX_SEED}")
+    elif job.face is not None:
+        raise InputError(f"--face {job.face} picks a face in a photo: give --image too")
+    if job.full_frame and not job.image:
+        raise InputError("--full-frame pastes the animated face back into a photo: give --image too")
     if job.emotion not in EMOTIONS:
         raise InputError(f"unknown emotion {job.emotion!r}; choose one of {', '.join(EMOTIONS)}")
     if job.cache is not None and job.cache not in POLICY_NAMES:
@@ -180,6 +194,18 @@ def check_job(job: RenderJob, address: str | None = None) -> None:
     resolve_weights(job.weights)
     if address:
         check_address(address)
+    return framing
+
+
+def paste_back_for(job: RenderJob, framing: Framing | None) -> PasteBack | None:
+    """The paste-back of a full-frame render, or None: --full-frame, --no-full-frame, else on when the photo
+    reaches past the square around its face."""
+    if framing is None or job.full_frame is False:
+        return None
+    x0, y0, side = framing.box
+    h, w = framing.picture.shape[:2]
+    larger = x0 > 0 or y0 > 0 or x0 + side < w or y0 + side < h
+    return PasteBack(framing) if job.full_frame or larger else None
 
 
 async def _feed(session, audio: Path, start: int, every: int) -> None:
@@ -207,11 +233,13 @@ async def _feed(session, audio: Path, start: int, every: int) -> None:
     session.end()
 
 
-async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool, on_frames=None) -> tuple[int, int]:
+async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool, framing: Framing | None,
+                  on_frames=None) -> tuple[int, int]:
     ckpt, n_seg = work.load()
     if ckpt is not None:
         log.warning("resuming %s from frame %d (work directory %s)", job.out, ckpt.next_frame, work.path)
-    reference = load_image(job.image) if job.image else None
+    reference = framing.crop() if framing is not None else None
+    paste = paste_back_for(job, framing)
     duration, _, _ = probe_audio(Path(job.audio))
     session = await engine.open_session(reference, identity_seed=job.identity, emotion=job.emotion,
                                         cache_policy=job.cache, seed=job.seed, live=False, resume=ckpt)
@@ -233,8 +261,8 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
                 continue
             if writer is None:
                 work.create()
-                writer = SegmentWriter(work.segment(n_seg), engine.size)
-            writer.write(item.frames)
+                writer = SegmentWriter(work.segment(n_seg), paste.size if paste else (engine.size, engine.size))
+            writer.write(paste.composite(item.frames) if paste else item.frames)
             done += item.n_frames
             bar.update(item.n_frames)
             if on_frames is not None:
@@ -261,14 +289,16 @@ def render(job: RenderJob, work_dir: Path | None = None, address: str | None = N
 
     on_frames(frames_done) is called after every chunk written (benchmarks time chunks with it)."""
     audio, out = Path(job.audio), Path(job.out)
-    check_job(job, address if use_ray else None)  # a bad input fails before Ray starts or weights load
+    framing = check_job(job, address if use_ray else None)  # a bad input fails before Ray starts or weights load
+    if framing is not None and framing.note():
+        log.warning("%s: %s", job.image, framing.note())
     work = _WorkDir(work_dir_for(job, work_dir), job.fingerprint())
     own = engine is None
     try:
         if own:
             engine = Engine(job.weights, shards=job.shards, use_ray=use_ray, address=address, size=job.size)
         try:
-            frames, n_seg = asyncio.run(_render(engine, job, work, progress, on_frames))
+            frames, n_seg = asyncio.run(_render(engine, job, work, progress, framing, on_frames))
         finally:
             if own and engine is not None:
                 engine.close()
@@ -301,9 +331,16 @@ def add_parser(sub) -> None:
     p.add_argument("--voice", default="en-us", help="espeak-ng voice for --say, e.g. en-us+m3 (default en-us)")
     p.add_argument("-o", "--out", type=mp4_file, required=True, metavar="OUT", help="output file, ending in .mp4")
     ref = p.add_mutually_exclusive_group()
-    ref.add_argument("--image", type=Path, help="portrait image (cropped to a square)")
+    ref.add_argument("--image", type=Path, help="a photo with a face: the face is found and framed (the largest "
+                     "if there are several)")
     ref.add_argument("--identity", type=seed, default=0, metavar="N",
                      help="built-in synthetic identity: any whole number >= 0 (default 0)")
+    p.add_argument("--face", type=positive_int, default=None, metavar="N",
+                   help="with --image: animate face N of the photo, numbered left to right (default: the largest)")
+    p.add_argument("--full-frame", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --image: paste the animated face back into the whole photo (at most 1080p; larger "
+                        "photos are scaled down) instead of writing the square around the face (default: on when "
+                        "the photo is larger than that square)")
     p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="the face's emotion (default neutral)")
     p.add_argument("--shards", type=positive_int, default=1,
                    help="decoder shards (default 1); more than 1 run as Ray actors, a process each, unless --in-process")
@@ -333,7 +370,7 @@ def _run(args: argparse.Namespace) -> int:
     audio = args.audio if args.say is None else _say(args.say, args.voice, Path(args.out))
     job = RenderJob(str(audio), str(args.out), str(args.image) if args.image else None, args.identity,
                     args.emotion, args.shards, args.cache, str(args.weights) if args.weights else None, args.size,
-                    args.seed, args.checkpoint_every)
+                    args.seed, args.checkpoint_every, args.face, args.full_frame)
     try:
         result = render(job, args.work_dir, args.address, use_ray=use_ray)  # checks all, then starts
     finally:

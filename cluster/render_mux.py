@@ -32,11 +32,12 @@ AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000
 class SegmentWriter:
     """Write (n, H, W, 3) uint8 frames to one video-only H.264 mp4; temp name until `close()`."""
 
-    def __init__(self, path: Path, size: int):
+    def __init__(self, path: Path, size: int | tuple[int, int]):
+        """size: (width, height) in pixels, both even, or the side of a square."""
         self.path, self.tmp = path, path.with_name(f".{path.name}.part")
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
         self.stream = self.container.add_stream("libx264", rate=FPS)
-        self.stream.width = self.stream.height = size
+        self.stream.width, self.stream.height = (size, size) if isinstance(size, int) else size
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = dict(X264_OPTIONS)
         self.frames = 0

@@ -1,5 +1,8 @@
 """The live-call web server: GET / (browser client), POST /offer, GET /health, GET /metrics, call control.
 
+POST /portrait frames an uploaded photo (the face found, the square cut around it) and answers a preview, or
+the error the call would get; POST /offer frames it again (the answer for the same upload is cached per server).
+
 Call control for agents that drive the avatar themselves (like LiveKit's avatar VideoGenerator or Pipecat's
 video services), all bearer-token protected when the server has a token:
   POST /calls/{id}/emotion   {"emotion": "happy"}
@@ -10,6 +13,9 @@ video services), all bearer-token protected when the server has a token:
 
 import asyncio
 import base64
+import collections
+import dataclasses
+import hashlib
 import hmac
 import io
 import json
@@ -17,6 +23,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -24,7 +31,9 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
+from actors.framing import Framing, frame_reference
 from actors.reference import MAX_SEED
+from actors.reference import decode_image as decode_picture
 from models.data.params import EMOTIONS
 from models.errors import InputError
 from streaming.ice import hosts_for
@@ -38,6 +47,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 16 * 2**20  # portraits and speech uploads
+FRAMINGS_KEPT = 8      # framed uploads remembered per server (a check, then the call, frame once)
+PREVIEW_SIDE = 192     # px, the framed square shown in the page
 
 
 # torch threads per in-process stage for a live server: with 1, the audio, motion and decoder stages and aiortc's
@@ -63,14 +74,39 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 def decode_image(data: str) -> np.ndarray:
-    """A portrait sent as base64 (or a data: URL) of any image PyAV decodes -> (H, W, 3) uint8."""
+    """A portrait sent as base64 (or a data: URL) of any image PyAV decodes -> upright (H, W, 3) uint8."""
+    if not isinstance(data, str):
+        raise InputError('"portrait" must be a base64 string or a data: URL of a PNG or JPEG')
     try:
         raw = base64.b64decode(data.split(",", 1)[-1], validate=False)
-        with av.open(io.BytesIO(raw)) as container:
-            frame = next(container.decode(video=0))
-        return frame.to_ndarray(format="rgb24")
-    except (ValueError, StopIteration, av.error.FFmpegError) as e:
-        raise InputError(f"the portrait cannot be decoded ({e.__class__.__name__}): send a PNG or JPEG") from None
+    except ValueError as e:
+        raise InputError(f"the portrait is not base64 ({e}): send a PNG or JPEG") from None
+    return decode_picture(io.BytesIO(raw), "the portrait")
+
+
+def face_number(params: dict) -> int | None:
+    """The "face" of a portrait upload: None (the largest) or a whole number >= 1."""
+    face = params.get("face")
+    if face is not None and (not isinstance(face, int) or isinstance(face, bool) or face < 1):
+        raise InputError("face must be a whole number >= 1 (faces are numbered left to right), or left out for "
+                         "the largest")
+    return face
+
+
+def frame_upload(data: str, face: int | None) -> Framing:
+    """An uploaded portrait decoded and framed (a worker thread's job: decoding and face finding take ~1 s)."""
+    return frame_reference(decode_image(data), face=face, option="face")
+
+
+def preview_jpeg(square: np.ndarray) -> str:
+    """A data: URL of the framed square as a JPEG, PREVIEW_SIDE² (shown in the page before the call)."""
+    frame = av.VideoFrame.from_ndarray(square, format="rgb24").reformat(
+        width=PREVIEW_SIDE, height=PREVIEW_SIDE, format="yuvj420p", interpolation="AREA")
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width = codec.height = PREVIEW_SIDE
+    codec.pix_fmt, codec.time_base = "yuvj420p", Fraction(1, 25)
+    data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
 def parse_offer(body: bytes) -> tuple[RTCSessionDescription, dict]:
@@ -99,8 +135,7 @@ def call_options(params: dict) -> CallOptions:
     seed = params.get("identity_seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
         raise InputError(f"identity_seed must be a whole number in 0..{MAX_SEED}")
-    reference = decode_image(params["portrait"]) if params.get("portrait") else None
-    return CallOptions(emotion=emotion, identity_seed=seed, reference=reference, source=source)
+    return CallOptions(emotion=emotion, identity_seed=seed, source=source)  # the reference: LiveServer.frame
 
 
 class LiveServer:
@@ -111,6 +146,7 @@ class LiveServer:
         self.audio_prefetch = config.audio_prefetch or audio_prefetch_for(config.host)
         self.metrics = Metrics()
         self.calls: dict[str, LiveCall] = {}
+        self.framings: collections.OrderedDict[tuple[str, int | None], Framing] = collections.OrderedDict()
         self.admitting = 0  # offers being set up, counted against capacity before their session exists
         self.started = time.time()
 
@@ -122,7 +158,7 @@ class LiveServer:
 
     @web.middleware
     async def auth(self, request: web.Request, handler):
-        protected = request.path == "/offer" or request.path.startswith("/calls/")
+        protected = request.path in ("/offer", "/portrait") or request.path.startswith("/calls/")
         if protected and not self._authorised(request):
             return _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
         try:
@@ -141,15 +177,49 @@ class LiveServer:
         self.metrics.set_active(len(self.calls))
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
+    async def frame(self, params: dict) -> Framing:
+        """The call's reference, framed (actors/framing.py) off the event loop: the uploaded photo's face, or
+        the built-in identity. Uploads are remembered by content, so a /portrait check and its call frame once."""
+        face = face_number(params)
+        if not params.get("portrait"):
+            seed = call_options(params).identity_seed
+            return await asyncio.to_thread(frame_reference, None, seed, face, option="face")
+        data = params["portrait"]
+        key = (hashlib.sha256(data.encode() if isinstance(data, str) else b"").hexdigest(), face)
+        if key not in self.framings:
+            self.framings[key] = await asyncio.to_thread(frame_upload, data, face)
+            while len(self.framings) > FRAMINGS_KEPT:
+                self.framings.popitem(last=False)
+        self.framings.move_to_end(key)
+        return self.framings[key]
+
+    async def portrait(self, request: web.Request) -> web.Response:
+        """POST /portrait {"portrait": data URL, "face": N}: where the face is and a preview of the square."""
+        try:
+            params = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            params = None
+        if not isinstance(params, dict) or not params.get("portrait"):
+            raise InputError('send {"portrait": "<data: URL of a PNG or JPEG>", "face": N or null}')
+        framing = await self.frame(params)
+        height, width = framing.picture.shape[:2]
+        return web.json_response({"faces": framing.n_faces, "face": framing.index, "largest": framing.largest,
+                                  "box": list(framing.box), "width": width, "height": height,
+                                  "note": framing.note("the Face field"),
+                                  "preview": preview_jpeg(framing.crop())})
+
     async def offer(self, request: web.Request) -> web.Response:
         offer, params = parse_offer(await request.read())
         options = call_options(params)
+        face_number(params)
         if len(self.calls) + self.admitting >= self.config.max_sessions:
             self.metrics.session_rejected()
             return _error(503, f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions "
                                "in use; retry when a call ends or start serve with a larger --max-sessions")
         self.admitting += 1
         try:
+            framing = await self.frame(params)  # counted against capacity while the face is found
+            options = dataclasses.replace(options, reference=framing.crop())
             return await self._admit(offer, options, params)
         finally:
             self.admitting -= 1
@@ -222,6 +292,7 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.metrics_text)
     app.router.add_post("/offer", server.offer)
+    app.router.add_post("/portrait", server.portrait)
     app.router.add_get("/calls/{call_id}", server.call_stats)
     app.router.add_post("/calls/{call_id}/emotion", server.emotion)
     app.router.add_post("/calls/{call_id}/interrupt", server.interrupt)

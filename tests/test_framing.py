@@ -66,7 +66,7 @@ def ratios(framing):
 
 def test_astronaut_framed_like_the_builtin_identities(astronaut, astronaut_framing):
     f = astronaut_framing
-    assert f.n_faces == 1 and f.index == 1 and f.note is None
+    assert f.n_faces == 1 and f.index == 1 and f.note() is None
     assert f.picture.shape == astronaut.shape                   # 512² fits 1080p: not scaled
     height, eyes, forehead, centre = ratios(f)
     assert height == pytest.approx(FACE_HEIGHT, abs=0.01)
@@ -105,11 +105,11 @@ def test_several_faces_largest_by_default_and_face_n(group):
     assert f.n_faces == 6 and f.index == f.largest
     heights = [frame_reference(group, face=i).face.height for i in (1, 2, 6)]
     assert f.face.height >= max(heights)
-    assert f.note == (f"6 faces found, numbered left to right: animating face {f.index} (the largest); "
+    assert f.note() == (f"6 faces found, numbered left to right: animating face {f.index} (the largest); "
                       "--face N picks another")
     first, last = frame_reference(group, face=1), frame_reference(group, face=6)
     assert first.face.eyes[0] < f.face.eyes[0] < last.face.eyes[0]   # numbered left to right
-    assert first.note.startswith("6 faces found") and "(the largest)" not in first.note
+    assert first.note().startswith("6 faces found") and "(the largest)" not in first.note()
     with pytest.raises(InputError, match=r"^--face 7: the portrait has 6 faces \(numbered 1-6 from left to right\)$"):
         frame_reference(group, face=7)
 
@@ -127,7 +127,7 @@ def test_tiny_face_says_how_big_it_must_be():
 
 
 def test_face_without_photo_is_refused():
-    with pytest.raises(InputError, match="--face 2 picks a face in a photo: give --image too"):
+    with pytest.raises(InputError, match="--face 2 picks a face in a photo: give a photo too"):
         frame_reference(identity_seed=1, face=2)
 
 
@@ -194,3 +194,127 @@ def test_paste_back_of_a_large_photo_is_scaled_to_1080p(astronaut):
     assert out.shape == (1, 1080, 1080, 3)
     outside = paste.mask() == 0
     assert (out[0][outside] == f.picture[outside]).all()
+
+
+# ---- render: framing, paste-back and bad photos through the command line ------------------------------------
+
+def _render_cli(capsys, tmp_path, *args) -> tuple[int, list[str], Path]:
+    """(exit code, stderr lines without progress bars, output path) of `actorcast render` on 1 s of speech."""
+    from cluster.cli import main
+    from tests.test_render import _write_pcm_wav
+
+    out = tmp_path / "o.mp4"
+    wav = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    try:
+        code = main(["render", str(wav), "-o", str(out), "--in-process", "--size", "64", *map(str, args)])
+    except SystemExit as e:  # argparse refused an argument
+        code = e.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line and not line.startswith("render:")]
+    return code, err, out
+
+
+def _save(path: Path, picture: np.ndarray) -> Path:
+    Image.fromarray(picture).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["no_face", "tiny_face", "face_out_of_range", "face_without_image",
+                                  "full_frame_without_image", "face_zero"])
+def test_render_bad_photo_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
+    noise = np.random.default_rng(1).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    args, expect = {
+        "no_face": (["--image", _save(tmp_path / "noise.png", noise)], "no face found in "),
+        "tiny_face": (["--image", _save(tmp_path / "lfw.png", tiny_faces())], f"it must be at least {MIN_FACE} px"),
+        "face_out_of_range": (["--image", ASTRONAUT, "--face", "2"], "--face 2: "),
+        "face_without_image": (["--face", "2"], "--face 2 picks a face in a photo: give --image too"),
+        "full_frame_without_image": (["--full-frame"], "--full-frame pastes the animated face back into a photo"),
+        "face_zero": (["--image", ASTRONAUT, "--face", "0"], "expected an integer >= 1"),
+    }[case]
+    code, err, out = _render_cli(capsys, tmp_path, *args)
+    assert code == 2 and len(err) == 1 and expect in err[0] and "Traceback" not in err[0], err
+    assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))   # no output, no work folder, no speech file
+
+
+def _decode(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.mark.slow
+def test_render_photo_full_frame_and_square(tmp_path, capsys, astronaut_framing):
+    """A photo larger than its face's square renders full frame by default: the photo's size, the photo itself
+    outside the mask (up to H.264), the animated face inside; --no-full-frame writes the square."""
+    code, err, out = _render_cli(capsys, tmp_path, "--image", ASTRONAUT)
+    assert code == 0 and not err, err
+    frames = _decode(out)                                           # (25, 512, 512, 3)
+    picture = astronaut_framing.picture
+    assert frames.shape == (25, *picture.shape)
+    mask = PasteBack(astronaut_framing).mask()
+    far = mask == 0
+    diff = np.abs(frames.astype(int) - picture)                     # (25, H, W, 3)
+    assert diff[:, far].mean() < 3                                  # the photo, up to H.264 at QP 24
+    assert diff[:, mask == 1].mean() > diff[:, far].mean() + 3       # the 64² animated face, upscaled, differs
+    code, err, out = _render_cli(capsys, tmp_path, "--image", ASTRONAUT, "--no-full-frame")
+    assert code == 0 and _decode(out).shape == (25, 64, 64, 3)
+
+
+# ---- live: the upload check and the offer frame through the same code ---------------------------------------
+
+class _RecordingEngine:
+    """Just enough of Engine for POST /offer to reach open_session: records the reference and stops there."""
+
+    def __init__(self):
+        self.references = []
+
+    async def open_session(self, reference=None, identity_seed=None, emotion="neutral", live=True):
+        self.references.append(reference)
+        raise InputError("stop here: the test looks at the reference only")
+
+
+def _data_url(path: Path) -> str:
+    import base64
+
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.mark.asyncio
+async def test_portrait_upload_is_framed_and_its_errors_come_back(tmp_path, astronaut_framing):
+    import base64
+    import io
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streaming.app import PREVIEW_SIDE, ServerConfig, create_app
+
+    engine = _RecordingEngine()
+    async with TestClient(TestServer(create_app(engine, ServerConfig()))) as client:
+        resp = await client.post("/portrait", json={"portrait": _data_url(ASTRONAUT)})
+        info = await resp.json()
+        assert resp.status == 200, info
+        assert (info["faces"], info["face"], info["note"]) == (1, 1, None)
+        assert tuple(info["box"]) == astronaut_framing.box and (info["width"], info["height"]) == (512, 512)
+        preview = Image.open(io.BytesIO(base64.b64decode(info["preview"].split(",", 1)[1])))
+        assert preview.size == (PREVIEW_SIDE, PREVIEW_SIDE)
+        expected = astronaut_framing.crop(PREVIEW_SIDE).astype(int)
+        assert np.abs(np.asarray(preview.convert("RGB")).astype(int) - expected).mean() < 6
+
+        noise = _save(tmp_path / "noise.png", np.random.default_rng(2).integers(0, 256, (200, 300, 3), np.uint8))
+        resp = await client.post("/portrait", json={"portrait": _data_url(noise)})
+        assert resp.status == 400 and (await resp.json())["error"].startswith("no face found in the portrait")
+        resp = await client.post("/portrait", json={"portrait": _data_url(ASTRONAUT), "face": 3})
+        assert resp.status == 400 and (await resp.json())["error"].startswith("face 3: the portrait has 1 face")
+        resp = await client.post("/portrait", json={"portrait": "data:image/png;base64,AAAA"})
+        assert resp.status == 400 and "the portrait" in (await resp.json())["error"]
+
+        # the offer frames the upload the same way: the session gets the framed square, not the whole photo
+        sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+        resp = await client.post("/offer", json={"sdp": sdp, "type": "offer", "portrait": _data_url(ASTRONAUT)})
+        assert resp.status == 400 and "stop here" in (await resp.json())["error"]
+        resp = await client.post("/offer", json={"sdp": sdp, "type": "offer", "identity_seed": 3})
+        assert resp.status == 400
+    side = astronaut_framing.box[2]
+    assert engine.references[0].shape == (side, side, 3)
+    assert np.array_equal(engine.references[0], astronaut_framing.crop())
+    assert np.array_equal(engine.references[1], synthetic_portrait(3, 256))   # a built-in identity, as framed

@@ -58,6 +58,46 @@ async function readPortrait() {
   });
 }
 
+function faceNumber() {
+  const text = $("face").value.trim();
+  if (text === "") return null;
+  const face = Number(text);
+  if (!Number.isSafeInteger(face) || face < 1) throw new Error(`face must be a whole number from 1, got "${text}"`);
+  return face;
+}
+
+function authHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  if ($("token").value) headers.Authorization = `Bearer ${$("token").value}`;
+  return headers;
+}
+
+// The server finds the face in the chosen portrait and frames it as a call would: shows the square that will be
+// animated (and which face, when there are several), or the error, before any call or microphone prompt.
+async function checkPortrait() {
+  const box = $("portrait-check");
+  box.hidden = true;
+  $("error").textContent = "";
+  const portrait = await readPortrait();
+  if (!portrait) return true;
+  $("portrait-note").textContent = "finding the face…";
+  try {
+    const resp = await fetch("/portrait", { method: "POST", headers: authHeaders(),
+                                            body: JSON.stringify({ portrait, face: faceNumber() }) });
+    const info = await resp.json();
+    if (!resp.ok) throw new Error(info.error || resp.statusText);
+    $("portrait-preview").src = info.preview;
+    $("portrait-note").textContent = info.note || `face found in the ${info.width}×${info.height} picture`;
+    box.hidden = false;
+    call.portrait = info;
+    return true;
+  } catch (err) {
+    $("error").textContent = `portrait: ${err.message}`;
+    call.portrait = { error: err.message };
+    return false;
+  }
+}
+
 function waitGathering(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -232,6 +272,8 @@ async function start() {
   $("start").disabled = true;
   try {
     const seed = identitySeed();
+    const face = faceNumber();
+    if (!(await checkPortrait())) { $("start").disabled = false; return; }
     const mic = await openMicrophone();
     // loopback/LAN: no STUN contacted. Insertable streams: see captureTime.
     const insertable = "createEncodedStreams" in RTCRtpSender.prototype;
@@ -253,9 +295,8 @@ async function start() {
                    identity_seed: seed };
     const portrait = await readPortrait();
     if (portrait) body.portrait = portrait;
-    const headers = { "Content-Type": "application/json" };
-    if ($("token").value) headers.Authorization = `Bearer ${$("token").value}`;
-    const resp = await fetch("/offer", { method: "POST", headers, body: JSON.stringify(body) });
+    if (face !== null) body.face = face;
+    const resp = await fetch("/offer", { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
     const answer = await resp.json();
     if (!resp.ok) throw new Error(answer.error || resp.statusText);
     call.sessionId = answer.session_id;
@@ -285,6 +326,8 @@ function stop() {
 }
 
 $("start").onclick = start;
+$("portrait").onchange = checkPortrait;
+$("face").onchange = checkPortrait;
 $("stop").onclick = stop;
 $("interrupt").onclick = () => call.dc && call.dc.send(JSON.stringify({ type: "interrupt" }));
 $("emotion").onchange = () => {
