@@ -99,3 +99,64 @@ async def test_page_takes_any_identity_and_explains_the_microphone(tmp_path):
                     await browser.close()
         finally:
             await runner.cleanup()
+
+
+ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+async def test_page_uploads_a_photo_and_shows_a_no_face_error(tmp_path):
+    """A photo chosen in the page is framed by the server (a preview shows), and a call with it starts and
+    presents video; a picture without a face shows the server's message, with no call offered."""
+    import numpy as np
+    from PIL import Image
+    from playwright.async_api import async_playwright
+
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, generate_speech(5, 4.0))
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (200, 300, 3), np.uint8)).save(noise)
+    with Engine(stage_threads=LIVE_STAGE_THREADS) as engine:
+        runner = web.AppRunner(create_app(engine, ServerConfig()))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url, server = f"http://127.0.0.1:{runner.addresses[0][1]}/", runner.app[SERVER]
+        offered = []
+        real_admit = server._admit
+
+        async def admit(offer, options, params):
+            offered.append(options.reference.shape)
+            return await real_admit(offer, options, params)
+
+        server._admit = admit
+        try:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                                   args=chromium_flags(wav))
+                try:
+                    page = await browser.new_page()
+                    await page.goto(url)
+                    await page.set_input_files("#portrait", str(ASTRONAUT))
+                    await page.wait_for_selector("#portrait-check:not([hidden])", timeout=60000)
+                    assert "face found in the 512×512 picture" in await page.text_content("#portrait-note")
+                    assert (await page.get_attribute("#portrait-preview", "src")).startswith("data:image/jpeg")
+                    await page.click("#start")
+                    await page.wait_for_function("window.actorcast.presentedCount > 0", timeout=60000)
+                    await page.click("#stop")
+                    assert not await page.text_content("#error")
+                    side = server.framings[next(iter(server.framings))].box[2]
+                    assert offered == [(side, side, 3)]                 # the framed square, not the photo
+
+                    await page.set_input_files("#portrait", str(noise))
+                    await page.wait_for_function("document.getElementById('error').textContent !== ''")
+                    assert (await page.text_content("#error")).startswith("portrait: no face found in the portrait")
+                    await page.click("#start")                          # a call with it is not even offered
+                    await page.wait_for_function("document.getElementById('error').textContent !== ''")
+                    assert "no face found" in await page.text_content("#error")
+                    assert await page.is_enabled("#start") and len(offered) == 1
+                finally:
+                    await browser.close()
+        finally:
+            await runner.cleanup()
