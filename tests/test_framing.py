@@ -318,3 +318,32 @@ async def test_portrait_upload_is_framed_and_its_errors_come_back(tmp_path, astr
     assert engine.references[0].shape == (side, side, 3)
     assert np.array_equal(engine.references[0], astronaut_framing.crop())
     assert np.array_equal(engine.references[1], synthetic_portrait(3, 256))   # a built-in identity, as framed
+
+
+def test_batch_lines_with_bad_face_options_are_their_own_errors(tmp_path):
+    import json
+
+    from cluster.batch import parse_jobs
+    from tests.test_render import _write_pcm_wav
+
+    _write_pcm_wav(tmp_path / "a.wav", 16000)
+    lines = [{"audio": "a.wav", "image": str(ASTRONAUT), "face": 1, "full_frame": False, "name": "ok"},
+             {"audio": "a.wav", "image": str(ASTRONAUT), "face": 2, "name": "second_face"},
+             {"audio": "a.wav", "image": str(ASTRONAUT), "full_frame": "yes", "name": "not_bool"},
+             {"audio": "a.wav", "face": 1, "name": "face_of_identity"}]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    jobs = {name: (job, error) for name, job, error in parse_jobs(tmp_path / "jobs.jsonl", tmp_path)}
+    assert jobs["ok"][1] is None and (jobs["ok"][0].face, jobs["ok"][0].full_frame) == (1, False)
+    assert jobs["second_face"][1] == f"line 2: --face 2: {ASTRONAUT} has 1 face (numbered 1-1 from left to right)"
+    assert jobs["not_bool"][1] == "line 3: full_frame 'yes' must be true or false"
+    assert jobs["face_of_identity"][1] == "line 4: --face 1 picks a face in a photo: give --image too"
+
+
+@pytest.mark.slow
+def test_render_of_a_group_photo_says_which_face(tmp_path, capsys, caplog):
+    """The render says which face it animates (a warning: the CLI prints it as a WARNING line)."""
+    code, err, out = _render_cli(capsys, tmp_path, "--image", t1_path(), "--no-full-frame")
+    assert code == 0 and out.is_file()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "faces found" in r.getMessage()]
+    assert said == [f"{t1_path()}: 6 faces found, numbered left to right: animating face 3 (the largest); "
+                    "--face N picks another"]
