@@ -96,9 +96,9 @@ def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _cut(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float, float, float]:
     """A square cut of CUT x the box around its centre, edge-padded, resized to at most MESH_SIDE.
     Returns (cut, x0, y0, scale): picture pixel = (x0, y0) + cut pixel / scale."""
-    side = int(round(CUT * max(box[2] - box[0], box[3] - box[1])))
-    x0 = int(round((box[0] + box[2]) / 2 - side / 2))
-    y0 = int(round((box[1] + box[3]) / 2 - side / 2))
+    side = round(CUT * max(box[2] - box[0], box[3] - box[1]))
+    x0 = round((box[0] + box[2]) / 2 - side / 2)
+    y0 = round((box[1] + box[3]) / 2 - side / 2)
     h, w = image.shape[:2]
     pad = ((max(0, -y0), max(0, y0 + side - h)), (max(0, -x0), max(0, x0 + side - w)), (0, 0))
     cut = np.pad(image[max(0, y0):y0 + side, max(0, x0):x0 + side], pad, mode="edge")

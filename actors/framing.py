@@ -149,9 +149,8 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
     index = biggest if face is None else face
     chosen = faces[index - 1]
     if chosen.height < MIN_FACE:
-        h, w = picture.shape[:2]
-        raise InputError(f"the face in {what} is {chosen.height:.0f} px from forehead to chin (in the {w}x{h} "
-                         f"picture); it must be at least {MIN_FACE} px: use a larger or closer photo")
+        raise InputError(f"the face in {what} is {chosen.height:.0f} px from forehead to chin; it must be at least "
+                         f"{MIN_FACE} px: use a larger or closer photo")
     return Framing(picture, square_for(chosen), chosen, index, len(faces), biggest)
 
 
@@ -165,4 +164,7 @@ def frame_reference(image: np.ndarray | None = None, identity_seed: int | None =
             raise InputError(f"{option} {face} picks a face in a photo: give a photo too")
         picture = synthetic_portrait(identity_seed or 0, size)
         return Framing(picture, (0, 0, size), None)
-    return frame_face(fit_output(check_portrait(image, what)), face, what, option)
+    picture = fit_output(check_portrait(image, what))
+    if picture.shape[0] < image.shape[0] - 1:  # scaled, not only cut to even sides: sizes are the picture's
+        what = f"{what} (scaled to {picture.shape[1]}x{picture.shape[0]}, 1080p)"
+    return frame_face(picture, face, what, option)

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from actors.engine import Engine, check_address
-from actors.loading import resolve_weights
 from actors.framing import Framing, frame_reference
+from actors.loading import resolve_weights
 from actors.paste import PasteBack
 from actors.reference import MAX_SEED, load_image
 from actors.session import SessionCheckpoint
