@@ -9,6 +9,7 @@
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -20,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from actors.executor import LocalStage, RayStage, Resources, default_resources
-from actors.loading import resolve_weights
+from actors.loading import ShippedWeights, WeightsBundle, resolve_weights
 from actors.reference import check_portrait, synthetic_portrait
 from actors.session import Session, SessionCheckpoint, SessionConfig
 from actors.stages import AudioEncoderStage, DecoderShard, MotionStage
+from actors.versions import check_node_versions, version_mismatch_line
 from models.errors import ActorcastError, ConfigError
 from models.presets import get_preset
 
@@ -90,12 +92,27 @@ def ray_logs_note() -> str | None:
     return f"Ray's logs are in {where}"
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join Ray if this process has not: the cluster at `address`, or a local one bound to loopback only."""
-    if address is None:
+    """Join Ray if this process has not: the cluster at `address`, or a local one bound to loopback only.
+
+    A cluster on this machine's loopback (`actorcast cluster up`) is joined on loopback too: without Ray's
+    loopback switch, Ray turns 127.0.0.1 into the machine's network address and looks for the head there.
+    Token authentication (on by default for clusters started by `ray start --head`) is used whenever this
+    machine holds Ray's token (~/.ray/auth_token), as Ray itself does for a cluster it finds on its own."""
+    if address is None or _is_loopback(address):
         # Every Ray server binds 127.0.0.1. Ray reads this once, when it is first imported, so it is set before:
         # set after, a local start looked for the machine's address by probing a public one instead.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if address is not None and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():
@@ -109,9 +126,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         with _ray_lines_to_file():
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        text = str(e).strip()
+        if "Version mismatch" in text:  # Ray's own check: another Ray or Python on the cluster
+            raise ActorcastError(version_mismatch_line(text, address)) from None
+        first = text.splitlines()[0] if text else e.__class__.__name__
         raise ActorcastError(f"cannot reach the Ray cluster at {address} ({first}); check the address or "
                              "leave --address out to start a local one") from None
+    check_node_versions(address)
 
 
 class Engine:
@@ -129,14 +150,28 @@ class Engine:
         self.preset = get_preset(preset).name
         self.weights = resolve_weights(weights, preset)
         self.use_ray, self.n_shards = use_ray, shards
+        self._holder = None  # with Ray and weights: the actor the stages fetch the weights from
         args = {"weights": self.weights, "preset": preset, "device": device}
         if use_ray:
             ensure_ray(address)
+            import ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
             res = {k: default_resources(k, shards, device) for k in ("audio", "motion", "decoder")}
             res.update(resources or {})
+            # The weights travel through Ray's object store (kept alive by this engine), so a stage on any node
+            # loads the driver's weights, whether or not that node sees the driver's disk.
+            node = ray.get_runtime_context().get_node_id()
+            if self.weights:
+                args["weights"], self._holder = ShippedWeights.put(WeightsBundle.read(self.weights),
+                                                                   f"actorcast-weights-{uuid.uuid4().hex[:12]}", node)
+            # Audio and motion hold each session's state and are fed from here: on this node where it has room.
+            # The decoder shards spread over the nodes; one lost with its node is re-placed or done without.
+            here = NodeAffinitySchedulingStrategy(node, soft=True)
+            strategy = {"audio": here, "motion": here, "decoder": "SPREAD"}
 
             def make(cls, name, kind, **kw):
-                return RayStage(cls, name=name, resources=res[kind], **args, **kw)
+                return RayStage(cls, name=name, resources=res[kind], scheduling_strategy=strategy[kind], **args, **kw)
         else:
             def make(cls, name, kind, **kw):
                 return LocalStage(cls, name=name, threads=stage_threads, **args, **kw)
@@ -204,6 +239,10 @@ class Engine:
                 stage.shutdown()
             except Exception as e:  # an actor that is already gone
                 log.debug("shutting down %s: %s", stage.name, e)
+        if self._holder is not None:
+            import ray
+
+            ray.kill(self._holder)
 
     def __enter__(self) -> "Engine":
         return self

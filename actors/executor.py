@@ -90,7 +90,7 @@ class LocalStage:
     def submit(self, method: str, *args, **kwargs) -> concurrent.futures.Future:
         return self._pool.submit(getattr(self._obj, method), *args, **kwargs)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 60.0, stop=None) -> None:
         """In-process stages never die; nothing to wait for."""
 
     def shutdown(self) -> None:
@@ -101,32 +101,47 @@ class RayStage:
     """A stage as a Ray actor; restarted by Ray if its process dies (the caller retries the lost call)."""
 
     def __init__(self, cls, *args, name: str = "stage", resources: Resources = Resources(1.0), max_restarts: int = 5,
-                 **kwargs):
+                 scheduling_strategy=None, **kwargs):
+        """scheduling_strategy: Ray's (e.g. "SPREAD", or a NodeAffinitySchedulingStrategy); None: Ray's default."""
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         self.name = name
         self.retryable = (RayActorError, ActorDiedError, ActorUnavailableError)
         remote = ray.remote(cls).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                                          max_restarts=max_restarts, max_task_retries=0)
+                                          max_restarts=max_restarts, max_task_retries=0,
+                                          scheduling_strategy=scheduling_strategy)
         self.actor = remote.remote(*args, **kwargs)
         self.wait_ready()
+
+    def node_id(self) -> str:
+        """The Ray node the actor runs on now (hex id)."""
+        import ray
+
+        return ray.get(self.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
 
     def submit(self, method: str, *args, **kwargs) -> concurrent.futures.Future:
         return getattr(self.actor, method).remote(*args, **kwargs).future()
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until the actor answers (after a start or a restart); ActorcastError after `timeout`."""
+    def wait_ready(self, timeout: float = 120.0, stop=None) -> None:
+        """Block until the actor answers (after a start or a restart); ActorcastError after `timeout`, or as soon
+        as `stop` (a threading.Event) is set. A restart waits until Ray finds room for the actor: a lost node's
+        actors come back only where there are resources left for them."""
         import ray
 
         from models.errors import ActorcastError
 
         deadline = time.monotonic() + timeout
+        ready = self.actor.__ray_ready__.remote()
         while True:
             try:
-                ray.get(self.actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                ray.get(ready, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
                 return
             except self.retryable + (ray.exceptions.GetTimeoutError,) as e:
+                if not isinstance(e, ray.exceptions.GetTimeoutError):  # that call died with the old actor
+                    ready = self.actor.__ray_ready__.remote()
+                if stop is not None and stop.is_set():
+                    raise ActorcastError(f"stopped waiting for Ray actor {self.name}") from None
                 if time.monotonic() > deadline:
                     raise ActorcastError(f"Ray actor {self.name} did not come back ({e.__class__.__name__}); "
                                          "check the cluster's resources with `ray status`") from None

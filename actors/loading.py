@@ -2,12 +2,17 @@
 
 Every stage (in-process or a Ray actor, however many copies) builds its models through `load_model`, so all
 copies of one model hold identical weights: shipped/explicit weights come from the same files, and untrained
-ones from the same fixed seed.
+ones from the same fixed seed. Stages on other Ray nodes get the weights as a WeightsBundle through Ray's
+object store: nothing assumes that a node sees the driver's disk.
 """
 
+import contextlib
 import dataclasses
 import logging
+import tempfile
 from pathlib import Path
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -47,6 +52,68 @@ def resolve_weights(weights: str | Path | None, preset: str = "tiny") -> Path | 
     if (shipped / "decoder.json").is_file():
         return shipped
     return None
+
+
+@dataclass(frozen=True)
+class WeightsBundle:
+    """A weights directory's files (NAME.json + NAME.safetensors) as bytes, to ship to stages on other nodes."""
+
+    files: dict  # file name -> bytes
+    source: str  # where the driver read them (for messages)
+
+    @classmethod
+    def read(cls, directory: Path) -> "WeightsBundle":
+        paths = [p for p in sorted(Path(directory).iterdir()) if p.suffix in (".json", ".safetensors")]
+        return cls({p.name: p.read_bytes() for p in paths}, str(directory))
+
+
+class _WeightsHolder:
+    """Holds a WeightsBundle for the stages of one engine (a zero-CPU Ray actor)."""
+
+    def __init__(self, bundle: WeightsBundle):
+        self.bundle = bundle
+
+    def get(self) -> WeightsBundle:
+        return self.bundle
+
+
+@dataclass(frozen=True)
+class ShippedWeights:
+    """Weights that stages on any node fetch from a named holder actor. Not an object-store argument of the
+    stages' constructors: Ray warns that actors built from such arguments may fail to restart, and restarts are
+    how a lost shard comes back. The holder lives (on the driver's node) for as long as the engine."""
+
+    holder: str  # the holder actor's name
+
+    @classmethod
+    def put(cls, bundle: WeightsBundle, name: str, node_id: str) -> tuple["ShippedWeights", object]:
+        """(the ShippedWeights, the holder's handle: keep it for as long as the stages live)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        handle = ray.remote(num_cpus=0)(_WeightsHolder).options(
+            name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True)).remote(bundle)
+        return cls(name), handle
+
+    def get(self) -> WeightsBundle:
+        import ray
+
+        return ray.get(ray.get_actor(self.holder).get.remote())
+
+
+@contextlib.contextmanager
+def local_weights(weights, preset: str = "tiny") -> Iterator[Path | None]:
+    """The weights as a directory on this node while the models load: a WeightsBundle (or ShippedWeights) is
+    written to a temporary folder (removed after), anything else is `resolve_weights`'d."""
+    if isinstance(weights, ShippedWeights):
+        weights = weights.get()
+    if not isinstance(weights, WeightsBundle):
+        yield resolve_weights(weights, preset)
+        return
+    with tempfile.TemporaryDirectory(prefix="actorcast-weights-") as folder:
+        for name, data in weights.files.items():
+            (Path(folder) / name).write_bytes(data)
+        yield Path(folder)
 
 
 def check_weights(directory: Path, names: tuple[str, ...] = tuple(MODELS)) -> None:

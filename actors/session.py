@@ -7,13 +7,17 @@ stage's worker thread or Ray actor, never on the event loop:
 
 Audio enters the encoder in fixed blocks of `block_frames` frames, so the stages see the same calls however the
 caller slices its audio (streaming results are then bit-identical, which resuming relies on). The decode task
-splits each chunk's frames across the N decoder shards and reassembles them in order; a shard that dies is
-waited for (Ray restarts it), given the session's reference again, and asked for the same frames again.
+splits each chunk's frames across the N decoder shards and reassembles them in order. A shard that dies (its
+process, or its node with it) is set aside: its frames go to the shards that are up at once, each part as the
+same batch it would have been (so the frames are identical), while Ray restarts it where there is room; once it
+answers again it gets the session's reference and takes its turn again. If it never comes back, the session
+carries on with the others.
 """
 
 import asyncio
 import collections
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -41,7 +45,8 @@ class SessionConfig:
     degrade_after_s: float = 0.2  # live lag beyond the chunk's own delay -> fewer denoising steps
     repeat_after_s: float = 0.5  # live lag beyond this -> repeat the last frame instead of decoding
     degraded_steps: int = 1
-    shard_retries: int = 3
+    shard_retries: int = 3  # a piece of a chunk is tried on this many more shards (or restarts) before failing
+    shard_return_s: float = 300.0  # how long a lost shard may take to come back before it is done without
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class Session:
         self._tasks = [asyncio.create_task(coro) for coro in
                        (self._audio_task(), self._motion_task(), self._decode_task(), self._emit_task())]
         self._producers: list[asyncio.Task] = []  # tasks that feed this session (see `produce`)
+        self._down: dict[str, asyncio.Task] = {}  # lost shard's name -> the task that waits for it to come back
+        self._stop = threading.Event()  # tells those waits (in threads) that the session is closing
         self._closed = False
 
     # ---- input -----------------------------------------------------------------------------------------------
@@ -197,7 +204,8 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        tasks = self._tasks + self._producers
+        self._stop.set()
+        tasks = self._tasks + self._producers + list(self._down.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -369,18 +377,47 @@ class Session:
         return np.concatenate([p[1] for p in parts])
 
     async def _decode_part(self, shard, first: int, z):
-        for attempt in range(self.config.shard_retries + 1):
+        """Frames first.. of one part, as one batch, on `shard` or (it is down) on another that is up."""
+        for _ in range(self.config.shard_retries + 1):
+            shard = await self._up_shard(shard)
             try:
-                if attempt:  # the actor was restarted: it lost the session's identity features
-                    await asyncio.to_thread(shard.wait_ready)
-                    if not await self._call(shard, "has_session", self.session_id):
-                        await self._call(shard, "open", self.session_id, self._reference)
                 return await self._call(shard, "decode", self.session_id, first, z)
             except shard.retryable as e:
-                log.warning("decoder shard %s failed on frames %d..%d (%s); retrying on the restarted actor",
-                            shard.name, first, first + len(z) - 1, e.__class__.__name__)
-        raise ActorcastError(f"decoder shard {shard.name} failed {self.config.shard_retries + 1} times on frame "
-                             f"{first}: check the cluster (`ray status`) and rerun")
+                log.warning("decoder shard %s lost on frames %d..%d (%s); the other shards take its frames while "
+                            "Ray restarts it", shard.name, first, first + len(z) - 1, e.__class__.__name__)
+                if shard.name not in self._down:
+                    self._down[shard.name] = asyncio.create_task(self._bring_back(shard))
+        raise ActorcastError(f"decoder shards failed {self.config.shard_retries + 1} times on frame {first}: "
+                             "check the cluster (`ray status`) and rerun")
+
+    async def _bring_back(self, shard) -> bool:
+        """Wait for Ray to restart a lost shard, then give it the session's reference: it is up again. False
+        (it stays down for this session) if it does not answer within `shard_return_s`."""
+        try:
+            await asyncio.to_thread(shard.wait_ready, self.config.shard_return_s, self._stop)
+            if not await self._call(shard, "has_session", self.session_id):
+                await self._call(shard, "open", self.session_id, self._reference)
+        except (ActorcastError, *shard.retryable) as e:
+            log.warning("decoder shard %s did not come back (%s); carrying on without it", shard.name, e)
+            return False
+        log.warning("decoder shard %s is back", shard.name)
+        del self._down[shard.name]
+        return True
+
+    async def _up_shard(self, shard):
+        """`shard` if it is up, else the next shard that is (in turn); waits for one to come back if none is."""
+        while shard.name in self._down:
+            up = [s for s in self._shards if s.name not in self._down]
+            if up:
+                self._next_shard += 1
+                return up[self._next_shard % len(up)]
+            waiting = [t for t in self._down.values() if not t.done()]
+            if not waiting:
+                raise ActorcastError("every decoder shard was lost and none came back: check the cluster "
+                                     "(`ray status`) and rerun")
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            shard = next((s for s in self._shards if s.name not in self._down), shard)
+        return shard
 
     async def _emit_task(self):
         await self._run(self._emit_body)

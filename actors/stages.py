@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actors.loading import load_model, resolve_weights
+from actors.loading import load_model, local_weights
 from actors.messages import AudioChunk, FeatureChunk, MotionChunk
 from actors.reference import square_tensor, to_uint8
 from models.audio import AudioStreamState
@@ -58,7 +58,8 @@ class AudioEncoderStage:
     """AudioChunk (16 kHz PCM) -> FeatureChunk (one d_audio vector per frame), streaming, per session."""
 
     def __init__(self, weights=None, preset: str = "tiny", device: str = "cpu"):
-        self.encoder = load_model("audio_encoder", resolve_weights(weights, preset), preset, device)
+        with local_weights(weights, preset) as path:
+            self.encoder = load_model("audio_encoder", path, preset, device)
         self.lookahead = self.encoder.config.lookahead
         self.sessions = _Sessions("AudioEncoderStage")
 
@@ -117,9 +118,9 @@ class MotionStage:
     """FeatureChunk -> MotionChunks of C frames: the diffusion-forcing generator with each session's KV cache."""
 
     def __init__(self, weights=None, preset: str = "tiny", device: str = "cpu"):
-        path = resolve_weights(weights, preset)
-        self.generator = load_model("motion_generator", path, preset, device)
-        self.motion_encoder = load_model("motion_encoder", path, preset, device)
+        with local_weights(weights, preset) as path:
+            self.generator = load_model("motion_generator", path, preset, device)
+            self.motion_encoder = load_model("motion_encoder", path, preset, device)
         self.default_cache = get_preset(preset).cache
         self.chunk_frames = self.generator.config.chunk_frames
         self.sessions = _Sessions("MotionStage")
@@ -214,7 +215,8 @@ class DecoderShard:
     """Motion latents -> RGB frames for a slice of each chunk; holds each session's cached identity features."""
 
     def __init__(self, weights=None, preset: str = "tiny", size: int | None = None, device: str = "cpu"):
-        self.decoder = load_model("decoder", resolve_weights(weights, preset), preset, device, resolution=size)
+        with local_weights(weights, preset) as path:
+            self.decoder = load_model("decoder", path, preset, device, resolution=size)
         self.resolution = self.decoder.config.resolution
         # Output frames are resized when their size differs from the decoder's; by default they are at least
         # DEFAULT_SIZE (the shipped tiny decoder renders 128², upscaled to 256²).

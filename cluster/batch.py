@@ -2,8 +2,13 @@
 
 Each line of jobs.jsonl is one render (JOBS_FORMAT below, also `actorcast batch --help`), named after its
 output file. Lines are checked on the driver first; a job's failure is its own: it is reported in the summary
-and the others go on. Finished jobs are recorded in OUT_DIR/batch_status.json and skipped by a rerun; an
-interrupted job resumes from its own work directory.
+and the others go on. Finished jobs are recorded in OUT_DIR/batch_status.json and skipped by a rerun.
+
+Nothing assumes that a worker node sees the driver's disk: a job's audio, portrait and weights travel with the
+task through Ray's object store, the worker renders into a folder of its own, and the mp4 comes back to the
+driver, which writes it where --out-dir says. Jobs are spread over the nodes; a job whose node is lost is run
+again on another (Ray retries the task), and gives the same file. A job interrupted on a node resumes from its
+work folder there (tempdir/actorcast-batch/) when it runs on that node again.
 """
 
 import argparse
@@ -11,10 +16,13 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from actors.executor import project_error
+from actors.loading import WeightsBundle, local_weights
 from cluster.render import RenderJob, check_job, render
 from models.errors import ActorcastError, InputError
 
@@ -76,15 +84,52 @@ def _default_out(name: str | None, audio_stem: str, lineno: int, out_dir: Path, 
     return f"{audio_stem}_{lineno}.mp4"
 
 
-def run_job(job: RenderJob) -> dict:
-    """One render, in-process on whichever worker runs it; user errors come back as a result, not a crash."""
+@dataclasses.dataclass(frozen=True)
+class ShippedJob:
+    """A job with its input files' bytes, to run on a node that may not see the driver's disk."""
+
+    job: RenderJob
+    fingerprint: str
+    files: dict  # the job's field ("audio", "image") -> (file name, bytes)
+    weights: WeightsBundle | None
+
+    @classmethod
+    def read(cls, job: RenderJob) -> "ShippedJob":
+        files = {key: (Path(path).name, Path(path).read_bytes())
+                 for key, path in (("audio", job.audio), ("image", job.image)) if path}
+        weights = WeightsBundle.read(Path(job.weights)) if job.weights else None
+        return cls(job, job.fingerprint(), files, weights)
+
+
+def run_job(shipped: ShippedJob) -> dict:
+    """One render, in-process on whichever node runs it, in a folder of its own there; returns the status row
+    and the mp4's bytes (user errors come back as a result, not a crash)."""
+    import ray
+
     t0 = time.monotonic()
+    node = ray.get_runtime_context().get_node_id()
+    folder = Path(tempfile.gettempdir()) / "actorcast-batch" / shipped.fingerprint
     try:
-        result = render(job, use_ray=False, progress=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        local = {}
+        for key, (name, data) in shipped.files.items():
+            path = folder / f"in-{key}-{name}"
+            path.write_bytes(data)
+            os.utime(path, ns=(0, 0))  # the same fingerprint each time: a rerun here resumes from folder/work
+            local[key] = str(path)
+        with local_weights(shipped.weights) as weights:
+            job = dataclasses.replace(shipped.job, **local, out=str(folder / "out.mp4"),
+                                      weights=str(weights) if weights else None)
+            result = render(job, work_dir=folder / "work", progress=False)
+        mp4 = Path(result["out"]).read_bytes()
+        shutil.rmtree(folder, ignore_errors=True)
         return {"status": "done", "frames": result["frames"], "seconds": result["seconds"],
-                "wall_s": round(time.monotonic() - t0, 2)}
+                "wall_s": round(time.monotonic() - t0, 2), "node": node, "mp4": mp4}
     except (ActorcastError, OSError) as e:
-        return {"status": "failed", "error": str(e).splitlines()[0], "wall_s": round(time.monotonic() - t0, 2)}
+        if not (folder / "work").is_dir():  # nothing to resume from: the copied inputs go too
+            shutil.rmtree(folder, ignore_errors=True)
+        return {"status": "failed", "error": str(e).splitlines()[0], "wall_s": round(time.monotonic() - t0, 2),
+                "node": node}
 
 
 def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_per_job: float = 1.0) -> list[dict]:
@@ -108,8 +153,8 @@ def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_p
         connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
         import ray
 
-        remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=2)
-        pending = {remote.remote(job): (name, job) for name, job in todo}
+        remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=3, scheduling_strategy="SPREAD")
+        pending = {remote.remote(ShippedJob.read(job)): (name, job) for name, job in todo}
     total = len(jobs)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -120,6 +165,9 @@ def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_p
             own = project_error(e)
             row = {"status": "failed", "error": str(own).splitlines()[0] if own is not None else
                    f"{e.__class__.__name__}: {str(e).strip().splitlines()[-1]}"}
+        mp4 = row.pop("mp4", None)
+        if mp4 is not None:
+            _write_atomic(Path(job.out), mp4)
         rows[name] = {"job": name, "out": job.out, **row}
         if row["status"] == "done":
             status[name] = {**rows[name], "fingerprint": _fingerprint(job)}
@@ -135,6 +183,12 @@ def _fingerprint(job: RenderJob) -> str:
         return job.fingerprint()
     except OSError:
         return ""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _write_status(path: Path, status: dict) -> None:

@@ -2,7 +2,6 @@
 
 import argparse
 import errno
-import importlib.metadata
 import logging
 import sys
 from pathlib import Path
@@ -24,22 +23,21 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
-    from cluster import batch, bench_cmd, call, data_cmd, eval_cmd, render, serve, train
+    from cluster import batch, bench_cmd, call, data_cmd, eval_cmd, local_cluster, render, serve, train
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"actorcast {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd):
+    for module in (data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd, local_cluster):
         module.add_parser(sub)
     return parser
 
 
 def _version() -> str:
-    try:
-        return importlib.metadata.version("actorcast")
-    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "(source tree, not installed)"
+    from actors.versions import installed_version
+
+    return installed_version()
 
 
 def main(argv: list[str] | None = None) -> int:

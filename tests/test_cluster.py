@@ -1,0 +1,164 @@
+"""Several Ray nodes on loopback (cluster/local_cluster.py): jobs taken there by --address, and a lost node.
+
+The cluster: a head (1 CPU) and two workers (2 and 1 CPUs), each with its own temp folder and a custom resource
+named after it. The workers do not see the driver's folder (an empty tmpfs over it in their own mount
+namespace), as another machine would not: a job that reads or writes a driver path on a worker fails here.
+Drivers run as subprocesses (the CLI, or a short script), each with its own connection to the cluster.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from cluster.local_cluster import LocalCluster, NodeSpec, can_hide_folders
+from tests.netcheck import non_loopback_listeners
+from tests.test_render import _write_audio
+
+ROOT = Path(__file__).resolve().parent.parent
+# A lost node is declared dead after about 3 missed 1-second health checks instead of Ray's default ~30 s.
+FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                   "health_check_initial_delay_ms": 1000}
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def driver_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("driver")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, driver_dir):
+    assert can_hide_folders(), "the multi-node tests need `unshare -m` and tmpfs mounts (root, or a user namespace)"
+    hide = (str(driver_dir),)
+    nodes = [NodeSpec("head", 1, head=True), NodeSpec("worker1", 2, hide=hide), NodeSpec("worker2", 1, hide=hide)]
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), nodes, system_config=FAST_NODE_DEATH) as c:
+        yield c
+
+
+def _restore(cluster: LocalCluster, name: str) -> None:
+    """Bring a killed node back, so the next test finds the whole cluster."""
+    spec = next(n for n in cluster.nodes if n.name == name)
+    cluster.start_node(spec)
+
+
+def _driver(cluster: LocalCluster, code: str, timeout: float = 600) -> dict:
+    """Run `code` in a fresh driver joined to the cluster (`ray` and `address` are defined); its last stdout
+    line is JSON."""
+    prelude = ("import json, sys\nsys.path.insert(0, %r)\nfrom actors.engine import ensure_ray\n"
+               "address = %r\nensure_ray(address)\nimport ray\n") % (str(ROOT), cluster.address)
+    result = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def _node_ids(cluster: LocalCluster) -> dict:
+    return {cluster.state["nodes"][name]["node_id"]: name for name in cluster.state["nodes"]}
+
+
+def test_three_nodes_own_resources_and_disks(cluster, driver_dir):
+    (driver_dir / "only-here.txt").write_text("driver")
+    seen = _driver(cluster, f"""
+nodes = {{n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}}
+@ray.remote(num_cpus=0)
+def look():
+    import os
+    return ray.get_runtime_context().get_node_id(), os.path.exists({str(driver_dir / "only-here.txt")!r})
+sees = {{name: ray.get(look.options(resources={{name: 0.01}}).remote()) for name in ("head", "worker1", "worker2")}}
+print(json.dumps({{"nodes": nodes, "sees": sees, "driver": ray.get_runtime_context().get_node_id()}}))
+""")
+    names = _node_ids(cluster)
+    cpus = {names[node]: res["CPU"] for node, res in seen["nodes"].items() if "CPU" in res}
+    assert cpus == {"head": 1.0, "worker1": 2.0, "worker2": 1.0}
+    assert all(seen["nodes"][node].get(name) == 1.0 for node, name in names.items())
+    assert {name: names[node] for name, (node, _) in seen["sees"].items()} == {n: n for n in names.values()}
+    assert {name: sees for name, (_, sees) in seen["sees"].items()} == {"head": True, "worker1": False,
+                                                                        "worker2": False}
+    assert names[seen["driver"]] == "head"  # a driver on this machine joins through the head's raylet
+    assert non_loopback_listeners() == []
+
+
+def test_render_shards_off_the_driver_node_and_a_lost_node(cluster, driver_dir):
+    """Shards run on the workers; the render outlives the node of one shard, frame-identical to a clean one."""
+    audio = _write_audio(driver_dir / "talk.wav", 6.0, 16000, "mono")
+    clean = driver_dir / "clean.mp4"
+    placed = _driver(cluster, f"""
+from actors.engine import Engine
+from cluster.render import RenderJob, render
+with Engine(shards=2, use_ray=True, address=address, size=64) as engine:
+    where = [s.node_id() for s in engine.shards]
+    render(RenderJob({str(audio)!r}, {str(clean)!r}, shards=2, size=64, checkpoint_every=1.0), engine=engine,
+           progress=False)
+print(json.dumps({{"driver": ray.get_runtime_context().get_node_id(), "shards": where}}))
+""")
+    names = _node_ids(cluster)
+    assert names[placed["driver"]] == "head"
+    assert sorted(names[n] for n in placed["shards"]) == ["worker1", "worker2"]  # spread, off the driver's node
+
+    # Again by the CLI; worker1 is lost once the first second of video is saved. Its shard finds no room
+    # (worker2 and the head have less than a shard's 0.75 CPU left), so the render carries on with one shard.
+    out, work = driver_dir / "survivor.mp4", driver_dir / "survivor.work"
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out),
+                             "--shards", "2", "--size", "64", "--checkpoint-every", "1", "--work-dir", str(work),
+                             "--address", cluster.address], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (work / "seg_000001.mp4").is_file():
+        time.sleep(0.1)
+    assert proc.poll() is None, "the render ended before the node could be lost: " + proc.stderr.read()[-2000:]
+    cluster.kill_node("worker1")
+    _, stderr = proc.communicate(timeout=600)
+    try:
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "lost on frames" in stderr  # a shard really went with the node
+        a, b = _frames(clean), _frames(out)
+        assert a.shape == b.shape == (150, 64, 64, 3)
+        differ = [i for i in range(len(a)) if not np.array_equal(a[i], b[i])]
+        assert not differ, f"frames {differ[:10]} ({len(differ)}) differ, max {np.abs(a.astype(int) - b).max()}"
+    finally:
+        _restore(cluster, "worker1")
+
+
+def test_batch_spreads_over_workers_and_outlives_a_lost_node(cluster, driver_dir):
+    """6 jobs whose inputs and outputs only the driver sees: spread over both workers, every one finished after
+    worker2 is lost, each file identical to the same job's file from a run that lost nothing."""
+    for i in range(6):
+        _write_audio(driver_dir / f"b{i}.wav", 2.0 + 0.2 * i, 16000, "mono")
+    jobs = driver_dir / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"audio": f"b{i}.wav", "identity": i, "size": 64}) + "\n" for i in range(6)))
+    clean = _cli("batch", str(jobs), "--out-dir", str(driver_dir / "clean"), "--address", cluster.address)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    rows = json.loads((driver_dir / "clean" / "batch_status.json").read_text())
+    names = _node_ids(cluster)
+    assert {names[row["node"]] for row in rows.values()} >= {"worker1", "worker2"}
+
+    out = driver_dir / "lossy"
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "batch", str(jobs), "--out-dir", str(out),
+                             "--address", cluster.address], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # "[1/6] b?: done ..." once the first job has finished
+    assert "done" in first, first + proc.stderr.read()[-2000:]
+    cluster.kill_node("worker2")
+    stdout, stderr = proc.communicate(timeout=600)
+    try:
+        assert proc.returncode == 0, stdout + stderr[-3000:]
+        assert "6 of 6 jobs finished" in stdout
+        for i in range(6):
+            assert np.array_equal(_frames(out / f"b{i}.mp4"), _frames(driver_dir / "clean" / f"b{i}.mp4")), i
+    finally:
+        _restore(cluster, "worker2")
