@@ -1,9 +1,12 @@
 """`actorcast train`: DeepSpeed training of one stage on a Ray cluster (Ray Train data-parallel workers).
 
 Each Ray Train worker runs models.training.train.train_func with Ray's hooks: checkpoints (every rank's ZeRO shard) are
-reported to Ray Train and persisted under OUT/ray/; a worker that dies restarts from the latest checkpoint
-(FailureConfig), `--resume` continues a stopped run from its latest checkpoint, and the export of the final
-checkpoint (safetensors + JSON) is copied to OUT/.
+reported to Ray Train and persisted in its storage (RunConfig(storage_path=...): OUT/ray/ by default, --storage
+PATH on a cluster whose nodes do not share the driver's disk: a folder every node and the driver can reach); a
+worker that dies restarts from the latest checkpoint (FailureConfig), `--resume` continues a stopped run from
+the latest checkpoint in that storage, and the export of the final checkpoint (safetensors + JSON) is copied to
+OUT/ on the driver. The workers are spread over the nodes (SPREAD). Rank 0's progress reaches the driver
+through a Ray queue; the driver prints it and keeps it in OUT/progress.jsonl.
 """
 
 import argparse
@@ -27,19 +30,23 @@ log = logging.getLogger(__name__)
 RUN_NAME = "run"
 
 
-PROGRESS_FILE = "progress.jsonl"  # rank 0 appends each report; the driver prints it as progress lines
+PROGRESS_FILE = "progress.jsonl"  # the driver appends each report of rank 0 (as it prints it)
+WORKERS_FILE = "workers.json"  # the driver writes where each rank ran: {rank: Ray node id}
 
 
 class RayHooks:
     """models.training.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
 
-    def __init__(self, out_dir: str, resume_from: str | None = None):
+    def __init__(self, progress, resume_from: str | None = None):
+        """progress: a ray.util.queue.Queue to the driver; resume_from: a checkpoint folder in the run's storage."""
+        import ray
         import ray.train
 
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        self.progress = Path(out_dir) / PROGRESS_FILE
+        self.progress = progress
         self.resume_from = resume_from
+        self.progress.put({"rank": self.rank, "node": ray.get_runtime_context().get_node_id()})
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
@@ -63,8 +70,7 @@ class RayHooks:
         import ray.train
 
         if self.rank == 0 and metrics:
-            with self.progress.open("a") as f:
-                f.write(json.dumps({**metrics, "checkpoint": checkpoint is not None}) + "\n")
+            self.progress.put({**metrics, "checkpoint": checkpoint is not None})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint))
                          if checkpoint is not None else None)
 
@@ -101,7 +107,7 @@ def worker_loop(config: dict) -> None:
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
     _join_process_group(config)
     try:
-        train_func(TrainConfig(**config["train"]), RayHooks(config["train"]["out_dir"], config["resume_from"]))
+        train_func(TrainConfig(**config["train"]), RayHooks(config["progress"], config["resume_from"]))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -113,9 +119,13 @@ def format_progress(m: dict, total_steps: int) -> str:
             + ("  [checkpoint]" if m.get("checkpoint") else ""))
 
 
-def _fit_with_progress(trainer, progress: Path, total_steps: int):
-    """Run trainer.fit() in a thread and print rank 0's progress lines as they appear."""
+def _fit_with_progress(trainer, queue, out: Path, total_steps: int):
+    """Run trainer.fit() in a thread; print rank 0's progress as it arrives and keep it in out/progress.jsonl,
+    and the node of each rank in out/workers.json."""
+    from ray.util.queue import Empty
+
     result: dict = {}
+    workers: dict = {}
 
     def fit() -> None:
         try:
@@ -125,16 +135,22 @@ def _fit_with_progress(trainer, progress: Path, total_steps: int):
 
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
-    offset = progress.stat().st_size if progress.exists() else 0
-    while thread.is_alive():
-        thread.join(timeout=1.0)
-        if progress.exists():
-            with progress.open() as f:
-                f.seek(offset)
-                for line in f:
-                    if line.endswith("\n"):
-                        print(format_progress(json.loads(line), total_steps), flush=True)
-                        offset += len(line)
+    while True:
+        alive = thread.is_alive()  # read before draining: nothing is put after fit() returned
+        try:
+            items = [queue.get(timeout=1.0)] + queue.get_nowait_batch(queue.qsize())
+        except Empty:
+            items = []
+        for item in items:
+            if "rank" in item:
+                workers[item["rank"]] = item["node"]
+                (out / WORKERS_FILE).write_text(json.dumps(workers, indent=2, sort_keys=True) + "\n")
+                continue
+            with (out / PROGRESS_FILE).open("a") as f:
+                f.write(json.dumps(item) + "\n")
+            print(format_progress(item, total_steps), flush=True)
+        if not alive and not items:
+            break
     if "error" in result:
         raise result["error"]
     return result["value"]
@@ -158,7 +174,7 @@ def check_capacity(workers: int, use_gpu: bool) -> None:
                              f"so use --workers {max(available, 1)} or fewer")
 
 
-def check_inputs(cfg: TrainConfig, resume: bool) -> Path | None:
+def check_inputs(cfg: TrainConfig, resume: bool, storage: Path) -> Path | None:
     """What the workers would find wrong, found on the driver before Ray starts: the data folder, the output
     folder and the run to resume (returned: its latest checkpoint, or None for a new run)."""
     from models.data.video_folder import list_videos
@@ -171,7 +187,6 @@ def check_inputs(cfg: TrainConfig, resume: bool) -> Path | None:
         raise ActorcastError(f"--out {cfg.out_dir}: {existing} is a file; give a folder")
     if not os.access(existing, os.W_OK):
         raise ActorcastError(f"--out {cfg.out_dir}: {existing} cannot be written; choose another folder")
-    storage = out / "ray"
     resume_from = _latest_ray_checkpoint(storage) if resume else None
     if resume and resume_from is None:
         raise ActorcastError(f"nothing to resume in {out}: no checkpoint under {storage}; start without --resume")
@@ -180,16 +195,19 @@ def check_inputs(cfg: TrainConfig, resume: bool) -> Path | None:
     return resume_from
 
 
-def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) -> dict:
-    """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics."""
+def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, storage: str | None = None) -> dict:
+    """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics.
+
+    storage: where Ray Train keeps the run's checkpoints (default OUT/ray): a folder every node can reach."""
     from cluster.ray_env import connect
 
     out = Path(cfg.out_dir).resolve()
-    storage = out / "ray"
-    resume_from = check_inputs(cfg, resume)
+    storage_path = Path(storage).resolve() if storage else out / "ray"
+    resume_from = check_inputs(cfg, resume, storage_path)
     connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
     import ray
     import ray.train
+    from ray.util.queue import Queue
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     use_gpu = cfg.resolved_device() == "cuda" or (cfg.device == "auto" and
@@ -198,16 +216,17 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None) ->
     cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu")
     # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
     # node address only (TorchTrainer's env:// rendezvous listens on every interface).
+    progress = Queue(actor_options={"num_cpus": 0})
     trainer = DataParallelTrainer(
-        worker_loop, train_loop_config={"train": dataclasses.asdict(cfg),
+        worker_loop, train_loop_config={"train": dataclasses.asdict(cfg), "progress": progress,
                                          "resume_from": str(resume_from) if resume_from else None},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy="SPREAD"),
+        run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage_path),
                                        failure_config=ray.train.FailureConfig(max_failures=3)))
     out.mkdir(parents=True, exist_ok=True)
-    result = _fit_with_progress(trainer, out / PROGRESS_FILE, cfg.steps)
+    result = _fit_with_progress(trainer, progress, out, cfg.steps)
     if result.checkpoint is None:
-        raise ActorcastError(f"training finished without a checkpoint; see the logs under {storage}")
+        raise ActorcastError(f"training finished without a checkpoint; see the logs under {storage_path}")
     with result.checkpoint.as_directory() as directory:
         publish_export(directory, out)
     return dict(result.metrics or {})
@@ -229,6 +248,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/STAGE-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--storage", default=None, metavar="PATH",
+                   help="where Ray Train keeps checkpoints (default OUT/ray): on a cluster, a folder every node "
+                        "and this machine can reach (NFS, a shared disk); --resume reads it")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of talking-head mp4s")
     p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
@@ -257,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
                          "data": args.data, "weights": args.weights, "device": args.device,
                          "latent": args.latent})
     get_stage(args.stage).check(cfg)
-    metrics = launch(cfg, args.workers, args.resume, args.address)
+    metrics = launch(cfg, args.workers, args.resume, args.address, args.storage)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     print(f"trained {args.stage} ({args.preset}) → {Path(out).resolve()}  {shown}")
     sys.stdout.flush()

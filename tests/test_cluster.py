@@ -162,3 +162,36 @@ def test_batch_spreads_over_workers_and_outlives_a_lost_node(cluster, driver_dir
             assert np.array_equal(_frames(out / f"b{i}.mp4"), _frames(driver_dir / "clean" / f"b{i}.mp4")), i
     finally:
         _restore(cluster, "worker2")
+
+
+def test_train_spreads_two_workers_and_resumes_from_shared_storage(cluster, driver_dir, tmp_path_factory):
+    """Two DeepSpeed workers on two nodes; checkpoints in a storage every node reaches, not the driver's --out
+    (which the workers cannot see); progress through Ray; --resume continues from that storage."""
+    storage = tmp_path_factory.mktemp("shared") / "ray"
+    out = driver_dir / "probe-run"
+    args = ["train", "--stage", "probe", "--workers", "2", "--steps", "4", "--batch-size", "2", "--size", "64",
+            "--checkpoint-every", "2", "--out", str(out), "--storage", str(storage), "--address", cluster.address]
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [line.split()[1] for line in first.stdout.splitlines() if line.startswith("step ")][-1] == "4/4"
+    ranks = json.loads((out / "workers.json").read_text())
+    assert len(set(ranks.values())) == 2  # SPREAD: one rank per node
+    assert (out / "probe.safetensors").is_file()
+    assert sorted(p.name for p in (storage / "run").glob("checkpoint_*") if p.is_dir())
+    assert not (out / "ray").exists()  # nothing was kept on the driver's disk but the export and the log
+
+    before = len((out / "progress.jsonl").read_text().splitlines())
+    resumed = _cli(*[a if a != "4" else "6" for a in args], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert steps[before - 1] == 4 and steps[before:] and steps[-1] == 6
+    assert min(steps[before:]) > 4  # continued from the step-4 checkpoint in the storage, not from step 1
+
+
+def test_too_many_workers_for_the_cluster_is_one_line(cluster, driver_dir):
+    result = _cli("train", "--stage", "probe", "--workers", "9", "--steps", "1", "--out", str(driver_dir / "x"),
+                  "--address", cluster.address, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("actorcast: error: --workers 9 is more than the "
+                                                             "cluster can place: it has 4 CPUs")
+    assert "Traceback" not in result.stderr
