@@ -106,6 +106,8 @@ class LocalCluster:
         folder.mkdir(parents=True, exist_ok=True)
         ready = folder / "ready.json"
         ready.unlink(missing_ok=True)
+        if spec.name in self.state["nodes"]:  # started again after kill_node: its old temp folder goes
+            shutil.rmtree(self.state["nodes"][spec.name]["temp_dir"], ignore_errors=True)
         # Ray's socket paths must stay under 108 bytes: the node's temp folder gets a short name of its own.
         temp_dir = tempfile.mkdtemp(prefix=f"ac-{spec.name[:8]}-")
         node_spec = {"head": spec.head, "port": self.port, "address": self.address, "num_cpus": spec.num_cpus,
