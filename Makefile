@@ -19,7 +19,7 @@ meter: $(METER_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,pipecat]'
 	touch $(STAMP)
 
 # mediapipe goes in with --no-deps: its declared dependencies pull in jax (1.1 GB) that face_mesh never uses.

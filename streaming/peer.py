@@ -22,11 +22,11 @@ from aiortc.mediastreams import MediaStreamError
 
 from models.data.params import EMOTIONS
 from models.errors import InputError
-from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from models.timebase import FPS, SAMPLES_PER_FRAME
 from streaming.ice import rtc_configuration, set_local_description
 from streaming.metrics import Metrics
 from streaming.receiver import DEFAULT_PREFETCH, receiver_of, rtp_origin, set_audio_prefetch
-from streaming.tracks import VOICE_BLOCK, VOICE_RATE, AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, VoiceTrack
+from streaming.tracks import AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, SpeechFeed, VoiceTrack
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class LiveCall:
         self.video = AvatarVideoTrack(self._frame_sent, chunk_frames=session.chunk_frames)
         self.voice = VoiceTrack(self.content, lambda: self.anchor)
         self.anchor: tuple[int, float] | None = None  # (frame index, wall time sent) of the latest real frame
-        self.speech: collections.deque[np.ndarray] = collections.deque()  # agent mode: 48 kHz int16 blocks
+        self.speech = SpeechFeed(self.audio_in)  # agent mode: the speech queued by `speak`, fed in real time
         self.latencies: collections.deque[float] = collections.deque(maxlen=1500)
         self.sent_times: collections.deque[float] = collections.deque(maxlen=2 * FPS)
         self.pending_frames: list[list[float]] = []
@@ -77,7 +77,6 @@ class LiveCall:
         self.t_answer: float | None = None
         self.t_first_frame: float | None = None
         self.interrupts: list[dict] = []
-        self.fed_ahead = 0  # agent mode: 20 ms blocks of silence fed ahead of the clock (see interrupt)
         self.last_activity = time.monotonic()
         self.channel = None
         self.tasks: list[asyncio.Task] = []
@@ -107,7 +106,7 @@ class LiveCall:
         self.tasks.append(asyncio.create_task(self._watchdog(), name=f"{self.call_id}-watchdog"))
         self.tasks.append(asyncio.create_task(self._send_stats(), name=f"{self.call_id}-stats"))
         if self.options.source == "agent":
-            self.tasks.append(asyncio.create_task(self._feed_speech(), name=f"{self.call_id}-speech"))
+            self.tasks.append(asyncio.create_task(self.speech.run(), name=f"{self.call_id}-speech"))
         return self.pc.localDescription
 
     def _on_track(self, track) -> None:
@@ -141,18 +140,6 @@ class LiveCall:
             self.last_activity = time.monotonic()
             if self.options.source == "mic":
                 self.audio_in.push_frame(frame)
-
-    async def _feed_speech(self) -> None:
-        """Agent mode: 20 ms of queued speech (or silence) every 20 ms, on a steady clock."""
-        t0, k = time.monotonic(), 0
-        while True:
-            if self.fed_ahead:  # this slot's silence went in early, after an interrupt
-                self.fed_ahead -= 1
-            else:
-                block = self.speech.popleft() if self.speech else np.zeros(VOICE_BLOCK, np.int16)
-                self.audio_in.push_voice(block)
-            k += 1
-            await asyncio.sleep(max(0.0, t0 + k * VOICE_BLOCK / VOICE_RATE - time.monotonic()))
 
     async def _pump_frames(self) -> None:
         """Session frames -> the avatar track's buffer; ends the call when the session stops."""
@@ -201,8 +188,7 @@ class LiveCall:
 
         Frames before the session's first all-silence frame are skipped (the last one shown is held). In agent
         mode the audio that follows is known to be silence, so enough of it to generate that first idle chunk
-        is fed at once, instead of waiting up to 7 frames for it to arrive in real time; the feeder then skips
-        as many 20 ms slots, so the content clock stays on time.
+        is fed at once, instead of waiting up to 7 frames for it to arrive in real time (SpeechFeed.preroll_silence).
         """
         self.speech.clear()
         idle_from = self.session.interrupt()  # the first frame made from silence only
@@ -210,11 +196,8 @@ class LiveCall:
         if self.voice.pos is not None:
             self.content.silence_from(self.voice.pos)
         if self.options.source == "agent":
-            needed = (idle_from + self.session.chunk_frames + self.session.lookahead) * SAMPLES_PER_FRAME
-            blocks = max(0, -(-(needed - self.audio_in.fed) * VOICE_RATE // SAMPLE_RATE // VOICE_BLOCK) + 1)
-            for _ in range(blocks):
-                self.audio_in.push_voice(np.zeros(VOICE_BLOCK, np.int16))
-            self.fed_ahead += blocks
+            self.speech.preroll_silence((idle_from + self.session.chunk_frames + self.session.lookahead)
+                                        * SAMPLES_PER_FRAME)
         self.interrupts.append({"t": time.time(), "frame": idle_from, "idle_ms": None})
 
     def speak(self, pcm48: np.ndarray) -> float:
@@ -222,10 +205,7 @@ class LiveCall:
         if self.options.source != "agent":
             raise InputError("this call drives the avatar from the caller's microphone; start it with "
                              '"source": "agent" to speak audio')
-        for start in range(0, len(pcm48), VOICE_BLOCK):
-            block = pcm48[start:start + VOICE_BLOCK]
-            self.speech.append(np.pad(block, (0, VOICE_BLOCK - len(block))))
-        return len(pcm48) / VOICE_RATE
+        return self.speech.speak(pcm48)
 
     def _on_message(self, message) -> None:
         self.last_activity = time.monotonic()
@@ -269,7 +249,7 @@ class LiveCall:
             "server_ttff_s": None if self.t_first_frame is None or self.t_answer is None
             else self.t_first_frame - self.t_answer,
             "interrupt_idle_ms": [e["idle_ms"] for e in self.interrupts],
-            "queued_speech_s": len(self.speech) * VOICE_BLOCK / VOICE_RATE,
+            "queued_speech_s": self.speech.queued_s(),
             "buffered_frames": len(self.video.queue),
         }
 

@@ -162,8 +162,8 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
     assert int(stream.emotion[0]) == 2  # "sad", switched over the data channel
     # idle_ms: interrupt -> the first frame made only from silence is sent (the 200 ms target is measured by
     # bench/live.py; this bound only says the pre-rolled silence reached the screen without a real-time wait)
-    assert not call.speech and call.interrupts[0]["idle_ms"] < 650
-    assert call.fed_ahead == 0  # the feeder has skipped the slots whose silence went in early
+    assert not call.speech.queue and call.interrupts[0]["idle_ms"] < 650
+    assert call.speech.fed_ahead == 0  # the feeder has skipped the slots whose silence went in early
     # the voice goes quiet: what arrives from 150 ms after the interrupt on is silence
     after = [b for b, t in zip(caller.rec.voice, caller.rec.voice_t) if t > t_interrupt + 0.15]
     before = [b for b, t in zip(caller.rec.voice, caller.rec.voice_t) if t_interrupt - 1.0 < t < t_interrupt]
