@@ -213,7 +213,10 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     use_gpu = cfg.resolved_device() == "cuda" or (cfg.device == "auto" and
                                                   ray.cluster_resources().get("GPU", 0) >= 1)
     check_capacity(workers, use_gpu)
-    cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu")
+    # Workers do not run in the driver's working directory: hand them absolute paths.
+    cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu",
+                              weights=str(Path(cfg.weights).resolve()) if cfg.weights else "",
+                              data=cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()))
     # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
     # node address only (TorchTrainer's env:// rendezvous listens on every interface).
     progress = Queue(actor_options={"num_cpus": 0})

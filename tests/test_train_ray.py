@@ -83,3 +83,19 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert after and after[-1] == 8
     assert min(after) > min(s for s in done if s % 2 == 0)  # continued past a checkpoint, not from the start
     assert (out / "probe.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_motion_stage_on_ray_reads_weights_given_by_a_relative_path(ray_local, tmp_path, monkeypatch):
+    """Ray Train workers do not run in the driver's working directory: `--weights runs/x` must still reach them."""
+    from models.checkpoint import save_weights
+    from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+
+    encoder = MotionEncoder(MOTION_AE_PRESETS["tiny"])
+    save_weights(tmp_path / "dec", "motion_encoder", encoder, encoder.config, {"preset": "tiny", "latent": "params"})
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(stage="motion", steps=2, batch_size=4, size=64, checkpoint_every=2, log_every=1, clips=2,
+                      clip_seconds=2.0, window_frames=16, weights="dec", out_dir="motion", device="cpu")
+    metrics = launch(cfg, workers=1, resume=False, address=None)
+    assert metrics["step"] == 2 and "eval_loss" in metrics
+    assert (tmp_path / "motion" / "motion_generator.safetensors").is_file()
