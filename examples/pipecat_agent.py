@@ -26,6 +26,11 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+try:  # first: without the extra this says, in one line, what to install
+    from streaming.pipecat import ActorcastVideoService
+except ImportError as e:
+    sys.exit(f"pipecat_agent: {e}")
+
 from loguru import logger  # noqa: E402  (Pipecat logs through loguru)
 from pipecat.frames.frames import (  # noqa: E402
     InterruptionFrame,
@@ -45,7 +50,6 @@ from pipecat.workers.runner import WorkerRunner  # noqa: E402
 from actors.engine import Engine  # noqa: E402
 from models.errors import ActorcastError  # noqa: E402
 from streaming.ice import candidate_hosts, hosts_for  # noqa: E402
-from streaming.pipecat import ActorcastVideoService  # noqa: E402
 
 log = logging.getLogger("pipecat_agent")
 

@@ -35,14 +35,7 @@ from models.data.params import EMOTIONS
 from models.errors import ActorcastError, ConfigError
 from models.timebase import FPS, SAMPLES_PER_FRAME
 from streaming.app import LIVE_STAGE_THREADS
-from streaming.tracks import (
-    VOICE_BLOCK,
-    VOICE_PER_FRAME,
-    VOICE_RATE,
-    AudioInput,
-    ContentAudio,
-    SpeechFeed,
-)
+from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
 from streaming.voice_clock import Slot, VoiceClock
 
 
@@ -51,18 +44,9 @@ class PipecatMissingError(ActorcastError, ImportError):
 
 
 try:
-    from pipecat.frames.frames import (
-        CancelFrame,
-        EndFrame,
-        Frame,
-        InterruptionFrame,
-        OutputAudioRawFrame,
-        OutputImageRawFrame,
-        StartFrame,
-        TTSAudioRawFrame,
-        TTSStartedFrame,
-        TTSStoppedFrame,
-    )
+    from pipecat.frames.frames import (CancelFrame, EndFrame, Frame, InterruptionFrame, OutputAudioRawFrame,
+                                       OutputImageRawFrame, StartFrame, TTSAudioRawFrame, TTSStartedFrame,
+                                       TTSStoppedFrame)
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 except ImportError:
     raise PipecatMissingError("the Pipecat video service needs Pipecat: pip install 'actorcast[pipecat]'") from None
@@ -72,8 +56,13 @@ log = logging.getLogger(__name__)
 MAX_CHANNELS = 8
 RATES = (4_000, 384_000)  # sample rates accepted, Hz
 END_GRACE_S = 10.0  # EndFrame: how long the speech still queued may take to come out, beyond its own length
-VOICE_LAG_S = VOICE_BLOCK / VOICE_RATE  # a frame's sound starts this long after its picture (voice_clock.py)
+# A frame's sound goes out this long after its picture (voice_clock.py): Pipecat's live video output holds a
+# picture for up to a frame, and a receiver decodes video later than audio. At an aiortc client on loopback the
+# offset (voice - picture arrival) was about -10 ms with 20 ms here and +10 ms with 40 ms.
+VOICE_LAG = 3 * VOICE_BLOCK // 2  # 30 ms in 48 kHz samples
+VOICE_LAG_S = VOICE_LAG / VOICE_RATE
 SLOT_S = 1.0 / FPS  # one picture and two 20 ms voice frames per slot
+HALF_S = VOICE_BLOCK / VOICE_RATE
 
 
 def audio_problem(frame: OutputAudioRawFrame) -> str | None:
@@ -195,7 +184,7 @@ class ActorcastVideoService(FrameProcessor):
         self.content = ContentAudio()
         self.audio_in = AudioInput(self.session.feed, self.content)
         self.feed = SpeechFeed(self.audio_in, on_mark=lambda pos, frame: self.events.append((pos, frame)))
-        self.clock = VoiceClock(self.content, self.audio_in.arrival)
+        self.clock = VoiceClock(self.content, self.audio_in.arrival, lag=VOICE_LAG)
 
     def _start(self) -> None:
         self.tasks = [self.create_task(self.feed.run(), "actorcast-feed"),
@@ -317,7 +306,7 @@ class ActorcastVideoService(FrameProcessor):
                 await self._send_picture(slot)
             for half, start in enumerate(slot.voice):
                 if half:
-                    await asyncio.sleep(max(0.0, t0 + k * SLOT_S + VOICE_LAG_S - time.monotonic()))
+                    await asyncio.sleep(max(0.0, t0 + k * SLOT_S + HALF_S - time.monotonic()))
                 await self._send_voice(start)
             k += 1
             delay = t0 + k * SLOT_S - time.monotonic()
@@ -407,3 +396,39 @@ class ActorcastVideoService(FrameProcessor):
                 "interrupt_idle_media_ms": [e["idle_media_ms"] for e in self.interrupts],
                 "queued_speech_s": self.feed.queued_s() if self.session is not None else 0.0}
 
+
+
+async def say_through(service: ActorcastVideoService, utterances: list[tuple[np.ndarray, int]],
+                      pause_s: float = 1.0, observers: list | None = None) -> dict:
+    """Run `service` alone in a Pipecat pipeline and say each (int16 mono speech, sample rate) as a TTS does
+    (20 ms TTSAudioRawFrames, faster than real time), `pause_s` of idling after each; returns service.stats()
+    once every frame is out. bench/live.py times the service's input->output frames with it."""
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.workers.runner import WorkerRunner
+
+    worker = PipelineWorker(Pipeline([service]), observers=observers or [], idle_timeout_secs=None)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    try:
+        while not service.tasks:  # set up (the engine may be built) and started
+            if running.done():
+                await running
+                raise ActorcastError("the Pipecat pipeline ended before the service started")
+            await asyncio.sleep(0.05)
+        for k, (pcm, rate) in enumerate(utterances):
+            step, context = rate // 50, f"utterance-{k}"
+            await worker.queue_frames([TTSStartedFrame(context_id=context),
+                                       *(TTSAudioRawFrame(pcm[i:i + step].tobytes(), rate, 1, context_id=context)
+                                         for i in range(0, len(pcm), step)),
+                                       TTSStoppedFrame(context_id=context)])
+            while service.feed.queue or service.events:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(pause_s)
+        await worker.queue_frame(EndFrame())  # the service lets its queued speech out first
+        await running
+    finally:
+        if not running.done():
+            await runner.cancel()
+    return service.stats()

@@ -3,12 +3,12 @@
 A live call's tracks are pulled by aiortc: AvatarVideoTrack schedules the pictures and VoiceTrack follows them,
 skipping or repeating voice to resync. An agent framework (Pipecat) pushes frames into its transport's queues
 instead, and its listener hears every skip or repeat of speech. Here the voice leads. Every 40 ms slot sends
-the picture of frame n and the voice around it (48 kHz content positions, 1920 per frame):
+the picture of frame n and 40 ms of voice (48 kHz content positions, 1920 per frame; `lag` in samples):
 
-    slot n:  picture n, voice [1920 n - 960, 1920 n)  |  20 ms later: voice [1920 n, 1920 n + 960)
+    slot n:  picture n, voice [1920 n - lag, 1920 n - lag + 960)  |  20 ms later: the next 960 samples
 
-so frame n's sound starts 20 ms after its picture (Pipecat's live video output holds a picture for up to one
-frame, its audio goes out on its next 10 ms tick). While there is sound, n advances by one per slot: speech is
+so frame n's sound starts `lag` after its picture (the service sets it for Pipecat's transport, whose video
+output holds a picture for up to a frame). While there is sound, n advances by one per slot: speech is
 never skipped or repeated, and a picture not generated in time is replaced by the newest one before it, or the
 last one again. Only where the voice is silent (and no marker lies) does the clock move: it skips silence while
 it is further behind the feed than the playout delay, and holds (silence, the same picture) while it is closer.
@@ -43,9 +43,9 @@ class VoiceClock:
     `next_slot` says whether content [lo, hi) may be skipped or waited over (nothing bracketing speech there).
     """
 
-    def __init__(self, content: ContentAudio, arrival: Callable[[int], float | None], window: int = 100,
-                 margin_s: float = 2.0 / 25):
-        self.content, self.arrival, self.margin_s = content, arrival, margin_s
+    def __init__(self, content: ContentAudio, arrival: Callable[[int], float | None], lag: int = VOICE_BLOCK,
+                 window: int = 100, margin_s: float = 2.0 / 25):
+        self.content, self.arrival, self.lag, self.margin_s = content, arrival, lag, margin_s
         self.frames: dict[int, tuple[np.ndarray, bool]] = {}  # generated, not sent yet
         self.latencies: collections.deque[float] = collections.deque(maxlen=window)  # fed -> generated, s
         self.n: int | None = None  # frame of the last slot
@@ -80,7 +80,7 @@ class VoiceClock:
 
     def position(self) -> int | None:
         """Content position after the last voice sent (None before the first slot)."""
-        return None if self.n is None else self.n * VOICE_PER_FRAME + VOICE_BLOCK
+        return None if self.n is None else self.n * VOICE_PER_FRAME - self.lag + VOICE_PER_FRAME
 
     def next_slot(self, may_move: Callable[[int, int], bool]) -> Slot:
         if self.n is None:
@@ -94,12 +94,12 @@ class VoiceClock:
                 return Slot(None, self.last, True, (None, None))
         self.n = n
         index, degraded = self._picture(n)
-        lo = n * VOICE_PER_FRAME - VOICE_BLOCK
-        return Slot(index, self.last, degraded, (lo if lo >= 0 else None, lo + VOICE_BLOCK))
+        lo = n * VOICE_PER_FRAME - self.lag
+        return Slot(index, self.last, degraded, tuple(p if p >= 0 else None for p in (lo, lo + VOICE_BLOCK)))
 
     def _advance(self, n: int, may_move) -> int | None:
         """The frame of the next slot: n, later over silence, or None to hold."""
-        lo = n * VOICE_PER_FRAME - VOICE_BLOCK  # the first sample this slot would send
+        lo = n * VOICE_PER_FRAME - self.lag  # the first sample this slot would send
         if self.resume_at is not None:
             if n >= self.resume_at:
                 self.resume_at = None

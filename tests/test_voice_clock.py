@@ -99,3 +99,14 @@ def test_after_an_interrupt_the_voice_jumps_to_the_first_idle_frame():
     clock.put(16, frames(16, 4), degraded=False)
     slot = clock.next_slot(anywhere)
     assert slot.index == 16 and slot.voice[0] == 16 * FRAME - VOICE_BLOCK and clock.resume_at is None
+
+
+def test_the_voice_lags_its_picture_by_lag_samples():
+    content = content_of(("speech", 1.0))
+    clock = VoiceClock(content, arrival=lambda n: None, lag=1440)  # 30 ms, as the Pipecat service sets it
+    clock.put(0, frames(0, 10), degraded=False)
+    slots = [clock.next_slot(anywhere) for _ in range(10)]
+    starts = [pos for slot in slots for pos in slot.voice]
+    assert starts[:2] == [None, None]  # before the first sample
+    assert starts[2:] == list(range(480, 480 + 18 * VOICE_BLOCK, VOICE_BLOCK))  # then contiguous
+    assert all(s.index == k and s.voice[0] == k * FRAME - 1440 for k, s in enumerate(slots[1:], 1))
