@@ -234,7 +234,7 @@ async def _feed(session, audio: Path, start: int, every: int) -> None:
 
 
 async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool, framing: Framing | None,
-                  on_frames=None) -> tuple[int, int]:
+                  on_frames=None, on_written=None) -> tuple[int, int]:
     ckpt, n_seg = work.load()
     if ckpt is not None:
         log.warning("resuming %s from frame %d (work directory %s)", job.out, ckpt.next_frame, work.path)
@@ -262,7 +262,10 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
             if writer is None:
                 work.create()
                 writer = SegmentWriter(work.segment(n_seg), paste.size if paste else (engine.size, engine.size))
-            writer.write(paste.composite(item.frames) if paste else item.frames)
+            frames = paste.composite(item.frames) if paste else item.frames
+            writer.write(frames)
+            if on_written is not None:
+                on_written(frames)
             done += item.n_frames
             bar.update(item.n_frames)
             if on_frames is not None:
@@ -284,10 +287,12 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
 
 
 def render(job: RenderJob, work_dir: Path | None = None, address: str | None = None, use_ray: bool = False,
-           progress: bool = True, engine: Engine | None = None, on_frames=None) -> dict:
+           progress: bool = True, engine: Engine | None = None, on_frames=None, on_written=None) -> dict:
     """Render `job` to job.out; returns {"out", "frames", "seconds"}. Resumes from the work directory.
 
-    on_frames(frames_done) is called after every chunk written (benchmarks time chunks with it)."""
+    on_frames(frames_done) is called after every chunk written (benchmarks time chunks with it); on_written(frames)
+    gets each chunk's (n, H, W, 3) uint8 frames as they go to the encoder, composited when full-frame
+    (bench/portraits.py compares them with the photo before H.264 changes them)."""
     audio, out = Path(job.audio), Path(job.out)
     framing = check_job(job, address if use_ray else None)  # a bad input fails before Ray starts or weights load
     if framing is not None and framing.note():
@@ -298,7 +303,7 @@ def render(job: RenderJob, work_dir: Path | None = None, address: str | None = N
         if own:
             engine = Engine(job.weights, shards=job.shards, use_ray=use_ray, address=address, size=job.size)
         try:
-            frames, n_seg = asyncio.run(_render(engine, job, work, progress, framing, on_frames))
+            frames, n_seg = asyncio.run(_render(engine, job, work, progress, framing, on_frames, on_written))
         finally:
             if own and engine is not None:
                 engine.close()
