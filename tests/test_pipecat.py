@@ -29,6 +29,7 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noq
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from actors.engine import Engine  # noqa: E402
+from models.errors import ConfigError, InputError  # noqa: E402
 from streaming.client import Received, av_offset_ms  # noqa: E402
 from streaming.ice import candidate_hosts, rtc_configuration, set_local_description  # noqa: E402
 from streaming.pipecat import VOICE_LAG_S, ActorcastVideoService, say_through  # noqa: E402
@@ -348,6 +349,17 @@ async def test_on_ray_the_service_builds_its_engine_and_closes_it(ray_local, tmp
         return False
 
     await wait_for(lambda: all(dead(stage) for stage in actors), 60.0)  # the service built the engine: it closed it
+
+
+def test_bad_options_are_refused_with_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="unknown emotion 'bored'; choose one of"):
+        ActorcastVideoService(emotion="bored")
+    with pytest.raises(ConfigError, match="an identity or a portrait, not both"):
+        ActorcastVideoService(identity=1, portrait=np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(InputError, match="does not exist"):
+        ActorcastVideoService(portrait=tmp_path / "me.png")
+    with pytest.raises(InputError, match="uint8 RGB image"):
+        ActorcastVideoService(portrait=np.zeros((64, 64), np.float32))
 
 
 def test_missing_extra_names_the_install_command():
