@@ -12,7 +12,7 @@ from pathlib import Path
 from models.errors import ConfigError
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-NAMES = ("data", "models", "cache", "render", "live")
+NAMES = ("data", "models", "cache", "render", "live", "portraits")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and write DIR/NAME.json",
                        description="data: synthetic data rates; models: per-stage cost; cache: KV-cache policies "
                                    "over 10 s/60 s/600 s; render: render RTF, long-form memory, Ray overhead; "
-                                   "live: WebRTC latency, A/V offset, sessions at 25 fps. Each writes DIR/NAME.json.")
+                                   "live: WebRTC latency, A/V offset, sessions at 25 fps; portraits: lip-sync, mouth range and "
+                                   "paste-back fidelity on real photos. Each writes DIR/NAME.json.")
     p.add_argument("name", choices=NAMES, help="which benchmark")
     p.add_argument("--out", type=Path, required=True, help="directory for NAME.json (and its plots)")
     p.add_argument("--quick", action="store_true", help="the smaller run CI uses (minutes instead of tens of minutes)")
