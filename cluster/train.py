@@ -259,6 +259,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
+    p.add_argument("--clips", type=positive_int, default=None,
+                   help="motion stage: training clips, their latents computed once (default 256)")
+    p.add_argument("--tts-share", type=float, default=None,
+                   help="motion stage: share of the clips spoken by espeak-ng, 0..1; the rest is formant babble "
+                        "(default 0.5)")
     p.add_argument("--latent", default="auto", choices=("auto", "params", "encoder"),
                    help="decoder stage: what drives the decoder while it learns. params: the true motion parameters "
                         "(normalised) as the first latent dimensions, the rest zero, and the motion encoder learns "
@@ -274,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = get_stage(args.stage).defaults(args.preset)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "checkpoint_every": args.checkpoint_every, "size": args.size}.items()
+                                   "checkpoint_every": args.checkpoint_every, "size": args.size,
+                                   "clips": args.clips, "tts_share": args.tts_share}.items()
                  if v is not None}
     out = args.out or f"runs/{args.stage}-{args.preset}"
     # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.

@@ -42,6 +42,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["--stage", "probe", "--preset", "huge"], "invalid choice"),
     (["--stage", "motion", "--steps", "2"], "needs --weights"),
     (["--stage", "probe", "--data", "/nonexistent"], "synthetic renders only"),
+    (["--stage", "motion", "--tts-share", "1.5"], "tts_share must be in"),
     (["--stage", "probe", "--workers", "64", "--steps", "1"], "more than the cluster can place"),
     (["--stage", "probe", "--address", "127.0.0.1:1", "--steps", "1"], "cannot reach the Ray cluster"),
 ])
