@@ -41,6 +41,7 @@ class NodeSpec:
     head: bool = False
     resources: dict = field(default_factory=dict)
     hide: tuple[str, ...] = ()  # folders this node must not see (needs mount privileges: see can_hide_folders)
+    env: dict = field(default_factory=dict)  # extra environment of the node's processes; a PYTHONPATH goes first
 
 
 def default_nodes(workers: int = 2, head_cpus: int = 1, worker_cpus: int = 1) -> list[NodeSpec]:
@@ -117,8 +118,10 @@ class LocalCluster:
         command = [sys.executable, "-m", "cluster.ray_node", json.dumps(node_spec)]
         if spec.hide:
             command = ["unshare", "-m", "--propagation", "private", *command]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                         os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, **spec.env,
+               "PYTHONPATH": os.pathsep.join(filter(None, [spec.env.get("PYTHONPATH"),
+                                                           str(Path(__file__).resolve().parents[1]),
+                                                           os.environ.get("PYTHONPATH")]))}
         env.pop("RAY_ADDRESS", None)
         with open(folder / "node.log", "ab") as log:
             proc = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=log,

@@ -6,7 +6,8 @@ PATH on a cluster whose nodes do not share the driver's disk: a folder every nod
 worker that dies restarts from the latest checkpoint (FailureConfig), `--resume` continues a stopped run from
 the latest checkpoint in that storage, and the export of the final checkpoint (safetensors + JSON) is copied to
 OUT/ on the driver. The workers are spread over the nodes (SPREAD). Rank 0's progress reaches the driver
-through a Ray queue; the driver prints it and keeps it in OUT/progress.jsonl.
+through a Ray queue; the driver prints it and keeps it in OUT/progress.jsonl, and prints "resuming from the
+checkpoint of step S" whenever the workers start from a checkpoint (--resume, or a restart after a failure).
 """
 
 import argparse
@@ -56,10 +57,20 @@ class RayHooks:
         # started with --resume gets the previous run's latest checkpoint through its config.
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
+            if self.resume_from:
+                self._tell_resumed(Path(self.resume_from))
             yield Path(self.resume_from) if self.resume_from else None
             return
         with checkpoint.as_directory() as directory:
+            self._tell_resumed(Path(directory))
             yield Path(directory)
+
+    def _tell_resumed(self, directory: Path) -> None:
+        """Rank 0 tells the driver the step of the checkpoint the workers start from (a restart or --resume)."""
+        from models.training.train import STATE_FILE
+
+        if self.rank == 0 and (directory / STATE_FILE).is_file():
+            self.progress.put({"resumed": json.loads((directory / STATE_FILE).read_text())["step"]})
 
     @contextmanager
     def checkpoint_dir(self, step: int) -> Iterator[Path]:
@@ -146,6 +157,9 @@ def _fit_with_progress(trainer, queue, out: Path, total_steps: int):
                 workers[item["rank"]] = item["node"]
                 (out / WORKERS_FILE).write_text(json.dumps(workers, indent=2, sort_keys=True) + "\n")
                 continue
+            if "resumed" in item:  # a worker group (re)started from a checkpoint: said, not kept in progress.jsonl
+                print(f"resuming from the checkpoint of step {item['resumed']}", flush=True)
+                continue
             with (out / PROGRESS_FILE).open("a") as f:
                 f.write(json.dumps(item) + "\n")
             print(format_progress(item, total_steps), flush=True)
@@ -219,7 +233,11 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
                               data=cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()))
     # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
     # node address only (TorchTrainer's env:// rendezvous listens on every interface).
-    progress = Queue(actor_options={"num_cpus": 0})
+    # The progress queue lives on the driver's node: a lost worker node does not take it along.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = DataParallelTrainer(
         worker_loop, train_loop_config={"train": dataclasses.asdict(cfg), "progress": progress,
                                          "resume_from": str(resume_from) if resume_from else None},

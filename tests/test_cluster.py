@@ -195,3 +195,91 @@ def test_too_many_workers_for_the_cluster_is_one_line(cluster, driver_dir):
     assert result.stderr.strip().splitlines()[-1].startswith("actorcast: error: --workers 9 is more than the "
                                                              "cluster can place: it has 4 CPUs")
     assert "Traceback" not in result.stderr
+
+
+def test_a_node_with_another_actorcast_version_stops_the_job_at_start(tmp_path):
+    """A worker node whose Python finds actorcast 9.9.9 (a dist-info first on its PYTHONPATH, as an older or newer
+    install would be found): a render sent to the cluster stops before any work, with one line naming both."""
+    from actors.versions import installed_version
+
+    other = tmp_path / "other-install"
+    (other / "actorcast-9.9.9.dist-info").mkdir(parents=True)
+    (other / "actorcast-9.9.9.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: actorcast\n"
+                                                                   "Version: 9.9.9\n")
+    mine = installed_version()
+    assert mine != "9.9.9"
+    audio = _write_audio(tmp_path / "talk.wav", 1.0, 16000, "mono")
+    out = tmp_path / "never.mp4"
+    nodes = [NodeSpec("head", 1, head=True), NodeSpec("stale", 1, env={"PYTHONPATH": str(other)})]
+    with LocalCluster(tmp_path / "cluster", nodes) as cluster:
+        # The installed console script, run from a folder of the user's: Ray puts the driver's working folder first
+        # on every worker's path, and the source tree's own actorcast.egg-info would answer for the stale node.
+        result = subprocess.run([str(Path(sys.executable).parent / "actorcast"), "render", str(audio), "-o",
+                                 str(out), "--shards", "2", "--size", "64", "--address", cluster.address],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    import ray
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout + result.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith("actorcast: error: node 127.0.0.1 ")
+    assert (f"runs actorcast 9.9.9 with Ray {ray.__version__}, this driver actorcast {mine} with Ray "
+            f"{ray.__version__}") in lines[0]
+    assert not out.exists()
+
+
+def test_train_after_a_lost_node_continues_from_the_last_checkpoint(cluster, driver_dir, tmp_path_factory):
+    """Two DeepSpeed workers on two nodes; once the first checkpoint is in the shared storage, the node of a rank
+    that is not the driver's is lost. The run goes on from that checkpoint, not from step 1."""
+    storage = tmp_path_factory.mktemp("shared-lost") / "ray"
+    out = driver_dir / "probe-lost"
+    steps, every = 30, 5  # progress lines come at every 5th step (checkpoints) and every 10th (log_every)
+    args = ["train", "--stage", "probe", "--workers", "2", "--steps", str(steps), "--batch-size", "2", "--size",
+            "64", "--checkpoint-every", str(every), "--out", str(out), "--storage", str(storage), "--address",
+            cluster.address]
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    names = _node_ids(cluster)
+    lines: list[str] = []
+    for line in proc.stdout:  # "step S/N ..." as rank 0 reports; wait for a step after the first checkpoint
+        lines.append(line)
+        if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= every + 2:
+            break
+    assert proc.poll() is None, "".join(lines) + proc.stderr.read()[-3000:]
+    assert sorted(p.name for p in (storage / "run").glob("checkpoint_*") if p.is_dir())
+    ranks = json.loads((out / "workers.json").read_text())
+    lost = next(names[node] for node in ranks.values() if names[node] != "head")
+    cluster.kill_node(lost)
+    at_kill = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("step ")]
+    stdout, stderr = proc.communicate(timeout=600)
+    try:
+        first = lines + stdout.splitlines(keepends=True)
+        if proc.returncode != 0:  # the run gave up: bring the node back and continue the run with --resume
+            how = "--resume"
+            _restore(cluster, lost)
+            lost = None
+            resumed = _cli(*args, "--resume")
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
+            before, after = first, resumed.stdout.splitlines()
+        else:  # Ray Train restarted the worker group within the run
+            how = "within the run"
+            at = next((i for i, line in enumerate(first) if line.startswith("resuming from the checkpoint")), None)
+            assert at is not None, "".join(first)
+            before, after = first[:at], first[at:]
+        restarts = [i for i, line in enumerate(after) if line.startswith("resuming from the checkpoint of step ")]
+        assert restarts, (how, after)
+        start = int(after[restarts[0]].split()[-1])
+        before = [int(line.split()[1].split("/")[0]) for line in before if line.startswith("step ")]
+        steps_after = [int(line.split()[1].split("/")[0]) for line in after[restarts[0]:] if line.startswith("step ")]
+        print(f"recovered {how}: steps reported when the node was lost {at_kill}, before the restart {before}, "
+              f"from the checkpoint of step {start}: {steps_after}")
+        # From the last checkpoint rank 0 had reported when the node was lost, or the one before it: the lost rank
+        # may not have saved its shard of the last one. Not from step 0 (a fresh start says nothing of resuming).
+        assert start in [s for s in at_kill if s % every == 0][-2:], (at_kill, start)
+        assert steps_after[0] == start + every and steps_after[-1] == steps, steps_after
+        assert (out / "probe.safetensors").is_file()
+        progress = [json.loads(line)["step"] for line in (out / "progress.jsonl").read_text().splitlines()]
+        assert progress[-1] == steps
+    finally:
+        if lost:
+            _restore(cluster, lost)
