@@ -29,9 +29,11 @@ from bench.common import write_json  # noqa: E402
 from models.data.dataset import HELDOUT_START, make_clip  # noqa: E402
 from models.data.params import PARAM_INDEX  # noqa: E402
 from models.errors import ActorcastError  # noqa: E402
-from models.training.decoder_stage import DecoderTrainer, param_latent  # noqa: E402
+from models.decoder import param_latent  # noqa: E402
+from models.training.decoder_stage import DecoderTrainer  # noqa: E402
 from models.training.evaluate import CLIP_STRIDE, pearson, resize, span  # noqa: E402
 from models.training.meter import FaceMeter  # noqa: E402
+from models.training.train import TrainConfig  # noqa: E402
 
 JAW = PARAM_INDEX["jaw_open"]
 BATCH = 25
@@ -50,10 +52,9 @@ def load(path: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
         raise ActorcastError(f"{path} holds neither decoder.safetensors nor a decoder-stage checkpoint under ray/")
     state_file = checkpoints[-1].parents[1] / "actorcast_state.json"  # checkpoint_*/ds/mp_rank_00_model_states.pt
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    config = state.get("config", {})
-    latent = config.get("latent", "auto")
-    latent = "params" if latent in ("auto", "params") and config.get("data", "synthetic") == "synthetic" else "encoder"
-    trainer = DecoderTrainer(config.get("preset", "tiny"), config.get("size", 0), latent)
+    cfg = TrainConfig(**state["config"]) if state else TrainConfig(stage="decoder")
+    latent = cfg.resolved_latent()
+    trainer = DecoderTrainer(cfg.preset, cfg.size, latent)
     trainer.load_state_dict(torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["module"])
     print(f"checkpoint {checkpoints[-1].parents[1]} (step {state.get('step', '?')})", file=sys.stderr)
     return trainer.encoder.eval(), trainer.decoder.eval(), latent

@@ -325,6 +325,28 @@ def normalise_params(params: torch.Tensor) -> torch.Tensor:
     return (params - (low + high) / 2) / ((high - low) / 2)
 
 
+def param_latent(params: torch.Tensor, d_motion: int) -> torch.Tensor:
+    """(B, N_PARAMS) true motion -> (B, d_motion) latent: the normalised parameters, then zeros (the free part).
+    The latent of a decoder trained on the true motion (`train --latent params`)."""
+    if d_motion < N_PARAMS:
+        raise ConfigError(f"d_motion={d_motion} cannot hold the {N_PARAMS} motion parameters")
+    return F.pad(normalise_params(params), (0, d_motion - N_PARAMS))
+
+
+def frame_loss(
+    decoder: "VideoDecoder", ref_b: torch.Tensor, target_b: torch.Tensor, z: torch.Tensor,
+    new_pixels: torch.Tensor | None = None, z_reg: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Render z (B, d_motion) on the references ref_b and score the frames against target_b: reconstruction, plus the
+    new-pixel terms where `new_pixels` is known. The latent regulariser reads `z_reg` if given, else z."""
+    pred, blend_logit, painted = decoder.render(decoder.encode_reference(ref_b), z)  # (B, 3|1|3, res, res)
+    loss, metrics = reconstruction_loss(pred, target_b, z if z_reg is None else z_reg, decoder.config)
+    if new_pixels is not None:
+        extra, parts = new_pixel_loss(pred, blend_logit, painted, target_b, new_pixels, decoder.config)
+        loss, metrics = loss + extra, {**metrics, **parts}
+    return loss, metrics
+
+
 def decoder_loss(
     encoder: MotionEncoder, decoder: VideoDecoder, frame_a: torch.Tensor, ref_b: torch.Tensor, target_b: torch.Tensor,
     new_pixels: torch.Tensor | None = None, params: torch.Tensor | None = None,
@@ -338,11 +360,7 @@ def decoder_loss(
         )
     check_frames(target_b, "target_b", decoder.config.resolution)
     z = encoder(frame_a)  # (B, d_motion)
-    pred, blend_logit, painted = decoder.render(decoder.encode_reference(ref_b), z)  # (B, 3|1|3, res, res)
-    loss, metrics = reconstruction_loss(pred, target_b, z, decoder.config)
-    if new_pixels is not None:
-        extra, parts = new_pixel_loss(pred, blend_logit, painted, target_b, new_pixels, decoder.config)
-        loss, metrics = loss + extra, {**metrics, **parts}
+    loss, metrics = frame_loss(decoder, ref_b, target_b, z, new_pixels)
     if params is not None and decoder.config.param_weight > 0:
         if z.shape[1] < N_PARAMS:
             raise ConfigError(f"d_motion={z.shape[1]} cannot hold the {N_PARAMS} supervised motion parameters")

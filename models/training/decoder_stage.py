@@ -22,8 +22,7 @@ from models.checkpoint import save_weights
 from models.data.face import render, sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
 from models.data.params import N_PARAMS
-from models.decoder import (DECODER_PRESETS, VideoDecoder, decoder_loss, new_pixel_loss, normalise_params,
-                            reconstruction_loss)
+from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, frame_loss, param_latent
 from models.errors import ConfigError
 from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
 from models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
@@ -45,13 +44,6 @@ def new_pixels(frame: torch.Tensor, shut: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(differs, 3, stride=1, padding=1)
 
 
-def param_latent(params: torch.Tensor, d_motion: int) -> torch.Tensor:
-    """(B, N_PARAMS) true motion -> (B, d_motion) latent: the normalised parameters, then zeros (the free part)."""
-    if d_motion < N_PARAMS:
-        raise ConfigError(f"d_motion={d_motion} cannot hold the {N_PARAMS} motion parameters")
-    return F.pad(normalise_params(params), (0, d_motion - N_PARAMS))
-
-
 FREE_NOISE = 0.1  # std of noise on the free latent dimensions in `params` mode, so the decoder learns to ignore them
 
 
@@ -63,12 +55,11 @@ def params_step(encoder: MotionEncoder, decoder: VideoDecoder, batch: dict,
     target_z = param_latent(batch["params"], d).to(batch["target_b"].dtype)
     noise = torch.randn(target_z.shape, generator=generator).to(target_z) * FREE_NOISE
     noise[:, :N_PARAMS] = 0.0
-    pred, blend_logit, painted = decoder.render(decoder.encode_reference(batch["ref_b"]), target_z + noise)
-    loss, metrics = reconstruction_loss(pred, batch["target_b"], target_z, decoder.config)
-    extra, parts = new_pixel_loss(pred, blend_logit, painted, batch["target_b"], batch["new_b"], decoder.config)
+    loss, metrics = frame_loss(decoder, batch["ref_b"], batch["target_b"], target_z + noise, batch["new_b"],
+                               z_reg=target_z)
     encoder_mse = (encoder(batch["frame_a"]) - target_z).square().mean()
-    loss = loss + extra + decoder.config.param_weight * encoder_mse
-    return loss, {**metrics, **parts, "encoder_mse": encoder_mse.detach()}
+    loss = loss + decoder.config.param_weight * encoder_mse
+    return loss, {**metrics, "encoder_mse": encoder_mse.detach()}
 
 
 class DecoderTrainer(nn.Module):

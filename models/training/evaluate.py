@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from models.data.dataset import HELDOUT_START, identity_seed, make_clip
 from models.data.face import render, sample_identities
 from models.data.params import PARAM_INDEX, neutral_params
+from models.decoder import param_latent
 from models.kv_cache import POLICY_NAMES, CacheConfig
 from models.training.meter import FaceMeter, MeterReading
 from models.sampling import SamplerConfig, generate
@@ -105,8 +106,6 @@ def encode(models: Models, frames: torch.Tensor) -> torch.Tensor:
 def true_motion(models: Models, clip) -> torch.Tensor:
     """The ground-truth motion latents (T, d) of a clip, in the decoder's own latent: the normalised true parameters
     for a decoder trained on them, else the motion encoder's reading of the clip's frames."""
-    from models.training.decoder_stage import param_latent
-
     if models.latent == "params":
         return param_latent(clip.params, models.decoder.config.d_motion)
     return encode(models, clip.frames)

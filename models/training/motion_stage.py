@@ -23,6 +23,7 @@ from models.checkpoint import load_weights, read_header, save_weights
 from models.data.dataset import SPLITS, identity_seed, make_clip
 from models.data.face import render, sample_identities
 from models.data.params import neutral_params
+from models.decoder import param_latent
 from models.errors import ConfigError
 from models.motion import MotionGenerator, diffusion_forcing_loss
 from models.motion_ae import MotionAEConfig, MotionEncoder
@@ -58,8 +59,6 @@ def encode_clips(encoder: MotionEncoder, seeds: list[int], seconds: float, size:
     """The clips' latents: {'z': (N, T, d), 'z_ref': (N, d), 'pcm': (N, T*640), 'emotion': (N,)}. z_ref is the
     encoder's reading of the reference rendered at `size` (what it sees at inference); z is the encoder's reading
     of every frame (`latent='encoder'`) or the true motion (`latent='params'`)."""
-    from models.training.decoder_stage import param_latent
-
     d_motion = encoder.config.d_motion
     zs, refs, pcms, emotions = [], [], [], []
     for seed, source in zip(seeds, sources or ["babble"] * len(seeds)):
