@@ -176,6 +176,8 @@ class SpeechFeed:
         for start in range(0, whole, VOICE_BLOCK):
             self.queue.append((pcm[start:start + VOICE_BLOCK], self.partial_t if start == 0 else now))
         self.partial = pcm[whole:]
+        if whole:  # the samples left over came with this piece
+            self.partial_t = now
         if final:
             self.flush()
         return len(pcm48) / VOICE_RATE

@@ -281,3 +281,21 @@ def test_metrics_use_one_prometheus_registry_per_server():
     assert buckets["25.0"] == 0 and buckets["50.0"] == 1 and buckets["+Inf"] == 1
     assert (a.sessions_total, a.sessions_rejected, b.sessions_total, b.sessions_rejected) == (1, 0, 0, 1)
     assert REGISTRY.get_sample_value("actorcast_frames_sent_total") is None  # nothing in the global registry
+
+
+def test_speech_handed_over_in_pieces_keeps_each_blocks_own_time(monkeypatch):
+    """A stream of 20 ms pieces at 24 kHz resampled to 48 kHz does not fall on block boundaries: each block is
+    stamped with the time its first sample came, not the time of the stream's first piece (which made the
+    measured latency grow with the length of an utterance)."""
+    from streaming import tracks
+
+    clock = iter(np.arange(0.0, 10.0, 0.02))
+    monkeypatch.setattr(tracks.time, "time", lambda: float(next(clock)))
+    feed = tracks.SpeechFeed(audio_in=None)
+    piece = np.ones(tracks.VOICE_BLOCK - 37, np.int16)  # always a little short of a block
+    for _ in range(50):
+        feed.speak(piece, final=False)
+    stamps = [t for block, t in feed.queue]
+    assert len(stamps) == 48
+    assert stamps == sorted(stamps) and stamps[-1] >= 0.9  # the 48th block began ~0.94 s in, not at 0
+    assert all(0 < later - earlier < 0.05 for earlier, later in zip(stamps, stamps[1:]))
