@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from actors.batching import Batched
 from actors.executor import LocalStage, RayStage, Resources, default_resources
 from actors.loading import ShippedWeights, WeightsBundle, resolve_weights
 from actors.reference import check_portrait, synthetic_portrait
-from actors.session import Session, SessionCheckpoint, SessionConfig
+from actors.session import Seniority, Session, SessionCheckpoint, SessionConfig
 from actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actors.versions import check_node_versions, version_mismatch_line
 from models.errors import ActorcastError, ConfigError
@@ -135,16 +136,24 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     check_node_versions(address)
 
 
+def _solo(stage):
+    """The stage itself, without the batching in front of it."""
+    return stage.stage if isinstance(stage, Batched) else stage
+
+
 class Engine:
     """AudioEncoderStage -> MotionStage -> DecoderShard x `shards`, built once and shared by sessions.
 
     stage_threads: torch threads per in-process stage (None: torch's default). A live server uses 1 (see
     streaming.app.LIVE_STAGE_THREADS): the stages then run side by side instead of fighting over the cores.
+    batching: the sessions' motion chunks and frames are gathered and run as one batch per tick (continuous
+    batching, actors/batching.py); False sends each session's calls on their own.
     """
 
     def __init__(self, weights: str | Path | None = None, preset: str = "tiny", shards: int = 1, use_ray: bool = False,
                  address: str | None = None, size: int | None = None, device: str = "cpu",
-                 resources: dict[str, Resources] | None = None, stage_threads: int | None = None):
+                 resources: dict[str, Resources] | None = None, stage_threads: int | None = None,
+                 batching: bool = True):
         if shards < 1:
             raise ConfigError(f"shards={shards} must be >= 1")
         self.preset = get_preset(preset).name
@@ -178,6 +187,10 @@ class Engine:
         self.audio = make(AudioEncoderStage, "audio", "audio")
         self.motion = make(MotionStage, "motion", "motion")
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
+        if batching:  # one generator pass and one decoder batch per tick serve every session (actors/batching.py)
+            self.motion = Batched(self.motion, {"process": "process_many"}, key=lambda args: args[0].session_id)
+            self.shards = [Batched(shard, {"decode": "decode_many"}) for shard in self.shards]
+        self.seniority = Seniority()
         self.size = int(self.shards[0].submit("output_size").result())  # --size, else the decoder's own
         self.lookahead = get_preset(preset).audio.lookahead
         self.chunk_frames = get_preset(preset).motion.chunk_frames
@@ -186,12 +199,15 @@ class Engine:
     async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,
                            emotion: str = "neutral", cache_policy: str | None = None, seed: int = 0,
                            live: bool = True, steps: int = 4, resume: SessionCheckpoint | None = None,
-                           config: SessionConfig | None = None) -> Session:
+                           config: SessionConfig | None = None, batched: bool | None = None) -> Session:
         """A new session (async; the reference is prepared and encoded off the event loop).
 
         reference: (H, W, 3) uint8 portrait (cropped to square, resized); else synthetic identity
         `identity_seed` (default 0). live=False: an offline session that never degrades (render jobs).
         resume: continue from a checkpoint of an earlier session with the same settings.
+        batched: share the motion and decoder batches with the other sessions (continuous batching); by default
+        live sessions do and offline ones do not, so that a render's frames never depend on what else ran
+        beside it (batches round floats differently; resumed renders must match bit for bit).
         """
         if self._closed:
             raise ActorcastError("the engine is closed; create a new Engine")
@@ -209,9 +225,12 @@ class Engine:
         if resume:
             await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
                                  call(self.motion, "restore", sid, resume.motion_state))
-        return Session(sid, (self.audio, self.motion, self.shards), reference, self.size, config, silence,
+        motion, shards = self.motion, self.shards
+        if not (config.live if batched is None else batched):
+            motion, shards = _solo(motion), [_solo(shard) for shard in shards]
+        return Session(sid, (self.audio, motion, shards), reference, self.size, config, silence,
                        self.lookahead, first_frame=first, samples=resume.samples if resume else 0,
-                       chunk_frames=self.chunk_frames)
+                       chunk_frames=self.chunk_frames, seniority=self.seniority)
 
     def live_config(self) -> SessionConfig:
         """Low-latency settings for live sessions.

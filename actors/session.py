@@ -71,6 +71,29 @@ class _Marker:
 _END = object()
 
 
+class Seniority:
+    """The live sessions of one engine in the order they opened. Under overload the newest degrades first: a
+    session's lag thresholds are multiplied by 1 + the number of live sessions opened after it, so the newest
+    one drops denoising steps (and then repeats frames) while the older ones still have room, and what it
+    stops asking for is what lets the others keep up."""
+
+    def __init__(self):
+        self._order: list[str] = []
+
+    def join(self, session_id: str) -> None:
+        self._order.append(session_id)
+
+    def leave(self, session_id: str) -> None:
+        if session_id in self._order:
+            self._order.remove(session_id)
+
+    def slack(self, session_id: str) -> int:
+        """1 for the newest live session, 2 for the one before it, ..."""
+        if session_id not in self._order:
+            return 1
+        return len(self._order) - self._order.index(session_id)
+
+
 class Session:
     """One avatar stream through the engine's stages. Create it with `await Engine.open_session(...)`.
 
@@ -78,8 +101,12 @@ class Session:
     """
 
     def __init__(self, session_id: str, stages, reference: np.ndarray, size: int, config: SessionConfig,
-                 silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0, chunk_frames: int = 4):
+                 silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0, chunk_frames: int = 4,
+                 seniority: Seniority | None = None):
         self.session_id, self.size, self.config = session_id, size, config
+        self._seniority = seniority if config.live else None
+        if self._seniority is not None:
+            self._seniority.join(session_id)
         self._audio, self._motion, self._shards = stages
         self._reference, self._silence = reference, silence
         self.chunk_frames, self.lookahead = chunk_frames, lookahead
@@ -205,6 +232,8 @@ class Session:
             return
         self._closed = True
         self._stop.set()
+        if self._seniority is not None:
+            self._seniority.leave(self.session_id)
         tasks = self._tasks + self._producers + list(self._down.values())
         for task in tasks:
             task.cancel()
@@ -299,6 +328,10 @@ class Session:
     async def _motion_task(self):
         await self._run(self._motion_body)
 
+    def _slack(self) -> int:
+        """How many times the lag thresholds this session tolerates (Seniority: the newest degrades first)."""
+        return self._seniority.slack(self.session_id) if self._seniority is not None else 1
+
     def _lag(self, t_wall: float | None) -> float:
         """Live: seconds this audio is behind real time, beyond its own block and lookahead (0 offline)."""
         if not self.config.live or t_wall is None:
@@ -318,7 +351,7 @@ class Session:
                 await self._q_motion.put(_Marker(item.samples, item.audio_state, state))
                 continue
             self._feat_frontier = item.first_frame + item.feats.shape[0]
-            lag = self._lag(item.t_wall)
+            lag = self._lag(item.t_wall) / self._slack()
             steps = self.config.degraded_steps if lag > self.config.degrade_after_s else None
             repeat = lag > self.config.repeat_after_s
             for mc in await self._call(self._motion, "process", item, steps):
@@ -341,7 +374,7 @@ class Session:
                 if self.config.live:
                     await self._one_waiting_per_shard(inflight)
                 # behind by now (the decoders are the bottleneck): repeat rather than queue more latency
-                late = repeat or self._lag(piece.t_wall) > self.config.repeat_after_s
+                late = repeat or self._lag(piece.t_wall) / self._slack() > self.config.repeat_after_s
                 job = None if late else asyncio.ensure_future(self._decode(piece, shards))
                 if job is not None and self.config.live:
                     inflight.append(job)

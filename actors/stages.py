@@ -6,6 +6,7 @@ Ray actors. State a session needs to resume (audio buffers, KV cache, RNG) is ex
 re-imported by `restore`, as bytes, so it can cross processes and be written to disk.
 """
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -19,11 +20,12 @@ from actors.loading import load_model, local_weights
 from actors.messages import AudioChunk, FeatureChunk, MotionChunk
 from actors.reference import square_tensor, to_uint8
 from models.audio import AudioStreamState
+from models.decoder import IdentityFeatures
 from models.data.params import EMOTION_INDEX, EMOTIONS
 from models.errors import ConfigError, InputError
 from models.kv_cache import CacheConfig
 from models.presets import get_preset
-from models.sampling import MotionStream, SamplerConfig
+from models.sampling import MotionStream, SamplerConfig, push_many
 from models.timebase import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,40 @@ class MotionStage:
             z = stream.push(chunk.feats[None].to(torch.float32))[0]
         return self._split(chunk.session_id, first, z, degraded, chunk.t_wall)
 
+    def process_many(self, items: list[tuple[FeatureChunk, int | None]]) -> list[tuple[bool, object]]:
+        """`process` for several sessions' chunks at once (continuous batching; actors/batching.py): the chunks
+        they complete go through the generator together, each session with its own cache, noise and steps.
+
+        Returns, per item, (True, its list of MotionChunks) or (False, the error that item alone raised): one
+        session's bad chunk never fails the others."""
+        results: list[tuple[bool, object]] = [(False, None)] * len(items)
+        live, sessions = [], set()
+        for i, (chunk, steps) in enumerate(items):
+            try:
+                if chunk.session_id in sessions:
+                    raise InputError(f"session {chunk.session_id!r} sent two chunks in one batch")
+                stream = self.sessions[chunk.session_id]["stream"]
+                if chunk.first_frame != stream.frames_done + stream.pending_frames:
+                    raise InputError(f"features start at frame {chunk.first_frame}, the stream expects "
+                                     f"{stream.frames_done + stream.pending_frames}: chunks lost or reordered")
+                sessions.add(chunk.session_id)
+                live.append((i, chunk, steps, stream))
+            except Exception as e:  # noqa: BLE001 - returned to the item's caller
+                results[i] = (False, e)
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            degraded = {i: stack.enter_context(self._steps(chunk.session_id, steps)) for i, chunk, steps, _ in live}
+            firsts = {i: stream.frames_done for i, _, _, stream in live}
+            try:
+                zs = push_many([stream for *_, stream in live],
+                               [chunk.feats[None].to(torch.float32) for _, chunk, _, _ in live])
+            except Exception as e:  # noqa: BLE001 - the batch itself failed: every item gets the error
+                for i, *_ in live:
+                    results[i] = (False, e)
+                return results
+        for (i, chunk, _, _), z in zip(live, zs):
+            results[i] = (True, self._split(chunk.session_id, firsts[i], z[0], degraded[i], chunk.t_wall))
+        return results
+
     def end(self, session_id: str) -> list[MotionChunk]:
         """Flush: the remaining frames (a last chunk may be shorter than C)."""
         stream = self.sessions[session_id]["stream"]
@@ -241,11 +277,52 @@ class DecoderShard:
         """z (n, d_motion) -> (first_frame, frames (n, size, size, 3) uint8)."""
         identity = self.sessions[session_id]
         p = next(self.decoder.parameters())
-        frames = self.decoder(identity, z.to(p.device, p.dtype))  # (n, 3, R, R)
+        return first_frame, self._frames(identity, z.to(p.device, p.dtype))
+
+    @torch.no_grad()
+    def decode_many(self, items: list[tuple[str, int, torch.Tensor]]) -> list[tuple[bool, object]]:
+        """`decode` for several sessions' frames at once (continuous batching; actors/batching.py): one decoder
+        batch, each frame with its own session's cached reference. Returns, per item, (True, (first_frame,
+        frames)) or (False, the error that item alone raised)."""
+        results: list[tuple[bool, object]] = [(False, None)] * len(items)
+        good = []
+        for i, (session_id, first, z) in enumerate(items):
+            try:
+                good.append((i, first, self.sessions[session_id], z))
+            except Exception as e:  # noqa: BLE001 - returned to the item's caller
+                results[i] = (False, e)
+        if len(good) == 1:
+            i, first, _, z = good[0]
+            results[i] = (True, self.decode(items[i][0], first, z))
+            return results
+        if not good:
+            return results
+        p = next(self.decoder.parameters())
+        sizes = [len(z) for *_, z in good]
+        ids = [ident for _, _, ident, _ in good]
+        identity = IdentityFeatures(
+            levels=tuple(torch.cat([ident.levels[j].expand(n, -1, -1, -1) for ident, n in zip(ids, sizes)])
+                         for j in range(len(ids[0].levels))),
+            resolution=ids[0].resolution,
+            image=torch.cat([ident.image.expand(n, -1, -1, -1) for ident, n in zip(ids, sizes)]))
+        try:
+            frames = self._frames(identity, torch.cat([z for *_, z in good]).to(p.device, p.dtype))
+        except Exception as e:  # noqa: BLE001 - the batch itself failed: every item gets the error
+            for i, *_ in good:
+                results[i] = (False, e)
+            return results
+        r = 0
+        for (i, first, _, _), n in zip(good, sizes):
+            results[i] = (True, (first, frames[r:r + n]))
+            r += n
+        return results
+
+    def _frames(self, identity, z: torch.Tensor) -> np.ndarray:
+        frames = self.decoder(identity, z)  # (n, 3, R, R)
         if self.size != self.resolution:
             frames = F.interpolate(frames, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                    antialias=True)
-        return first_frame, to_uint8(frames.float().cpu())
+        return to_uint8(frames.float().cpu())
 
     def close(self, session_id: str) -> None:
         self.sessions.items.pop(session_id, None)

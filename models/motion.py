@@ -167,8 +167,9 @@ class PastContext:
     values: torch.Tensor  # (L, B, H, N + T*tpf, Dh)
     n_past: int  # N
     n_frames: int  # T: frames of the chunk this context serves
-    cos: torch.Tensor  # (T*tpf, Dh/2) rotation of the chunk's tokens
+    cos: torch.Tensor  # (T*tpf, Dh/2) rotation of the chunk's tokens; (B, 1, T*tpf, Dh/2) when batched
     sin: torch.Tensor
+    mask: torch.Tensor | None = None  # (B, 1, 1, N + T*tpf) bool, True = attend: several sessions' pasts padded
 
 
 @dataclass
@@ -320,7 +321,7 @@ class MotionGenerator(nn.Module):
         ks, vs, ws = [], [], []
         for i, blk in enumerate(self.blocks):
             layer_past = (past.keys[i], past.values[i], past.n_past)
-            x, k_i, v_i, w_i = blk(x, past.cos, past.sin, None, layer_past, need_attn)
+            x, k_i, v_i, w_i = blk(x, past.cos, past.sin, past.mask, layer_past, need_attn)
             ks.append(k_i)
             vs.append(v_i)
             ws.append(w_i)

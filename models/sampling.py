@@ -1,5 +1,6 @@
 """Chunk-wise sampler of the motion generator, apart from the network (DESIGN.md "Motion generator")."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -7,7 +8,7 @@ import torch
 from models.data.params import EMOTION_INDEX, EMOTIONS
 from models.errors import ConfigError, InputError
 from models.kv_cache import CacheConfig, KVCache
-from models.motion import MotionGenerator
+from models.motion import NULL_EMOTION, MotionGenerator, PastContext
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,81 @@ def generate_chunk(model: MotionGenerator, cache: KVCache, audio_ctx: torch.Tens
     return x
 
 
+
+def _pad_pasts(pasts: list[PastContext]) -> PastContext:
+    """Several sessions' past contexts as one batch: each past padded to the longest, padding masked out.
+
+    Every session keeps its own cached keys, length and RoPE positions; the chunk's scratch slots sit after the
+    longest past for all of them, so each session's queries see exactly its own past plus its own chunk."""
+    n_max = max(p.n_past for p in pasts)
+    n_new = pasts[0].keys.shape[3] - pasts[0].n_past
+    L, _, H, _, Dh = pasts[0].keys.shape
+    rows = sum(p.keys.shape[1] for p in pasts)
+    ref = pasts[0].keys
+    keys = ref.new_zeros(L, rows, H, n_max + n_new, Dh)
+    values = ref.new_zeros(L, rows, H, n_max + n_new, Dh)
+    mask = torch.zeros(rows, 1, 1, n_max + n_new, dtype=torch.bool, device=ref.device)
+    cos, sin, r = [], [], 0
+    for p in pasts:
+        b = p.keys.shape[1]
+        keys[:, r:r + b, :, :p.n_past] = p.keys[:, :, :, :p.n_past]
+        values[:, r:r + b, :, :p.n_past] = p.values[:, :, :, :p.n_past]
+        mask[r:r + b, :, :, :p.n_past] = True
+        cos.append(p.cos.expand(b, 1, *p.cos.shape))
+        sin.append(p.sin.expand(b, 1, *p.sin.shape))
+        r += b
+    mask[:, :, :, n_max:] = True
+    return PastContext(keys, values, n_max, pasts[0].n_frames, torch.cat(cos), torch.cat(sin), mask)
+
+
+@torch.no_grad()
+def generate_chunks(model: MotionGenerator, streams: list["MotionStream"], n_frames: int) -> list[torch.Tensor]:
+    """The next chunk of `n_frames` frames of several streams at once: one batch through the network per pass.
+
+    Each stream keeps its own cache (its own length, positions and eviction), noise generator and emotion, so
+    its chunk is what `generate_chunk` gives it alone, up to float rounding of the batched products
+    (tests/test_batching.py states the tolerance). The streams must share their sampler settings. Returns
+    each stream's z (B_i, n_frames, d_motion) and writes each chunk into its stream's cache."""
+    config = streams[0].sampler
+    if any(s.sampler != dataclasses.replace(config, seed=s.sampler.seed) for s in streams):
+        raise InputError("generate_chunks needs streams with the same sampler steps, guidance and k_ctx")
+    mc = model.config
+    p = next(model.parameters())
+    T = n_frames
+    caches = [s.cache for s in streams]
+    sizes = [s.batch for s in streams]
+    audio_ctx = torch.cat([s._audio[:, : mc.audio_past + T + mc.audio_future] for s in streams])
+    emotions = [s.emotion for s in streams]
+    emotion = None if all(e is None for e in emotions) else torch.cat(
+        [_emotion_index(e, b, p.device) if e is not None else
+         torch.full((b,), NULL_EMOTION, dtype=torch.long, device=p.device) for e, b in zip(emotions, sizes)])
+    # 1. each stream's own seeded noise, drawn as generate_chunk draws it
+    x = torch.cat([torch.randn((b, T, mc.d_motion), generator=s.generator) for s, b in zip(streams, sizes)])
+    x = x.to(p.device, p.dtype)
+    # 2. Euler steps over the padded pasts
+    past = _pad_pasts([model.read_cache(c, T) for c in caches])
+    levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
+    for k_now, k_next in zip(levels[:-1], levels[1:]):
+        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
+    # 3. the context pass; each stream's keys, values and attention go to its own cache
+    ctx = x
+    if config.k_ctx > 0:
+        eps = torch.cat([torch.randn((b, T, mc.d_motion), generator=s.generator) for s, b in zip(streams, sizes)])
+        ctx = (1 - config.k_ctx) * x + config.k_ctx * eps.to(p.device, p.dtype)
+    need = any(c.needs_attention for c in caches)
+    out = model.forward_chunk(ctx, config.k_ctx, audio_ctx, past, emotion, need_attn=need)
+    outs, r = [], 0
+    for cache, b in zip(caches, sizes):
+        n_past = cache.used_tokens
+        if cache.needs_attention:
+            cache.observe(out.attn[:, r:r + b, :, :, :n_past])
+        first = cache.n_frames + 1
+        positions = torch.arange(first, first + T, device=p.device).repeat_interleave(mc.tokens_per_frame)
+        cache.append(out.k[:, r:r + b], out.v[:, r:r + b], positions)
+        outs.append(x[r:r + b])
+        r += b
+    return outs
+
 def _emotion_index(emotion, batch: int, device) -> torch.Tensor | None:
     if emotion is None or torch.is_tensor(emotion):
         return emotion
@@ -108,8 +184,8 @@ class MotionStream:
         """Frames whose audio has arrived but which are not generated yet."""
         return self._audio.shape[1] - self.model.config.audio_past
 
-    def push(self, audio_feats: torch.Tensor) -> torch.Tensor:
-        """audio_feats (B, n, d_audio), any n >= 0 -> every chunk now complete, z (B, m, d_motion), m % C == 0."""
+    def feed(self, audio_feats: torch.Tensor) -> None:
+        """Buffer audio_feats (B, n, d_audio), any n >= 0, without generating (see `push`, `push_many`)."""
         mc = self.model.config
         if self.ended:
             raise InputError("push after flush: this stream has ended; start a new MotionStream")
@@ -117,9 +193,20 @@ class MotionStream:
             raise InputError(f"audio features have shape {tuple(audio_feats.shape)}; "
                              f"expected ({self.batch}, n, {mc.d_audio})")
         self._audio = torch.cat((self._audio, audio_feats.to(self._audio)), dim=1)
+
+    def ready_frames(self) -> int:
+        """Frames of the chunk that can be generated now: C while the stream runs, fewer at its end, 0 if none."""
+        mc = self.model.config
+        if self.ended:
+            return max(0, min(mc.chunk_frames, self.pending_frames - mc.audio_future))
+        return mc.chunk_frames if self.pending_frames >= mc.chunk_frames + mc.audio_future else 0
+
+    def push(self, audio_feats: torch.Tensor) -> torch.Tensor:
+        """audio_feats (B, n, d_audio), any n >= 0 -> every chunk now complete, z (B, m, d_motion), m % C == 0."""
+        self.feed(audio_feats)
         out = []
-        while self.pending_frames >= mc.chunk_frames + mc.audio_future:
-            out.append(self._next(mc.chunk_frames))
+        while self.ready_frames():
+            out.append(self._next(self.ready_frames()))
         return self._cat(out)
 
     def flush(self) -> torch.Tensor:
@@ -138,14 +225,48 @@ class MotionStream:
         mc = self.model.config
         ctx = self._audio[:, : mc.audio_past + n_frames + mc.audio_future]
         z = generate_chunk(self.model, self.cache, ctx, self.emotion, self.generator, self.sampler)
+        self._advance(n_frames)
+        return z
+
+    def _advance(self, n_frames: int) -> None:
         self._audio = self._audio[:, n_frames:]
         self.frames_done += n_frames
-        return z
 
     def _cat(self, chunks: list[torch.Tensor]) -> torch.Tensor:
         if chunks:
             return torch.cat(chunks, dim=1)
         return self._audio.new_zeros(self.batch, 0, self.model.config.d_motion)
+
+
+def push_many(streams: list[MotionStream], audio_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`push` for several streams of one model at once (continuous batching across live sessions).
+
+    Every chunk the new features complete is generated, one round per chunk, each round batching the streams
+    that have a chunk ready and share its length and sampler settings (a degraded stream with fewer steps
+    goes in its own batch). Returns each stream's z (B_i, m_i, d_motion), as its own `push` would."""
+    if len({id(s) for s in streams}) != len(streams):
+        raise InputError("push_many got the same stream twice; push its features together")
+    for stream, feats in zip(streams, audio_feats, strict=True):
+        stream.feed(feats)
+    outs: list[list[torch.Tensor]] = [[] for _ in streams]
+    while True:
+        groups: dict[tuple, list[int]] = {}
+        for i, stream in enumerate(streams):
+            n = stream.ready_frames()
+            if n:
+                key = (n, dataclasses.replace(stream.sampler, seed=0))
+                groups.setdefault(key, []).append(i)
+        if not groups:
+            break
+        for (n, _), members in groups.items():
+            if len(members) == 1:
+                outs[members[0]].append(streams[members[0]]._next(n))
+                continue
+            zs = generate_chunks(streams[0].model, [streams[i] for i in members], n)
+            for i, z in zip(members, zs):
+                streams[i]._advance(n)
+                outs[i].append(z)
+    return [stream._cat(out) for stream, out in zip(streams, outs)]
 
 
 def generate(model: MotionGenerator, audio_feats: torch.Tensor, z_ref: torch.Tensor,
