@@ -129,6 +129,7 @@ class Session:
         self._tasks = [asyncio.create_task(coro) for coro in
                        (self._audio_task(), self._motion_task(), self._decode_task(), self._emit_task())]
         self._producers: list[asyncio.Task] = []  # tasks that feed this session (see `produce`)
+        self._jobs: set[asyncio.Future] = set()  # decode jobs not finished yet
         self._down: dict[str, asyncio.Task] = {}  # lost shard's name -> the task that waits for it to come back
         self._stop = threading.Event()  # tells those waits (in threads) that the session is closing
         self._closed = False
@@ -234,7 +235,7 @@ class Session:
         self._stop.set()
         if self._seniority is not None:
             self._seniority.leave(self.session_id)
-        tasks = self._tasks + self._producers + list(self._down.values())
+        tasks = self._tasks + self._producers + list(self._down.values()) + list(self._jobs)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -375,10 +376,18 @@ class Session:
                     await self._one_waiting_per_shard(inflight)
                 # behind by now (the decoders are the bottleneck): repeat rather than queue more latency
                 late = repeat or self._lag(piece.t_wall) / self._slack() > self.config.repeat_after_s
-                job = None if late else asyncio.ensure_future(self._decode(piece, shards))
+                job = None if late else self._start_decode(piece, shards)
                 if job is not None and self.config.live:
                     inflight.append(job)
                 await self._q_pending.put((piece, job))
+
+    def _start_decode(self, piece: MotionChunk, shards: list) -> asyncio.Future:
+        """A decode job, kept until done so that `close` can cancel it: with batching, a job may still wait in a
+        shard's queue when the session closes, and its shard no longer knows the session."""
+        job = asyncio.ensure_future(self._decode(piece, shards))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return job
 
     async def _one_waiting_per_shard(self, inflight: collections.deque) -> None:
         """Live: hold the next piece until at most one waits per shard, so its lateness is judged near its decode."""

@@ -154,13 +154,13 @@ def test_live_latency_stays_bounded_when_the_decoder_is_too_slow():
     pcm = _pcm(6.0, seed=6)
     with Engine(size=SIZE, shards=1) as engine:
         shard = engine.shards[0]._obj
-        decode = shard.decode
+        decode_many = shard.decode_many  # a live session's frames go through the batched call
 
-        def slow_decode(session_id, first, z):
-            time.sleep(0.06 * len(z))  # 60 ms a frame: 1.5x slower than 25 fps
-            return decode(session_id, first, z)
+        def slow_decode_many(items):
+            time.sleep(0.06 * sum(len(z) for *_, z in items))  # 60 ms a frame: 1.5x slower than 25 fps
+            return decode_many(items)
 
-        shard.decode = slow_decode
+        shard.decode_many = slow_decode_many
 
         async def run():
             session = await engine.open_session(identity_seed=1, live=True)
