@@ -38,8 +38,9 @@ WORKERS_FILE = "workers.json"  # the driver writes where each rank ran: {rank: R
 class RayHooks:
     """models.training.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
 
-    def __init__(self, progress, resume_from: str | None = None):
-        """progress: a ray.util.queue.Queue to the driver; resume_from: a checkpoint folder in the run's storage."""
+    def __init__(self, progress, resume_from: str | None = None, run_dir: str | None = None):
+        """progress: a ray.util.queue.Queue to the driver; resume_from: a checkpoint folder in the run's storage;
+        run_dir: the run's folder in that storage (STORAGE/run)."""
         import ray
         import ray.train
 
@@ -47,6 +48,7 @@ class RayHooks:
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.progress = progress
         self.resume_from = resume_from
+        self.run_dir = Path(run_dir) if run_dir else None
         self.progress.put({"rank": self.rank, "node": ray.get_runtime_context().get_node_id()})
 
     @contextmanager
@@ -57,9 +59,15 @@ class RayHooks:
         # started with --resume gets the previous run's latest checkpoint through its config.
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            if self.resume_from:
-                self._tell_resumed(Path(self.resume_from))
-            yield Path(self.resume_from) if self.resume_from else None
+            # Ray registers a checkpoint only once its controller has collected every rank's report: a node lost
+            # before that leaves the restarted group with none, although whole checkpoints sit in the storage.
+            # A new run's storage holds nothing of its own (check_inputs), so what is there is this run's or the
+            # one --resume continues.
+            found = latest_complete_checkpoint(self.run_dir) if self.run_dir else None
+            directory = found or (Path(self.resume_from) if self.resume_from else None)
+            if directory is not None:
+                self._tell_resumed(directory)
+            yield directory
             return
         with checkpoint.as_directory() as directory:
             self._tell_resumed(Path(directory))
@@ -118,7 +126,8 @@ def worker_loop(config: dict) -> None:
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
     _join_process_group(config)
     try:
-        train_func(TrainConfig(**config["train"]), RayHooks(config["progress"], config["resume_from"]))
+        train_func(TrainConfig(**config["train"]), RayHooks(config["progress"], config["resume_from"],
+                                                                config["run_dir"]))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -170,10 +179,29 @@ def _fit_with_progress(trainer, queue, out: Path, total_steps: int):
     return result["value"]
 
 
-def _latest_ray_checkpoint(storage: Path) -> Path | None:
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder of a run that holds every rank's ZeRO shard, or None.
+
+    Each rank uploads its own shard into the checkpoint's folder, so a rank on a lost node can leave the newest one
+    without its part; the world size is in the state file (checkpoints saved before it was are taken whole)."""
+    from models.training.train import STATE_FILE
+
     # Ray names checkpoint directories checkpoint_<timestamp>; a snapshot file shares the prefix.
-    found = sorted(p for p in (storage / RUN_NAME).glob("checkpoint_*") if p.is_dir())
-    return found[-1] if found else None
+    for directory in sorted((p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir()), reverse=True):
+        try:
+            state = json.loads((directory / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        ds = directory / "ds"
+        ranks = range(int(state.get("world_size", 0))) if state.get("config", {}).get("zero_stage", 2) else ()
+        if any(ds.glob("*model_states.pt")) and all((ds / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").is_file()
+                                                    for r in ranks):
+            return directory
+    return None
+
+
+def _latest_ray_checkpoint(storage: Path) -> Path | None:
+    return latest_complete_checkpoint(storage / RUN_NAME)
 
 
 def check_capacity(workers: int, use_gpu: bool) -> None:
@@ -240,7 +268,8 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = DataParallelTrainer(
         worker_loop, train_loop_config={"train": dataclasses.asdict(cfg), "progress": progress,
-                                         "resume_from": str(resume_from) if resume_from else None},
+                                         "resume_from": str(resume_from) if resume_from else None,
+                                         "run_dir": str(storage_path / RUN_NAME)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage_path),
                                        failure_config=ray.train.FailureConfig(max_failures=3)))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.train import launch
+from cluster.train import latest_complete_checkpoint, launch
 from models.checkpoint import load_weights
 from models.probe import Probe, ProbeConfig
 from models.training.train import TrainConfig
@@ -30,6 +30,12 @@ def test_ray_train_two_workers_checkpoint_and_export(ray_local, tmp_path):
     shards = list(checkpoints[-1].rglob("*optim_states.pt"))
     assert len(shards) == 2, shards
     assert non_loopback_listeners() == []
+    # A restart or --resume takes the newest checkpoint that holds every rank's shard: one whose rank-1 shard
+    # never arrived (its node was lost) is passed over for the one before.
+    run_dir = tmp_path / "run" / "ray" / "run"
+    assert latest_complete_checkpoint(run_dir) == checkpoints[-1]
+    next(checkpoints[-1].rglob("zero_pp_rank_1_*optim_states.pt")).unlink()
+    assert latest_complete_checkpoint(run_dir) == checkpoints[-2]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -232,7 +232,7 @@ def train_func(cfg: TrainConfig, hooks) -> dict:
 
 
 def _save(engine, cfg: TrainConfig, hooks, step: int, metrics: dict, export_stage=None) -> None:
-    state = {"step": step, "config": dataclasses.asdict(cfg)}
+    state = {"step": step, "world_size": hooks.world_size, "config": dataclasses.asdict(cfg)}
     with hooks.checkpoint_dir(step) as directory:
         engine.save_checkpoint(str(directory), tag="ds", client_state={CLIENT_STATE: state})
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
