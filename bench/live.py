@@ -1,12 +1,14 @@
 """Live-call benchmark: `python bench/live.py --out DIR [--quick]` -> DIR/live.json (keys of DESIGN.md).
 
-One in-process server on 127.0.0.1 (tiny preset, 256^2); a Python aiortc caller for time to first frame,
-server latency, fps, degraded frames and the receiver's A/V offset; headless Chromium (if installed) for the
-latency the page measures (capture -> presented); an agent-mode caller that interrupts (barge-in) for the time
-back to idle; then 1, 2, 3 (4 if 3 held) concurrent callers (frames degraded in a call's first 2 s, while it
-warms up, do not count); `sessions`: those calls' degraded share and p95, and the cost per session of 1, 2 and 4
-sessions at once as a ratio to 1, with and without continuous batching (actors/batching.py); `pipecat`: the
-Pipecat service's added latency (bench/pipecat_latency.py).
+One process runs the server on 127.0.0.1 (tiny preset, 256^2); the Python aiortc callers that measure calls run
+in another (bench/callers.py), so that their H.264 and audio decoding does not share the server's event loop and
+GIL, as callers on other machines would not. A first call gives time to first frame, server latency, fps,
+degraded frames and the receiver's A/V offset; headless Chromium (if installed) the latency the page measures
+(capture -> presented); an agent-mode caller that interrupts (barge-in), in the server's process, the time back
+to idle; then 1, 2, 3 (4 if 3 held) concurrent calls (frames degraded in a call's first 2 s, while it warms up,
+do not count); `sessions`: those calls' degraded share and p95, and the cost per session of 1, 2 and 4 sessions
+at once as a ratio to 1, with and without continuous batching (actors/batching.py); `pipecat`: the Pipecat
+service's added latency (bench/pipecat_latency.py).
 """
 
 import asyncio
@@ -26,12 +28,12 @@ from aiohttp import web  # noqa: E402
 
 from actors.engine import Engine  # noqa: E402
 from bench import pipecat_latency  # noqa: E402
-from bench.common import parse_args, write_json  # noqa: E402
+from bench.common import ROOT, parse_args, write_json  # noqa: E402
 from models.data.media import write_wav  # noqa: E402
 from models.data.performance import generate_speech  # noqa: E402
 from streaming.app import LIVE_STAGE_THREADS, ServerConfig, create_app  # noqa: E402
 from streaming.client import LiveCaller  # noqa: E402
-from streaming.tracks import VOICE_RATE, decode_audio_48k  # noqa: E402
+from streaming.tracks import VOICE_RATE  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -76,14 +78,26 @@ async def serving(engine, max_sessions: int):
         await runner.cleanup()
 
 
-async def concurrent_calls(url: str, pcm, n: int, seconds: float) -> list[dict]:
-    callers = [LiveCaller(url, pcm) for _ in range(n)]
-    await asyncio.gather(*(c.start() for c in callers))
-    await asyncio.sleep(seconds)
-    reports = [c.report(pcm) for c in callers]
-    await asyncio.gather(*(c.stop() for c in callers))
+async def concurrent_calls(url: str, wav: Path, n: int, seconds: float) -> list[dict]:
+    """`n` calls at once, each sending `wav` for `seconds`, made by bench/callers.py in a process of its own;
+    the callers' reports (`LiveCaller.report`)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.callers", url, str(wav), "--calls", str(n), "--seconds", str(seconds),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    limit = seconds + 120.0  # start-up (imports) and stopping the calls take seconds beyond the calls themselves
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        failure = f"did not finish in {limit:.0f} s"
+    else:
+        failure = f"exited with {proc.returncode}" if proc.returncode != 0 else None
+    if failure is not None:
+        raise RuntimeError(f"bench/callers.py ({n} calls) {failure}; its stderr ends:\n"
+                           f"{err.decode(errors='replace')[-3000:]}")
     await asyncio.sleep(1.0)  # let the server free the sessions
-    return reports
+    return json.loads(out)
 
 
 async def interrupt_idle(url: str, wav: Path, times: int) -> list[float]:
@@ -153,11 +167,10 @@ async def main_async(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="actorcast-live-"))
     wav = work / "speech.wav"
     write_wav(wav, generate_speech(11, seconds + 2))
-    pcm = decode_audio_48k(wav.read_bytes())
     result: dict = {"seconds": seconds, "preset": "tiny", "size": 256}
     with Engine(stage_threads=LIVE_STAGE_THREADS) as engine:
         async with serving(engine, max_sessions=8) as url:
-            one = (await concurrent_calls(url, pcm, 1, seconds))[0]
+            one = (await concurrent_calls(url, wav, 1, seconds))[0]
             result.update(ttff_s=one["ttff_s"], fps=one["received_fps"], degraded_frames=one["sent_degraded_frames"],
                           degraded_after_startup=one["sent_degraded_after_startup_frames"],
                           server_latency_ms=one["server_latency_ms"], av_offset_ms=one["av_offset_ms"],
@@ -173,7 +186,7 @@ async def main_async(args) -> dict:
                                              "max": max(idle, default=None), "all": idle})
             scaling, best = {}, 0
             for n in range(1, 5):  # 1 to 3 calls always, 4 if 3 held
-                reports = await concurrent_calls(url, pcm, n, 8.0 if args.quick else 20.0)
+                reports = await concurrent_calls(url, wav, n, 8.0 if args.quick else 20.0)
                 scaling[n] = [{"fps": r["received_fps"], "degraded": r["sent_degraded_frames"],
                                "degraded_after_startup": r["sent_degraded_after_startup_frames"],
                                "sent": r["sent_frames"], "p95_ms": (r["server_latency_ms"] or {}).get("p95")}
