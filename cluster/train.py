@@ -55,16 +55,20 @@ class RayHooks:
     def latest_checkpoint(self) -> Iterator[Path | None]:
         import ray.train
 
-        # A worker group restarted inside this run (a worker died) gets Ray's latest checkpoint; a new run
-        # started with --resume gets the previous run's latest checkpoint through its config.
-        checkpoint = ray.train.get_checkpoint()
+        # A worker group restarted inside this run (a worker died), or a new run started with --resume, starts from
+        # the newest whole checkpoint in the run's storage. The run's storage is a folder on the nodes' file system, and every checkpoint Ray hands out is one of
+        # its folders. Ray registers a checkpoint only once its controller has collected every rank's report, so
+        # a node lost, or a Ctrl-C, just after a save leaves Ray's latest one behind the newest whole one there.
+        # A new run's storage holds nothing of its own (check_inputs): what is there is this run's, or the run
+        # --resume continues.
+        found = latest_complete_checkpoint(self.run_dir) if self.run_dir else None
+        if found is not None:
+            self._tell_resumed(found)
+            yield found
+            return
+        checkpoint = ray.train.get_checkpoint()  # a run without run_dir: Ray's, or the one --resume named
         if checkpoint is None:
-            # Ray registers a checkpoint only once its controller has collected every rank's report: a node lost
-            # before that leaves the restarted group with none, although whole checkpoints sit in the storage.
-            # A new run's storage holds nothing of its own (check_inputs), so what is there is this run's or the
-            # one --resume continues.
-            found = latest_complete_checkpoint(self.run_dir) if self.run_dir else None
-            directory = found or (Path(self.resume_from) if self.resume_from else None)
+            directory = Path(self.resume_from) if self.resume_from else None
             if directory is not None:
                 self._tell_resumed(directory)
             yield directory
@@ -194,8 +198,12 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
             continue
         ds = directory / "ds"
         ranks = range(int(state.get("world_size", 0))) if state.get("config", {}).get("zero_stage", 2) else ()
-        if any(ds.glob("*model_states.pt")) and all((ds / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").is_file()
-                                                    for r in ranks):
+        shards = [ds / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in ranks]
+        if not any(ds.glob("*model_states.pt")) or not all(p.is_file() for p in shards):
+            continue
+        # The ranks' shards are equal parts of one optimizer state: one far smaller was cut short in its copy.
+        sizes = [p.stat().st_size for p in shards]
+        if not sizes or min(sizes) >= 0.99 * max(sizes):
             return directory
     return None
 

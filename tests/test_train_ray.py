@@ -86,6 +86,44 @@ def test_a_finished_run_resumes_from_its_last_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_stopped_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path):
+    """Ctrl-C once Ray has persisted a checkpoint: the run stops with a note, not a traceback, and --resume goes on
+    from the newest whole checkpoint. The run is far longer than the test waits (on a quiet machine 80 probe steps
+    were done before the driver saw the first checkpoint), and the resumed run is cut short with --steps."""
+    import json
+    import signal
+    import time
+
+    from cluster.train import RUN_NAME, latest_complete_checkpoint
+    from models.training.train import STATE_FILE
+
+    out = tmp_path / "run"
+    args = ["--stage", "probe", "--batch-size", "2", "--checkpoint-every", "4", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *args, "--steps", "20000"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(out.glob(f"ray/{RUN_NAME}/checkpoint_*/{STATE_FILE}")):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    progress = out / "progress.jsonl"
+    done = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
+    assert max(done, default=0) < 20000, "the run finished before it could be interrupted"
+    last = latest_complete_checkpoint(out / "ray" / RUN_NAME)
+    assert last is not None, "no whole checkpoint was left behind"
+    saved = json.loads((last / STATE_FILE).read_text())["step"]
+    resumed = _cli(*args, "--steps", str(saved + 8), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from the checkpoint of step {saved}" in resumed.stdout, resumed.stdout
+    after = [json.loads(x)["step"] for x in progress.read_text().splitlines()][len(done):]
+    assert after and min(after) > saved and after[-1] == saved + 8, after
+    assert (out / "probe.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_motion_stage_on_ray_reads_weights_given_by_a_relative_path(ray_local, tmp_path, monkeypatch):
     """Ray Train workers do not run in the driver's working directory: `--weights runs/x` must still reach them."""
     from models.checkpoint import save_weights
