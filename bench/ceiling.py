@@ -45,9 +45,11 @@ def load(path: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     from actors.loading import load_model
     from models.training.motion_stage import encoder_latent_kind
 
-    if (path / "decoder.safetensors").is_file():
-        return load_model("motion_encoder", path), load_model("decoder", path), encoder_latent_kind(str(path))
+    export = path / "decoder.safetensors"
     checkpoints = sorted((path / "ray").rglob("mp_rank_00_model_states.pt"), key=lambda p: p.stat().st_mtime)
+    # A run resumed after it finished holds its last export beside newer checkpoints: read the newest.
+    if export.is_file() and (not checkpoints or export.stat().st_mtime >= checkpoints[-1].stat().st_mtime):
+        return load_model("motion_encoder", path), load_model("decoder", path), encoder_latent_kind(str(path))
     if not checkpoints:
         raise ActorcastError(f"{path} holds neither decoder.safetensors nor a decoder-stage checkpoint under ray/")
     state_file = checkpoints[-1].parents[1] / "actorcast_state.json"  # checkpoint_*/ds/mp_rank_00_model_states.pt
