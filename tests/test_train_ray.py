@@ -99,15 +99,22 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path):
 
     out = tmp_path / "run"
     args = ["--stage", "probe", "--batch-size", "2", "--checkpoint-every", "4", "--out", str(out)]
+    # A shell that starts commands in the background (CI's may) leaves them ignoring SIGINT, and children inherit
+    # that: the run gets Ctrl-C's default back, as a terminal would give it.
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *args, "--steps", "20000"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if any(out.glob(f"ray/{RUN_NAME}/checkpoint_*/{STATE_FILE}")):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a 20,000-step run behind
+        raise
     assert proc.returncode != 0 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
     progress = out / "progress.jsonl"
     done = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
