@@ -36,46 +36,31 @@ WORKERS_FILE = "workers.json"  # the driver writes where each rank ran: {rank: R
 
 
 class RayHooks:
-    """models.training.train hooks inside a Ray Train worker: Ray's checkpoint to resume from, Ray's report."""
+    """models.training.train hooks inside a Ray Train worker: the checkpoint to resume from, Ray's report."""
 
-    def __init__(self, progress, resume_from: str | None = None, run_dir: str | None = None):
-        """progress: a ray.util.queue.Queue to the driver; resume_from: a checkpoint folder in the run's storage;
-        run_dir: the run's folder in that storage (STORAGE/run)."""
+    def __init__(self, progress, run_dir: str):
+        """progress: a ray.util.queue.Queue to the driver; run_dir: the run's folder in Ray's storage (STORAGE/run)."""
         import ray
         import ray.train
 
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.progress = progress
-        self.resume_from = resume_from
-        self.run_dir = Path(run_dir) if run_dir else None
+        self.run_dir = Path(run_dir)
         self.progress.put({"rank": self.rank, "node": ray.get_runtime_context().get_node_id()})
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
-        import ray.train
-
         # A worker group restarted inside this run (a worker died), or a new run started with --resume, starts from
-        # the newest whole checkpoint in the run's storage. The run's storage is a folder on the nodes' file system, and every checkpoint Ray hands out is one of
-        # its folders. Ray registers a checkpoint only once its controller has collected every rank's report, so
-        # a node lost, or a Ctrl-C, just after a save leaves Ray's latest one behind the newest whole one there.
+        # the newest whole checkpoint in the run's storage, a folder on the nodes' file system. Not Ray's own
+        # get_checkpoint(): Ray registers a checkpoint only once its controller has collected every rank's report,
+        # so a node lost, or a Ctrl-C, just after a save leaves Ray's latest one behind the newest whole one there.
         # A new run's storage holds nothing of its own (check_inputs): what is there is this run's, or the run
         # --resume continues.
-        found = latest_complete_checkpoint(self.run_dir) if self.run_dir else None
+        found = latest_complete_checkpoint(self.run_dir)
         if found is not None:
             self._tell_resumed(found)
-            yield found
-            return
-        checkpoint = ray.train.get_checkpoint()  # a run without run_dir: Ray's, or the one --resume named
-        if checkpoint is None:
-            directory = Path(self.resume_from) if self.resume_from else None
-            if directory is not None:
-                self._tell_resumed(directory)
-            yield directory
-            return
-        with checkpoint.as_directory() as directory:
-            self._tell_resumed(Path(directory))
-            yield Path(directory)
+        yield found
 
     def _tell_resumed(self, directory: Path) -> None:
         """Rank 0 tells the driver the step of the checkpoint the workers start from (a restart or --resume)."""
@@ -130,8 +115,7 @@ def worker_loop(config: dict) -> None:
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
     _join_process_group(config)
     try:
-        train_func(TrainConfig(**config["train"]), RayHooks(config["progress"], config["resume_from"],
-                                                                config["run_dir"]))
+        train_func(TrainConfig(**config["train"]), RayHooks(config["progress"], config["run_dir"]))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -208,10 +192,6 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _latest_ray_checkpoint(storage: Path) -> Path | None:
-    return latest_complete_checkpoint(storage / RUN_NAME)
-
-
 def check_capacity(workers: int, use_gpu: bool) -> None:
     """Refuse more workers than the cluster can place (one CPU, or one GPU, each)."""
     import ray
@@ -237,7 +217,7 @@ def check_inputs(cfg: TrainConfig, resume: bool, storage: Path) -> Path | None:
         raise ActorcastError(f"--out {cfg.out_dir}: {existing} is a file; give a folder")
     if not os.access(existing, os.W_OK):
         raise ActorcastError(f"--out {cfg.out_dir}: {existing} cannot be written; choose another folder")
-    resume_from = _latest_ray_checkpoint(storage) if resume else None
+    resume_from = latest_complete_checkpoint(storage / RUN_NAME) if resume else None
     if resume and resume_from is None:
         raise ActorcastError(f"nothing to resume in {out}: no checkpoint under {storage}; start without --resume")
     if not resume and (storage / RUN_NAME).exists():
@@ -253,7 +233,7 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
 
     out = Path(cfg.out_dir).resolve()
     storage_path = Path(storage).resolve() if storage else out / "ray"
-    resume_from = check_inputs(cfg, resume, storage_path)
+    check_inputs(cfg, resume, storage_path)  # the checkpoint to resume is found again by the workers
     connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
     import ray
     import ray.train
@@ -276,7 +256,6 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = DataParallelTrainer(
         worker_loop, train_loop_config={"train": dataclasses.asdict(cfg), "progress": progress,
-                                         "resume_from": str(resume_from) if resume_from else None,
                                          "run_dir": str(storage_path / RUN_NAME)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=str(storage_path),
