@@ -57,22 +57,33 @@ def generate_chunk(model: MotionGenerator, cache: KVCache, audio_ctx: torch.Tens
     x = torch.randn((B, T, mc.d_motion), generator=generator).to(p.device, p.dtype)  # (B, T, d_motion)
     # 2. S Euler steps from k = 1 to k = 0, attending to the cached past (dx/dk = v = eps - z)
     past = model.read_cache(cache, T)  # cached keys rotated once, shared by all passes of this chunk
-    levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
-    for k_now, k_next in zip(levels[:-1], levels[1:]):
-        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
+    x = _euler(model, x, audio_ctx, past, emotion, config)
     # 3. one pass of the clean (or k_ctx-noised) chunk writes its keys/values into the cache
     ctx = x
     if config.k_ctx > 0:
         eps = torch.randn((B, T, mc.d_motion), generator=generator).to(p.device, p.dtype)
         ctx = (1 - config.k_ctx) * x + config.k_ctx * eps
     out = model.forward_chunk(ctx, config.k_ctx, audio_ctx, past, emotion, need_attn=cache.needs_attention)
-    if out.attn is not None:
-        cache.observe(out.attn)  # importance for participative compression
-    first = cache.n_frames + 1  # absolute position of the chunk's first frame (host int: no device sync)
-    positions = torch.arange(first, first + T, device=p.device).repeat_interleave(mc.tokens_per_frame)
-    cache.append(out.k, out.v, positions)
+    _write(model, cache, out.k, out.v, out.attn, T)
     # 4. return the chunk
     return x
+
+
+def _euler(model, x, audio_ctx, past, emotion, config: SamplerConfig) -> torch.Tensor:
+    """S Euler steps of the chunk x from k = 1 (noise) to k = 0, attending to the cached past (dx/dk = v)."""
+    levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
+    for k_now, k_next in zip(levels[:-1], levels[1:]):
+        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
+    return x
+
+
+def _write(model, cache: KVCache, k: torch.Tensor, v: torch.Tensor, attn: torch.Tensor | None, n_frames: int) -> None:
+    """Append one chunk's keys/values to its cache at the next absolute positions; attn feeds compression."""
+    if cache.needs_attention and attn is not None:
+        cache.observe(attn)  # importance for participative compression
+    first = cache.n_frames + 1  # absolute position of the chunk's first frame (host int: no device sync)
+    positions = torch.arange(first, first + n_frames, device=k.device).repeat_interleave(model.config.tokens_per_frame)
+    cache.append(k, v, positions)
 
 
 
@@ -128,9 +139,7 @@ def generate_chunks(model: MotionGenerator, streams: list["MotionStream"], n_fra
     x = x.to(p.device, p.dtype)
     # 2. Euler steps over the padded pasts
     past = _pad_pasts([model.read_cache(c, T) for c in caches])
-    levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
-    for k_now, k_next in zip(levels[:-1], levels[1:]):
-        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
+    x = _euler(model, x, audio_ctx, past, emotion, config)
     # 3. the context pass; each stream's keys, values and attention go to its own cache
     ctx = x
     if config.k_ctx > 0:
@@ -140,12 +149,8 @@ def generate_chunks(model: MotionGenerator, streams: list["MotionStream"], n_fra
     out = model.forward_chunk(ctx, config.k_ctx, audio_ctx, past, emotion, need_attn=need)
     outs, r = [], 0
     for cache, b in zip(caches, sizes):
-        n_past = cache.used_tokens
-        if cache.needs_attention:
-            cache.observe(out.attn[:, r:r + b, :, :, :n_past])
-        first = cache.n_frames + 1
-        positions = torch.arange(first, first + T, device=p.device).repeat_interleave(mc.tokens_per_frame)
-        cache.append(out.k[:, r:r + b], out.v[:, r:r + b], positions)
+        attn = out.attn[:, r:r + b, :, :, :cache.used_tokens] if cache.needs_attention else None
+        _write(model, cache, out.k[:, r:r + b], out.v[:, r:r + b], attn, T)
         outs.append(x[r:r + b])
         r += b
     return outs
