@@ -29,7 +29,6 @@ from actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actors.versions import check_node_versions, version_mismatch_line
 from models.errors import ActorcastError, ConfigError
 from models.presets import get_preset
-from models.sampling import SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +198,7 @@ class Engine:
 
     async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,
                            emotion: str = "neutral", cache_policy: str | None = None, seed: int = 0,
-                           live: bool = True, steps: int = SamplerConfig.steps,
-                           resume: SessionCheckpoint | None = None,
+                           live: bool = True, steps: int = 4, resume: SessionCheckpoint | None = None,
                            config: SessionConfig | None = None, batched: bool | None = None) -> Session:
         """A new session (async; the reference is prepared and encoded off the event loop).
 

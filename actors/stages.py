@@ -129,7 +129,7 @@ class MotionStage:
 
     @torch.no_grad()
     def open(self, session_id: str, reference: np.ndarray, emotion: str = "neutral", cache_policy: str | None = None,
-             seed: int = 0, steps: int = SamplerConfig.steps) -> None:
+             seed: int = 0, steps: int = 4) -> None:
         """Encode the reference's motion z_ref (the prefix token) and start the session's stream and cache."""
         cache = self.default_cache if cache_policy is None else dataclasses.replace(self.default_cache,
                                                                                       policy=cache_policy)

@@ -11,7 +11,7 @@ chunk by chunk through the policy's own `append` (and, for deep_sink_pc, `observ
 so compression really runs); generating those frames with the network would only be slower, not
 different: the time of one chunk depends on what the cache holds, not on how the values were made. So
 `full` at 600 s really attends over 15,000 cached frames. Then the median time of `generate_chunk`
-(the sampler's S Euler steps + the cache-writing pass) is measured at that length.
+(S = 4 Euler steps + the cache-writing pass) is measured at that length.
 """
 
 import logging

@@ -57,11 +57,11 @@ def bench_audio(repeats: int) -> dict:
 
 
 def bench_motion(repeats: int) -> dict:
-    """One live chunk of CHUNK frames: the sampler's S Euler steps (default 2) + the cache-writing pass, with a full cache, per frame."""
+    """One live chunk of CHUNK frames: S = 4 Euler steps + the cache-writing pass, with a full cache, per frame."""
     # the generator reads the audio encoder's features, so its d_audio is the encoder's (as models/presets wires)
     config = dataclasses.replace(MOTION_PRESETS["tiny"], d_audio=AUDIO_PRESETS["tiny"].d_audio)
     model = MotionGenerator(config).eval()
-    sampler = SamplerConfig()
+    sampler = SamplerConfig(steps=4)
     stream = MotionStream(model, torch.randn(1, config.d_motion), sampler=sampler)
     warm_chunks = stream.cache.config.budget_frames // CHUNK + 2  # time the steady state: bounded cache full
     feats = torch.randn(1, (warm_chunks + repeats + 1) * CHUNK, config.d_audio).split(CHUNK, dim=1)

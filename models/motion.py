@@ -56,7 +56,7 @@ class MotionConfig:
 MOTION_PRESETS: dict[str, MotionConfig] = {
     # tiny ships on a 2-core CPU. Budget per frame: ~0.85 M weights -> ~1.7 MFLOP per token pass, plus
     # attention over <= 60 cached tokens (~0.13 MFLOP); S=4 Euler steps + 1 cache-writing pass = 5 passes
-    # (the sampler now defaults to S=2: 3 passes) -> ~9 MFLOP per frame (x2 with audio CFG), ~0.25-0.45 GFLOP/s at 25 fps: well under 10 ms per
+    # -> ~9 MFLOP per frame (x2 with audio CFG), ~0.25-0.45 GFLOP/s at 25 fps: well under 10 ms per
     # 4-frame chunk, leaving the CPU to the audio encoder and the 256x256 decoder.
     "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4),
     "base": MotionConfig(d_model=768, n_layers=14, n_heads=12),  # ~100 M parameters
