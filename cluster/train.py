@@ -156,6 +156,7 @@ def _fit_with_progress(trainer, queue, out: Path, total_steps: int):
                 continue
             if "resumed" in item:  # a worker group (re)started from a checkpoint: said, not kept in progress.jsonl
                 print(f"resuming from the checkpoint of step {item['resumed']}", flush=True)
+                drop_progress_after(out / PROGRESS_FILE, item["resumed"])
                 continue
             with (out / PROGRESS_FILE).open("a") as f:
                 f.write(json.dumps(item) + "\n")
@@ -165,6 +166,27 @@ def _fit_with_progress(trainer, queue, out: Path, total_steps: int):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def drop_progress_after(path: Path, step: int) -> None:
+    """Keep only the progress lines up to `step`: a run resumed from that step's checkpoint redoes the steps after
+    it, so the log holds each step once, as the weights went through it (rewritten whole, then renamed)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _progress_step(line) <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
+def _progress_step(line: str) -> float:
+    """The step of one progress line; a line cut short (a crash mid-write) counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def latest_complete_checkpoint(run_dir: Path) -> Path | None:

@@ -283,7 +283,7 @@ def test_train_after_a_lost_node_continues_from_the_last_checkpoint(cluster, dri
         assert steps_after[0] == start + every and steps_after[-1] == steps, steps_after
         assert (out / "probe.safetensors").is_file()
         progress = [json.loads(line)["step"] for line in (out / "progress.jsonl").read_text().splitlines()]
-        assert progress[-1] == steps
+        assert progress[-1] == steps and progress == sorted(set(progress)), progress  # each step once
     finally:
         if lost:
             _restore(cluster, lost)

@@ -7,13 +7,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.train import latest_complete_checkpoint, launch
+from cluster.train import drop_progress_after, latest_complete_checkpoint, launch
 from models.checkpoint import load_weights
 from models.probe import Probe, ProbeConfig
 from models.training.train import TrainConfig
 from tests.netcheck import non_loopback_listeners
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_resume_keeps_the_progress_log_up_to_its_checkpoint(tmp_path):
+    """Resumed from step 20, the run redoes 30 and 40: their old lines go (and a line cut short by a crash), the
+    earlier ones stay as they were; a log with nothing after the step is left untouched."""
+    import json
+
+    log = tmp_path / "progress.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (10, 20, 30, 40)]
+    log.write_text("\n".join(lines) + '\n{"step": 4')
+    drop_progress_after(log, 20)
+    assert log.read_text() == "\n".join(lines[:2]) + "\n"
+    before = log.stat().st_mtime_ns
+    drop_progress_after(log, 40)
+    assert log.stat().st_mtime_ns == before and log.read_text() == "\n".join(lines[:2]) + "\n"
+    drop_progress_after(tmp_path / "none.jsonl", 5)  # no log yet: nothing to do
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 @pytest.mark.slow
@@ -125,8 +142,12 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path):
     resumed = _cli(*args, "--steps", str(saved + 8), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from the checkpoint of step {saved}" in resumed.stdout, resumed.stdout
-    after = [json.loads(x)["step"] for x in progress.read_text().splitlines()][len(done):]
-    assert after and min(after) > saved and after[-1] == saved + 8, after
+    steps = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
+    # the log keeps the steps up to the checkpoint and the resumed ones, each once: the steps the interrupted run
+    # made after its checkpoint were redone, and their old lines are gone
+    assert [s for s in steps if s <= saved] == [s for s in done if s <= saved], (done, steps)
+    after = [s for s in steps if s > saved]
+    assert after and after[-1] == saved + 8 and steps == sorted(set(steps)), steps
     assert (out / "probe.safetensors").is_file()
 
 
