@@ -79,12 +79,11 @@ def _euler(model, x, audio_ctx, past, emotion, config: SamplerConfig) -> torch.T
 
 def _write(model, cache: KVCache, k: torch.Tensor, v: torch.Tensor, attn: torch.Tensor | None, n_frames: int) -> None:
     """Append one chunk's keys/values to its cache at the next absolute positions; attn feeds compression."""
-    if cache.needs_attention and attn is not None:
+    if attn is not None:  # given only for a cache that needs it
         cache.observe(attn)  # importance for participative compression
     first = cache.n_frames + 1  # absolute position of the chunk's first frame (host int: no device sync)
     positions = torch.arange(first, first + n_frames, device=k.device).repeat_interleave(model.config.tokens_per_frame)
     cache.append(k, v, positions)
-
 
 
 def _pad_pasts(pasts: list[PastContext]) -> PastContext:
