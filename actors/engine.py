@@ -24,7 +24,8 @@ from actors.batching import Batched
 from actors.executor import LocalStage, RayStage, Resources, default_resources
 from actors.loading import ShippedWeights, WeightsBundle, resolve_weights
 from actors.reference import check_portrait, synthetic_portrait
-from actors.session import Seniority, Session, SessionCheckpoint, SessionConfig
+from actors.session import Session
+from actors.session_config import Seniority, SessionCheckpoint, SessionConfig
 from actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actors.versions import check_node_versions, version_mismatch_line
 from models.errors import ActorcastError, ConfigError

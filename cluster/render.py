@@ -29,7 +29,7 @@ from actors.framing import Framing, frame_reference
 from actors.loading import resolve_weights
 from actors.paste import PasteBack
 from actors.reference import MAX_SEED, load_image
-from actors.session import SessionCheckpoint
+from actors.session_config import SessionCheckpoint
 from cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
 from cluster.render_mux import SegmentWriter, mux_final, probe_audio
 from models.data.media import iter_audio_blocks

@@ -16,7 +16,7 @@ from actors.executor import LocalStage
 from actors.loading import load_model, resolve_weights
 from actors.messages import FeatureChunk
 from actors.reference import synthetic_portrait
-from actors.session import Seniority
+from actors.session_config import Seniority
 from actors.stages import DecoderShard, MotionStage
 from models.errors import InputError
 from models.kv_cache import CacheConfig

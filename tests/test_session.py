@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from actors.engine import Engine
-from actors.session import SessionConfig
+from actors.session_config import SessionConfig
 from models.timebase import SAMPLES_PER_FRAME
 
 SIZE = 64
