@@ -158,14 +158,21 @@ def _pcm(seconds: float, seed: int) -> np.ndarray:
             ).astype(np.float32)
 
 
-async def _run(engine, pcm, identity, started=None, wait_for=None, close_after=None):
-    """An offline session that shares the batches (batched=True): returns its frames."""
+async def _run(engine, pcm, identity, started=None, wait_for=None, hold=None, opened=None):
+    """An offline session that shares the batches (batched=True): returns its frames.
+
+    started: set once 12 frames came out; wait_for: opened only once it is set; opened: set once it is open;
+    hold (samples, event): the audio after that many samples is fed only once the event is set."""
     if wait_for is not None:
         await wait_for.wait()
     session = await engine.open_session(identity_seed=identity, seed=identity, live=False, batched=True)
+    if opened is not None:
+        opened.set()
 
     async def produce():
         for i in range(0, len(pcm), 1280):
+            if hold is not None and i == hold[0]:
+                await hold[1].wait()
             await session.put(pcm[i:i + 1280])
             await asyncio.sleep(0)
         session.end()
@@ -185,14 +192,34 @@ def test_sessions_batched_equal_alone_and_a_late_joiner_changes_nothing():
     with Engine(size=SIZE, shards=1) as engine:
         alone = asyncio.run(_run(engine, pcm_a, 1))
 
-        async def both():
-            started = asyncio.Event()  # b joins once a has sent 12 frames
-            return await asyncio.gather(_run(engine, pcm_a, 1, started=started),
-                                        _run(engine, pcm_b, 2, wait_for=started))
+        # Whether two sessions' chunks meet in the generator's queue is a matter of timing (each session has one
+        # chunk in flight, so once out of step they alternate). Make one meeting certain: once b is about to
+        # open, the first batch that would go out with one session's chunk only waits for the other's next.
+        batcher, real_dispatch, waited = engine.motion, engine.motion._dispatch, []
 
-        batches_before = engine.motion.batches, engine.motion.items
+        def dispatch_once_paired():
+            if not waited and len({args[0].session_id for _, args, _ in batcher._queue}) < 2:
+                waited.append(True)
+                return  # stays queued, not busy: the other session's next submit dispatches both
+            real_dispatch()
+
+        async def both():
+            # b joins once a has sent 12 frames; a's last 1.8 s wait until b is open, so a still has chunks to
+            # send when b sends its first (offline, a alone could be done before b opens)
+            started, b_open = asyncio.Event(), asyncio.Event()
+
+            async def arm():
+                await started.wait()
+                batcher._dispatch = dispatch_once_paired
+
+            return (await asyncio.wait_for(asyncio.gather(
+                _run(engine, pcm_a, 1, started=started, hold=(15 * 1280, b_open)),
+                _run(engine, pcm_b, 2, wait_for=started, opened=b_open), arm()), timeout=120))[:2]
+
+        batches_before = batcher.batches, batcher.items
         with_b, b = asyncio.run(both())
-        batches = engine.motion.batches - batches_before[0], engine.motion.items - batches_before[1]
+        batches = batcher.batches - batches_before[0], batcher.items - batches_before[1]
+    assert waited  # the pairing was armed and used
     assert with_b.shape == alone.shape == (75, SIZE, SIZE, 3) and b.shape[0] == 50
     assert np.abs(with_b.astype(int) - alone).max() <= FRAME_TOLERANCE
     assert batches[1] > batches[0]  # some generator passes carried both sessions
