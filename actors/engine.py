@@ -33,11 +33,6 @@ from models.presets import get_preset
 
 log = logging.getLogger(__name__)
 
-# How long the generator's next batch may wait for a session of the last one that is behind (or offline) and
-# about to send its next chunk, so sessions stay in step and share passes (actors/batching.py, gather_s). A
-# session paced by its audio is never waited for.
-MOTION_GATHER_S = 0.004
-
 
 def check_address(address: str, timeout: float = 3.0) -> None:
     """Fail fast (ray.init would wait for minutes) when nothing answers at a host:port Ray address."""
@@ -194,8 +189,7 @@ class Engine:
         self.motion = make(MotionStage, "motion", "motion")
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
         if batching:  # one generator pass and one decoder batch per tick serve every session (actors/batching.py)
-            self.motion = Batched(self.motion, {"process": "process_many"}, key=lambda args: args[0].session_id,
-                                  gather_s=MOTION_GATHER_S)
+            self.motion = Batched(self.motion, {"process": "process_many"}, key=lambda args: args[0].session_id)
             self.shards = [Batched(shard, {"decode": "decode_many"}) for shard in self.shards]
         self.seniority = Seniority()
         self.size = int(self.shards[0].submit("output_size").result())  # --size, else the decoder's own

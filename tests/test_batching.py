@@ -3,7 +3,6 @@ joiners and leavers disturb nobody, and under overload the newest session degrad
 
 import asyncio
 import copy
-import threading
 import time
 
 import numpy as np
@@ -140,50 +139,6 @@ def test_batched_gathers_calls_while_the_stage_is_busy():
     calls = stage._obj.calls
     assert calls[0] == 1 and sum(calls) == 7 and max(calls) == 4  # the first ran alone, the rest gathered
     assert batched.submit("name").result() == "slow"  # other methods pass straight through
-    stage.shutdown()
-
-
-class _Keyed:
-    """A stage whose list method records which keys each call carried."""
-
-    def __init__(self):
-        self.calls = []
-
-    def step_many(self, items):
-        self.calls.append(sorted(key for key, _ in items))
-        time.sleep(0.01)
-        return [(True, i) for _, i in items]
-
-
-def _sessions(batched, plan: dict[str, tuple[float, float]], n: int = 12) -> None:
-    """Each key in `plan` (start delay s, pause between results and next item s) sends n items, one at a time."""
-    def session(key, delay, pause):
-        time.sleep(delay)
-        for i in range(n):
-            assert batched.submit("step", key, i).result(timeout=10) == i
-            time.sleep(pause)
-
-    threads = [threading.Thread(target=session, args=(key, *p)) for key, p in plan.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
-def test_gather_puts_sessions_that_are_behind_in_step_and_never_waits_for_a_paced_one():
-    """Two sessions that send their next item as soon as the last comes back, b 5 ms after a: without gather_s they
-    would alternate for good (each pass carries one); with it they share the passes once both have been seen to
-    come straight back. A session paced by its audio (30 ms between items) is never waited for."""
-    stage = LocalStage(_Keyed, name="keyed")
-    batched = Batched(stage, {"step": "step_many"}, key=lambda args: args[0], gather_s=0.05)
-    _sessions(batched, {"a": (0.0, 0.0), "b": (0.005, 0.0)})
-    calls = stage._obj.calls
-    assert sum(map(len, calls)) == 24 and calls.count(["a", "b"]) >= 9, calls  # at most 11: the first go alone
-    stage.shutdown()
-    stage = LocalStage(_Keyed, name="keyed")
-    batched = Batched(stage, {"step": "step_many"}, key=lambda args: args[0], gather_s=0.05)
-    _sessions(batched, {"c": (0.0, 0.03)}, n=6)
-    assert stage._obj.calls == [["c"]] * 6 and batched.gathers == 0
     stage.shutdown()
 
 
