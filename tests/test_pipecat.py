@@ -267,6 +267,8 @@ async def test_speech_through_smallwebrtc_to_a_client(engine, caplog):
     assert len(between_audio) >= 50 and all(type(f) is OutputAudioRawFrame for f in between_audio)  # not TTS
     one = [f.metadata["actorcast"]["content"] for _, f in sent
            if isinstance(f, TTSAudioRawFrame) and f.context_id == "one"]
+    one = [c for c in one if c is not None]  # (on a busy machine the clock may hold over digital silence inside
+    #                                           the utterance: a silent frame with no content position, none skipped)
     end_of_one = max(one) + 960
     assert sound_blocks(between_audio) == 0  # silence after the utterance
     assert sum(isinstance(f, OutputImageRawFrame) for f in between) >= 30  # and the avatar went on moving
