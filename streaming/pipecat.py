@@ -56,10 +56,10 @@ log = logging.getLogger(__name__)
 MAX_CHANNELS = 8
 RATES = (4_000, 384_000)  # sample rates accepted, Hz
 END_GRACE_S = 10.0  # EndFrame: how long the speech still queued may take to come out, beyond its own length
-# A frame's sound goes out this long after its picture (voice_clock.py): Pipecat's live video output holds a
-# picture for up to a frame, and a receiver decodes video later than audio. At an aiortc client on loopback the
-# offset (voice - picture arrival) was about -10 ms with 20 ms here and +10 ms with 40 ms.
-VOICE_LAG = 3 * VOICE_BLOCK // 2  # 30 ms in 48 kHz samples
+# A frame's sound goes out this long after its picture (voice_clock.py): a receiver decodes video later than
+# audio. With Pipecat's live video shown as it comes (output_params) the offset at an aiortc client on loopback
+# (voice - picture arrival) was -1 to -6 ms with 10 ms here, +19 to +20 ms with 30 ms.
+VOICE_LAG = VOICE_BLOCK // 2  # 10 ms in 48 kHz samples
 VOICE_LAG_S = VOICE_LAG / VOICE_RATE
 SLOT_S = 1.0 / FPS  # one picture and two 20 ms voice frames per slot
 HALF_S = VOICE_BLOCK / VOICE_RATE
@@ -121,8 +121,8 @@ class ActorcastVideoService(FrameProcessor):
     size: the side of the pictures sent.
 
     25 pictures and 50 voice frames a second go out, silence included; give the output transport
-    `TransportParams(**service.output_params(), ...)`: "live" video at 25 fps (each picture shown as it
-    comes), 48 kHz audio in 20 ms chunks (one per voice frame) and no silence of the transport's own
+    `TransportParams(**service.output_params(), ...)`: "live" video (each picture shown as it comes, the
+    transport's pacing at twice the rate so that it never holds pictures back), 48 kHz audio in 20 ms chunks (one per voice frame) and no silence of the transport's own
     (audio_out_auto_silence=False: after a late write its audio track catches up instead of falling behind
     the pictures for the rest of the call).
     """
@@ -161,11 +161,18 @@ class ActorcastVideoService(FrameProcessor):
         self.stopped = False
 
     def output_params(self) -> dict:
-        """The output settings of Pipecat's TransportParams that this service's frames are made for."""
+        """The output settings of Pipecat's TransportParams that this service's frames are made for.
+
+        The service paces its pictures itself, 25 a second. Pipecat's live video output paces them again at
+        video_out_framerate, and once it has fallen more than 5 frames behind (its task held up on a busy
+        machine) it restarts its clock with the pictures that piled up still queued: at 25 they would stay
+        queued, and the picture behind the voice by as much, for the rest of the call (a 300 ms hold-up: the
+        picture 190 ms behind at an aiortc client). At 50 it shows each picture as it comes and drains a backlog
+        in about as long as it took to build."""
         return {"audio_out_enabled": True, "audio_out_sample_rate": VOICE_RATE, "audio_out_10ms_chunks": 2,
                 "audio_out_auto_silence": False,
                 "video_out_enabled": True, "video_out_is_live": True, "video_out_width": self.size,
-                "video_out_height": self.size, "video_out_framerate": FPS}
+                "video_out_height": self.size, "video_out_framerate": 2 * FPS}
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ the picture of frame n and 40 ms of voice (48 kHz content positions, 1920 per fr
 
     slot n:  picture n, voice [1920 n - lag, 1920 n - lag + 960)  |  20 ms later: the next 960 samples
 
-so frame n's sound starts `lag` after its picture (the service sets it for Pipecat's transport, whose video
-output holds a picture for up to a frame). While there is sound, n advances by one per slot: speech is
+so frame n's sound starts `lag` after its picture (the Pipecat service sets it: a receiver decodes video later
+than audio). While there is sound, n advances by one per slot: speech is
 never skipped or repeated, and a picture not generated in time is replaced by the newest one before it, or the
 last one again. Only where the voice is silent (and no marker lies) does the clock move: it skips silence while
 it is further behind the feed than the playout delay, and holds (silence, the same picture) while it is closer.
