@@ -189,3 +189,42 @@ def test_bad_stream_use_raises_input_error():
 def test_bad_config_raises_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         AudioConfig(**kwargs)
+
+
+def test_voice_augment_moves_formants_tilts_and_keeps_silence():
+    """--voice-warp: a 1 kHz tone read as by a voice with frequencies x1.2 peaks in the band of 1.2 kHz; tilt and
+    gain shape what sounds, silence stays at the floor; the identity voice changes nothing."""
+    from models.audio import LEFT_PAD, mel_centres_hz, voice_augment
+
+    enc = make_encoder(AUDIO_PRESETS["tiny"])
+    t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = torch.cat([0.3 * torch.sin(2 * torch.pi * 1000.0 * t), torch.zeros(SAMPLE_RATE // 2)])[None]
+    noise = 0.1 * torch.randn(1, tone.shape[1], generator=torch.Generator().manual_seed(0))
+    h = enc._log_mel(torch.nn.functional.pad(torch.cat([tone, noise]), (LEFT_PAD, 0)))
+    c, centres = enc.config, mel_centres_hz(enc.config)
+    assert torch.equal(voice_augment(h, torch.tensor([[1.0, 0.0, 0.0]] * 2), c), h)
+    for alpha in (0.85, 1.2):
+        warped = voice_augment(h, torch.tensor([[alpha, 0.0, 0.0]] * 2), c)
+        peak = int(warped[0, :, 50].argmax())
+        assert abs(float(centres[peak]) - 1000.0 * alpha) < 0.6 * float(centres[peak + 1] - centres[peak - 1])
+    shaped = voice_augment(h, torch.tensor([[1.0, 0.3, 0.2]] * 2), c)
+    floor = (torch.tensor(c.log_floor).log() - c.norm_mean) / c.norm_std
+    silence = h[0, :, -10:]
+    assert torch.allclose(silence, floor) and torch.equal(shaped[0, :, -10:], silence)
+    lift = (shaped - h)[1, :, 10:-10].mean(dim=-1)  # noise: every band sounds
+    assert lift[0] == pytest.approx(0.2 - 0.3, abs=1e-4) and lift[-1] == pytest.approx(0.2 + 0.3, abs=1e-4)
+
+
+def test_training_windows_draw_a_voice_only_when_asked():
+    import numpy as np
+
+    from models.training.motion_stage import VOICE_GAIN, VOICE_TILT, windows
+
+    data = {"z": torch.randn(3, 100, 8), "pcm": torch.randn(3, 100 * SAMPLES_PER_FRAME), "z_ref": torch.randn(3, 8),
+            "emotion": torch.zeros(3, dtype=torch.long)}
+    plain = windows(data, np.random.default_rng(5), 64, 32)
+    voiced = windows(data, np.random.default_rng(5), 64, 32, voice_warp=0.12)
+    assert "voice" not in plain and torch.equal(plain["z"], voiced["z"]) and torch.equal(plain["pcm"], voiced["pcm"])
+    v = voiced["voice"]
+    assert v.shape == (64, 3) and v[:, 0].min() >= 0.88 and v[:, 0].max() <= 1.12 and v[:, 0].std() > 0.05
+    assert v[:, 1].abs().max() <= VOICE_TILT and v[:, 2].abs().max() <= VOICE_GAIN and v[:, 1:].std(0).min() > 0.05
