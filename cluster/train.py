@@ -320,10 +320,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tts-share", type=float, default=None,
                    help="motion stage: share of the clips spoken by espeak-ng, 0..1; the rest is formant babble "
                         "(default 0.5)")
-    p.add_argument("--voice-warp", type=float, default=None,
-                   help="motion stage: train on other voices than the data set's: each window's frequencies are "
-                        "scaled by a factor in 1 +- this (vocal tract length), with a random spectral tilt and "
-                        "gain; 0 = off (default 0)")
     p.add_argument("--latent", default="auto", choices=("auto", "params", "encoder"),
                    help="decoder stage: what drives the decoder while it learns. params: the true motion parameters "
                         "(normalised) as the first latent dimensions, the rest zero, and the motion encoder learns "
@@ -340,8 +336,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = get_stage(args.stage).defaults(args.preset)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "checkpoint_every": args.checkpoint_every, "size": args.size,
-                                   "clips": args.clips, "tts_share": args.tts_share,
-                                   "voice_warp": args.voice_warp}.items()
+                                   "clips": args.clips, "tts_share": args.tts_share}.items()
                  if v is not None}
     out = args.out or f"runs/{args.stage}-{args.preset}"
     # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.

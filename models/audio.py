@@ -11,7 +11,6 @@ frames and the same convolutions; the streaming one carries per-layer input buff
 """
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -78,35 +77,6 @@ AUDIO_PRESETS: dict[str, AudioConfig] = {
     "base": AudioConfig(d_audio=256, channels_mel=128, channels_frame=256, n_blocks_mel=3, n_blocks_frame=4),
     "large": AudioConfig(d_audio=512, channels_mel=256, channels_frame=512, n_blocks_mel=4, n_blocks_frame=6),
 }
-
-
-def mel_centres_hz(config: AudioConfig) -> torch.Tensor:
-    """Centre frequency of each mel band of the encoder's filterbank (torchaudio's HTK scale, 0 .. rate/2)."""
-    top = 2595.0 * torch.log10(torch.tensor(1.0 + config.sample_rate / 2 / 700.0, dtype=torch.float64))
-    mels = torch.linspace(0.0, float(top), config.n_mels + 2, dtype=torch.float64)[1:-1]
-    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
-
-
-def voice_augment(h: torch.Tensor, voice: torch.Tensor, config: AudioConfig) -> torch.Tensor:
-    """Normalised log-mel (B, n_mels, T) as another voice would give it, per sequence: voice[:, 0] scales every
-    frequency (a shorter or longer vocal tract moves the formants: VTLP), voice[:, 1] tilts the spectrum (from -t
-    at the lowest band to +t at the highest) and voice[:, 2] adds a gain, in normalised log-mel units. Silence
-    stays at the floor. Training only: real voices differ from the data set's voices in exactly these ways."""
-    centres = mel_centres_hz(config)
-    top = float(2595.0 * math.log10(1.0 + config.sample_rate / 2 / 700.0))
-    step = top / (config.n_mels + 1)
-    alpha = voice[:, 0:1].to(torch.float64)  # (B, 1)
-    source_mel = 2595.0 * torch.log10(1.0 + (centres[None] / alpha).clamp(max=config.sample_rate / 2) / 700.0)
-    pos = (source_mel / step - 1.0).clamp(0.0, config.n_mels - 1.0).to(h.dtype)  # (B, n_mels) source band
-    lo = pos.floor().long().clamp(max=config.n_mels - 2)
-    w = (pos - lo)[..., None]
-    index = lo[..., None].expand(-1, -1, h.shape[-1])
-    warped = h.gather(1, index) * (1.0 - w) + h.gather(1, index + 1) * w
-    ramp = torch.linspace(-1.0, 1.0, config.n_mels, dtype=h.dtype)[None, :, None]
-    floor = (math.log(config.log_floor) - config.norm_mean) / config.norm_std
-    shaped = warped + voice[:, 1, None, None].to(h.dtype) * ramp + voice[:, 2, None, None].to(h.dtype)
-    silent = warped <= floor + 1e-4
-    return torch.where(silent, warped, shaped.clamp_min(floor))
 
 
 class CausalConv1d(nn.Conv1d):
@@ -221,11 +191,10 @@ class AudioEncoder(nn.Module):
 
     # ---- offline -------------------------------------------------------------------------------------------
 
-    def forward(self, pcm: torch.Tensor, sample_rate: int = SAMPLE_RATE, voice: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pcm: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         """(B, N) or (N,) samples -> (B, T, d_audio) or (T, d_audio), T = N // 640.
 
         The end is padded with `lookahead` frames of zeros, exactly as `flush` does at the end of a stream.
-        `voice` (B, 3), training only: another voice per sequence (`voice_augment`).
         """
         x = self._check_pcm(pcm, sample_rate)
         if x.shape[1] == 0:
@@ -234,8 +203,6 @@ class AudioEncoder(nn.Module):
         steps = n_frames + self.config.lookahead
         x = F.pad(x, (LEFT_PAD, self.config.lookahead * SAMPLES_PER_FRAME))[:, : LEFT_PAD + steps * SAMPLES_PER_FRAME]
         h = self._log_mel(x)  # (B, n_mels, 4 steps)
-        if voice is not None:
-            h = voice_augment(h, voice, self.config)
         for layer in self.layers:
             h = layer(h)
         out = h[..., self.config.lookahead :].transpose(1, 2)  # (B, T, d_audio)

@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 AUDIO_CONTEXT = 8  # frames of audio before a training window, so the causal encoder has real history
 ENCODE_BATCH = 50
 EVAL_CLIPS = 8
-VOICE_TILT = 0.3  # --voice-warp: spectral tilt, normalised log-mel units (+-1.5 nepers, ~6.5 dB, across the band)
-VOICE_GAIN = 0.2  # --voice-warp: gain, normalised log-mel units (~4.3 dB)
 
 
 def load_motion_encoder(weights: str) -> MotionEncoder:
@@ -106,22 +104,16 @@ def latent_cache(cfg, rank: int, world_size: int, split: str = "train", n_clips:
     return data
 
 
-def windows(data: dict, rng: np.random.Generator, n: int, frames: int, voice_warp: float = 0.0) -> dict:
-    """n random windows of `frames` frames, with AUDIO_CONTEXT frames of audio history (zeros before the start).
-    With voice_warp > 0 each window also draws another voice (models.audio.voice_augment): frequencies scaled by
-    1 +- voice_warp, a tilt of +-VOICE_TILT and a gain of +-VOICE_GAIN."""
+def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
+    """n random windows of `frames` frames, with AUDIO_CONTEXT frames of audio history (zeros before the start)."""
     total = data["z"].shape[1]
     clips = rng.integers(0, len(data["z"]), n)
     starts = rng.integers(0, total - frames + 1, n)
     z = torch.stack([data["z"][c, s:s + frames] for c, s in zip(clips, starts)])
     pcm = F.pad(data["pcm"], (AUDIO_CONTEXT * SAMPLES_PER_FRAME, 0))
     a = [pcm[c, s * SAMPLES_PER_FRAME:(s + frames + AUDIO_CONTEXT) * SAMPLES_PER_FRAME] for c, s in zip(clips, starts)]
-    batch = {"z": z, "pcm": torch.stack(a), "z_ref": data["z_ref"][clips], "emotion": data["emotion"][clips],
-             "noise_seed": torch.from_numpy(rng.integers(0, 2 ** 62, 1))}
-    if voice_warp > 0:
-        voice = rng.uniform(-1.0, 1.0, (n, 3)) * [voice_warp, VOICE_TILT, VOICE_GAIN] + [1.0, 0.0, 0.0]
-        batch["voice"] = torch.from_numpy(voice).float()
-    return batch
+    return {"z": z, "pcm": torch.stack(a), "z_ref": data["z_ref"][clips], "emotion": data["emotion"][clips],
+            "noise_seed": torch.from_numpy(rng.integers(0, 2 ** 62, 1))}
 
 
 class MotionTrainer(nn.Module):
@@ -135,7 +127,7 @@ class MotionTrainer(nn.Module):
         self.generator = MotionGenerator(p.motion)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        feats = self.audio(batch["pcm"], voice=batch.get("voice"))[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
+        feats = self.audio(batch["pcm"])[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
         noise = torch.Generator().manual_seed(int(batch["noise_seed"][0]))
         loss = diffusion_forcing_loss(self.generator, batch["z"], feats.to(batch["z"].dtype), batch["z_ref"],
                                       batch["emotion"], generator=noise)
@@ -168,8 +160,7 @@ class MotionStage:
     def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
         data = latent_cache(cfg, rank, world_size)
         for step in range(start_step + 1, 10 ** 12):
-            yield windows(data, np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size, cfg.window_frames,
-                          cfg.voice_warp)
+            yield windows(data, np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size, cfg.window_frames)
 
     @staticmethod
     @torch.no_grad()

@@ -54,7 +54,6 @@ class TrainConfig:
     clip_seconds: float = 8.0      # motion stage: length of each clip
     window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
     tts_share: float = 0.5         # motion stage: share of clips spoken by espeak-ng (the rest formant babble)
-    voice_warp: float = 0.0        # motion stage: train on other voices, frequencies scaled by 1 +- this (0 = off)
     latent: str = "auto"           # decoder stage: params | encoder | auto (params on synthetic data)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
@@ -67,8 +66,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.tts_share <= 1.0:
             raise ConfigError(f"tts_share must be in [0, 1], got {self.tts_share}")
-        if not 0.0 <= self.voice_warp < 0.5:
-            raise ConfigError(f"voice_warp must be in [0, 0.5), got {self.voice_warp}")
         if self.latent not in ("auto", "params", "encoder"):
             raise ConfigError(f"latent must be auto, params or encoder, got {self.latent!r}")
         if self.zero_stage not in (0, 1, 2, 3):
