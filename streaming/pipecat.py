@@ -122,9 +122,9 @@ class ActorcastVideoService(FrameProcessor):
 
     25 pictures and 50 voice frames a second go out, silence included; give the output transport
     `TransportParams(**service.output_params(), ...)`: "live" video (each picture shown as it comes, the
-    transport's pacing at twice the rate so that it never holds pictures back), 48 kHz audio in 20 ms chunks (one per voice frame) and no silence of the transport's own
-    (audio_out_auto_silence=False: after a late write its audio track catches up instead of falling behind
-    the pictures for the rest of the call).
+    transport's pacing at twice the rate so that it never holds pictures back), 48 kHz audio in 20 ms chunks
+    (one per voice frame) and no silence of the transport's own (audio_out_auto_silence=False: after a late
+    write its audio track catches up instead of falling behind the pictures for the rest of the call).
     """
 
     def __init__(self, *, engine=None, identity: int | None = None, portrait: np.ndarray | str | Path | None = None,
