@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from models.audio import AudioConfig, AudioEncoder
+from models.calibration import SpreadCalibration
 from models.checkpoint import load_weights, read_header
 from models.decoder import DecoderConfig, VideoDecoder
 from models.errors import ConfigError, InputError
@@ -143,6 +144,8 @@ def load_model(name: str, weights: Path | None, preset: str = "tiny", device: st
         raise ConfigError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
     if weights is not None:
         module, _ = load_weights(weights, name, config_cls, module_cls)
+        if name == "motion_generator":
+            module.calibration = SpreadCalibration.from_meta(read_header(weights, name)["meta"].get("calibration"))
     else:
         config = getattr(get_preset(preset), field)
         if name == "decoder" and resolution is not None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.calibration import SpreadCalibration
 from models.data.params import EMOTIONS
 from models.errors import ConfigError, InputError
 from models.kv_cache import CacheConfig, CacheDims, KVCache, make_cache
@@ -200,6 +201,7 @@ class MotionGenerator(nn.Module):
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.norm_out = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(tok, c.d_motion)
+        self.calibration: SpreadCalibration | None = None  # set from the export's meta by actors/loading.py
         self.initialize_weights()
 
     def initialize_weights(self) -> None:

@@ -150,9 +150,15 @@ def generate_chunks(model: MotionGenerator, streams: list["MotionStream"], n_fra
     for cache, b in zip(caches, sizes):
         attn = out.attn[:, r:r + b, :, :, :cache.used_tokens] if cache.needs_attention else None
         _write(model, cache, out.k[:, r:r + b], out.v[:, r:r + b], attn, T)
-        outs.append(x[r:r + b])
+        outs.append(calibrated(model, x[r:r + b]))
         r += b
     return outs
+
+
+def calibrated(model: MotionGenerator, z: torch.Tensor) -> torch.Tensor:
+    """z as it leaves the sampler: the generator's spread calibration applied, if its export has one
+    (models/calibration.py). The cache has already been written with z itself."""
+    return z if model.calibration is None else model.calibration.apply(z)
 
 def _emotion_index(emotion, batch: int, device) -> torch.Tensor | None:
     if emotion is None or torch.is_tensor(emotion):
@@ -233,7 +239,7 @@ class MotionStream:
         ctx = self._audio[:, : mc.audio_past + n_frames + mc.audio_future]
         z = generate_chunk(self.model, self.cache, ctx, self.emotion, self.generator, self.sampler)
         self._advance(n_frames)
-        return z
+        return calibrated(self.model, z)
 
     def _advance(self, n_frames: int) -> None:
         self._audio = self._audio[:, n_frames:]

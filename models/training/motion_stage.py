@@ -8,8 +8,11 @@ Latents are computed once per (encoder weights, clip set) and cached on disk bes
 "latents computed once and cached"); each rank computes and caches only its own shard of clips.
 """
 
+import argparse
 import hashlib
+import json
 import logging
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,15 +22,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.audio import AudioEncoder
+from models.calibration import SpreadCalibration
 from models.checkpoint import load_weights, read_header, save_weights
 from models.data.dataset import SPLITS, identity_seed, make_clip
 from models.data.face import render, sample_identities
 from models.data.params import neutral_params
 from models.decoder import param_latent
-from models.errors import ConfigError
+from models.errors import ConfigError, InputError
+from models.kv_cache import CacheConfig
 from models.motion import MotionGenerator, diffusion_forcing_loss
 from models.motion_ae import MotionAEConfig, MotionEncoder
 from models.presets import get_preset
+from models.sampling import SamplerConfig, generate
 from models.training.common import write_summary
 from models.timebase import SAMPLES_PER_FRAME
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 AUDIO_CONTEXT = 8  # frames of audio before a training window, so the causal encoder has real history
 ENCODE_BATCH = 50
 EVAL_CLIPS = 8
+CALIBRATION_CLIPS = 64
 
 
 def load_motion_encoder(weights: str) -> MotionEncoder:
@@ -175,6 +182,94 @@ class MotionStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
+        meta = {"preset": cfg.preset}
+        if encoder_latent_kind(cfg.weights) == "params":  # the latent's first dimensions are the parameters
+            n = min(CALIBRATION_CLIPS, cfg.clips)  # no more than a (test-sized) run trains on
+            log.info("fitting the generator's spread calibration on %d training clips", n)
+            meta["calibration"] = fit_calibration(module.audio, module.generator, calibration_clips(cfg, n)).to_meta()
         save_weights(directory, "audio_encoder", module.audio, module.audio_config, {"preset": cfg.preset})
-        save_weights(directory, "motion_generator", module.generator, module.motion_config, {"preset": cfg.preset})
+        save_weights(directory, "motion_generator", module.generator, module.motion_config, meta)
         write_summary(directory, cfg, metrics)
+
+
+def calibration_clips(cfg, n: int) -> dict:
+    """n training-split clips for the spread calibration (never held-out ones), speech sources mixed as in
+    training, in the latent of `encode_clips` with `latent='params'`."""
+    rng = np.random.default_rng([cfg.seed, 0xCA1B])
+    train = SPLITS["train"]
+    seeds = [int(train.start + s) for s in rng.choice(len(train), n, replace=False)]
+    size = cfg.size or get_preset(cfg.preset).decoder.resolution
+    return encode_clips(load_motion_encoder(cfg.weights), seeds, cfg.clip_seconds, size,
+                        clip_sources(n, cfg.tts_share), "params")
+
+
+@torch.no_grad()
+def fit_calibration(audio: AudioEncoder, generator: MotionGenerator, data: dict) -> SpreadCalibration:
+    """The spread calibration of the speech parameters (models/calibration.py): each clip generated from its audio
+    and reference alone, as at inference, with the generator's raw output, against the clip's true motion."""
+    modes = audio.training, generator.training
+    audio.eval()
+    generator.eval()
+    p = next(generator.parameters())
+    saved, generator.calibration = generator.calibration, None
+    try:
+        made, truth = [], []
+        for i in range(len(data["z"])):
+            feats = audio(data["pcm"][i:i + 1].to(p.device, p.dtype))
+            z = generate(generator, feats, data["z_ref"][i:i + 1].to(p.device, p.dtype),
+                         data["emotion"][i:i + 1].to(p.device), CacheConfig(), SamplerConfig(seed=i))[0]
+            made.append(z.float().cpu())
+            truth.append(data["z"][i][:len(z)])
+        return SpreadCalibration.fit(torch.cat(made), torch.cat(truth))
+    finally:
+        generator.calibration = saved
+        audio.train(modes[0])
+        generator.train(modes[1])
+
+
+def recalibrate(directory: Path, clips: int = CALIBRATION_CLIPS) -> SpreadCalibration:
+    """Fit the spread calibration of the generator exported in `directory` (beside the motion encoder it trained
+    with, as shipped) and write it into its header, with the clip settings of its `motion_train.json`."""
+    from models.audio import AudioConfig
+    from models.motion import MotionConfig
+
+    directory = Path(directory)
+    if encoder_latent_kind(str(directory)) != "params":
+        raise ConfigError(f"{directory}: the calibration needs a decoder trained on the parameters (latent 'params')")
+    summary = directory / "motion_train.json"
+    if not summary.is_file():
+        raise ConfigError(f"{directory} holds no motion_train.json: give the export of a motion-stage run")
+    run = json.loads(summary.read_text())["config"]
+    cfg = argparse.Namespace(seed=run["seed"], clip_seconds=run["clip_seconds"],
+                             tts_share=run["tts_share"], size=run["size"], preset=run["preset"], weights=str(directory))
+    audio, _ = load_weights(directory, "audio_encoder", AudioConfig, AudioEncoder)
+    generator, config = load_weights(directory, "motion_generator", MotionConfig, MotionGenerator)
+    calibration = fit_calibration(audio, generator, calibration_clips(cfg, clips))
+    meta = dict(read_header(directory, "motion_generator").get("meta", {}), calibration=calibration.to_meta())
+    save_weights(directory, "motion_generator", generator, config, meta)
+    return calibration
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.training.motion_stage",
+        description="Re-fit the spread calibration of an exported motion generator (models/calibration.py) on "
+                    "training clips and write it into DIR/motion_generator.json; `actorcast train --stage motion` "
+                    "does this itself at export.")
+    parser.add_argument("directory", type=Path, help="weights directory with motion_generator, audio_encoder, "
+                                                      "motion_encoder and motion_train.json")
+    parser.add_argument("--clips", type=int, default=CALIBRATION_CLIPS, help=f"training clips to fit on (default {CALIBRATION_CLIPS})")
+    args = parser.parse_args(argv)
+    try:
+        if args.clips < 2:
+            raise ConfigError(f"--clips {args.clips}: give at least 2")
+        calibration = recalibrate(args.directory, args.clips)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(calibration.to_meta()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
