@@ -2,11 +2,11 @@
 
 A diffusion sampler with few steps regresses towards the mean: on training clips the shipped generator's jaw,
 lip-spread and lip-rounding latents move with 0.80-0.89 of the true motion's spread (the head, which the audio
-does not determine, with far less; it is left alone). The decoder renders small openings as a closed mouth, so that lost spread is
-lost lip-sync. A calibration fitted once on training clips, never on held-out ones, maps each of those latent
-dimensions back to the true motion's mean and spread: z' = clamp(scale * z + shift, -1, 1), the range of the
-normalised parameters. It acts only on what leaves the sampler; the KV cache keeps the generator's own output,
-which is what the network was trained to attend to.
+does not determine, with far less; it is left alone). The decoder renders small openings as a closed mouth, so
+that lost spread is lost lip-sync. A calibration fitted once on training clips, never on held-out ones, maps each
+of those latent dimensions back to the true motion's mean and spread: z' = clamp(scale * z + shift, -1, 1), the
+range of the normalised parameters. It acts only on what leaves the sampler; the KV cache keeps the generator's
+own output, which is what the network was trained to attend to.
 """
 
 from dataclasses import dataclass

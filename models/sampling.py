@@ -160,6 +160,7 @@ def calibrated(model: MotionGenerator, z: torch.Tensor) -> torch.Tensor:
     (models/calibration.py). The cache has already been written with z itself."""
     return z if model.calibration is None else model.calibration.apply(z)
 
+
 def _emotion_index(emotion, batch: int, device) -> torch.Tensor | None:
     if emotion is None or torch.is_tensor(emotion):
         return emotion

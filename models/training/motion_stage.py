@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.audio import AudioEncoder
+from models.audio import AudioConfig, AudioEncoder
 from models.calibration import SpreadCalibration
 from models.checkpoint import load_weights, read_header, save_weights
 from models.data.dataset import SPLITS, identity_seed, make_clip
@@ -30,7 +30,7 @@ from models.data.params import neutral_params
 from models.decoder import param_latent
 from models.errors import ConfigError, InputError
 from models.kv_cache import CacheConfig
-from models.motion import MotionGenerator, diffusion_forcing_loss
+from models.motion import MotionConfig, MotionGenerator, diffusion_forcing_loss
 from models.motion_ae import MotionAEConfig, MotionEncoder
 from models.presets import get_preset
 from models.sampling import SamplerConfig, generate
@@ -230,9 +230,6 @@ def fit_calibration(audio: AudioEncoder, generator: MotionGenerator, data: dict)
 def recalibrate(directory: Path, clips: int = CALIBRATION_CLIPS) -> SpreadCalibration:
     """Fit the spread calibration of the generator exported in `directory` (beside the motion encoder it trained
     with, as shipped) and write it into its header, with the clip settings of its `motion_train.json`."""
-    from models.audio import AudioConfig
-    from models.motion import MotionConfig
-
     directory = Path(directory)
     if encoder_latent_kind(str(directory)) != "params":
         raise ConfigError(f"{directory}: the calibration needs a decoder trained on the parameters (latent 'params')")
@@ -258,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     "does this itself at export.")
     parser.add_argument("directory", type=Path, help="weights directory with motion_generator, audio_encoder, "
                                                       "motion_encoder and motion_train.json")
-    parser.add_argument("--clips", type=int, default=CALIBRATION_CLIPS, help=f"training clips to fit on (default {CALIBRATION_CLIPS})")
+    parser.add_argument("--clips", type=int, default=CALIBRATION_CLIPS,
+                        help=f"training clips to fit on (default {CALIBRATION_CLIPS})")
     args = parser.parse_args(argv)
     try:
         if args.clips < 2:
