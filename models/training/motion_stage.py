@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from models.audio import AudioConfig, AudioEncoder
 from models.calibration import SpreadCalibration
@@ -204,9 +205,10 @@ def calibration_clips(cfg, n: int) -> dict:
 
 
 @torch.no_grad()
-def fit_calibration(audio: AudioEncoder, generator: MotionGenerator, data: dict) -> SpreadCalibration:
+def fit_calibration(audio: AudioEncoder, generator: MotionGenerator, data: dict, progress=None) -> SpreadCalibration:
     """The spread calibration of the speech parameters (models/calibration.py): each clip generated from its audio
-    and reference alone, as at inference, with the generator's raw output, against the clip's true motion."""
+    and reference alone, as at inference, with the generator's raw output, against the clip's true motion.
+    progress: wraps the clip loop (e.g. a tqdm bar)."""
     modes = audio.training, generator.training
     audio.eval()
     generator.eval()
@@ -214,7 +216,7 @@ def fit_calibration(audio: AudioEncoder, generator: MotionGenerator, data: dict)
     saved, generator.calibration = generator.calibration, None
     try:
         made, truth = [], []
-        for i in range(len(data["z"])):
+        for i in (progress or iter)(range(len(data["z"]))):
             feats = audio(data["pcm"][i:i + 1].to(p.device, p.dtype))
             z = generate(generator, feats, data["z_ref"][i:i + 1].to(p.device, p.dtype),
                          data["emotion"][i:i + 1].to(p.device), CacheConfig(), SamplerConfig(seed=i))[0]
@@ -227,7 +229,7 @@ def fit_calibration(audio: AudioEncoder, generator: MotionGenerator, data: dict)
         generator.train(modes[1])
 
 
-def recalibrate(directory: Path, clips: int = CALIBRATION_CLIPS) -> SpreadCalibration:
+def recalibrate(directory: Path, clips: int = CALIBRATION_CLIPS, progress=None) -> SpreadCalibration:
     """Fit the spread calibration of the generator exported in `directory` (beside the motion encoder it trained
     with, as shipped) and write it into its header, with the clip settings of its `motion_train.json`."""
     directory = Path(directory)
@@ -241,7 +243,7 @@ def recalibrate(directory: Path, clips: int = CALIBRATION_CLIPS) -> SpreadCalibr
                              tts_share=run["tts_share"], size=run["size"], preset=run["preset"], weights=str(directory))
     audio, _ = load_weights(directory, "audio_encoder", AudioConfig, AudioEncoder)
     generator, config = load_weights(directory, "motion_generator", MotionConfig, MotionGenerator)
-    calibration = fit_calibration(audio, generator, calibration_clips(cfg, clips))
+    calibration = fit_calibration(audio, generator, calibration_clips(cfg, clips), progress)
     meta = dict(read_header(directory, "motion_generator").get("meta", {}), calibration=calibration.to_meta())
     save_weights(directory, "motion_generator", generator, config, meta)
     return calibration
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.clips < 2:
             raise ConfigError(f"--clips {args.clips}: give at least 2")
-        calibration = recalibrate(args.directory, args.clips)
+        calibration = recalibrate(args.directory, args.clips,
+                                  progress=lambda clips: tqdm(clips, desc="calibrate", unit="clip"))
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
