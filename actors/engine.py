@@ -200,7 +200,8 @@ class Engine:
     async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,
                            emotion: str = "neutral", cache_policy: str | None = None, seed: int = 0,
                            live: bool = True, steps: int = 4, resume: SessionCheckpoint | None = None,
-                           config: SessionConfig | None = None, batched: bool | None = None) -> Session:
+                           config: SessionConfig | None = None, batched: bool | None = None,
+                           landmarks: np.ndarray | None = None) -> Session:
         """A new session (async; the reference is prepared and encoded off the event loop).
 
         reference: (H, W, 3) uint8 portrait (cropped to square, resized); else synthetic identity
@@ -209,6 +210,8 @@ class Engine:
         batched: share the motion and decoder batches with the other sessions (continuous batching); by default
         live sessions do and offline ones do not, so that a render's frames never depend on what else ran
         beside it (batches round floats differently; resumed renders must match bit for bit).
+        landmarks: a photo's Face Mesh points (478, 2) in `reference`'s pixels (`Framing.crop_landmarks()`):
+        the photo is then animated by its rig (models/photo_rig.py) instead of the cartoon-trained decoder.
         """
         if self._closed:
             raise ActorcastError("the engine is closed; create a new Engine")
@@ -222,7 +225,7 @@ class Engine:
         silence, *_ = await asyncio.gather(
             call(self.audio, "open", sid, first),
             call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
-            *(call(shard, "open", sid, reference) for shard in self.shards))
+            *(call(shard, "open", sid, reference, landmarks) for shard in self.shards))
         if resume:
             await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
                                  call(self.motion, "restore", sid, resume.motion_state))
@@ -231,7 +234,7 @@ class Engine:
             motion, shards = _solo(motion), [_solo(shard) for shard in shards]
         return Session(sid, (self.audio, motion, shards), reference, self.size, config, silence,
                        self.lookahead, first_frame=first, samples=resume.samples if resume else 0,
-                       chunk_frames=self.chunk_frames, seniority=self.seniority)
+                       chunk_frames=self.chunk_frames, seniority=self.seniority, landmarks=landmarks)
 
     def live_config(self) -> SessionConfig:
         """Low-latency settings for live sessions.

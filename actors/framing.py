@@ -81,6 +81,14 @@ class Framing:
         square = np.pad(inside, pad, mode="edge")
         return square if size is None or size == side else resize(square[None], size, size)[0]
 
+    def crop_landmarks(self, size: int | None = None) -> np.ndarray | None:
+        """The face's Face Mesh points (478, 2) in the pixels of `crop(size)`; None for a built-in identity."""
+        if self.face is None:
+            return None
+        x0, y0, side = self.box
+        scale = 1.0 if size is None else size / side
+        return ((self.face.landmarks - np.array([x0, y0], np.float32)) * scale).astype(np.float32)
+
     def note(self, option: str = "--face N") -> str | None:
         """Which face is animated, when the picture holds several (`option` picks another); None for one."""
         if self.n_faces < 2:

@@ -144,8 +144,11 @@ def load_model(name: str, weights: Path | None, preset: str = "tiny", device: st
         raise ConfigError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
     if weights is not None:
         module, _ = load_weights(weights, name, config_cls, module_cls)
+        meta = read_header(weights, name).get("meta", {})
         if name == "motion_generator":
-            module.calibration = SpreadCalibration.from_meta(read_header(weights, name)["meta"].get("calibration"))
+            module.calibration = SpreadCalibration.from_meta(meta.get("calibration"))
+        if name == "decoder":
+            module.latent = meta.get("latent", "encoder")
     else:
         config = getattr(get_preset(preset), field)
         if name == "decoder" and resolution is not None:

@@ -21,6 +21,7 @@ from actors.messages import AudioChunk, FeatureChunk, MotionChunk
 from actors.reference import square_tensor, to_uint8
 from models.audio import AudioStreamState
 from models.decoder import IdentityFeatures
+from models.photo_rig import PhotoRig, params_of_latent
 from models.data.params import EMOTION_INDEX, EMOTIONS
 from models.errors import ConfigError, InputError
 from models.kv_cache import CacheConfig
@@ -260,8 +261,21 @@ class DecoderShard:
         self.sessions = _Sessions("DecoderShard")
 
     @torch.no_grad()
-    def open(self, session_id: str, reference: np.ndarray) -> None:
-        """Encode the reference once into the identity pyramid this shard reuses for every frame."""
+    def open(self, session_id: str, reference: np.ndarray, landmarks: np.ndarray | None = None) -> None:
+        """Encode the reference once into the identity pyramid this shard reuses for every frame.
+
+        landmarks: the Face Mesh points (478, 2) of a photo's face, in the reference's pixels (actors/framing.py
+        `Framing.crop_landmarks`). A photo is then animated by its own rig (models/photo_rig.py), driven by the
+        motion parameters of a params-trained decoder's latents; the decoder itself has only seen cartoons."""
+        if landmarks is not None and self.decoder.latent == "params":
+            side = reference.shape[0]
+            ref = square_tensor(reference, self.size)
+            marks = np.asarray(landmarks, np.float32) * (self.size / side)
+            self.sessions.items[session_id] = PhotoRig(ref, marks)
+            return
+        if landmarks is not None:
+            log.warning("these decoder weights were not trained on motion parameters (`train --latent params`): "
+                        "the photo is animated by the decoder, which has only seen cartoons")
         p = next(self.decoder.parameters())
         ref = square_tensor(reference, self.resolution).to(p.device, p.dtype)
         self.sessions.items[session_id] = self.decoder.encode_reference(ref)
@@ -276,6 +290,8 @@ class DecoderShard:
     def decode(self, session_id: str, first_frame: int, z: torch.Tensor) -> tuple[int, np.ndarray]:
         """z (n, d_motion) -> (first_frame, frames (n, size, size, 3) uint8)."""
         identity = self.sessions[session_id]
+        if isinstance(identity, PhotoRig):
+            return first_frame, to_uint8(identity.render(params_of_latent(z.float().cpu())))
         p = next(self.decoder.parameters())
         return first_frame, self._frames(identity, z.to(p.device, p.dtype))
 
@@ -288,7 +304,11 @@ class DecoderShard:
         good = []
         for i, (session_id, first, z) in enumerate(items):
             try:
-                good.append((i, first, self.sessions[session_id], z))
+                identity = self.sessions[session_id]
+                if isinstance(identity, PhotoRig):  # a photo's rig renders its own frames (no decoder batch)
+                    results[i] = (True, self.decode(session_id, first, z))
+                else:
+                    good.append((i, first, identity, z))
             except Exception as e:  # noqa: BLE001 - returned to the item's caller
                 results[i] = (False, e)
         if len(good) == 1:

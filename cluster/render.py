@@ -242,7 +242,8 @@ async def _render(engine: Engine, job: RenderJob, work: _WorkDir, progress: bool
     paste = paste_back_for(job, framing)
     duration, _, _ = probe_audio(Path(job.audio))
     session = await engine.open_session(reference, identity_seed=job.identity, emotion=job.emotion,
-                                        cache_policy=job.cache, seed=job.seed, live=False, resume=ckpt)
+                                        cache_policy=job.cache, seed=job.seed, live=False, resume=ckpt,
+                                        landmarks=framing.crop_landmarks() if framing is not None else None)
     total = int(duration * FPS) if duration else None
     done = ckpt.next_frame if ckpt else 0
     every = max(1, int(job.checkpoint_every * FPS / 4)) * BLOCK

@@ -137,6 +137,9 @@ class VideoDecoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = c = config
+        # What z is: "params" when trained on the true motion (`train --latent params`: its first N_PARAMS
+        # dimensions are the normalised parameters, which the photo rig reads), else "encoder". Set on loading.
+        self.latent = "encoder"
         ch = c.channels
         self.ref_encoder = nn.ModuleList()
         c_in = 3

@@ -219,14 +219,15 @@ class LiveServer:
         self.admitting += 1
         try:
             framing = await self.frame(params)  # counted against capacity while the face is found
-            options = dataclasses.replace(options, reference=framing.crop())
+            options = dataclasses.replace(options, reference=framing.crop(), landmarks=framing.crop_landmarks())
             return await self._admit(offer, options, params)
         finally:
             self.admitting -= 1
 
     async def _admit(self, offer: RTCSessionDescription, options: CallOptions, params: dict) -> web.Response:
         session = await _maybe_await(self.engine.open_session(
-            reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True))
+            reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True,
+            landmarks=options.landmarks))
         call_id = str(getattr(session, "session_id", None) or uuid.uuid4().hex)
         call = LiveCall(call_id, session, options, self.metrics, self._closed, stun=self.config.stun,
                         audio_prefetch=self.audio_prefetch)

@@ -43,6 +43,7 @@ class CallOptions:
     emotion: str = "neutral"
     identity_seed: int | None = None
     reference: np.ndarray | None = None  # (H, W, 3) uint8 portrait
+    landmarks: np.ndarray | None = None  # a photo's Face Mesh points (478, 2) in the reference's pixels
     source: str = "mic"  # "mic": the caller's audio drives the avatar; "agent": audio given to speak()
 
 

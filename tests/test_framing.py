@@ -268,10 +268,11 @@ class _RecordingEngine:
     """Just enough of Engine for POST /offer to reach open_session: records the reference and stops there."""
 
     def __init__(self):
-        self.references = []
+        self.references, self.landmarks = [], []
 
-    async def open_session(self, reference=None, identity_seed=None, emotion="neutral", live=True):
+    async def open_session(self, reference=None, identity_seed=None, emotion="neutral", live=True, landmarks=None):
         self.references.append(reference)
+        self.landmarks.append(landmarks)
         raise InputError("stop here: the test looks at the reference only")
 
 
@@ -320,6 +321,8 @@ async def test_portrait_upload_is_framed_and_its_errors_come_back(tmp_path, astr
     assert engine.references[0].shape == (side, side, 3)
     assert np.array_equal(engine.references[0], astronaut_framing.crop())
     assert np.array_equal(engine.references[1], synthetic_portrait(3, 256))   # a built-in identity, as framed
+    assert np.array_equal(engine.landmarks[0], astronaut_framing.crop_landmarks())  # the photo's rig gets them
+    assert engine.landmarks[1] is None
 
 
 def test_batch_lines_with_bad_face_options_are_their_own_errors(tmp_path):

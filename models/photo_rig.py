@@ -1,0 +1,291 @@
+"""Photo rig: a user's photo animated by the motion parameters, through its own Face Mesh landmarks.
+
+    rig = PhotoRig(reference, landmarks)      # (1, 3, R, R) in [0, 1]; (478, 2) Face Mesh points in its pixels
+    frames = rig.render(params)               # (B, N_PARAMS) motion parameters -> (B, 3, R, R) in [0, 1]
+
+The video decoder has only seen the synthetic cartoons: on a photo it blurs the face and does not move the mouth
+(issue 13). A photo needs no new pixels except the inside of the opening mouth, so the rig moves the photo's own
+pixels instead, by a warp built from where Face Mesh puts its lips, eyelids, brows and chin, the same landmarks
+on any face. Each part is a layer of the photo cut along a curve fitted to the landmarks and moved on its own:
+
+- mouth: the inner-lip seam splits the photo into an upper layer (the upper lip rises a little with jaw_open) and
+  a lower one (lower lip, chin and jaw drop by JAW_DROP face heights at jaw_open = 1, fading out towards the
+  mouth corners and below the chin). Where neither layer lands, the opening mouth shows a dark interior with the
+  upper teeth, in colours taken from the photo's lips. lip_spread / lip_round move the corners out / in, smile
+  lifts them.
+- eyes: the skin above each upper eyelid slides down over the eye by blink x the eye's opening.
+- brows: brow_raise lifts the brow band.
+- head: head motion turns and shifts the face oval (HEAD_GAIN of the synthetic heads' motion, weight falling to
+  0 at the oval's edge, where the photo is pasted back unchanged).
+
+Every layer is sampled from the photo once (one `grid_sample` per layer, with the inverse warp found by a few
+fixed-point steps), so a still photo with all parameters at rest renders as itself. The motion comes from the
+generator's latents of a decoder trained on the true parameters (`train --latent params`; `params_of_latent`).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES
+from models.errors import InputError
+
+# Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
+FOREHEAD_TOP, CHIN = 10, 152
+MOUTH_CORNERS = (61, 291)                                        # outer corners, image left then right
+INNER_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)  # inner lip line, upper lip, left to right
+INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)  # inner lip line, lower lip, left to right
+OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+EYES = (  # (image-left corner, image-right corner, upper lid, lower lid), image left eye (subject's right) first
+    (33, 133, (246, 161, 160, 159, 158, 157, 173), (7, 163, 144, 145, 153, 154, 155)),
+    (362, 263, (398, 384, 385, 386, 387, 388, 466), (382, 381, 380, 374, 373, 390, 249)),
+)
+BROWS = ((70, 63, 105, 66, 107, 46, 53, 52, 65, 55), (300, 293, 334, 296, 336, 276, 283, 282, 295, 285))
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+N_LANDMARKS = 478
+
+# Gains: how far each parameter at the end of its range moves the photo (face heights H, or mouth half-widths).
+JAW_DROP = 0.13          # H: the lower lip's drop at jaw_open = 1 (the meter reads ~0.2 H on a wide-open mouth)
+UPPER_LIP_RISE = 0.2     # of the drop: the upper lip rises with it
+JAW_REST = 0.1           # jaw_open up to this keeps the lips together (the generator idles at 0.05-0.12)
+SPREAD_GAIN = 0.12       # mouth half-widths: each corner moves out at lip_spread = 1
+ROUND_GAIN = 0.2         # mouth half-widths: each corner moves in at lip_round = 1
+SMILE_GAIN = 0.025       # H: the corners rise at smile = 1
+BROW_GAIN = 0.03         # H: the brows rise at brow_raise = 1
+HEAD_GAIN = 0.1          # of the synthetic heads' motion: a photo's face sways within its pasted-back oval
+YAW_SHIFT = 0.35         # H per radian of yaw (pitch alike): a turn seen as a shift of the face's middle
+TEETH = 0.035            # H: the height of the upper teeth under the upper lip
+INVERSE_STEPS = 5        # fixed-point steps of each layer's inverse warp
+PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo means its teeth already show
+THROAT = (0.42, 0.2, 0.2)  # the open mouth's dark inside, a share of the lips' colour per channel
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    """Smoothstep of x clamped to [0, 1]."""
+    x = x.clamp(0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A local frame on the photo: origin, unit axes (s along, t across, + down the face), units in pixels."""
+
+    origin: torch.Tensor   # (2,) px
+    along: torch.Tensor    # (2,) unit vector
+    down: torch.Tensor     # (2,) unit vector, `along` turned 90 degrees clockwise on screen
+    s_unit: float          # px per s unit
+    t_unit: float          # px per t unit
+
+    @staticmethod
+    def between(a: np.ndarray, b: np.ndarray, t_unit: float) -> "_Frame":
+        """The frame centred between points a and b (px), s = +-1 at them, t in units of t_unit px."""
+        a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+        along = (b - a) / (b - a).norm()
+        return _Frame((a + b) / 2, along, torch.stack([-along[1], along[0]]), float((b - a).norm() / 2), t_unit)
+
+    def st(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points (..., 2) px -> s, t (...)."""
+        d = p - self.origin
+        return (d * self.along).sum(-1) / self.s_unit, (d * self.down).sum(-1) / self.t_unit
+
+    def offset(self, ds: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """Displacements in s, t units (...) -> px (..., 2)."""
+        return ds[..., None] * self.s_unit * self.along + dt[..., None] * self.t_unit * self.down
+
+
+def _curve(frame: _Frame, points: np.ndarray, limit: float = 1.2) -> torch.Tensor:
+    """Least-squares quadratic t = c0 + c1 s + c2 s^2 through `points` (K, 2) px in `frame`; (3,) coefficients.
+    The curve is evaluated with s clamped to +-limit (flat past the ends, never a runaway parabola)."""
+    s, t = frame.st(torch.as_tensor(points, dtype=torch.float32))
+    a = torch.stack([torch.ones_like(s), s, s * s], dim=1)
+    return torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
+
+
+def _on_curve(coef: torch.Tensor, s: torch.Tensor, limit: float = 1.2) -> torch.Tensor:
+    s = s.clamp(-limit, limit)
+    return coef[0] + coef[1] * s + coef[2] * s * s
+
+
+def check_landmarks(landmarks, size: int) -> np.ndarray:
+    """(478, 2) finite Face Mesh points of a face of at least 8 px inside a size x size reference; InputError if not."""
+    marks = np.asarray(landmarks, dtype=np.float32)
+    if marks.shape != (N_LANDMARKS, 2) or not np.isfinite(marks).all():
+        raise InputError(f"landmarks must be ({N_LANDMARKS}, 2) finite Face Mesh points, got {marks.shape}")
+    height = float(np.linalg.norm(marks[CHIN] - marks[FOREHEAD_TOP]))
+    if height < 8 or not (np.abs(marks - size / 2) < size).all():
+        raise InputError("landmarks do not describe a face inside the reference: frame the photo first "
+                         "(actors.framing.frame_reference)")
+    return marks
+
+
+def params_of_latent(z: torch.Tensor) -> torch.Tensor:
+    """Latents of a params-trained decoder (B, d_motion): the first N_PARAMS are the parameters normalised to
+    [-1, 1] (models.decoder.normalise_params) -> (B, N_PARAMS) parameters in their own units, clamped."""
+    low = z.new_tensor([r[0] for r in PARAM_RANGES])
+    high = z.new_tensor([r[1] for r in PARAM_RANGES])
+    return (z[:, :N_PARAMS].clamp(-1, 1) * (high - low) / 2 + (high + low) / 2)
+
+
+class PhotoRig:
+    """One photo's rig: geometry fitted once from its landmarks, then `render` per batch of frames."""
+
+    def __init__(self, reference: torch.Tensor, landmarks) -> None:
+        if reference.dim() != 4 or reference.shape[0] != 1 or reference.shape[1] != 3 \
+                or reference.shape[2] != reference.shape[3]:
+            raise InputError(f"reference must be (1, 3, R, R), got {tuple(reference.shape)}")
+        self.image = reference.float()
+        self.size = size = reference.shape[-1]
+        m = check_landmarks(landmarks, size)
+        self.height = h = float(np.linalg.norm(m[CHIN] - m[FOREHEAD_TOP]))
+        # mouth: s = +-1 at the outer corners, t in face heights; the seam halfway between the inner lip lines
+        self.mouth = _Frame.between(m[MOUTH_CORNERS[0]], m[MOUTH_CORNERS[1]], h)
+        seam = (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
+        self.seam = _curve(self.mouth, seam)
+        self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
+        self.lip_colour = self._mean_colour(m[list(OUTER_LIPS)])
+        # a photo whose lips are already apart shows its own teeth, which the two layers carry: no painted ones
+        parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
+        self.teeth_weight = 0.0 if parted else 0.9
+        # eyes: s = +-1 at the corners, t in face heights (down); the upper and lower lid curves
+        self.eyes = []
+        for left, right, upper, lower in EYES:
+            frame = _Frame.between(m[left], m[right], h)
+            up = _curve(frame, np.concatenate([m[[left, right]], m[list(upper)]]))
+            low = _curve(frame, np.concatenate([m[[left, right]], m[list(lower)]]))
+            self.eyes.append((frame, up, low))
+        # brows: a band around each brow, its centre and half-size in px
+        self.brows = [(torch.as_tensor(m[list(b)].mean(0)), float(np.ptp(m[list(b)][:, 0]) / 2)) for b in BROWS]
+        # head: the oval's centre and half-axes (px), the pivot under the chin
+        oval = m[list(FACE_OVAL)]
+        lo, hi = oval.min(0), oval.max(0)
+        self.oval_centre = torch.as_tensor((lo + hi) / 2)
+        self.oval_half = torch.as_tensor((hi - lo) / 2)
+        self.pivot = torch.as_tensor(m[CHIN]) + 0.25 * h * self.mouth.down
+        coords = (torch.arange(size, dtype=torch.float32) + 0.5)
+        y, x = torch.meshgrid(coords, coords, indexing="ij")
+        self.pixels = torch.stack([x, y], dim=-1)  # (R, R, 2) px centres
+
+    def _mean_colour(self, points: np.ndarray) -> torch.Tensor:
+        """Mean RGB (3,) of the photo at `points` (K, 2) px."""
+        grid = torch.as_tensor(points, dtype=torch.float32) / self.size * 2 - 1  # (K, 2)
+        return F.grid_sample(self.image, grid[None, None], align_corners=False)[0, :, 0].mean(1)
+
+    # ---- the layers' warps: forward displacement (px) of a photo point p (B, R, R, 2) --------------------------
+
+    def _mouth_offset(self, p: torch.Tensor, prm: torch.Tensor, lower: bool) -> torch.Tensor:
+        s, t = self.mouth.st(p)
+        seam = _on_curve(self.seam, s)
+        below = t - seam                                                     # face heights under the seam
+        jaw = ((prm[:, PARAM_INDEX["jaw_open"], None, None] - JAW_REST) / (1 - JAW_REST)).clamp(min=0)
+        drop = JAW_DROP * jaw
+        if lower:
+            depth = _smooth(below / max(self.chin_t - float(self.seam[0]), 1e-3))  # 0 at the seam, 1 at the chin
+            core, fade = 0.15 + 0.6 * depth, 0.85 + 0.9 * depth              # full drop for |s| < core, 0 past +fade
+            lateral = 1 - _smooth((s.abs() - core) / fade)
+            under_chin = 1 - _smooth((t - self.chin_t) / 0.3)                # the neck stays
+            dt = drop * lateral * under_chin
+        else:
+            lateral = 1 - _smooth((s.abs() - 0.15) / 0.85)
+            dt = -UPPER_LIP_RISE * drop * lateral * (1 - _smooth(-below / 0.1))
+        # the corners: out with lip_spread, in with lip_round, up with smile
+        near = (1 - _smooth((s.abs() - 1.0) / 0.8)) * (1 - _smooth((below.abs() - 0.05) / 0.15))
+        spread = prm[:, PARAM_INDEX["lip_spread"], None, None]
+        rnd = prm[:, PARAM_INDEX["lip_round"], None, None]
+        ds = (SPREAD_GAIN * spread - ROUND_GAIN * rnd) * s.clamp(-1, 1) * near
+        dt = dt - SMILE_GAIN * prm[:, PARAM_INDEX["smile"], None, None] * s.clamp(-1, 1).square() * near
+        return self.mouth.offset(ds, dt)
+
+    def _lid_offset(self, p: torch.Tensor, prm: torch.Tensor, eye: int) -> torch.Tensor:
+        frame, up, low = self.eyes[eye]
+        s, t = frame.st(p)
+        opening = (_on_curve(low, s) - _on_curve(up, s)).clamp(min=0)      # face heights, per column
+        above = (_on_curve(up, s) - t).clamp(min=0)                          # face heights over the upper lid
+        # blink_l closes the subject's left eye, on the image's right (models/data/params.py)
+        blink = prm[:, PARAM_INDEX["blink_r" if eye == 0 else "blink_l"], None, None].clamp(0, 1)
+        lateral = 1 - _smooth((s.abs() - 0.7) / 0.5)
+        reach = opening.amax() * 1.8 + 1e-3                                  # the lid skin up to the brow follows
+        dt = blink * opening * lateral * (1 - _smooth(above / reach))
+        return frame.offset(torch.zeros_like(dt), dt)
+
+    def _brow_offset(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+        raise_ = prm[:, PARAM_INDEX["brow_raise"], None, None]
+        dt = torch.zeros_like(p[..., 0])
+        for centre, half in self.brows:  # an elliptic band around each brow, "up" taken from the mouth's frame
+            d = p - centre
+            dist = torch.sqrt(((d * self.mouth.along).sum(-1) / (1.6 * half)) ** 2
+                              + ((d * self.mouth.down).sum(-1) / (0.12 * self.height)) ** 2)
+            dt = dt - BROW_GAIN * raise_ * (1 - _smooth(dist - 0.5))
+        return self.mouth.offset(torch.zeros_like(dt), dt)
+
+    def _head_inverse(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+        """Where in the still face an output pixel p (R, R, 2) comes from under head motion: (B, R, R, 2)."""
+        g = lambda name: prm[:, PARAM_INDEX[name], None, None, None]  # noqa: E731 - (B, 1, 1, 1)
+        roll = HEAD_GAIN * g("head_roll")[..., 0]
+        scale = 1 + HEAD_GAIN * (g("head_scale") - 1)
+        shift = torch.cat([HEAD_GAIN * (g("head_x") * self.size + YAW_SHIFT * self.height * g("head_yaw")),
+                           HEAD_GAIN * (g("head_y") * self.size + YAW_SHIFT * self.height * g("head_pitch"))], -1)
+        d = (p - self.pivot)[None] - shift                                   # (B, R, R, 2) back from the moved face
+        cos, sin = torch.cos(roll), torch.sin(roll)
+        back = torch.stack([cos * d[..., 0] + sin * d[..., 1], -sin * d[..., 0] + cos * d[..., 1]], -1) / scale
+        moved = self.pivot + back
+        r = (((p - self.oval_centre) / (self.oval_half * 1.1)) ** 2).sum(-1).sqrt()  # (R, R) oval units
+        weight = (1 - _smooth((r - 0.75) / 0.35))[None, ..., None]
+        return p[None] + weight * (moved - p[None])
+
+    @staticmethod
+    def _invert(target: torch.Tensor, offset) -> torch.Tensor:
+        """The photo point q with q + offset(q) = target, (B, R, R, 2), by fixed-point steps from the target."""
+        q = target - offset(target)
+        for _ in range(INVERSE_STEPS - 1):
+            q = target - offset(q)
+        return q
+
+    def _sample(self, q: torch.Tensor) -> torch.Tensor:
+        grid = q / self.size * 2 - 1
+        return F.grid_sample(self.image.expand(q.shape[0], -1, -1, -1), grid, mode="bilinear",
+                             padding_mode="border", align_corners=False)
+
+    def _side(self, q: torch.Tensor, frame: _Frame, coef: torch.Tensor) -> torch.Tensor:
+        """Pixels of q below the curve (negative: above), (B, 1, R, R)."""
+        s, t = frame.st(q)
+        return ((t - _on_curve(coef, s)) * self.height)[:, None]
+
+    @torch.no_grad()
+    def render(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, N_PARAMS) motion parameters (models/data/params.py units) -> (B, 3, R, R) frames in [0, 1]."""
+        if params.dim() != 2 or params.shape[1] != N_PARAMS or not torch.isfinite(params).all():
+            raise InputError(f"params must be finite (B, {N_PARAMS}), got {tuple(params.shape)}")
+        prm = params.float()
+        base = self._head_inverse(self.pixels, prm)                          # (B, R, R, 2)
+        base = self._invert(base, lambda q: self._brow_offset(q, prm))
+        still = self._sample(base)
+        # eyelids: the skin over each upper lid slides down over the eye
+        out = still
+        for eye in range(len(self.eyes)):
+            q = self._invert(base, lambda q, e=eye: self._lid_offset(q, prm, e))
+            lid = (0.5 - self._side(q, self.eyes[eye][0], self.eyes[eye][1])).clamp(0, 1)  # 1 over the lid line
+            out = out + lid * (self._sample(q) - still)
+        # mouth: the upper and lower layers part along the seam; the interior shows between them
+        q_up = self._invert(base, lambda q: self._mouth_offset(q, prm, lower=False))
+        q_lo = self._invert(base, lambda q: self._mouth_offset(q, prm, lower=True))
+        side_up = self._side(q_up, self.mouth, self.seam)
+        a_up = (0.5 - side_up).clamp(0, 1)
+        a_lo = (0.5 + self._side(q_lo, self.mouth, self.seam)).clamp(0, 1)
+        gap = (1 - a_up - a_lo).clamp(0, 1)
+        mouth = a_up * self._sample(q_up) + a_lo * self._sample(q_lo)
+        interior = self._interior(side_up, q_up)
+        out = out + (mouth + gap * interior) - still * (a_up + a_lo + gap)
+        return out.clamp(0, 1)
+
+    def _interior(self, side_up: torch.Tensor, q_up: torch.Tensor) -> torch.Tensor:
+        """The open mouth's inside (B, 3, R, R): upper teeth under the upper lip, then a dark throat."""
+        dark = (self.lip_colour * torch.tensor(THROAT))[None, :, None, None]
+        teeth = (1.6 * self.lip_colour.max()).clamp(0.6, 0.92) * torch.tensor([1.0, 0.97, 0.9])[None, :, None, None]
+        s, _ = self.mouth.st(q_up)
+        across = (1 - _smooth((s.abs() - 0.35) / 0.4))[:, None]              # teeth fade towards the corners
+        band = (1 - _smooth((side_up - TEETH * self.height) / (0.3 * TEETH * self.height + 1))) * across
+        return dark + band * (teeth - dark) * self.teeth_weight

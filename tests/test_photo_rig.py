@@ -1,0 +1,115 @@
+"""The photo rig (models/photo_rig.py) on a real photo: its own landmarks (MediaPipe in .venv-meter) drive the
+warp, and the meter, an instrument the rig never saw, reads the mouth and eyes it renders."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actors.framing import frame_reference
+from actors.reference import load_image, square_tensor, to_uint8
+from actors.stages import DecoderShard
+from models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
+from models.decoder import param_latent
+from models.errors import InputError
+from models.photo_rig import HEAD_GAIN, PhotoRig, check_landmarks, params_of_latent
+from models.training.meter import FaceMeter
+
+ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny"
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def framing():
+    return frame_reference(load_image(ASTRONAUT))
+
+
+@pytest.fixture(scope="module")
+def rig(framing):
+    return PhotoRig(square_tensor(framing.crop(), SIZE), framing.crop_landmarks(SIZE))
+
+
+def _poses(**columns) -> torch.Tensor:
+    """Neutral rows, one per value of the given parameters' lists (all lists the same length)."""
+    n = len(next(iter(columns.values())))
+    p = neutral_params(n)
+    for name, values in columns.items():
+        p[:, PARAM_INDEX[name]] = torch.tensor(values, dtype=torch.float32)
+    return p
+
+
+def test_at_rest_the_photo_renders_as_itself(rig):
+    out = rig.render(neutral_params(2))
+    assert torch.allclose(out, rig.image.expand(2, -1, -1, -1), atol=1e-5)
+
+
+def test_the_mouth_opens_with_jaw_open_as_the_meter_reads_it(rig):
+    """Stills of rising jaw_open: the meter's inner-lip gap rises in step, and the widest one is clearly open."""
+    jaw = [0.0, 0.4, 0.7, 1.0]
+    reading = FaceMeter().read(to_uint8(rig.render(_poses(jaw_open=jaw))), static=True)
+    assert reading.found.all()
+    opening = reading.mouth_open
+    assert np.all(np.diff(opening) > 0.005), opening
+    assert opening[-1] - opening[0] > 0.08, opening                    # face heights
+
+
+def test_blinks_close_the_eyes_and_only_the_mouth_moves_for_speech(rig):
+    frames = rig.render(_poses(blink_l=[0.0, 1.0], blink_r=[0.0, 1.0]))
+    reading = FaceMeter().read(to_uint8(frames), static=True)
+    assert reading.eye_open[1] < 0.6 * reading.eye_open[0], reading.eye_open
+    # speech moves the mouth and chin, not the eyes or forehead: the rows above the nose stay the photo's
+    spoken = rig.render(_poses(jaw_open=[0.9], lip_spread=[0.8], smile=[0.5]))
+    nose_y = int(rig.mouth.origin[1] - 0.25 * rig.height)
+    assert torch.allclose(spoken[..., :nose_y, :], rig.image[..., :nose_y, :], atol=1e-5)
+    assert (spoken - rig.image).abs().amax() > 0.3
+
+
+def test_head_motion_stays_inside_the_face_oval(rig):
+    """A head turn moves the face, but the corners of the square (far outside the oval) keep their pixels."""
+    out = rig.render(_poses(head_roll=[0.3], head_x=[0.1], head_yaw=[0.4]))
+    moved = (out - rig.image).abs().amax(1)[0]                      # (R, R)
+    assert moved[SIZE // 2 - 20:SIZE // 2 + 20].amax() > 0.2
+    for corner in (moved[:24, :24], moved[:24, -24:], moved[-24:, :24], moved[-24:, -24:]):
+        assert corner.amax() == 0
+    assert HEAD_GAIN < 0.5                                          # a photo's face sways; it does not swing
+
+
+def test_latents_map_back_to_parameters():
+    p = _poses(jaw_open=[0.0, 0.7], lip_spread=[-0.5, 0.4], head_scale=[0.9, 1.1], head_roll=[0.2, -0.1])
+    assert torch.allclose(params_of_latent(param_latent(p, 32)), p, atol=1e-6)
+    assert params_of_latent(torch.full((1, 32), 5.0))[0, PARAM_INDEX["jaw_open"]] == 1.0   # clamped to the range
+
+
+def test_bad_landmarks_are_refused():
+    with pytest.raises(InputError, match="landmarks must be"):
+        check_landmarks(np.zeros((68, 2)), SIZE)
+    marks = np.full((478, 2), np.nan)
+    with pytest.raises(InputError, match="finite"):
+        check_landmarks(marks, SIZE)
+    with pytest.raises(InputError, match="frame the photo first"):
+        check_landmarks(np.full((478, 2), 5000.0), SIZE)
+    with pytest.raises(InputError, match="params must be"):
+        PhotoRig(torch.rand(1, 3, 64, 64), np.random.default_rng(0).uniform(10, 50, (478, 2))).render(
+            torch.zeros(2, N_PARAMS - 1))
+
+
+def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
+    """Given the photo's landmarks, a shard with params-trained weights renders the rig's frames; without them,
+    the decoder's own."""
+    shard = DecoderShard(SHIPPED, size=SIZE)
+    assert shard.decoder.latent == "params"
+    crop, marks = framing.crop(), framing.crop_landmarks()
+    shard.open("photo", crop, marks)
+    shard.open("cartoon-path", crop)
+    z = param_latent(_poses(jaw_open=[0.0, 0.8]), shard.decoder.config.d_motion)
+    _, frames = shard.decode("photo", 0, z)
+    expected = PhotoRig(square_tensor(crop, SIZE), marks * SIZE / crop.shape[0]).render(params_of_latent(z))
+    assert np.array_equal(frames, to_uint8(expected))
+    assert np.abs(frames[0].astype(int) - to_uint8(square_tensor(crop, SIZE))[0]).max() <= 1   # at rest: the photo
+    _, decoded = shard.decode("cartoon-path", 0, z)
+    assert not np.array_equal(decoded, frames)
+    batched = shard.decode_many([("photo", 0, z), ("cartoon-path", 0, z), ("gone", 0, z)])
+    assert np.array_equal(batched[0][1][1], frames)
+    assert batched[1][0] and not batched[2][0]
