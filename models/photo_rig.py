@@ -60,6 +60,8 @@ HEAD_GAIN = 0.1          # of the synthetic heads' motion: a photo's face sways 
 YAW_SHIFT = 0.35         # H per radian of yaw (pitch alike): a turn seen as a shift of the face's middle
 TEETH = 0.035            # H: the height of the upper teeth under the upper lip
 INVERSE_STEPS = 5        # fixed-point steps of each layer's inverse warp
+LID_REACH = 1.8          # eye openings: the skin this far above the upper lid slides down with it
+BOX_PAD = 12             # px around each layer's box: room for the head's sway (HEAD_GAIN)
 PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo means its teeth already show
 THROAT = (0.42, 0.2, 0.2)  # the open mouth's dark inside, a share of the lips' colour per channel
 
@@ -151,14 +153,24 @@ class PhotoRig:
         parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
         self.teeth_weight = 0.0 if parted else 0.9
         # eyes: s = +-1 at the corners, t in face heights (down); the upper and lower lid curves
-        self.eyes = []
+        self.eyes, self.eye_boxes, self.lid_reach = [], [], []
+        across = torch.linspace(-1, 1, 21)
         for left, right, upper, lower in EYES:
             frame = _Frame.between(m[left], m[right], h)
             up = _curve(frame, np.concatenate([m[[left, right]], m[list(upper)]]))
             low = _curve(frame, np.concatenate([m[[left, right]], m[list(lower)]]))
             self.eyes.append((frame, up, low))
+            reach = float((_on_curve(low, across) - _on_curve(up, across)).amax().clamp(min=1e-3)) * LID_REACH
+            self.lid_reach.append(reach)   # face heights: the lid skin this far over the lid follows it
+            self.eye_boxes.append(self._box(frame, 1.3, float(_on_curve(up, across).amin()) - reach - 0.02,
+                                            float(_on_curve(low, across).amax()) + 0.03))
         # brows: a band around each brow, its centre and half-size in px
         self.brows = [(torch.as_tensor(m[list(b)].mean(0)), float(np.ptp(m[list(b)][:, 0]) / 2)) for b in BROWS]
+        reach = max(2.4 * half for _, half in self.brows) + 0.18 * h
+        ends = torch.stack([c for c, _ in self.brows])
+        self.brow_box = self._span(ends.amin(0) - reach, ends.amax(0) + reach)
+        seam_t = _on_curve(self.seam, torch.linspace(-1.2, 1.2, 25))
+        self.mouth_box = self._box(self.mouth, 2.8, float(seam_t.amin()) - 0.3, self.chin_t + 0.5)
         # head: the oval's centre and half-axes (px), the pivot under the chin
         oval = m[list(FACE_OVAL)]
         lo, hi = oval.min(0), oval.max(0)
@@ -168,6 +180,17 @@ class PhotoRig:
         coords = (torch.arange(size, dtype=torch.float32) + 0.5)
         y, x = torch.meshgrid(coords, coords, indexing="ij")
         self.pixels = torch.stack([x, y], dim=-1)  # (R, R, 2) px centres
+
+    def _span(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[slice, slice]:
+        """(rows, columns) of the pixels between corners lo and hi (x, y px), widened by BOX_PAD, in the image."""
+        lo, hi = (lo - BOX_PAD).floor().int().clamp(0, self.size), (hi + BOX_PAD).ceil().int().clamp(0, self.size)
+        return slice(int(lo[1]), int(hi[1])), slice(int(lo[0]), int(hi[0]))
+
+    def _box(self, frame: _Frame, s_half: float, t_top: float, t_bottom: float) -> tuple[slice, slice]:
+        """The pixel box around |s| <= s_half, t_top <= t <= t_bottom of `frame`: where a layer's warp acts."""
+        corners = torch.stack([frame.origin + frame.offset(torch.tensor(s), torch.tensor(t))
+                               for s in (-s_half, s_half) for t in (t_top, t_bottom)])
+        return self._span(corners.amin(0), corners.amax(0))
 
     def _mean_colour(self, points: np.ndarray) -> torch.Tensor:
         """Mean RGB (3,) of the photo at `points` (K, 2) px."""
@@ -207,8 +230,7 @@ class PhotoRig:
         # blink_l closes the subject's left eye, on the image's right (models/data/params.py)
         blink = prm[:, PARAM_INDEX["blink_r" if eye == 0 else "blink_l"], None, None].clamp(0, 1)
         lateral = 1 - _smooth((s.abs() - 0.7) / 0.5)
-        reach = opening.amax() * 1.8 + 1e-3                                  # the lid skin up to the brow follows
-        dt = blink * opening * lateral * (1 - _smooth(above / reach))
+        dt = blink * opening * lateral * (1 - _smooth(above / self.lid_reach[eye]))
         return frame.offset(torch.zeros_like(dt), dt)
 
     def _brow_offset(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
@@ -260,25 +282,29 @@ class PhotoRig:
         if params.dim() != 2 or params.shape[1] != N_PARAMS or not torch.isfinite(params).all():
             raise InputError(f"params must be finite (B, {N_PARAMS}), got {tuple(params.shape)}")
         prm = params.float()
+        # Each layer's warp is zero outside its box (_box): it is evaluated there only, on the head-moved points.
         base = self._head_inverse(self.pixels, prm)                          # (B, R, R, 2)
-        base = self._invert(base, lambda q: self._brow_offset(q, prm))
-        still = self._sample(base)
+        rows, cols = self.brow_box
+        base[:, rows, cols] = self._invert(base[:, rows, cols], lambda q: self._brow_offset(q, prm))
+        plain = self._sample(base)                                           # (B, 3, R, R): the moved photo
+        out = plain.clone()
         # eyelids: the skin over each upper lid slides down over the eye
-        out = still
-        for eye in range(len(self.eyes)):
-            q = self._invert(base, lambda q, e=eye: self._lid_offset(q, prm, e))
+        for eye, (rows, cols) in enumerate(self.eye_boxes):
+            at, still = base[:, rows, cols], out[:, :, rows, cols]
+            q = self._invert(at, lambda q, e=eye: self._lid_offset(q, prm, e))
             lid = (0.5 - self._side(q, self.eyes[eye][0], self.eyes[eye][1])).clamp(0, 1)  # 1 over the lid line
-            out = out + lid * (self._sample(q) - still)
+            out[:, :, rows, cols] = still + lid * (self._sample(q) - still)
         # mouth: the upper and lower layers part along the seam; the interior shows between them
-        q_up = self._invert(base, lambda q: self._mouth_offset(q, prm, lower=False))
-        q_lo = self._invert(base, lambda q: self._mouth_offset(q, prm, lower=True))
+        rows, cols = self.mouth_box
+        at, still = base[:, rows, cols], plain[:, :, rows, cols]  # the box may reach the lids: add to `out`
+        q_up = self._invert(at, lambda q: self._mouth_offset(q, prm, lower=False))
+        q_lo = self._invert(at, lambda q: self._mouth_offset(q, prm, lower=True))
         side_up = self._side(q_up, self.mouth, self.seam)
         a_up = (0.5 - side_up).clamp(0, 1)
         a_lo = (0.5 + self._side(q_lo, self.mouth, self.seam)).clamp(0, 1)
         gap = (1 - a_up - a_lo).clamp(0, 1)
         mouth = a_up * self._sample(q_up) + a_lo * self._sample(q_lo)
-        interior = self._interior(side_up, q_up)
-        out = out + (mouth + gap * interior) - still * (a_up + a_lo + gap)
+        out[:, :, rows, cols] += mouth + gap * self._interior(side_up, q_up) - still * (a_up + a_lo + gap)
         return out.clamp(0, 1)
 
     def _interior(self, side_up: torch.Tensor, q_up: torch.Tensor) -> torch.Tensor:
