@@ -105,7 +105,7 @@ def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
     shard.open("cartoon-path", crop)
     z = param_latent(_poses(jaw_open=[0.0, 0.8]), shard.decoder.config.d_motion)
     _, frames = shard.decode("photo", 0, z)
-    expected = PhotoRig(square_tensor(crop, SIZE), marks * SIZE / crop.shape[0]).render(params_of_latent(z))
+    expected = PhotoRig(square_tensor(crop, SIZE), marks * (SIZE / crop.shape[0])).render(params_of_latent(z))
     assert np.array_equal(frames, to_uint8(expected))
     assert np.abs(frames[0].astype(int) - to_uint8(square_tensor(crop, SIZE))[0]).max() <= 1   # at rest: the photo
     _, decoded = shard.decode("cartoon-path", 0, z)
