@@ -7,7 +7,8 @@ Each test photo (tests/data/astronaut.jpg; insightface's t1.jpg, its largest fac
 tests/test_framing.py does) goes through `render` (cluster/render.py) with --full-frame, speaking 10 s of
 held-out espeak-ng speech: the evaluation's 'tts' source (models/data/tts.py), whose phoneme-derived openness
 (`openness`, the jaw_open of the viseme timeline) is the truth lipsync_r_tts is scored against. A photo that
-framing refuses (no face, too small) is recorded with its message instead of a render.
+framing refuses (no face, too small) is recorded with its message instead of a render. With weights trained on
+the motion parameters (the shipped ones), the photo is animated by its rig (models/photo_rig.py), as render does.
 
 Measured per photo (DIR/portraits.json, under "photos"; each figure is {"value", "target", "met"}):
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from actors.framing import Framing
 from actors.reference import check_portrait, load_image
 from models.data.params import EMOTIONS
 from models.errors import ActorcastError, ConfigError
@@ -116,8 +117,9 @@ class ActorcastVideoService(FrameProcessor):
 
     engine: an actors.engine.Engine to open the session on (share one between the calls of a server); else one
     is built from weights/preset/size (in-process, or on Ray with use_ray, address or shards > 1) and closed
-    with the pipeline. identity: a built-in identity number; portrait: an (H, W, 3) uint8 picture or an image
-    file, used as it is (frame a photo first with actors.framing.frame_reference). emotion: one of EMOTIONS.
+    with the pipeline. identity: a built-in identity number; portrait: a photo framed by
+    actors.framing.frame_reference (animated by its own rig, models/photo_rig.py), or an (H, W, 3) uint8
+    picture or an image file, used as it is. emotion: one of EMOTIONS.
     size: the side of the pictures sent.
 
     25 pictures and 50 voice frames a second go out, silence included; give the output transport
@@ -127,7 +129,8 @@ class ActorcastVideoService(FrameProcessor):
     write its audio track catches up instead of falling behind the pictures for the rest of the call).
     """
 
-    def __init__(self, *, engine=None, identity: int | None = None, portrait: np.ndarray | str | Path | None = None,
+    def __init__(self, *, engine=None, identity: int | None = None,
+                 portrait: "Framing | np.ndarray | str | Path | None" = None,
                  emotion: str = "neutral", weights: str | Path | None = None, preset: str = "tiny",
                  use_ray: bool = False, address: str | None = None, shards: int = 1, size: int = 256,
                  seed: int = 0, **kwargs):
@@ -136,6 +139,9 @@ class ActorcastVideoService(FrameProcessor):
             raise ConfigError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
         if identity is not None and portrait is not None:
             raise ConfigError("give an identity or a portrait, not both")
+        self.landmarks = None
+        if isinstance(portrait, Framing):
+            portrait, self.landmarks = portrait.crop(), portrait.crop_landmarks()
         if isinstance(portrait, (str, Path)):
             portrait = load_image(portrait)
         self.portrait = None if portrait is None else check_portrait(portrait, "the portrait")
@@ -187,7 +193,7 @@ class ActorcastVideoService(FrameProcessor):
             self.engine = Engine(**args) if args["use_ray"] else await asyncio.to_thread(Engine, **args)
             self.size = self.engine.size
         self.session = await self.engine.open_session(reference=self.portrait, identity_seed=self.identity,
-                                                      emotion=self.emotion, seed=self.seed)
+                                                      emotion=self.emotion, seed=self.seed, landmarks=self.landmarks)
         self.content = ContentAudio()
         self.audio_in = AudioInput(self.session.feed, self.content)
         self.feed = SpeechFeed(self.audio_in, on_mark=lambda pos, frame: self.events.append((pos, frame)))

@@ -385,6 +385,19 @@ def test_bad_options_are_refused_with_what_to_do(tmp_path):
         ActorcastVideoService(portrait=np.zeros((64, 64), np.float32))
 
 
+def test_a_framed_photo_goes_to_the_session_with_its_landmarks():
+    """portrait=Framing: the session gets the framed square and the face's landmarks in its pixels (the photo rig)."""
+    from actors.framing import Face, Framing
+
+    picture = np.random.default_rng(3).integers(0, 256, (120, 160, 3), np.uint8)
+    marks = np.random.default_rng(4).uniform(40, 100, (478, 2)).astype(np.float32)
+    framing = Framing(picture, (30, 10, 100), Face((40.0, 20.0, 110.0, 100.0), 0.9, marks))
+    service = ActorcastVideoService(portrait=framing)
+    assert np.array_equal(service.portrait, picture[10:110, 30:130])
+    assert np.allclose(service.landmarks, marks - [30, 10])
+    assert ActorcastVideoService(portrait=picture).landmarks is None
+
+
 def test_missing_extra_names_the_install_command():
     code = ("import sys; sys.modules['pipecat'] = None\n"
             "try:\n    import streaming.pipecat\nexcept ImportError as e:\n    print(type(e).__name__, e)")
