@@ -222,10 +222,18 @@ class Engine:
         sid = resume.session_id if resume else uuid.uuid4().hex[:12]
         call = self._call
         first = resume.next_frame if resume else 0
-        silence, *_ = await asyncio.gather(
-            call(self.audio, "open", sid, first),
-            call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
-            *(call(shard, "open", sid, reference, landmarks) for shard in self.shards))
+        if landmarks is None:
+            silence, *_ = await asyncio.gather(
+                call(self.audio, "open", sid, first),
+                call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
+                *(call(shard, "open", sid, reference) for shard in self.shards))
+            rest = None
+        else:  # a photo: its rig draws the motion relative to the generator's idle for it (models/photo_rig.py)
+            silence, _ = await asyncio.gather(
+                call(self.audio, "open", sid, first),
+                call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps))
+            rest = await call(self.motion, "rest_pose", sid, silence)
+            await asyncio.gather(*(call(shard, "open", sid, reference, landmarks, rest) for shard in self.shards))
         if resume:
             await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
                                  call(self.motion, "restore", sid, resume.motion_state))
@@ -234,7 +242,7 @@ class Engine:
             motion, shards = _solo(motion), [_solo(shard) for shard in shards]
         return Session(sid, (self.audio, motion, shards), reference, self.size, config, silence,
                        self.lookahead, first_frame=first, samples=resume.samples if resume else 0,
-                       chunk_frames=self.chunk_frames, seniority=self.seniority, landmarks=landmarks)
+                       chunk_frames=self.chunk_frames, seniority=self.seniority, photo=(landmarks, rest))
 
     def live_config(self) -> SessionConfig:
         """Low-latency settings for live sessions.

@@ -27,9 +27,10 @@ from models.errors import ConfigError, InputError
 from models.kv_cache import CacheConfig
 from models.presets import get_preset
 from models.sampling import MotionStream, SamplerConfig, push_many
-from models.timebase import SAMPLES_PER_FRAME
+from models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
+REST_SECONDS = 1.0  # of silence, whose mean motion is a photo's rest pose (MotionStage.rest_pose)
 
 
 def _dumps(obj) -> bytes:
@@ -138,7 +139,23 @@ class MotionStage:
         p = next(self.generator.parameters())
         z_ref = self.motion_encoder(ref.to(p.device))  # (1, d_motion)
         stream = MotionStream(self.generator, z_ref, _emotion(emotion, p.device), cache, SamplerConfig(steps, seed=seed))
-        self.sessions.items[session_id] = {"stream": stream, "steps": steps}
+        self.sessions.items[session_id] = {"stream": stream, "steps": steps, "z_ref": z_ref, "cache": cache,
+                                           "seed": seed}
+
+    @torch.no_grad()
+    def rest_pose(self, session_id: str, silence: np.ndarray, seconds: float = REST_SECONDS) -> np.ndarray:
+        """The session's idle: the mean motion parameters (N_PARAMS,) the generator makes for its reference from
+        `seconds` of silence features (the audio stage's `open`), neutral, in a stream of its own with the session's
+        seed, so the same reference and seed always give the same rest (a resumed render included). A photo's rig
+        draws the motion relative to it (models/photo_rig.py). Only for a decoder trained on the parameters."""
+        s = self.sessions[session_id]
+        p = next(self.generator.parameters())
+        stream = MotionStream(self.generator, s["z_ref"], _emotion("neutral", p.device), s["cache"],
+                              SamplerConfig(s["steps"], seed=s["seed"]))
+        frames = max(self.chunk_frames, round(seconds * FPS))
+        feats = torch.as_tensor(silence, dtype=p.dtype, device=p.device).expand(1, frames, -1)
+        z = torch.cat([stream.push(feats), stream.flush()], dim=1)[0]  # (frames, d_motion)
+        return params_of_latent(z.float().cpu()).mean(0).numpy()
 
     def set_emotion(self, session_id: str, emotion: str) -> None:
         stream = self.sessions[session_id]["stream"]
@@ -261,17 +278,19 @@ class DecoderShard:
         self.sessions = _Sessions("DecoderShard")
 
     @torch.no_grad()
-    def open(self, session_id: str, reference: np.ndarray, landmarks: np.ndarray | None = None) -> None:
+    def open(self, session_id: str, reference: np.ndarray, landmarks: np.ndarray | None = None,
+             rest: np.ndarray | None = None) -> None:
         """Encode the reference once into the identity pyramid this shard reuses for every frame.
 
         landmarks: the Face Mesh points (478, 2) of a photo's face, in the reference's pixels (actors/framing.py
         `Framing.crop_landmarks`). A photo is then animated by its own rig (models/photo_rig.py), driven by the
-        motion parameters of a params-trained decoder's latents; the decoder itself has only seen cartoons."""
+        motion parameters of a params-trained decoder's latents; the decoder itself has only seen cartoons. rest: the
+        session's rest pose (MotionStage.rest_pose), the motion the photo itself shows."""
         if landmarks is not None and self.decoder.latent == "params":
             side = reference.shape[0]
             ref = square_tensor(reference, self.size)
             marks = np.asarray(landmarks, np.float32) * (self.size / side)
-            self.sessions.items[session_id] = PhotoRig(ref, marks)
+            self.sessions.items[session_id] = PhotoRig(ref, marks, rest)
             return
         if landmarks is not None:
             log.warning("these decoder weights were not trained on motion parameters (`train --latent params`): "

@@ -19,8 +19,14 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   0 at the oval's edge, where the photo is pasted back unchanged).
 
 Every layer is sampled from the photo once (one `grid_sample` per layer, with the inverse warp found by a few
-fixed-point steps), so a still photo with all parameters at rest renders as itself. The motion comes from the
+fixed-point steps), so with all parameters at rest the photo renders as itself. The motion comes from the
 generator's latents of a decoder trained on the true parameters (`train --latent params`; `params_of_latent`).
+
+The rest pose is the generator's own idle for this photo (actors/stages.py `MotionStage.rest_pose`: its mean output
+over a second of silence): the generator reads a photo's pose and expression through a motion encoder that has only
+seen cartoons, and carries that reading as a steady offset (t1.jpg's first face: yaw 0.22, a half-shut left eye,
+the jaw at 0.18 in every pause). Drawn as it is, that offset would move the whole face away from the photo; drawn
+relative to the rest pose (`relative`), the photo is what the avatar looks like when it is silent.
 """
 
 import math
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES
+from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, clamp_params, neutral_params
 from models.errors import InputError
 
 # Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
@@ -51,7 +57,6 @@ N_LANDMARKS = 478
 # Gains: how far each parameter at the end of its range moves the photo (face heights H, or mouth half-widths).
 JAW_DROP = 0.13          # H: the lower lip's drop at jaw_open = 1 (the meter reads ~0.2 H on a wide-open mouth)
 UPPER_LIP_RISE = 0.2     # of the drop: the upper lip rises with it
-JAW_REST = 0.1           # jaw_open up to this keeps the lips together (the generator idles at 0.05-0.12)
 SPREAD_GAIN = 0.12       # mouth half-widths: each corner moves out at lip_spread = 1
 ROUND_GAIN = 0.2         # mouth half-widths: each corner moves in at lip_round = 1
 SMILE_GAIN = 0.025       # H: the corners rise at smile = 1
@@ -124,6 +129,14 @@ def check_landmarks(landmarks, size: int) -> np.ndarray:
     return marks
 
 
+def check_rest(rest) -> torch.Tensor:
+    """A rest pose: (N_PARAMS,) finite motion parameters inside their ranges, as a float32 tensor; InputError if not."""
+    t = torch.as_tensor(np.asarray(rest, dtype=np.float32))
+    if t.shape != (N_PARAMS,) or not torch.isfinite(t).all():
+        raise InputError(f"rest pose must be ({N_PARAMS},) finite motion parameters, got {tuple(t.shape)}")
+    return clamp_params(t[None])[0]
+
+
 def params_of_latent(z: torch.Tensor) -> torch.Tensor:
     """Latents of a params-trained decoder (B, d_motion): the first N_PARAMS are the parameters normalised to
     [-1, 1] (models.decoder.normalise_params) -> (B, N_PARAMS) parameters in their own units, clamped."""
@@ -135,11 +148,12 @@ def params_of_latent(z: torch.Tensor) -> torch.Tensor:
 class PhotoRig:
     """One photo's rig: geometry fitted once from its landmarks, then `render` per batch of frames."""
 
-    def __init__(self, reference: torch.Tensor, landmarks) -> None:
+    def __init__(self, reference: torch.Tensor, landmarks, rest=None) -> None:
         if reference.dim() != 4 or reference.shape[0] != 1 or reference.shape[1] != 3 \
                 or reference.shape[2] != reference.shape[3]:
             raise InputError(f"reference must be (1, 3, R, R), got {tuple(reference.shape)}")
         self.image = reference.float()
+        self.rest = neutral_params(1)[0] if rest is None else check_rest(rest)
         self.size = size = reference.shape[-1]
         m = check_landmarks(landmarks, size)
         self.height = h = float(np.linalg.norm(m[CHIN] - m[FOREHEAD_TOP]))
@@ -203,8 +217,7 @@ class PhotoRig:
         s, t = self.mouth.st(p)
         seam = _on_curve(self.seam, s)
         below = t - seam                                                     # face heights under the seam
-        jaw = ((prm[:, PARAM_INDEX["jaw_open"], None, None] - JAW_REST) / (1 - JAW_REST)).clamp(min=0)
-        drop = JAW_DROP * jaw
+        drop = JAW_DROP * prm[:, PARAM_INDEX["jaw_open"], None, None]
         if lower:
             depth = _smooth(below / max(self.chin_t - float(self.seam[0]), 1e-3))  # 0 at the seam, 1 at the chin
             core, fade = 0.15 + 0.6 * depth, 0.85 + 0.9 * depth              # full drop for |s| < core, 0 past +fade
@@ -276,12 +289,24 @@ class PhotoRig:
         s, t = frame.st(q)
         return ((t - _on_curve(coef, s)) * self.height)[:, None]
 
+    def relative(self, params: torch.Tensor) -> torch.Tensor:
+        """Parameters (B, N_PARAMS) -> the motion the rig draws: away from the rest pose, which is the photo itself.
+        jaw_open and the blinks become the share of the way from their rest value to 1 (0 at or under it), the
+        others their difference to the rest, head_scale their ratio."""
+        rel = params - self.rest
+        for name in ("jaw_open", "blink_l", "blink_r"):
+            i = PARAM_INDEX[name]
+            rel[:, i] = (rel[:, i] / (1 - self.rest[i]).clamp(min=0.05)).clamp(0, 1)
+        i = PARAM_INDEX["head_scale"]
+        rel[:, i] = params[:, i] / self.rest[i]
+        return rel
+
     @torch.no_grad()
     def render(self, params: torch.Tensor) -> torch.Tensor:
         """(B, N_PARAMS) motion parameters (models/data/params.py units) -> (B, 3, R, R) frames in [0, 1]."""
         if params.dim() != 2 or params.shape[1] != N_PARAMS or not torch.isfinite(params).all():
             raise InputError(f"params must be finite (B, {N_PARAMS}), got {tuple(params.shape)}")
-        prm = params.float()
+        prm = self.relative(params.float())
         # Each layer's warp is zero outside its box (_box): it is evaluated there only, on the head-moved points.
         base = self._head_inverse(self.pixels, prm)                          # (B, R, R, 2)
         rows, cols = self.brow_box

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from actors.engine import Engine
 from actors.framing import frame_reference
 from actors.reference import load_image, square_tensor, to_uint8
 from actors.stages import DecoderShard
@@ -18,6 +19,7 @@ from models.training.meter import FaceMeter
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SIZE = 256
 
 
@@ -76,6 +78,24 @@ def test_head_motion_stays_inside_the_face_oval(rig):
     assert HEAD_GAIN < 0.5                                          # a photo's face sways; it does not swing
 
 
+def test_the_rest_pose_is_the_photo_and_motion_is_drawn_from_it(framing, rig):
+    """The generator's idle for a photo (a steady yaw, a half-shut eye, a parted jaw) renders as the photo itself;
+    motion away from it is drawn as the same motion away from neutral would be."""
+    rest = _poses(jaw_open=[0.2], head_yaw=[0.2], head_x=[0.05], head_scale=[0.95], blink_l=[0.5], smile=[0.3])[0]
+    rested = PhotoRig(rig.image, framing.crop_landmarks(SIZE), rest.numpy())
+    assert torch.allclose(rested.render(rest[None]), rig.image, atol=1e-5)
+    moved = rest.clone()
+    moved[PARAM_INDEX["head_yaw"]] += 0.1
+    moved[PARAM_INDEX["smile"]] += 0.4
+    away = _poses(head_yaw=[0.1], smile=[0.4])
+    assert torch.allclose(rested.render(moved[None]), rig.render(away), atol=1e-4)
+    # jaw and blinks: the share of the way from the rest to 1 (nothing under the rest)
+    assert torch.allclose(rested.relative(_poses(jaw_open=[0.1, 0.6], blink_l=[0.0, 0.75]))[:, [0, 6]],
+                          torch.tensor([[0.0, 0.0], [0.5, 0.5]]), atol=1e-6)
+    with pytest.raises(InputError, match="rest pose must be"):
+        PhotoRig(rig.image, framing.crop_landmarks(SIZE), np.zeros(3))
+
+
 def test_latents_map_back_to_parameters():
     p = _poses(jaw_open=[0.0, 0.7], lip_spread=[-0.5, 0.4], head_scale=[0.9, 1.1], head_roll=[0.2, -0.1])
     assert torch.allclose(params_of_latent(param_latent(p, 32)), p, atol=1e-6)
@@ -101,15 +121,48 @@ def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
     shard = DecoderShard(SHIPPED, size=SIZE)
     assert shard.decoder.latent == "params"
     crop, marks = framing.crop(), framing.crop_landmarks()
-    shard.open("photo", crop, marks)
+    rest = _poses(jaw_open=[0.2], head_yaw=[0.2], blink_l=[0.5])[0].numpy()
+    shard.open("photo", crop, marks, rest)
     shard.open("cartoon-path", crop)
-    z = param_latent(_poses(jaw_open=[0.0, 0.8]), shard.decoder.config.d_motion)
+    z = param_latent(_poses(jaw_open=[0.2, 0.8], head_yaw=[0.2, 0.3], blink_l=[0.5, 0.5]), shard.decoder.config.d_motion)
     _, frames = shard.decode("photo", 0, z)
-    expected = PhotoRig(square_tensor(crop, SIZE), marks * (SIZE / crop.shape[0])).render(params_of_latent(z))
+    expected = PhotoRig(square_tensor(crop, SIZE), marks * (SIZE / crop.shape[0]), rest).render(params_of_latent(z))
     assert np.array_equal(frames, to_uint8(expected))
     assert np.abs(frames[0].astype(int) - to_uint8(square_tensor(crop, SIZE))[0]).max() <= 1   # at rest: the photo
+    assert np.abs(frames[1].astype(int) - frames[0]).max() > 80                                 # away from it: moved
     _, decoded = shard.decode("cartoon-path", 0, z)
     assert not np.array_equal(decoded, frames)
     batched = shard.decode_many([("photo", 0, z), ("cartoon-path", 0, z), ("gone", 0, z)])
     assert np.array_equal(batched[0][1][1], frames)
     assert batched[1][0] and not batched[2][0]
+
+
+async def _photo_frames(engine, framing, pcm: np.ndarray) -> np.ndarray:
+    session = await engine.open_session(framing.crop(), seed=7, live=False, landmarks=framing.crop_landmarks())
+    await session.put(pcm)
+    session.end()
+    frames = [vf.frames async for vf in session.frames()]
+    await session.close()
+    return np.concatenate(frames)
+
+
+def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing):
+    """Through the engine (shipped weights, 2 shards): a second of silence renders the photo itself, up to the
+    generator's idle wander about its rest pose; speech opens the mouth. The rest pose is the same every time."""
+    import asyncio
+
+    from models.data.media import read_audio
+
+    with Engine(SHIPPED, size=SIZE, shards=2) as engine:
+        silent = asyncio.run(_photo_frames(engine, framing, np.zeros(16_000, np.float32)))
+        again = asyncio.run(_photo_frames(engine, framing, np.zeros(16_000, np.float32)))
+        speech = read_audio(ASSETS / "sample_speech.wav").numpy()[:3 * 16_000]
+        spoken = asyncio.run(_photo_frames(engine, framing, speech))
+    assert np.array_equal(silent, again)
+    photo = to_uint8(square_tensor(framing.crop(), SIZE))[0].astype(int)
+    still = np.abs(silent.astype(int) - photo).mean(axis=(1, 2, 3))        # per frame, 8-bit levels
+    moving = np.abs(spoken.astype(int) - photo).mean(axis=(1, 2, 3))
+    assert still.mean() < 0.5, still                                       # drawn from its rest pose
+    assert np.percentile(moving, 90) > 3 * still.mean() + 0.5, (moving, still)
+    reading = FaceMeter().read(spoken)
+    assert np.nanpercentile(reading.mouth_open, 95) - np.nanpercentile(reading.mouth_open, 5) > 0.04
