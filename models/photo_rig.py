@@ -55,7 +55,7 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 N_LANDMARKS = 478
 
 # Gains: how far each parameter at the end of its range moves the photo (face heights H, or mouth half-widths).
-JAW_DROP = 0.13          # H: the lower lip's drop at jaw_open = 1 (the meter reads ~0.2 H on a wide-open mouth)
+JAW_DROP = 0.15          # H: the lower lip's drop at jaw_open = 1 (the meter reads ~0.2 H on a wide-open mouth)
 UPPER_LIP_RISE = 0.2     # of the drop: the upper lip rises with it
 SPREAD_GAIN = 0.12       # mouth half-widths: each corner moves out at lip_spread = 1
 ROUND_GAIN = 0.2         # mouth half-widths: each corner moves in at lip_round = 1
