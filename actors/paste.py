@@ -17,10 +17,8 @@ import torch.nn.functional as F
 
 from actors.framing import Framing
 from models.errors import InputError
+from models.photo_rig import FACE_OVAL  # Face Mesh's face oval, forehead top (10) round to the chin (152)
 
-# Face Mesh's face oval, forehead top (10) round to the chin (152) and back (mediapipe FACEMESH_FACE_OVAL).
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
-             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 MASK_GROW = (1.12, 1.18)   # ellipse half-axes over the oval's half-width, half-height
 MASK_DROP = 0.06           # ellipse centre below the oval's centre, in oval heights (room for the open jaw)
 FEATHER = 0.18             # weight falls 1 -> 0 from radius 1 to 1 + FEATHER (ellipse units)

@@ -29,14 +29,19 @@ the jaw at 0.18 in every pause). Drawn as it is, that offset would move the whol
 relative to the rest pose (`relative`), the photo is what the avatar looks like when it is silent.
 """
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, clamp_params, neutral_params
+from models.data.params import (
+    N_PARAMS,
+    PARAM_INDEX,
+    PARAM_RANGES,
+    clamp_params,
+    neutral_params,
+)
 from models.errors import InputError
 
 # Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
@@ -104,9 +109,9 @@ class _Frame:
         return ds[..., None] * self.s_unit * self.along + dt[..., None] * self.t_unit * self.down
 
 
-def _curve(frame: _Frame, points: np.ndarray, limit: float = 1.2) -> torch.Tensor:
+def _curve(frame: _Frame, points: np.ndarray) -> torch.Tensor:
     """Least-squares quadratic t = c0 + c1 s + c2 s^2 through `points` (K, 2) px in `frame`; (3,) coefficients.
-    The curve is evaluated with s clamped to +-limit (flat past the ends, never a runaway parabola)."""
+    `_on_curve` evaluates it with s clamped (flat past the ends, never a runaway parabola)."""
     s, t = frame.st(torch.as_tensor(points, dtype=torch.float32))
     a = torch.stack([torch.ones_like(s), s, s * s], dim=1)
     return torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
@@ -258,7 +263,8 @@ class PhotoRig:
 
     def _head_inverse(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
         """Where in the still face an output pixel p (R, R, 2) comes from under head motion: (B, R, R, 2)."""
-        g = lambda name: prm[:, PARAM_INDEX[name], None, None, None]  # noqa: E731 - (B, 1, 1, 1)
+        def g(name: str) -> torch.Tensor:  # (B, 1, 1, 1)
+            return prm[:, PARAM_INDEX[name], None, None, None]
         roll = HEAD_GAIN * g("head_roll")[..., 0]
         scale = 1 + HEAD_GAIN * (g("head_scale") - 1)
         shift = torch.cat([HEAD_GAIN * (g("head_x") * self.size + YAW_SHIFT * self.height * g("head_yaw")),
