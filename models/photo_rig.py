@@ -69,7 +69,7 @@ BROW_GAIN = 0.03         # H: the brows rise at brow_raise = 1
 HEAD_GAIN = 0.1          # of the synthetic heads' motion: a photo's face sways within its pasted-back oval
 YAW_SHIFT = 0.35         # H per radian of yaw (pitch alike): a turn seen as a shift of the face's middle
 TEETH = 0.035            # H: the height of the upper teeth under the upper lip
-INVERSE_STEPS = 5        # fixed-point steps of each layer's inverse warp
+INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
 LID_REACH = 1.8          # eye openings: the skin this far above the upper lid slides down with it
 BOX_PAD = 12             # px around each layer's box: room for the head's sway (HEAD_GAIN)
 PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo means its teeth already show
@@ -99,27 +99,34 @@ class _Frame:
         along = (b - a) / (b - a).norm()
         return _Frame((a + b) / 2, along, torch.stack([-along[1], along[0]]), float((b - a).norm() / 2), t_unit)
 
+    def __post_init__(self) -> None:  # the same as plain floats, for the per-pixel arithmetic (no tiny tensors)
+        (ox, oy), (ax, ay), (dx, dy) = self.origin.tolist(), self.along.tolist(), self.down.tolist()
+        object.__setattr__(self, "_floats", (ox, oy, ax, ay, dx, dy))
+
     def st(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Points (..., 2) px -> s, t (...)."""
-        d = p - self.origin
-        return (d * self.along).sum(-1) / self.s_unit, (d * self.down).sum(-1) / self.t_unit
+        ox, oy, ax, ay, dx, dy = self._floats
+        x, y = p[..., 0] - ox, p[..., 1] - oy
+        return (x * ax + y * ay) / self.s_unit, (x * dx + y * dy) / self.t_unit
 
     def offset(self, ds: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """Displacements in s, t units (...) -> px (..., 2)."""
-        return ds[..., None] * self.s_unit * self.along + dt[..., None] * self.t_unit * self.down
+        _, _, ax, ay, dx, dy = self._floats
+        ds, dt = ds * self.s_unit, dt * self.t_unit
+        return torch.stack([ds * ax + dt * dx, ds * ay + dt * dy], dim=-1)
 
 
-def _curve(frame: _Frame, points: np.ndarray) -> torch.Tensor:
-    """Least-squares quadratic t = c0 + c1 s + c2 s^2 through `points` (K, 2) px in `frame`; (3,) coefficients.
+def _curve(frame: _Frame, points: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares quadratic t = c0 + c1 s + c2 s^2 through `points` (K, 2) px in `frame`: (c0, c1, c2).
     `_on_curve` evaluates it with s clamped (flat past the ends, never a runaway parabola)."""
     s, t = frame.st(torch.as_tensor(points, dtype=torch.float32))
     a = torch.stack([torch.ones_like(s), s, s * s], dim=1)
-    return torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
+    return tuple(torch.linalg.lstsq(a, t[:, None]).solution[:, 0].tolist())
 
 
-def _on_curve(coef: torch.Tensor, s: torch.Tensor, limit: float = 1.2) -> torch.Tensor:
+def _on_curve(coef: tuple[float, float, float], s: torch.Tensor, limit: float = 1.2) -> torch.Tensor:
     s = s.clamp(-limit, limit)
-    return coef[0] + coef[1] * s + coef[2] * s * s
+    return coef[0] + s * (coef[1] + coef[2] * s)
 
 
 def check_landmarks(landmarks, size: int) -> np.ndarray:
@@ -171,6 +178,9 @@ class PhotoRig:
         # a photo whose lips are already apart shows its own teeth, which the two layers carry: no painted ones
         parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
         self.teeth_weight = 0.0 if parted else 0.9
+        self.throat = (self.lip_colour * torch.tensor(THROAT))[None, :, None, None]
+        self.teeth = ((1.6 * self.lip_colour.max()).clamp(0.6, 0.92) * torch.tensor([1.0, 0.97, 0.9]))[None, :, None,
+                                                                                                      None]
         # eyes: s = +-1 at the corners, t in face heights (down); the upper and lower lid curves
         self.eyes, self.eye_boxes, self.lid_reach = [], [], []
         across = torch.linspace(-1, 1, 21)
@@ -254,10 +264,11 @@ class PhotoRig:
     def _brow_offset(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
         raise_ = prm[:, PARAM_INDEX["brow_raise"], None, None]
         dt = torch.zeros_like(p[..., 0])
-        for centre, half in self.brows:  # an elliptic band around each brow, "up" taken from the mouth's frame
-            d = p - centre
-            dist = torch.sqrt(((d * self.mouth.along).sum(-1) / (1.6 * half)) ** 2
-                              + ((d * self.mouth.down).sum(-1) / (0.12 * self.height)) ** 2)
+        s, t = self.mouth.st(p)  # an elliptic band around each brow, "up" taken from the mouth's frame
+        for centre, half in self.brows:
+            cs, ct = self.mouth.st(centre)
+            dist = torch.sqrt(((s - float(cs)) * (self.mouth.s_unit / (1.6 * half))) ** 2
+                              + ((t - float(ct)) / 0.12) ** 2)
             dt = dt - BROW_GAIN * raise_ * (1 - _smooth(dist - 0.5))
         return self.mouth.offset(torch.zeros_like(dt), dt)
 
@@ -340,8 +351,7 @@ class PhotoRig:
 
     def _interior(self, side_up: torch.Tensor, q_up: torch.Tensor) -> torch.Tensor:
         """The open mouth's inside (B, 3, R, R): upper teeth under the upper lip, then a dark throat."""
-        dark = (self.lip_colour * torch.tensor(THROAT))[None, :, None, None]
-        teeth = (1.6 * self.lip_colour.max()).clamp(0.6, 0.92) * torch.tensor([1.0, 0.97, 0.9])[None, :, None, None]
+        dark, teeth = self.throat, self.teeth
         s, _ = self.mouth.st(q_up)
         across = (1 - _smooth((s.abs() - 0.35) / 0.4))[:, None]              # teeth fade towards the corners
         band = (1 - _smooth((side_up - TEETH * self.height) / (0.3 * TEETH * self.height + 1))) * across
