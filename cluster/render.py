@@ -338,7 +338,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--out", type=mp4_file, required=True, metavar="OUT", help="output file, ending in .mp4")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--image", type=Path, help="a photo with a face: the face is found and framed (the largest "
-                     "if there are several)")
+                     "if there are several) and animated through its own landmarks (the photo rig)")
     ref.add_argument("--identity", type=seed, default=0, metavar="N",
                      help="built-in synthetic identity: any whole number >= 0 (default 0)")
     p.add_argument("--face", type=positive_int, default=None, metavar="N",
