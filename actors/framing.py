@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from actors.reference import check_portrait, synthetic_portrait
 from models.errors import InputError
+from models.photo_rig import check_landmarks
 from models.training.meter import run_in_meter_env
 
 WORKER = Path(__file__).with_name("face_worker.py")
@@ -159,7 +160,9 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
     if chosen.height < MIN_FACE:
         raise InputError(f"the face in {what} is {chosen.height:.0f} px from forehead to chin; it must be at least "
                          f"{MIN_FACE} px: use a larger or closer photo")
-    return Framing(picture, square_for(chosen), chosen, index, len(faces), biggest)
+    framing = Framing(picture, square_for(chosen), chosen, index, len(faces), biggest)
+    check_landmarks(framing.crop_landmarks(), framing.box[2])  # one line for a face in profile, before any render
+    return framing
 
 
 def frame_reference(image: np.ndarray | None = None, identity_seed: int | None = None, face: int | None = None,

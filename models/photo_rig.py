@@ -71,6 +71,8 @@ YAW_SHIFT = 0.35         # H per radian of yaw (pitch alike): a turn seen as a s
 TEETH = 0.035            # H: the height of the upper teeth under the upper lip
 INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
 LID_REACH = 1.8          # eye openings: the skin this far above the upper lid slides down with it
+MIN_MOUTH_WIDTH = 0.12   # H: a mouth seen narrower than this (a face in profile) is too turned to animate
+MIN_EYE_WIDTH = 0.04     # H: the same for the narrower eye (frontal faces: mouth ~0.4 H, eyes ~0.2 H wide)
 BOX_PAD = 12             # px around each layer's box: room for the head's sway (HEAD_GAIN)
 PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo means its teeth already show
 THROAT = (0.42, 0.2, 0.2)  # the open mouth's dark inside, a share of the lips' colour per channel
@@ -138,6 +140,12 @@ def check_landmarks(landmarks, size: int) -> np.ndarray:
     if height < 8 or not (np.abs(marks - size / 2) < size).all():
         raise InputError("landmarks do not describe a face inside the reference: frame the photo first "
                          "(actors.framing.frame_reference)")
+    mouth = float(np.linalg.norm(marks[MOUTH_CORNERS[1]] - marks[MOUTH_CORNERS[0]])) / height
+    eyes = min(float(np.linalg.norm(marks[right] - marks[left])) for left, right, *_ in EYES) / height
+    if mouth < MIN_MOUTH_WIDTH or eyes < MIN_EYE_WIDTH:
+        raise InputError(f"the face is turned too far from the camera to animate (mouth {mouth:.2f}, narrower eye "
+                         f"{eyes:.2f} of the face's height; at least {MIN_MOUTH_WIDTH} and {MIN_EYE_WIDTH}): "
+                         "use a photo that faces the camera")
     return marks
 
 

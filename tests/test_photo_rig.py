@@ -14,7 +14,15 @@ from actors.stages import DecoderShard
 from models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
 from models.decoder import param_latent
 from models.errors import InputError
-from models.photo_rig import HEAD_GAIN, PhotoRig, check_landmarks, params_of_latent
+from models.photo_rig import (
+    CHIN,
+    FOREHEAD_TOP,
+    HEAD_GAIN,
+    MOUTH_CORNERS,
+    PhotoRig,
+    check_landmarks,
+    params_of_latent,
+)
 from models.training.meter import FaceMeter
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
@@ -102,7 +110,9 @@ def test_latents_map_back_to_parameters():
     assert params_of_latent(torch.full((1, 32), 5.0))[0, PARAM_INDEX["jaw_open"]] == 1.0   # clamped to the range
 
 
-def test_bad_landmarks_are_refused():
+def test_bad_landmarks_and_params_are_refused(rig):
+    with pytest.raises(InputError, match="params must be"):
+        rig.render(torch.zeros(2, N_PARAMS - 1))
     with pytest.raises(InputError, match="landmarks must be"):
         check_landmarks(np.zeros((68, 2)), SIZE)
     marks = np.full((478, 2), np.nan)
@@ -110,9 +120,16 @@ def test_bad_landmarks_are_refused():
         check_landmarks(marks, SIZE)
     with pytest.raises(InputError, match="frame the photo first"):
         check_landmarks(np.full((478, 2), 5000.0), SIZE)
-    with pytest.raises(InputError, match="params must be"):
-        PhotoRig(torch.rand(1, 3, 64, 64), np.random.default_rng(0).uniform(10, 50, (478, 2))).render(
-            torch.zeros(2, N_PARAMS - 1))
+
+
+def test_a_face_in_profile_is_refused_with_what_to_do(framing):
+    marks = framing.crop_landmarks(SIZE)
+    check_landmarks(marks, SIZE)                                     # the astronaut faces the camera
+    profile = marks.copy()
+    profile[MOUTH_CORNERS[1]] = profile[MOUTH_CORNERS[0]] + (0.1 * (profile[CHIN] - profile[FOREHEAD_TOP]))[::-1]
+    with pytest.raises(InputError, match="turned too far from the camera") as err:
+        check_landmarks(profile, SIZE)
+    assert "\n" not in str(err.value) and "use a photo that faces the camera" in str(err.value)
 
 
 def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
