@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from actors.reference import check_portrait, synthetic_portrait
 from models.errors import InputError
-from models.photo_rig import check_landmarks
+from models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks
 from models.training.meter import run_in_meter_env
 
 WORKER = Path(__file__).with_name("face_worker.py")
@@ -39,7 +39,6 @@ EYE_LINE = 0.461            # eye line from the top / side
 FOREHEAD = 0.328            # forehead top (10) from the top / side (follows from the two above)
 MIN_FACE = 64               # px, forehead to chin: smaller faces carry too little detail to animate
 MAX_OUTPUT = (1920, 1080)   # full-frame output fits this box in either orientation (1080p)
-FOREHEAD_TOP, CHIN = 10, 152
 EYE_R, EYE_L = (33, 133), (362, 263)  # subject's right eye (image left), left eye (image right): corners
 
 

@@ -24,7 +24,6 @@ from models.decoder import IdentityFeatures
 from models.photo_rig import PhotoRig, params_of_latent
 from models.data.params import EMOTION_INDEX, EMOTIONS
 from models.errors import ConfigError, InputError
-from models.kv_cache import CacheConfig
 from models.presets import get_preset
 from models.sampling import MotionStream, SamplerConfig, push_many
 from models.timebase import FPS, SAMPLES_PER_FRAME
