@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ class RenderJob:
     shards: int = 1
     cache: str | None = None
     weights: str | None = None
-    size: int = 256
+    size: int | None = None         # None: 256, or a full-frame photo's face square (frame_size_for)
     seed: int = 0
     checkpoint_every: float = 8.0
     face: int | None = None          # which face of the photo, 1-based left to right (None: the largest)
@@ -197,6 +197,17 @@ def check_job(job: RenderJob, address: str | None = None) -> Framing | None:
     return framing
 
 
+def frame_size_for(job: RenderJob, framing: Framing | None) -> int:
+    """The frame size of a job that leaves it open (size None): for a photo pasted back full frame, the side of the
+    square around its face, up to a multiple of 16, in 256..512, so the animated face is not blown up when it goes
+    back into the photo; otherwise 256."""
+    if job.size is not None:
+        return job.size
+    if paste_back_for(job, framing) is None:
+        return 256
+    return min(512, max(256, -(-framing.box[2] // 16) * 16))
+
+
 def paste_back_for(job: RenderJob, framing: Framing | None) -> PasteBack | None:
     """The paste-back of a full-frame render, or None: --full-frame, --no-full-frame, else on when the photo
     reaches past the square around its face."""
@@ -298,6 +309,8 @@ def render(job: RenderJob, work_dir: Path | None = None, address: str | None = N
     framing = check_job(job, address if use_ray else None)  # a bad input fails before Ray starts or weights load
     if framing is not None and framing.note():
         log.warning("%s: %s", job.image, framing.note())
+    if job.size is None:
+        job = replace(job, size=engine.size if engine is not None else frame_size_for(job, framing))
     work = _WorkDir(work_dir_for(job, work_dir), job.fingerprint())
     own = engine is None
     try:
@@ -352,7 +365,9 @@ def add_parser(sub) -> None:
                    help="decoder shards (default 1); more than 1 run as Ray actors, a process each, unless --in-process")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="KV-cache policy (default: the preset's)")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped ones)")
-    p.add_argument("--size", type=frame_size, default=256, help="frame size in pixels (default 256)")
+    p.add_argument("--size", type=frame_size, default=None,
+                   help="frame size in pixels, a multiple of 16 in 64..512 (default 256; for a photo pasted back full "
+                        "frame, the side of the square around its face, up to 512, so the face is not blown up)")
     p.add_argument("--seed", type=seed, default=0, metavar="N",
                    help="seed of the generator's noise: the same seed gives the same frames (default 0)")
     p.add_argument("--work-dir", type=Path, default=None, help="where finished chunks go (default: next to -o)")

@@ -4,6 +4,7 @@ Photos: tests/data/astronaut.jpg (scikit-image's data.astronaut(), NASA, public 
 scikit-image's data.lfw_subset() and insightface's bundled t1.jpg (six faces) come from the `dev` extra.
 """
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -185,6 +186,21 @@ def test_paste_back_keeps_outside_mask_identical(astronaut_framing):
     expected = resize((255 - crop)[None], side, side)[0][ys - y0, xs - x0]
     assert len(ys) > 1000 and np.abs(out[0][ys, xs].astype(int) - expected).max() <= 1
     assert np.abs(out[2][inside].astype(int) - f.picture[inside]).mean() > 50   # the black face is pasted in
+
+
+def test_a_full_frame_photo_renders_at_its_face_square_unless_told(astronaut_framing):
+    """Left open, the frame size of a photo pasted back is the side of its face's square (up to 16 px more, 256 to
+    512): the animated face goes back into the photo without being blown up."""
+    from cluster.render import RenderJob, frame_size_for
+
+    job = RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT))
+    side = astronaut_framing.box[2]                                   # 296 px
+    assert frame_size_for(job, astronaut_framing) == 304 and 0 <= 304 - side < 16
+    assert frame_size_for(RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT), size=128), astronaut_framing) == 128
+    assert frame_size_for(RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT), full_frame=False), astronaut_framing) == 256
+    assert frame_size_for(RenderJob("a.wav", "o.mp4", identity=3), None) == 256
+    big = dataclasses.replace(astronaut_framing, box=(0, 0, 1000))
+    assert frame_size_for(RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT), full_frame=True), big) == 512
 
 
 def test_paste_back_of_a_large_photo_is_scaled_to_1080p(astronaut):
