@@ -222,16 +222,15 @@ class Engine:
         sid = resume.session_id if resume else uuid.uuid4().hex[:12]
         call = self._call
         first = resume.next_frame if resume else 0
-        if landmarks is None:
-            silence, *_ = await asyncio.gather(
-                call(self.audio, "open", sid, first),
-                call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
-                *(call(shard, "open", sid, reference) for shard in self.shards))
-            rest = None
-        else:  # a photo: its rig draws the motion relative to the generator's idle for it (models/photo_rig.py)
-            silence, _ = await asyncio.gather(
-                call(self.audio, "open", sid, first),
-                call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps))
+        # A photo's shards wait for its rest pose: the rig draws the motion relative to the generator's idle for
+        # it (models/photo_rig.py), which needs the audio stage's silence and the motion stage's session.
+        shards_now = self.shards if landmarks is None else []
+        silence, *_ = await asyncio.gather(
+            call(self.audio, "open", sid, first),
+            call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
+            *(call(shard, "open", sid, reference) for shard in shards_now))
+        rest = None
+        if landmarks is not None:
             rest = await call(self.motion, "rest_pose", sid, silence)
             await asyncio.gather(*(call(shard, "open", sid, reference, landmarks, rest) for shard in self.shards))
         if resume:

@@ -321,11 +321,23 @@ def new_pixel_loss(
     return loss, {"region_l1": region_l1.detach(), "paint_l1": paint_l1.detach(), "blend_bce": blend.detach()}
 
 
+def _param_span(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(middle, half-width) of each parameter's range (PARAM_RANGES), (N_PARAMS,) each, on `like`'s device."""
+    low = like.new_tensor([r[0] for r in PARAM_RANGES])
+    high = like.new_tensor([r[1] for r in PARAM_RANGES])
+    return (low + high) / 2, (high - low) / 2
+
+
 def normalise_params(params: torch.Tensor) -> torch.Tensor:
     """(B, N_PARAMS) motion parameters -> [-1, 1] per column (PARAM_RANGES), the scale the latent regresses."""
-    low = params.new_tensor([r[0] for r in PARAM_RANGES])
-    high = params.new_tensor([r[1] for r in PARAM_RANGES])
-    return (params - (low + high) / 2) / ((high - low) / 2)
+    middle, half = _param_span(params)
+    return (params - middle) / half
+
+
+def denormalise_params(normalised: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalise_params`: (B, N_PARAMS) in [-1, 1] -> motion parameters in their own units."""
+    middle, half = _param_span(normalised)
+    return normalised * half + middle
 
 
 def param_latent(params: torch.Tensor, d_motion: int) -> torch.Tensor:

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from models.data.params import (
     N_PARAMS,
     PARAM_INDEX,
-    PARAM_RANGES,
     clamp_params,
     neutral_params,
 )
+from models.decoder import denormalise_params
 from models.errors import InputError
 
 # Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
@@ -160,9 +160,7 @@ def check_rest(rest) -> torch.Tensor:
 def params_of_latent(z: torch.Tensor) -> torch.Tensor:
     """Latents of a params-trained decoder (B, d_motion): the first N_PARAMS are the parameters normalised to
     [-1, 1] (models.decoder.normalise_params) -> (B, N_PARAMS) parameters in their own units, clamped."""
-    low = z.new_tensor([r[0] for r in PARAM_RANGES])
-    high = z.new_tensor([r[1] for r in PARAM_RANGES])
-    return (z[:, :N_PARAMS].clamp(-1, 1) * (high - low) / 2 + (high + low) / 2)
+    return denormalise_params(z[:, :N_PARAMS].clamp(-1, 1))
 
 
 class PhotoRig:
@@ -208,15 +206,15 @@ class PhotoRig:
         self.brow_box = self._span(ends.amin(0) - reach, ends.amax(0) + reach)
         seam_t = _on_curve(self.seam, torch.linspace(-1.2, 1.2, 25))
         self.mouth_box = self._box(self.mouth, 2.8, float(seam_t.amin()) - 0.3, self.chin_t + 0.5)
-        # head: the oval's centre and half-axes (px), the pivot under the chin
-        oval = m[list(FACE_OVAL)]
-        lo, hi = oval.min(0), oval.max(0)
-        self.oval_centre = torch.as_tensor((lo + hi) / 2)
-        self.oval_half = torch.as_tensor((hi - lo) / 2)
-        self.pivot = torch.as_tensor(m[CHIN]) + 0.25 * h * self.mouth.down
         coords = (torch.arange(size, dtype=torch.float32) + 0.5)
         y, x = torch.meshgrid(coords, coords, indexing="ij")
         self.pixels = torch.stack([x, y], dim=-1)  # (R, R, 2) px centres
+        # head: it turns about a pivot under the chin, with a weight 1 in the face oval falling to 0 past its edge
+        oval = m[list(FACE_OVAL)]
+        lo, hi = oval.min(0), oval.max(0)
+        r = (((self.pixels - torch.as_tensor((lo + hi) / 2)) / torch.as_tensor((hi - lo) / 2 * 1.1)) ** 2).sum(-1)
+        self.head_weight = (1 - _smooth((r.sqrt() - 0.75) / 0.35))[None, ..., None]  # (1, R, R, 1)
+        self.pivot = torch.as_tensor(m[CHIN]) + 0.25 * h * self.mouth.down
 
     def _span(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[slice, slice]:
         """(rows, columns) of the pixels between corners lo and hi (x, y px), widened by BOX_PAD, in the image."""
@@ -280,21 +278,19 @@ class PhotoRig:
             dt = dt - BROW_GAIN * raise_ * (1 - _smooth(dist - 0.5))
         return self.mouth.offset(torch.zeros_like(dt), dt)
 
-    def _head_inverse(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
-        """Where in the still face an output pixel p (R, R, 2) comes from under head motion: (B, R, R, 2)."""
+    def _head_inverse(self, prm: torch.Tensor) -> torch.Tensor:
+        """Where in the still face each output pixel comes from under head motion: (B, R, R, 2)."""
         def g(name: str) -> torch.Tensor:  # (B, 1, 1, 1)
             return prm[:, PARAM_INDEX[name], None, None, None]
         roll = HEAD_GAIN * g("head_roll")[..., 0]
         scale = 1 + HEAD_GAIN * (g("head_scale") - 1)
         shift = torch.cat([HEAD_GAIN * (g("head_x") * self.size + YAW_SHIFT * self.height * g("head_yaw")),
                            HEAD_GAIN * (g("head_y") * self.size + YAW_SHIFT * self.height * g("head_pitch"))], -1)
-        d = (p - self.pivot)[None] - shift                                   # (B, R, R, 2) back from the moved face
+        p = self.pixels[None]
+        d = (p - self.pivot) - shift                                         # (B, R, R, 2) back from the moved face
         cos, sin = torch.cos(roll), torch.sin(roll)
         back = torch.stack([cos * d[..., 0] + sin * d[..., 1], -sin * d[..., 0] + cos * d[..., 1]], -1) / scale
-        moved = self.pivot + back
-        r = (((p - self.oval_centre) / (self.oval_half * 1.1)) ** 2).sum(-1).sqrt()  # (R, R) oval units
-        weight = (1 - _smooth((r - 0.75) / 0.35))[None, ..., None]
-        return p[None] + weight * (moved - p[None])
+        return p + self.head_weight * (self.pivot + back - p)
 
     @staticmethod
     def _invert(target: torch.Tensor, offset) -> torch.Tensor:
@@ -333,7 +329,7 @@ class PhotoRig:
             raise InputError(f"params must be finite (B, {N_PARAMS}), got {tuple(params.shape)}")
         prm = self.relative(params.float())
         # Each layer's warp is zero outside its box (_box): it is evaluated there only, on the head-moved points.
-        base = self._head_inverse(self.pixels, prm)                          # (B, R, R, 2)
+        base = self._head_inverse(prm)                                       # (B, R, R, 2)
         rows, cols = self.brow_box
         base[:, rows, cols] = self._invert(base[:, rows, cols], lambda q: self._brow_offset(q, prm))
         plain = self._sample(base)                                           # (B, 3, R, R): the moved photo
