@@ -225,7 +225,8 @@ class VideoDecoder(nn.Module):
             occ_i = F.interpolate(occlusion, size=size, mode="bilinear", align_corners=False)
             w = warp(ref, flow_i) * occ_i
             if h is not None:
-                h = self.lift[i](F.interpolate(h, scale_factor=2, mode="nearest"))  # (B', C_i, S_i, S_i)
+                # A 1x1 conv commutes with nearest upsampling: lifting first touches 4x fewer pixels, same values
+                h = F.interpolate(self.lift[i](h), scale_factor=2, mode="nearest")  # (B', C_i, S_i, S_i)
                 w = w + h
             h = w
             for block in self.blocks[i]:
