@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from actors.loading import load_model, local_weights
 from actors.messages import AudioChunk, FeatureChunk, MotionChunk
@@ -356,11 +355,7 @@ class DecoderShard:
         return results
 
     def _frames(self, identity, z: torch.Tensor) -> np.ndarray:
-        frames = self.decoder(identity, z)  # (n, 3, R, R)
-        if self.size != self.resolution:
-            frames = F.interpolate(frames, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                   antialias=True)
-        return to_uint8(frames.float().cpu())
+        return to_uint8(self.decoder(identity, z).float().cpu(), self.size)  # (n, 3, R, R) -> (n, size, size, 3)
 
     def close(self, session_id: str) -> None:
         self.sessions.items.pop(session_id, None)
