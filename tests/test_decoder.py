@@ -209,3 +209,42 @@ def test_bad_inputs_raise_input_error():
     for call, match in cases:
         with pytest.raises(InputError, match=match):
             call()
+
+
+def test_lifting_before_the_upsampling_gives_the_frames_of_lifting_after():
+    """The decoder lifts each coarser level with its 1x1 conv before the nearest upsampling (4x fewer pixels); a
+    1x1 conv commutes with nearest upsampling, so the frames are those of the upsample-then-lift order."""
+    import torch.nn.functional as F
+
+    _, dec = build(3)
+    with torch.no_grad():
+        for lift in dec.lift:  # trained lifts are not the identity-like initial ones
+            lift.weight.normal_(0, 0.5)
+            lift.bias.normal_(0, 0.5)
+        ident = dec.encode_reference(torch.rand(1, 3, 64, 64))
+        z = torch.randn(3, 32)
+        sides = []
+        hooks = [lift.register_forward_pre_hook(lambda m, args: sides.append(args[0].shape[-1])) for lift in dec.lift]
+        frames = dec(ident, z)
+        for h in hooks:
+            h.remove()
+        calls = []
+
+        def upsample_first(module, args):  # the other order: the lift sees the upsampled input
+            calls.append(1)
+            return (F.interpolate(args[0], scale_factor=2, mode="nearest"),)
+
+        def downsample_after(module, args, out):
+            return out[..., ::2, ::2]  # undo the decoder's own upsampling of the lift's output (nearest: exact)
+
+        hooks = [h for lift in dec.lift for h in (lift.register_forward_pre_hook(upsample_first),
+                                                  lift.register_forward_hook(downsample_after))]
+        try:
+            other = dec(ident, z)
+        finally:
+            for h in hooks:
+                h.remove()
+    # the lifts run at the coarser level's side (coarsest first: 8 -> 16 at 64², then 16 -> 32), not after upsampling
+    assert sides == [level.shape[-1] for level in ident.levels[1:]][::-1], sides
+    assert len(calls) == len(dec.lift)
+    assert torch.allclose(frames, other, atol=1e-6), (frames - other).abs().max()

@@ -100,6 +100,27 @@ def test_decoder_shards_split_equals_whole(portrait):
         a.decode("nope", 0, z)
 
 
+def test_frames_are_resized_as_uint8_within_a_level_of_the_float_resize():
+    """Shards resize the decoder's frames as uint8 pixels (to_uint8 with a size): within 1 level of resizing the
+    floats and rounding after, up or down; no size, or the frames' own, leaves them as they are."""
+    import torch.nn.functional as F
+
+    from actors.reference import to_uint8
+
+    frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1  # some out of [0, 1]
+    plain = to_uint8(frames)
+    assert plain.shape == (3, 32, 32, 3) and plain.dtype == np.uint8
+    assert np.array_equal(to_uint8(frames, 32), plain)
+    assert np.array_equal(plain, (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    for size in (64, 20):
+        resized = to_uint8(frames, size)
+        floats = F.interpolate(frames.clamp(0, 1), size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=True)
+        expected = (floats * 255).round().permute(0, 2, 3, 1).numpy()
+        assert resized.shape == (3, size, size, 3) and resized.dtype == np.uint8
+        assert np.abs(resized.astype(float) - expected).max() <= 1.0
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -223,6 +223,37 @@ async def test_video_track_schedule_follows_the_source_and_drains_back():
 
 
 @pytest.mark.asyncio
+async def test_video_track_keeps_a_margin_that_rides_out_a_late_chunk():
+    """Once the schedule has drained back, each chunk's first frame waits about 15 ms for its slot, and a chunk that
+    then comes 35 ms late goes out without a repeated frame (the track waits up to 30 ms more). With the old 5 ms
+    margin and 20 ms wait, two calls on 2 cores repeated a frame every few hundred chunks."""
+    from streaming.tracks import AvatarVideoTrack
+
+    sent = []
+    track = AvatarVideoTrack(sent.append, chunk_frames=4)
+    image = np.zeros((16, 16, 3), np.uint8)
+    put_at, repeated_before = {}, {}
+
+    async def produce():
+        t0 = time.monotonic()
+        for k in range(18):  # chunk 1 comes 100 ms late (the schedule follows, then drains back); chunk 14 35 ms
+            late = 0.1 if k == 1 else 0.035 if k == 14 else 0.0
+            await asyncio.sleep(max(0.0, t0 + 0.16 * k + late - time.monotonic()))
+            repeated_before[k] = track.repeated
+            put_at[4 * k] = time.time()
+            track.put(4 * k, np.stack([image] * 4), False)
+
+    producer = asyncio.create_task(produce())
+    while len(sent) < 70:
+        await track.recv()
+    await producer
+    t_sent = {s.index: s.t_sent for s in sent if s.index is not None}
+    waits = {k: (t_sent[4 * k] - put_at[4 * k]) * 1000 for k in range(18) if 4 * k in t_sent}
+    assert all(8 < waits[k] < 40 for k in (11, 12, 13)), waits  # drained to the margin, no further
+    assert track.repeated == repeated_before[8], (track.repeated, repeated_before)  # none from chunk 8 on
+
+
+@pytest.mark.asyncio
 async def test_call_cli_names_every_figure_with_its_unit(engine, speech_wav):
     """`actorcast call --json` gives each figure once, under a key that ends in its unit; the printed table gives
     the same figures with unit and meaning. No absolute timestamps (server_ms) and no second degraded count."""
