@@ -193,30 +193,40 @@ async def test_vanished_peer_frees_session_and_actors(engine, speech_wav):
         assert sid not in engine.motion._obj.sessions.items
 
 
-@pytest.mark.asyncio
-async def test_video_track_schedule_follows_the_source_and_drains_back():
-    """A chunk that comes 150 ms late moves the 25 fps schedule later; once chunks are on time again the
-    schedule drains back, so the first frame of each chunk stops waiting in the buffer for its slot."""
+async def _play_chunks(late_s: dict[int, float], chunks: int, frames: int):
+    """4-frame chunks put into an AvatarVideoTrack one every 160 ms, chunk k `late_s.get(k, 0)` s late, while
+    `frames` frames are sent. Returns the track, each chunk's first-frame wait for its slot in ms (chunk -> ms)
+    and the track's repeat count just before each chunk was put."""
     from streaming.tracks import AvatarVideoTrack
 
     sent = []
     track = AvatarVideoTrack(sent.append, chunk_frames=4)
     image = np.zeros((16, 16, 3), np.uint8)
-    put_at = {}
+    put_at, repeated_before = {}, {}
 
     async def produce():
         t0 = time.monotonic()
-        for k in range(25):  # 4 s of 4-frame chunks, one every 160 ms; chunk 3 comes 150 ms late
-            await asyncio.sleep(max(0.0, t0 + 0.16 * k + (0.15 if k == 3 else 0.0) - time.monotonic()))
-            put_at[4 * k] = time.time()
+        for k in range(chunks):
+            await asyncio.sleep(max(0.0, t0 + 0.16 * k + late_s.get(k, 0.0) - time.monotonic()))
+            repeated_before[k] = track.repeated
+            put_at[k] = time.time()
             track.put(4 * k, np.stack([image] * 4), False)
 
     producer = asyncio.create_task(produce())
-    while len(sent) < 96:
+    while len(sent) < frames:
         await track.recv()
     await producer
     t_sent = {s.index: s.t_sent for s in sent if s.index is not None}
-    waits = [(t_sent[i] - put_at[i]) * 1000 for i in sorted(put_at) if i in t_sent]
+    waits = {k: (t_sent[4 * k] - t) * 1000 for k, t in put_at.items() if 4 * k in t_sent}
+    return track, waits, repeated_before
+
+
+@pytest.mark.asyncio
+async def test_video_track_schedule_follows_the_source_and_drains_back():
+    """A chunk that comes 150 ms late moves the 25 fps schedule later; once chunks are on time again the
+    schedule drains back, so the first frame of each chunk stops waiting in the buffer for its slot."""
+    track, by_chunk, _ = await _play_chunks({3: 0.15}, chunks=25, frames=96)  # 4 s of chunks
+    waits = [by_chunk[k] for k in sorted(by_chunk)]
     assert len(waits) >= 20 and track.repeated <= 6, (waits, track.repeated)
     assert max(waits[4:8]) > 60, waits  # behind after the late chunk: on-time chunks waited for their slots
     assert max(waits[-6:]) < 30, waits  # drained back: each chunk's first frame goes out soon after it comes
@@ -227,28 +237,8 @@ async def test_video_track_keeps_a_margin_that_rides_out_a_late_chunk():
     """Once the schedule has drained back, each chunk's first frame waits about 15 ms for its slot, and a chunk that
     then comes 35 ms late goes out without a repeated frame (the track waits up to 30 ms more). With the old 5 ms
     margin and 20 ms wait, two calls on 2 cores repeated a frame every few hundred chunks."""
-    from streaming.tracks import AvatarVideoTrack
-
-    sent = []
-    track = AvatarVideoTrack(sent.append, chunk_frames=4)
-    image = np.zeros((16, 16, 3), np.uint8)
-    put_at, repeated_before = {}, {}
-
-    async def produce():
-        t0 = time.monotonic()
-        for k in range(18):  # chunk 1 comes 100 ms late (the schedule follows, then drains back); chunk 14 35 ms
-            late = 0.1 if k == 1 else 0.035 if k == 14 else 0.0
-            await asyncio.sleep(max(0.0, t0 + 0.16 * k + late - time.monotonic()))
-            repeated_before[k] = track.repeated
-            put_at[4 * k] = time.time()
-            track.put(4 * k, np.stack([image] * 4), False)
-
-    producer = asyncio.create_task(produce())
-    while len(sent) < 70:
-        await track.recv()
-    await producer
-    t_sent = {s.index: s.t_sent for s in sent if s.index is not None}
-    waits = {k: (t_sent[4 * k] - put_at[4 * k]) * 1000 for k in range(18) if 4 * k in t_sent}
+    # chunk 1 comes 100 ms late (the schedule follows, then drains back), chunk 14 35 ms
+    track, waits, repeated_before = await _play_chunks({1: 0.1, 14: 0.035}, chunks=18, frames=70)
     assert all(8 < waits[k] < 40 for k in (11, 12, 13)), waits  # drained to the margin, no further
     assert track.repeated == repeated_before[8], (track.repeated, repeated_before)  # none from chunk 8 on
 
