@@ -14,9 +14,9 @@ import logging
 from common import ROOT, median_seconds, parse_args, write_json  # noqa: E402  (common puts the root on sys.path)
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from actors.reference import to_uint8
 from models.audio import AUDIO_PRESETS, AudioEncoder
 from models.decoder import DECODER_PRESETS, VideoDecoder
 from models.motion import MOTION_PRESETS, MotionGenerator
@@ -76,8 +76,9 @@ def bench_motion(repeats: int) -> dict:
 
 
 def bench_decoder(repeats: int, resolution: int | None = None) -> dict:
-    """Decode a batch of CHUNK latents against a cached reference pyramid, per frame: at 256^2, or at `resolution`
-    with the frames resized to 256^2 (the resize is timed too)."""
+    """Decode a batch of CHUNK latents against a cached reference pyramid into 256^2 uint8 frames, per frame: at
+    256^2, or at `resolution` with the frames resized to 256^2 as a decoder shard does (the conversion to uint8
+    and the resize are timed too)."""
     config = DECODER_PRESETS["tiny"]
     if resolution:
         config = dataclasses.replace(config, resolution=resolution)
@@ -86,9 +87,7 @@ def bench_decoder(repeats: int, resolution: int | None = None) -> dict:
     z = torch.randn(CHUNK, config.d_motion)
 
     def frames(identity):
-        out = dec(identity, z)
-        return out if out.shape[-1] == OUTPUT else F.interpolate(out, size=(OUTPUT, OUTPUT), mode="bilinear",
-                                                                 align_corners=False, antialias=True)
+        return to_uint8(dec(identity, z), OUTPUT)
 
     with torch.no_grad():
         identity = dec.encode_reference(reference)
