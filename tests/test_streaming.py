@@ -236,7 +236,7 @@ async def test_video_track_schedule_follows_the_source_and_drains_back():
 async def test_video_track_keeps_a_margin_that_rides_out_a_late_chunk():
     """Once the schedule has drained back, each chunk's first frame waits about 15 ms for its slot, and a chunk that
     then comes 35 ms late goes out without a repeated frame (the track waits up to 30 ms more). With the old 5 ms
-    margin and 20 ms wait, two calls on 2 cores repeated a frame every few hundred chunks."""
+    margin and 20 ms wait, two calls on 2 cores repeated about one frame in 130 chunks."""
     # chunk 1 comes 100 ms late (the schedule follows, then drains back), chunk 14 35 ms
     track, waits, repeated_before = await _play_chunks({1: 0.1, 14: 0.035}, chunks=18, frames=70)
     assert all(8 < waits[k] < 40 for k in (11, 12, 13)), waits  # drained to the margin, no further
