@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.batching import Batched
-from actors.executor import LocalStage, RayStage, Resources, default_resources
-from actors.loading import ShippedWeights, WeightsBundle, resolve_weights
-from actors.reference import check_portrait, synthetic_portrait
-from actors.session import Session
-from actors.session_config import Seniority, SessionCheckpoint, SessionConfig
-from actors.stages import AudioEncoderStage, DecoderShard, MotionStage
-from actors.versions import check_node_versions, version_mismatch_line
-from models.errors import ActorcastError, ConfigError
-from models.presets import get_preset
+from actorcast.actors.batching import Batched
+from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources
+from actorcast.actors.loading import ShippedWeights, WeightsBundle, resolve_weights
+from actorcast.actors.reference import check_portrait, synthetic_portrait
+from actorcast.actors.session import Session
+from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
+from actorcast.actors.stages import AudioEncoderStage, DecoderShard, MotionStage
+from actorcast.actors.versions import check_node_versions, version_mismatch_line
+from actorcast.models.errors import ActorcastError, ConfigError
+from actorcast.models.presets import get_preset
 
 log = logging.getLogger(__name__)
 

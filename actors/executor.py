@@ -42,7 +42,7 @@ def project_error(error: BaseException) -> BaseException | None:
     wrapper (`._base_exc`). This looks through all of them (duck-typed: no Ray import) so that callers can show
     the error's own one line instead of a traceback.
     """
-    from models.errors import ActorcastError
+    from actorcast.models.errors import ActorcastError
 
     stack, seen = [error], set()
     while stack:
@@ -129,7 +129,7 @@ class RayStage:
         actors come back only where there are resources left for them."""
         import ray
 
-        from models.errors import ActorcastError
+        from actorcast.models.errors import ActorcastError
 
         deadline = time.monotonic() + timeout
         ready = self.actor.__ray_ready__.remote()

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actors.reference import check_portrait, synthetic_portrait
-from models.errors import InputError
-from models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks
-from models.training.meter import run_in_meter_env
+from actorcast.actors.reference import check_portrait, synthetic_portrait
+from actorcast.models.errors import InputError
+from actorcast.models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks
+from actorcast.models.training.meter import run_in_meter_env
 
 WORKER = Path(__file__).with_name("face_worker.py")
 FACE_HEIGHT = 0.365         # forehead top (10) to chin (152) / side, built-in identities

@@ -16,14 +16,14 @@ from typing import Iterator
 
 import torch
 
-from models.audio import AudioConfig, AudioEncoder
-from models.calibration import SpreadCalibration
-from models.checkpoint import load_weights, read_header
-from models.decoder import DecoderConfig, VideoDecoder
-from models.errors import ConfigError, InputError
-from models.motion import MotionConfig, MotionGenerator
-from models.motion_ae import MotionAEConfig, MotionEncoder
-from models.presets import get_preset
+from actorcast.models.audio import AudioConfig, AudioEncoder
+from actorcast.models.calibration import SpreadCalibration
+from actorcast.models.checkpoint import load_weights, read_header
+from actorcast.models.decoder import DecoderConfig, VideoDecoder
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.motion import MotionConfig, MotionGenerator
+from actorcast.models.motion_ae import MotionAEConfig, MotionEncoder
+from actorcast.models.presets import get_preset
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actors.framing import Framing
-from models.errors import InputError
-from models.photo_rig import FACE_OVAL  # Face Mesh's face oval, forehead top (10) round to the chin (152)
+from actorcast.actors.framing import Framing
+from actorcast.models.errors import InputError
+from actorcast.models.photo_rig import FACE_OVAL  # Face Mesh's face oval, forehead top (10) round to the chin (152)
 
 MASK_GROW = (1.12, 1.18)   # ellipse half-axes over the oval's half-width, half-height
 MASK_DROP = 0.06           # ellipse centre below the oval's centre, in oval heights (room for the open jaw)

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.face import render
-from models.data.face_identity import sample_identities
-from models.data.params import neutral_params
-from models.errors import InputError
+from actorcast.models.data.face import render
+from actorcast.models.data.face_identity import sample_identities
+from actorcast.models.data.params import neutral_params
+from actorcast.models.errors import InputError
 
 MAX_PIXELS = 40_000_000  # larger images are rejected before decoding (decompression bombs)
 MAX_SEED = 2**63 - 1  # identities and noise seeds: torch generators and sample_identities take [0, 2**63)

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actors.executor import project_error
-from actors.messages import AudioChunk, FeatureChunk, MotionChunk, VideoFrames
-from actors.session_config import Seniority, SessionCheckpoint, SessionConfig
-from models.errors import ActorcastError, InputError
-from models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.actors.executor import project_error
+from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, VideoFrames
+from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
+from actorcast.models.errors import ActorcastError, InputError
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 

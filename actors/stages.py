@@ -15,17 +15,17 @@ import os
 import numpy as np
 import torch
 
-from actors.loading import load_model, local_weights
-from actors.messages import AudioChunk, FeatureChunk, MotionChunk
-from actors.reference import square_tensor, to_uint8
-from models.audio import AudioStreamState
-from models.decoder import IdentityFeatures
-from models.photo_rig import PhotoRig, params_of_latent
-from models.data.params import EMOTION_INDEX, EMOTIONS
-from models.errors import ConfigError, InputError
-from models.presets import get_preset
-from models.sampling import MotionStream, SamplerConfig, push_many
-from models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.actors.loading import load_model, local_weights
+from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk
+from actorcast.actors.reference import square_tensor, to_uint8
+from actorcast.models.audio import AudioStreamState
+from actorcast.models.decoder import IdentityFeatures
+from actorcast.models.photo_rig import PhotoRig, params_of_latent
+from actorcast.models.data.params import EMOTION_INDEX, EMOTIONS
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.presets import get_preset
+from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 REST_SECONDS = 1.0  # of silence, whose mean motion is a photo's rest pose (MotionStage.rest_pose)

@@ -9,7 +9,7 @@ a pickling error or a model that loads differently.
 import importlib.metadata
 import re
 
-from models.errors import ActorcastError
+from actorcast.models.errors import ActorcastError
 
 
 def installed_version() -> str:

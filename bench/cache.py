@@ -21,10 +21,10 @@ from common import median_seconds, parse_args, write_json  # noqa: I001  (bench/
 import matplotlib
 import torch
 
-from models.kv_cache import POLICY_NAMES, CACHE_PRESETS, CacheConfig, KVCache
-from models.motion import MOTION_PRESETS, MotionGenerator
-from models.sampling import SamplerConfig, generate_chunk
-from models.timebase import FPS
+from actorcast.models.kv_cache import POLICY_NAMES, CACHE_PRESETS, CacheConfig, KVCache
+from actorcast.models.motion import MOTION_PRESETS, MotionGenerator
+from actorcast.models.sampling import SamplerConfig, generate_chunk
+from actorcast.models.timebase import FPS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

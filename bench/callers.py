@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streaming.client import LiveCaller  # noqa: E402
-from streaming.tracks import decode_audio_48k  # noqa: E402
+from actorcast.streaming.client import LiveCaller  # noqa: E402
+from actorcast.streaming.tracks import decode_audio_48k  # noqa: E402
 
 
 async def run_calls(url: str, wav: Path, n: int, seconds: float) -> list[dict]:

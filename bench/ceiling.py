@@ -26,14 +26,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import write_json  # noqa: E402
-from models.data.dataset import HELDOUT_START, make_clip  # noqa: E402
-from models.data.params import PARAM_INDEX  # noqa: E402
-from models.errors import ActorcastError  # noqa: E402
-from models.decoder import param_latent  # noqa: E402
-from models.training.decoder_stage import DecoderTrainer  # noqa: E402
-from models.training.evaluate import CLIP_STRIDE, pearson, resize, span  # noqa: E402
-from models.training.meter import FaceMeter  # noqa: E402
-from models.training.train import TrainConfig  # noqa: E402
+from actorcast.models.data.dataset import HELDOUT_START, make_clip  # noqa: E402
+from actorcast.models.data.params import PARAM_INDEX  # noqa: E402
+from actorcast.models.errors import ActorcastError  # noqa: E402
+from actorcast.models.decoder import param_latent  # noqa: E402
+from actorcast.models.training.decoder_stage import DecoderTrainer  # noqa: E402
+from actorcast.models.training.evaluate import CLIP_STRIDE, pearson, resize, span  # noqa: E402
+from actorcast.models.training.meter import FaceMeter  # noqa: E402
+from actorcast.models.training.train import TrainConfig  # noqa: E402
 
 JAW = PARAM_INDEX["jaw_open"]
 BATCH = 25
@@ -42,8 +42,8 @@ CROPS = 10  # mouth crops per clip in the picture
 
 def load(path: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """(motion encoder, decoder, latent kind) from an export folder or the latest checkpoint of a run folder."""
-    from actors.loading import load_model
-    from models.training.motion_stage import encoder_latent_kind
+    from actorcast.actors.loading import load_model
+    from actorcast.models.training.motion_stage import encoder_latent_kind
 
     export = path / "decoder.safetensors"
     checkpoints = sorted((path / "ray").rglob("mp_rank_00_model_states.pt"), key=lambda p: p.stat().st_mtime)

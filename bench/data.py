@@ -9,8 +9,8 @@ from common import median_seconds, parse_args, write_json  # noqa: I001  (bench/
 
 import torch
 
-from models.data.face import render, sample_identities
-from models.data.performance import generate_performance
+from actorcast.models.data.face import render, sample_identities
+from actorcast.models.data.performance import generate_performance
 
 
 def main() -> None:

@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from actors.engine import Engine  # noqa: E402
+from actorcast.actors.engine import Engine  # noqa: E402
 from bench import pipecat_latency  # noqa: E402
 from bench.common import ROOT, parse_args, write_json  # noqa: E402
-from models.data.media import write_wav  # noqa: E402
-from models.data.performance import generate_speech  # noqa: E402
-from streaming.app import LIVE_STAGE_THREADS, ServerConfig, create_app  # noqa: E402
-from streaming.client import LiveCaller  # noqa: E402
-from streaming.tracks import VOICE_RATE  # noqa: E402
+from actorcast.models.data.media import write_wav  # noqa: E402
+from actorcast.models.data.performance import generate_speech  # noqa: E402
+from actorcast.streaming.app import LIVE_STAGE_THREADS, ServerConfig, create_app  # noqa: E402
+from actorcast.streaming.client import LiveCaller  # noqa: E402
+from actorcast.streaming.tracks import VOICE_RATE  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -16,12 +16,12 @@ from common import ROOT, median_seconds, parse_args, write_json  # noqa: E402  (
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from actors.reference import to_uint8
-from models.audio import AUDIO_PRESETS, AudioEncoder
-from models.decoder import DECODER_PRESETS, VideoDecoder
-from models.motion import MOTION_PRESETS, MotionGenerator
-from models.sampling import MotionStream, SamplerConfig
-from models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.actors.reference import to_uint8
+from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
+from actorcast.models.decoder import DECODER_PRESETS, VideoDecoder
+from actorcast.models.motion import MOTION_PRESETS, MotionGenerator
+from actorcast.models.sampling import MotionStream, SamplerConfig
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger("bench.models")
 

@@ -43,8 +43,8 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import write_json  # noqa: E402
-from models.errors import ActorcastError, ConfigError  # noqa: E402
-from models.timebase import FPS  # noqa: E402
+from actorcast.models.errors import ActorcastError, ConfigError  # noqa: E402
+from actorcast.models.timebase import FPS  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_speech.wav"
 TTS_RATE = 24_000  # Hz: what streaming TTS services commonly send (PCM at 24 kHz)
@@ -131,7 +131,7 @@ async def measure(engine, seconds: float = 10.0, *, identity: int = 3, rate: int
     pipeline fails or stalls."""
     if not seconds > 0 or not warmup_s >= 0:
         raise ConfigError(f"seconds={seconds!r} must be > 0 and warmup_s={warmup_s!r} >= 0")
-    from streaming.pipecat import ActorcastVideoService  # PipecatMissingError (with the install command) first
+    from actorcast.streaming.pipecat import ActorcastVideoService  # PipecatMissingError (with the install command) first
 
     from pipecat.frames.frames import EndFrame
     from pipecat.pipeline.pipeline import Pipeline
@@ -176,8 +176,8 @@ async def measure(engine, seconds: float = 10.0, *, identity: int = 3, rate: int
 
 async def run(args: argparse.Namespace) -> dict:
     import streaming.pipecat  # noqa: F401  (without the pipecat extra: PipecatMissingError before the engine is built)
-    from actors.engine import Engine
-    from streaming.app import LIVE_STAGE_THREADS
+    from actorcast.actors.engine import Engine
+    from actorcast.streaming.app import LIVE_STAGE_THREADS
 
     engine = await asyncio.to_thread(Engine, weights=args.weights, stage_threads=LIVE_STAGE_THREADS)
     try:

@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, write_json
 from bench.sheet import SILENCE_RMS, mouth_crops
-from models.data.dataset import HELDOUT_START
-from models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.models.data.dataset import HELDOUT_START
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger("bench.portraits")
 
@@ -151,7 +151,7 @@ class FrameChecks:
 
     def add(self, frames: np.ndarray) -> None:
         """The next (n, H, W, 3) uint8 frames of the video."""
-        from actors.framing import Framing
+        from actorcast.actors.framing import Framing
 
         if frames.shape[1:] != self.picture.shape:
             raise ValueError(f"frames {frames.shape[1:]} are not the photo's {self.picture.shape}")
@@ -187,8 +187,8 @@ def decoded(path: Path, chunk: int = 25):
 
 def make_speech(seconds: float) -> Speech:
     """`seconds` of the held-out clip's espeak-ng speech (neutral) and its phoneme-derived openness."""
-    from models.data.dataset import performance_seed
-    from models.data.tts import openness, tts_performance
+    from actorcast.models.data.dataset import performance_seed
+    from actorcast.models.data.tts import openness, tts_performance
 
     perf = tts_performance(performance_seed(SPEECH_CLIP), seconds, emotion="neutral", heldout=True)
     audio = perf.audio.numpy()
@@ -228,8 +228,8 @@ def test_photos(quick: bool, all_faces: bool, tmp: Path) -> list[Photo]:
     if quick:
         return [astronaut]
     if all_faces:
-        from actors.framing import find_faces, fit_output
-        from actors.reference import load_image
+        from actorcast.actors.framing import find_faces, fit_output
+        from actorcast.actors.reference import load_image
 
         n = len(find_faces(fit_output(load_image(t1_path()))))
         group = [Photo(f"t1_face{i}", t1_path(), "insightface data/images/t1.jpg", face=i) for i in range(1, n + 1)]
@@ -242,10 +242,10 @@ def test_photos(quick: bool, all_faces: bool, tmp: Path) -> list[Photo]:
 
 def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path, out: Path, tmp: Path) -> dict:
     """Render `photo` speaking `wav` full-frame with `engine`; measure it (see the module docstring)."""
-    from cluster.render import RenderJob, check_job, paste_back_for, render
-    from models.errors import InputError
-    from models.training.evaluate import lip_lag, pearson, span
-    from models.training.meter import FaceMeter
+    from actorcast.cluster.render import RenderJob, check_job, paste_back_for, render
+    from actorcast.models.errors import InputError
+    from actorcast.models.training.evaluate import lip_lag, pearson, span
+    from actorcast.models.training.meter import FaceMeter
 
     video = out / f"portraits_{photo.name}.mp4"
     job = RenderJob(str(wav), str(video), image=str(photo.path), weights=str(weights), face=photo.face,
@@ -320,7 +320,7 @@ def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from actors.framing import resize
+    from actorcast.actors.framing import resize
 
     n = len(squares)
     faces = list(resize(squares[::10], 96, 96))
@@ -379,8 +379,8 @@ def main() -> None:
 
     import torch
 
-    from actors.engine import Engine
-    from models.data.media import write_wav
+    from actorcast.actors.engine import Engine
+    from actorcast.models.data.media import write_wav
 
     t0 = time.perf_counter()
     seconds = 4.0 if args.quick else 10.0

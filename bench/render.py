@@ -33,7 +33,7 @@ def _long_audio(path: Path, minutes: float) -> Path:
     import av
     import numpy as np
 
-    from models.data.media import read_audio
+    from actorcast.models.data.media import read_audio
 
     speech = (read_audio(SAMPLE).numpy().clip(-1, 1) * 32767).astype(np.int16)
     n = int(minutes * 60 * 16000)
@@ -49,7 +49,7 @@ def _long_audio(path: Path, minutes: float) -> Path:
 
 def _timed_render(audio: Path, out: Path, engine) -> tuple[float, list[float]]:
     """Wall seconds of one render and the time between successive chunks (ms)."""
-    from cluster.render import RenderJob, render
+    from actorcast.cluster.render import RenderJob, render
 
     stamps = []
     t0 = time.perf_counter()
@@ -61,8 +61,8 @@ def _timed_render(audio: Path, out: Path, engine) -> tuple[float, list[float]]:
 
 def _longform_worker(minutes: float, tmp: str, queue) -> None:
     """Child process: render `minutes` of audio in-process; report chunk times and RSS along the way."""
-    from actors.engine import Engine
-    from cluster.render import RenderJob, render
+    from actorcast.actors.engine import Engine
+    from actorcast.cluster.render import RenderJob, render
 
     audio = _long_audio(Path(tmp) / f"long_{minutes}.wav", minutes)
     curve, last = [], [time.perf_counter()]
@@ -96,7 +96,7 @@ def cli_rtf(seconds: float, tmp: Path) -> float:
     """Video seconds per wall second of `actorcast render AUDIO -o OUT` as a user runs it (default options but
     the identity and size of the other measures), from process start to exit."""
     audio = _long_audio(tmp / f"cli_{seconds:g}.wav", seconds / 60)
-    cmd = [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(tmp / f"cli_{seconds:g}.mp4"),
+    cmd = [sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(tmp / f"cli_{seconds:g}.mp4"),
            "--identity", "3", "--size", str(SIZE)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
@@ -108,7 +108,7 @@ def encode_only(frames_file: Path, tmp: Path) -> float:
     import av
     import numpy as np
 
-    from cluster.render_mux import SegmentWriter
+    from actorcast.cluster.render_mux import SegmentWriter
 
     with av.open(str(frames_file)) as c:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
@@ -140,8 +140,8 @@ def plot(curves: dict, path: Path) -> None:
 
 def main() -> None:
     args = parse_args("render", __doc__.splitlines()[0])
-    from actors.engine import Engine
-    from cluster.ray_env import connect
+    from actorcast.actors.engine import Engine
+    from actorcast.cluster.ray_env import connect
 
     tmp = args.out / "render_tmp"
     tmp.mkdir(exist_ok=True)

@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from actors.executor import project_error
-from actors.loading import WeightsBundle, local_weights
-from cluster.render import RenderJob, check_job, render
-from models.errors import ActorcastError, InputError
+from actorcast.actors.executor import project_error
+from actorcast.actors.loading import WeightsBundle, local_weights
+from actorcast.cluster.render import RenderJob, check_job, render
+from actorcast.models.errors import ActorcastError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def run_job(shipped: ShippedJob) -> dict:
 def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_per_job: float = 1.0) -> list[dict]:
     """Run every job of `jobs_file` as Ray tasks (Ray starts, or joins `address`, only when a job is left to
     run); returns one status row per job, in file order."""
-    from cluster.ray_env import connect
+    from actorcast.cluster.ray_env import connect
 
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = parse_jobs(jobs_file, out_dir)
@@ -239,7 +239,7 @@ def add_parser(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from actors.engine import check_address
+    from actorcast.actors.engine import check_address
 
     if not args.jobs.is_file():
         raise InputError(f"jobs file {args.jobs} does not exist: give a .jsonl file with one render per line")

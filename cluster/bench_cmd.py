@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.errors import ConfigError
+from actorcast.models.errors import ConfigError
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 NAMES = ("data", "models", "cache", "render", "live", "portraits")

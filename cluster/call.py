@@ -5,8 +5,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from cluster.cli_args import mp4_file, positive_seconds, seed
-from models.data.params import EMOTIONS
+from actorcast.cluster.cli_args import mp4_file, positive_seconds, seed
+from actorcast.models.data.params import EMOTIONS
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def _figures_help() -> str:
-    from streaming.figures import FIGURES
+    from actorcast.streaming.figures import FIGURES
 
     width = max(map(len, FIGURES))
     return "figures (unit: meaning):\n" + "\n".join(
@@ -38,9 +38,9 @@ def _figures_help() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import ActorcastError
-    from streaming.client import run_call
-    from streaming.figures import summary_table
+    from actorcast.models.errors import ActorcastError
+    from actorcast.streaming.client import run_call
+    from actorcast.streaming.figures import summary_table
 
     if not args.url.startswith(("http://", "https://")):
         raise ActorcastError(f"{args.url} is not an http(s) URL; give e.g. http://127.0.0.1:8080")

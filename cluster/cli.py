@@ -6,9 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from actors.engine import ray_logs_note
-from actors.executor import project_error
-from models.errors import ConfigError, InputError
+from actorcast.actors.engine import ray_logs_note
+from actorcast.actors.executor import project_error
+from actorcast.models.errors import ConfigError, InputError
 
 EXIT_USER_ERROR = 2
 
@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
-    from cluster import batch, bench_cmd, call, data_cmd, eval_cmd, local_cluster, render, serve, train
+    from actorcast.cluster import batch, bench_cmd, call, data_cmd, eval_cmd, local_cluster, render, serve, train
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from actors.versions import installed_version
+    from actorcast.actors.versions import installed_version
 
     return installed_version()
 

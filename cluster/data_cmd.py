@@ -3,9 +3,9 @@
 import argparse
 import logging
 
-from cluster.cli_args import frame_size, mp4_file, output_file, positive_int, positive_seconds
-from models.data.params import EMOTIONS
-from models.errors import ActorcastError
+from actorcast.cluster.cli_args import frame_size, mp4_file, output_file, positive_int, positive_seconds
+from actorcast.models.data.params import EMOTIONS
+from actorcast.models.errors import ActorcastError
 
 log = logging.getLogger(__name__)
 RENDER_BATCH = 25  # frames rendered per call: bounds memory at 512² (25 × 3 MB)
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_seed(seed: int, count: int) -> None:
-    from models.data.dataset import HELDOUT_END
+    from actorcast.models.data.dataset import HELDOUT_END
 
     if seed < 0 or seed + count > HELDOUT_END:
         raise ActorcastError(f"--seed must be in 0..{HELDOUT_END - count}, got {seed}")
@@ -48,11 +48,11 @@ def run_preview(args: argparse.Namespace) -> int:
     """Render the clips frame batch by frame batch into the mp4 (memory flat in clip length)."""
     from tqdm import tqdm
 
-    from models.data.dataset import identity_seed, performance_seed
-    from models.data.face import render, sample_identities
-    from models.data.media import Mp4Writer
-    from models.data.performance import generate_performance
-    from models.timebase import FPS, SAMPLES_PER_FRAME
+    from actorcast.models.data.dataset import identity_seed, performance_seed
+    from actorcast.models.data.face import render, sample_identities
+    from actorcast.models.data.media import Mp4Writer
+    from actorcast.models.data.performance import generate_performance
+    from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
     if args.out.suffix.lower() != ".mp4":
         raise ActorcastError(f"output {args.out} must end in .mp4")
@@ -77,8 +77,8 @@ def run_preview(args: argparse.Namespace) -> int:
 
 def run_speech(args: argparse.Namespace) -> int:
     """Write one synthetic utterance as WAV."""
-    from models.data.media import write_wav
-    from models.data.performance import generate_performance
+    from actorcast.models.data.media import write_wav
+    from actorcast.models.data.performance import generate_performance
 
     if args.out.suffix.lower() != ".wav":
         raise ActorcastError(f"output {args.out} must end in .wav")

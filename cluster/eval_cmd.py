@@ -5,9 +5,9 @@ import json
 import os
 from pathlib import Path
 
-from cluster.cli_args import frame_size, output_file, positive_int, positive_seconds
-from models.errors import ActorcastError
-from models.kv_cache import POLICY_NAMES
+from actorcast.cluster.cli_args import frame_size, output_file, positive_int, positive_seconds
+from actorcast.models.errors import ActorcastError
+from actorcast.models.kv_cache import POLICY_NAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from actors.loading import load_model, resolve_weights
-    from models.checkpoint import load_weights
-    from actors.stages import DEFAULT_SIZE
-    from models.training.evaluate import Models, evaluate
-    from models.training.motion_stage import encoder_latent_kind
-    from models.training.meter import FaceMeter
-    from models.presets import get_preset
-    from models.probe import Probe, ProbeConfig
+    from actorcast.actors.loading import load_model, resolve_weights
+    from actorcast.models.checkpoint import load_weights
+    from actorcast.actors.stages import DEFAULT_SIZE
+    from actorcast.models.training.evaluate import Models, evaluate
+    from actorcast.models.training.motion_stage import encoder_latent_kind
+    from actorcast.models.training.meter import FaceMeter
+    from actorcast.models.presets import get_preset
+    from actorcast.models.probe import Probe, ProbeConfig
 
     weights = resolve_weights(args.weights)
     if weights is None:

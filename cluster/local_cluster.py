@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from models.errors import ActorcastError, InputError
+from actorcast.models.errors import ActorcastError, InputError
 
 STATE_FILE = "cluster.json"
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "actorcast-cluster"
@@ -115,7 +115,7 @@ class LocalCluster:
                      "resources": {spec.name: 1.0, **spec.resources}, "temp_dir": temp_dir,
                      "object_store_mb": self.object_store_mb, "ready_file": str(ready), "hide": list(spec.hide),
                      "system_config": self.system_config if spec.head else {}}
-        command = [sys.executable, "-m", "cluster.ray_node", json.dumps(node_spec)]
+        command = [sys.executable, "-m", "actorcast.cluster.ray_node", json.dumps(node_spec)]
         if spec.hide:
             command = ["unshare", "-m", "--propagation", "private", *command]
         env = {**os.environ, **spec.env,

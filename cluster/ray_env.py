@@ -3,7 +3,7 @@
 The logic lives with the runtime (actors/engine.py `ensure_ray`), which needs it too; this is the CLI's name for it.
 """
 
-from actors.engine import ensure_ray
+from actorcast.actors.engine import ensure_ray
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:

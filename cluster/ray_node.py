@@ -1,4 +1,4 @@
-"""One Ray node on loopback, in a process of its own: `python -m cluster.ray_node SPEC_JSON`.
+"""One Ray node on loopback, in a process of its own: `python -m actorcast.cluster.ray_node SPEC_JSON`.
 
 What `ray start --block` does, with one difference that makes several nodes on one machine possible without
 leaving loopback: `ray start` turns `--node-ip-address=127.0.0.1` into the machine's network address (it wants

@@ -24,19 +24,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from actors.engine import Engine, check_address
-from actors.framing import Framing, frame_reference
-from actors.loading import resolve_weights
-from actors.paste import PasteBack
-from actors.reference import MAX_SEED, load_image
-from actors.session_config import SessionCheckpoint
-from cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
-from cluster.render_mux import SegmentWriter, mux_final, probe_audio
-from models.data.media import iter_audio_blocks
-from models.data.params import EMOTIONS
-from models.errors import InputError
-from models.kv_cache import POLICY_NAMES
-from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.actors.engine import Engine, check_address
+from actorcast.actors.framing import Framing, frame_reference
+from actorcast.actors.loading import resolve_weights
+from actorcast.actors.paste import PasteBack
+from actorcast.actors.reference import MAX_SEED, load_image
+from actorcast.actors.session_config import SessionCheckpoint
+from actorcast.cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
+from actorcast.cluster.render_mux import SegmentWriter, mux_final, probe_audio
+from actorcast.models.data.media import iter_audio_blocks
+from actorcast.models.data.params import EMOTIONS
+from actorcast.models.errors import InputError
+from actorcast.models.kv_cache import POLICY_NAMES
+from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -405,8 +405,8 @@ def _say(text: str, voice: str, out: Path) -> Path:
     """Speak `text` with espeak-ng into a wav beside `out`, padded to whole frames so the video ends with the
     speech. Its name comes from its content and its time is fixed, so the job's fingerprint (path, size,
     time) is the same whenever the same words are spoken again: a rerun after a kill resumes."""
-    from models.data.media import write_wav
-    from models.data.tts import speak
+    from actorcast.models.data.media import write_wav
+    from actorcast.models.data.tts import speak
 
     if not out.parent.is_dir():
         raise InputError(f"output directory {out.parent} does not exist; create it first")

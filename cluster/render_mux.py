@@ -15,9 +15,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models.data.media import yuv_frame
-from models.errors import InputError
-from models.timebase import FPS
+from actorcast.models.data.media import yuv_frame
+from actorcast.models.errors import InputError
+from actorcast.models.timebase import FPS
 
 log = logging.getLogger(__name__)
 

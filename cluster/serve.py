@@ -8,8 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from cluster.cli_args import positive_int
-from models.errors import ActorcastError
+from actorcast.cluster.cli_args import positive_int
+from actorcast.models.errors import ActorcastError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def serve(engine, config, ready=None) -> None:
     """Run the server until SIGINT/SIGTERM; closes every call before returning."""
     from aiohttp import web
 
-    from streaming.app import create_app
+    from actorcast.streaming.app import create_app
 
     runner = web.AppRunner(create_app(engine, config), handle_signals=False)
     await runner.setup()
@@ -78,9 +78,9 @@ def check_port(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actors.engine import Engine, check_address
-    from actors.loading import resolve_weights
-    from streaming.app import LIVE_STAGE_THREADS, ServerConfig
+    from actorcast.actors.engine import Engine, check_address
+    from actorcast.actors.loading import resolve_weights
+    from actorcast.streaming.app import LIVE_STAGE_THREADS, ServerConfig
 
     if not 0 <= args.port <= 65535:
         raise ActorcastError(f"--port {args.port} is not a TCP port; give 0..65535")

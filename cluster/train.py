@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cluster.cli_args import frame_size, positive_int
-from models.errors import ActorcastError
-from models.training.train import STAGE_NAMES, TrainConfig, publish_export
+from actorcast.cluster.cli_args import frame_size, positive_int
+from actorcast.models.errors import ActorcastError
+from actorcast.models.training.train import STAGE_NAMES, TrainConfig, publish_export
 
 log = logging.getLogger(__name__)
 RUN_NAME = "run"
@@ -64,7 +64,7 @@ class RayHooks:
 
     def _tell_resumed(self, directory: Path) -> None:
         """Rank 0 tells the driver the step of the checkpoint the workers start from (a restart or --resume)."""
-        from models.training.train import STATE_FILE
+        from actorcast.models.training.train import STATE_FILE
 
         if self.rank == 0 and (directory / STATE_FILE).is_file():
             self.progress.put({"resumed": json.loads((directory / STATE_FILE).read_text())["step"]})
@@ -89,7 +89,7 @@ def _join_process_group(config: dict) -> None:
     import ray.train.collective
     from ray.util import get_node_ip_address
 
-    from models.training.train import bind_rendezvous, init_process_group
+    from actorcast.models.training.train import bind_rendezvous, init_process_group
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -109,7 +109,7 @@ def worker_loop(config: dict) -> None:
     """The per-worker function of the trainer: everything comes in through `config`."""
     import torch
 
-    from models.training.train import train_func
+    from actorcast.models.training.train import train_func
 
     if config["train"]["device"] == "cuda":
         torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
@@ -194,7 +194,7 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
 
     Each rank uploads its own shard into the checkpoint's folder, so a rank on a lost node can leave the newest one
     without its part; the world size is in the state file (checkpoints saved before it was are taken whole)."""
-    from models.training.train import STATE_FILE
+    from actorcast.models.training.train import STATE_FILE
 
     # Ray names checkpoint directories checkpoint_<timestamp>; a snapshot file shares the prefix.
     for directory in sorted((p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir()), reverse=True):
@@ -229,7 +229,7 @@ def check_capacity(workers: int, use_gpu: bool) -> None:
 def check_inputs(cfg: TrainConfig, resume: bool, storage: Path) -> Path | None:
     """What the workers would find wrong, found on the driver before Ray starts: the data folder, the output
     folder and the run to resume (returned: its latest checkpoint, or None for a new run)."""
-    from models.data.video_folder import list_videos
+    from actorcast.models.data.video_folder import list_videos
 
     if cfg.data != "synthetic":
         list_videos(cfg.data)  # InputError: no such folder, or no video files in it
@@ -251,7 +251,7 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics.
 
     storage: where Ray Train keeps the run's checkpoints (default OUT/ray): a folder every node can reach."""
-    from cluster.ray_env import connect
+    from actorcast.cluster.ray_env import connect
 
     out = Path(cfg.out_dir).resolve()
     storage_path = Path(storage).resolve() if storage else out / "ray"
@@ -331,7 +331,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: build the TrainConfig from the stage defaults and the flags, then launch."""
-    from models.training.stages import get_stage
+    from actorcast.models.training.stages import get_stage
 
     defaults = get_stage(args.stage).defaults(args.preset)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,

@@ -27,7 +27,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:  # first: without the extra this says, in one line, what to install
-    from streaming.pipecat import ActorcastVideoService
+    from actorcast.streaming.pipecat import ActorcastVideoService
 except ImportError as e:
     sys.exit(f"pipecat_agent: {e}")
 
@@ -47,9 +47,9 @@ from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection  # n
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
-from actors.engine import Engine  # noqa: E402
-from models.errors import ActorcastError  # noqa: E402
-from streaming.ice import candidate_hosts, hosts_for  # noqa: E402
+from actorcast.actors.engine import Engine  # noqa: E402
+from actorcast.models.errors import ActorcastError  # noqa: E402
+from actorcast.streaming.ice import candidate_hosts, hosts_for  # noqa: E402
 
 log = logging.getLogger("pipecat_agent")
 
@@ -90,7 +90,7 @@ class EspeakTTS(FrameProcessor):
         if not isinstance(frame, TTSSpeakFrame):
             await self.push_frame(frame, direction)
             return
-        from models.data.tts import speak
+        from actorcast.models.data.tts import speak
 
         try:
             utterance = await asyncio.to_thread(speak, frame.text)  # synthesis runs off the event loop

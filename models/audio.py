@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
-from models.errors import ConfigError, InputError
-from models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 

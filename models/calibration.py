@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.data.params import PARAM_INDEX
-from models.errors import InputError
+from actorcast.models.data.params import PARAM_INDEX
+from actorcast.models.errors import InputError
 
 SPEECH_PARAMS = ("jaw_open", "lip_spread", "lip_round")  # the parameters the audio drives
 MAX_SCALE = 4.0  # a fitted scale beyond this means a degenerate fit (a generator that does not move)

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.errors import InputError
+from actorcast.models.errors import InputError
 
 
 def save_weights(directory: Path | str, name: str, module: torch.nn.Module, config: Any,

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.data.params import N_PARAMS, PARAM_RANGES
-from models.errors import ConfigError, InputError
-from models.motion_ae import MotionEncoder, check_frames
+from actorcast.models.data.params import N_PARAMS, PARAM_RANGES
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.motion_ae import MotionEncoder, check_frames
 
 SSIM_WINDOW = 11  # Gaussian window of SSIM (Wang et al. 2004), sigma 1.5
 SSIM_SIGMA = 1.5

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.errors import ConfigError, InputError
+from actorcast.models.errors import ConfigError, InputError
 
 POLICY_NAMES = ("full", "window", "sink", "deep_sink", "deep_sink_pc")
 

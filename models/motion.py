@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.calibration import SpreadCalibration
-from models.data.params import EMOTIONS
-from models.errors import ConfigError, InputError
-from models.kv_cache import CacheConfig, CacheDims, KVCache, make_cache
+from actorcast.models.calibration import SpreadCalibration
+from actorcast.models.data.params import EMOTIONS
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.kv_cache import CacheConfig, CacheDims, KVCache, make_cache
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.errors import ConfigError, InputError
+from actorcast.models.errors import ConfigError, InputError
 
 RANGE_TOLERANCE = 1e-3  # frames may overshoot [0, 1] by resampling round-off, no more
 

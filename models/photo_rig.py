@@ -35,14 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.params import (
+from actorcast.models.data.params import (
     N_PARAMS,
     PARAM_INDEX,
     clamp_params,
     neutral_params,
 )
-from models.decoder import denormalise_params
-from models.errors import InputError
+from actorcast.models.decoder import denormalise_params
+from actorcast.models.errors import InputError
 
 # Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
 FOREHEAD_TOP, CHIN = 10, 152

@@ -9,13 +9,13 @@ boundaries from the model that produces them: the generator's `d_audio` comes fr
 import dataclasses
 from dataclasses import dataclass
 
-from models.audio import AUDIO_PRESETS, AudioConfig
-from models.decoder import DECODER_PRESETS, DecoderConfig
-from models.errors import ConfigError
-from models.kv_cache import CACHE_PRESETS, CacheConfig
-from models.motion import MOTION_PRESETS, MotionConfig
-from models.motion_ae import MOTION_AE_PRESETS, MotionAEConfig
-from models.probe import PROBE_PRESETS, ProbeConfig
+from actorcast.models.audio import AUDIO_PRESETS, AudioConfig
+from actorcast.models.decoder import DECODER_PRESETS, DecoderConfig
+from actorcast.models.errors import ConfigError
+from actorcast.models.kv_cache import CACHE_PRESETS, CacheConfig
+from actorcast.models.motion import MOTION_PRESETS, MotionConfig
+from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionAEConfig
+from actorcast.models.probe import PROBE_PRESETS, ProbeConfig
 
 PRESET_NAMES = ("tiny", "base", "large")
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.data.params import N_PARAMS, PARAM_RANGES
-from models.errors import ConfigError
+from actorcast.models.data.params import N_PARAMS, PARAM_RANGES
+from actorcast.models.errors import ConfigError
 
 
 @dataclass

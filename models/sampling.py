@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
-from models.data.params import EMOTION_INDEX, EMOTIONS
-from models.errors import ConfigError, InputError
-from models.kv_cache import CacheConfig, KVCache
-from models.motion import NULL_EMOTION, MotionGenerator, PastContext
+from actorcast.models.data.params import EMOTION_INDEX, EMOTIONS
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.kv_cache import CacheConfig, KVCache
+from actorcast.models.motion import NULL_EMOTION, MotionGenerator, PastContext
 
 
 @dataclass(frozen=True)

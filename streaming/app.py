@@ -31,17 +31,17 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
-from actors.framing import Framing, frame_reference
-from actors.reference import MAX_SEED
-from actors.reference import decode_image as decode_picture
-from models.data.params import EMOTIONS
-from models.errors import InputError
-from streaming.ice import hosts_for
-from streaming.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from streaming.metrics import Metrics
-from streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
-from streaming.receiver import audio_prefetch_for
-from streaming.tracks import decode_audio_48k
+from actorcast.actors.framing import Framing, frame_reference
+from actorcast.actors.reference import MAX_SEED
+from actorcast.actors.reference import decode_image as decode_picture
+from actorcast.models.data.params import EMOTIONS
+from actorcast.models.errors import InputError
+from actorcast.streaming.ice import hosts_for
+from actorcast.streaming.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from actorcast.streaming.metrics import Metrics
+from actorcast.streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
+from actorcast.streaming.receiver import audio_prefetch_for
+from actorcast.streaming.tracks import decode_audio_48k
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import torch
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from models.data.media import Mp4Writer
-from models.errors import ActorcastError, InputError
-from streaming.figures import SERVER_FIGURES
-from streaming.ice import hosts_for, rtc_configuration, set_local_description
-from streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
-from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, decode_audio_48k
+from actorcast.models.data.media import Mp4Writer
+from actorcast.models.errors import ActorcastError, InputError
+from actorcast.streaming.figures import SERVER_FIGURES
+from actorcast.streaming.ice import hosts_for, rtc_configuration, set_local_description
+from actorcast.streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
+from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, decode_audio_48k
 
 log = logging.getLogger(__name__)
 

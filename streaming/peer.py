@@ -20,13 +20,13 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from models.data.params import EMOTIONS
-from models.errors import InputError
-from models.timebase import FPS, SAMPLES_PER_FRAME
-from streaming.ice import rtc_configuration, set_local_description
-from streaming.metrics import Metrics
-from streaming.receiver import DEFAULT_PREFETCH, receiver_of, rtp_origin, set_audio_prefetch
-from streaming.tracks import AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, SpeechFeed, VoiceTrack
+from actorcast.models.data.params import EMOTIONS
+from actorcast.models.errors import InputError
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.streaming.ice import rtc_configuration, set_local_description
+from actorcast.streaming.metrics import Metrics
+from actorcast.streaming.receiver import DEFAULT_PREFETCH, receiver_of, rtp_origin, set_audio_prefetch
+from actorcast.streaming.tracks import AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, SpeechFeed, VoiceTrack
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-from actors.framing import Framing
-from actors.reference import check_portrait, load_image
-from models.data.params import EMOTIONS
-from models.errors import ActorcastError, ConfigError
-from models.timebase import FPS, SAMPLES_PER_FRAME
-from streaming.app import LIVE_STAGE_THREADS
-from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
-from streaming.voice_clock import Slot, VoiceClock
+from actorcast.actors.framing import Framing
+from actorcast.actors.reference import check_portrait, load_image
+from actorcast.models.data.params import EMOTIONS
+from actorcast.models.errors import ActorcastError, ConfigError
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.streaming.app import LIVE_STAGE_THREADS
+from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
+from actorcast.streaming.voice_clock import Slot, VoiceClock
 
 
 class PipecatMissingError(ActorcastError, ImportError):
@@ -186,7 +186,7 @@ class ActorcastVideoService(FrameProcessor):
         """Build the engine (when not given) and open the session: Pipecat's place for slow start-up."""
         await super().setup(setup)
         if self.engine is None:
-            from actors.engine import Engine
+            from actorcast.actors.engine import Engine
 
             args = self.engine_args
             # Ray joins from this thread (it installs signal handlers); in-process stages load in a worker thread

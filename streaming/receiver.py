@@ -16,7 +16,7 @@ from typing import Callable
 
 from aiortc.jitterbuffer import JitterBuffer
 
-from streaming.ice import is_loopback
+from actorcast.streaming.ice import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from models.errors import InputError
-from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.errors import InputError
+from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 

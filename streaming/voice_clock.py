@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, ContentAudio
+from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, ContentAudio
 
 
 @dataclass(frozen=True)

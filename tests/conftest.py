@@ -29,7 +29,7 @@ def ray_local():
     """A local Ray instance bound to 127.0.0.1, shared by the tests of one session."""
     import ray
 
-    from cluster.ray_env import connect
+    from actorcast.cluster.ray_env import connect
 
     connect(num_cpus=2)
     yield ray

@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from models.audio import AUDIO_PRESETS, AudioConfig, AudioEncoder
-from models.errors import ConfigError, InputError
-from models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.audio import AUDIO_PRESETS, AudioConfig, AudioEncoder
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 SMALL = AudioConfig(d_audio=16, channels_mel=16, channels_frame=24, n_blocks_mel=2, n_blocks_frame=2)
 

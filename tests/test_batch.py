@@ -4,8 +4,8 @@ import json
 
 import av
 
-from cluster.batch import parse_jobs, summary_table
-from cluster.cli import main
+from actorcast.cluster.batch import parse_jobs, summary_table
+from actorcast.cluster.cli import main
 from tests.test_render import _write_audio
 
 

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-import models.sampling as sampling
-from actors.batching import Batched
-from actors.engine import Engine
-from actors.executor import LocalStage
-from actors.loading import load_model, resolve_weights
-from actors.messages import FeatureChunk
-from actors.reference import synthetic_portrait
-from actors.session_config import Seniority
-from actors.stages import DecoderShard, MotionStage
-from models.errors import InputError
-from models.kv_cache import CacheConfig
-from models.sampling import MotionStream, SamplerConfig, push_many
+import actorcast.models.sampling as sampling
+from actorcast.actors.batching import Batched
+from actorcast.actors.engine import Engine
+from actorcast.actors.executor import LocalStage
+from actorcast.actors.loading import load_model, resolve_weights
+from actorcast.actors.messages import FeatureChunk
+from actorcast.actors.reference import synthetic_portrait
+from actorcast.actors.session_config import Seniority
+from actorcast.actors.stages import DecoderShard, MotionStage
+from actorcast.models.errors import InputError
+from actorcast.models.kv_cache import CacheConfig
+from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 
 SIZE = 64
 Z_TOLERANCE = 1e-4  # motion latents, batched against alone: float rounding of the batched products only

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from actors.engine import Engine
-from models.data.media import write_wav
-from models.data.performance import generate_speech
+from actorcast.actors.engine import Engine
+from actorcast.models.data.media import write_wav
+from actorcast.models.data.performance import generate_speech
 from bench.live import browser_call, chromium_flags
-from streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
+from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from actors.loading import load_model
-from models.calibration import SPEECH_PARAMS, SpreadCalibration
-from models.data.params import PARAM_INDEX
-from models.errors import InputError
-from models.kv_cache import CacheConfig
-from models.sampling import MotionStream, SamplerConfig, push_many
+from actorcast.actors.loading import load_model
+from actorcast.models.calibration import SPEECH_PARAMS, SpreadCalibration
+from actorcast.models.data.params import PARAM_INDEX
+from actorcast.models.errors import InputError
+from actorcast.models.kv_cache import CacheConfig
+from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 from tests.untrained import write_untrained_weights
 
 DIMS = [PARAM_INDEX[n] for n in SPEECH_PARAMS]
@@ -95,10 +95,10 @@ def test_batched_streams_are_calibrated_as_alone(weights):
 def test_a_motion_export_on_parameter_latents_fits_its_calibration_on_raw_output(tmp_path):
     """The motion stage's export (decoder trained on the parameters) stores a calibration fitted on training clips
     from the generator's raw output, even when the generator already carries one; `recalibrate` re-fits the same."""
-    from models.checkpoint import save_weights
-    from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-    from models.training.motion_stage import MotionStage, MotionTrainer, main
-    from models.training.train import TrainConfig
+    from actorcast.models.checkpoint import save_weights
+    from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+    from actorcast.models.training.motion_stage import MotionStage, MotionTrainer, main
+    from actorcast.models.training.train import TrainConfig
 
     torch.manual_seed(0)
     decoder_export = tmp_path / "decoder-export"
@@ -128,7 +128,7 @@ def test_a_motion_export_on_parameter_latents_fits_its_calibration_on_raw_output
 
 
 def test_recalibrate_refuses_an_export_without_parameter_latents(tmp_path, capsys):
-    from models.training.motion_stage import main
+    from actorcast.models.training.motion_stage import main
 
     weights = write_untrained_weights(tmp_path / "w")
     assert main([str(weights)]) == 2

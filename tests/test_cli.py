@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import describe_os_error, main
+from actorcast.cluster.cli import describe_os_error, main
 from tests.test_render import _write_pcm_wav
 
 
@@ -46,15 +46,14 @@ def nothing_may_start(monkeypatch):
     """Fail the test if Ray starts or any stage loads weights."""
     import ray
 
-    import actors.engine
-    import actors.loading
+    from actorcast.actors import engine, loading
 
     def tripwire(*args, **kwargs):
         raise AssertionError("started Ray or loaded weights before the arguments were checked")
 
     monkeypatch.setattr(ray, "init", tripwire)
-    monkeypatch.setattr(actors.engine.Engine, "__init__", tripwire)
-    monkeypatch.setattr(actors.loading, "load_model", tripwire)
+    monkeypatch.setattr(engine.Engine, "__init__", tripwire)
+    monkeypatch.setattr(loading, "load_model", tripwire)
 
 
 @pytest.mark.parametrize("case", ["missing_audio", "empty_wav", "20ms_wav", "bad_image", "negative_identity",
@@ -106,8 +105,8 @@ def test_project_errors_are_unwrapped_from_ray_wrappers():
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
     from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
-    from actors.executor import project_error
-    from models.errors import InputError
+    from actorcast.actors.executor import project_error
+    from actorcast.models.errors import InputError
 
     own = InputError("data folder d has no video files")
     task = RayTaskError("worker_loop", "Traceback (most recent call last):\n...\n" * 20, own).as_instanceof_cause()
@@ -122,7 +121,7 @@ def test_cli_prints_the_one_line_of_an_error_raised_in_a_ray_task(ray_local, mon
     """A project error raised inside a real Ray task reaches the user as its own line."""
     import argparse
 
-    from models.errors import InputError
+    from actorcast.models.errors import InputError
 
     @ray_local.remote
     def fails():
@@ -143,7 +142,7 @@ def _subcommands():
     """(name, parser) of every subcommand, nested ones (data preview) included."""
     import argparse
 
-    from cluster.cli import build_parser
+    from actorcast.cluster.cli import build_parser
 
     todo, found = [("actorcast", build_parser())], []
     while todo:
@@ -166,7 +165,7 @@ def test_every_option_has_help_and_outputs_are_dash_o_out():
 
 
 def test_emotion_choices_are_listed_and_identity_is_one_name():
-    from models.data.params import EMOTIONS
+    from actorcast.models.data.params import EMOTIONS
 
     parsers = dict(_subcommands())
     for name in ("actorcast render", "actorcast call"):
@@ -198,8 +197,8 @@ def test_outputs_not_named_mp4_are_refused(tmp_path, capsys, nothing_may_start, 
 def test_errors_after_ray_started_name_its_logs_and_input_errors_do_not(ray_local, monkeypatch, capsys):
     import argparse
 
-    from actors.engine import ray_driver_log
-    from models.errors import ActorcastError, InputError
+    from actorcast.actors.engine import ray_driver_log
+    from actorcast.models.errors import ActorcastError, InputError
 
     for error, named in ((ActorcastError("decoder shard decoder0 failed 4 times on frame 8"), True),
                          (InputError("the audio is corrupt"), False)):
@@ -222,7 +221,7 @@ def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
-    run = subprocess.run([sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(tmp_path / "o.mp4"),
+    run = subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(tmp_path / "o.mp4"),
                           "--size", "64", "--shards", "2"], cwd=root, env={**env, "PYTHONPATH": str(root)},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -236,7 +235,7 @@ def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
 def test_render_runs_in_process_by_default_and_on_ray_only_when_asked(tmp_path, capsys, monkeypatch):
     import ray
 
-    import cluster.render
+    from actorcast.cluster import render as render_module
 
     def no_ray(*args, **kwargs):
         raise AssertionError("a plain render started Ray")
@@ -247,7 +246,7 @@ def test_render_runs_in_process_by_default_and_on_ray_only_when_asked(tmp_path, 
     assert code == 0 and err == [] and (tmp_path / "o.mp4").is_file()
 
     asked = []
-    monkeypatch.setattr(cluster.render, "render", lambda job, work_dir, address, use_ray: asked.append(use_ray)
+    monkeypatch.setattr(render_module, "render", lambda job, work_dir, address, use_ray: asked.append(use_ray)
                         or {"out": job.out, "frames": 0, "seconds": 0.0})
     for flags in (["--shards", "2"], ["--shards", "2", "--in-process"], ["--address", "127.0.0.1:6379"], []):
         assert _run(capsys, "render", audio, "-o", tmp_path / "p.mp4", *flags)[0] == 0

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def actorcast(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from cluster.local_cluster import LocalCluster, NodeSpec, can_hide_folders
+from actorcast.cluster.local_cluster import LocalCluster, NodeSpec, can_hide_folders
 from tests.netcheck import non_loopback_listeners
 from tests.test_render import _write_audio
 
@@ -59,7 +59,7 @@ def _driver(cluster: LocalCluster, code: str, timeout: float = 600) -> dict:
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -101,8 +101,8 @@ def test_render_shards_off_the_driver_node_and_a_lost_node(cluster, driver_dir):
     audio = _write_audio(driver_dir / "talk.wav", 40.0, 16000, "mono")
     clean = driver_dir / "clean.mp4"
     placed = _driver(cluster, f"""
-from actors.engine import Engine
-from cluster.render import RenderJob, render
+from actorcast.actors.engine import Engine
+from actorcast.cluster.render import RenderJob, render
 with Engine(shards=2, use_ray=True, address=address, size=64) as engine:
     where = [s.node_id() for s in engine.shards]
     render(RenderJob({str(audio)!r}, {str(clean)!r}, shards=2, size=64, checkpoint_every=1.0), engine=engine,
@@ -116,7 +116,7 @@ print(json.dumps({{"driver": ray.get_runtime_context().get_node_id(), "shards": 
     # Again by the CLI; worker1 is lost once the first second of video is saved. Its shard finds no room
     # (worker2 and the head have less than a shard's 0.75 CPU left), so the render carries on with one shard.
     out, work = driver_dir / "survivor.mp4", driver_dir / "survivor.work"
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(out),
                              "--shards", "2", "--size", "64", "--checkpoint-every", "1", "--work-dir", str(work),
                              "--address", cluster.address], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -150,7 +150,7 @@ def test_batch_spreads_over_workers_and_outlives_a_lost_node(cluster, driver_dir
     assert {names[row["node"]] for row in rows.values()} >= {"worker1", "worker2"}
 
     out = driver_dir / "lossy"
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "batch", str(jobs), "--out-dir", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", "batch", str(jobs), "--out-dir", str(out),
                              "--address", cluster.address], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()  # "[1/6] b?: done ..." once the first job has finished
@@ -202,7 +202,7 @@ def test_too_many_workers_for_the_cluster_is_one_line(cluster, driver_dir):
 def test_a_node_with_another_actorcast_version_stops_the_job_at_start(tmp_path):
     """A worker node whose Python finds actorcast 9.9.9 (a dist-info first on its PYTHONPATH, as an older or newer
     install would be found): a render sent to the cluster stops before any work, with one line naming both."""
-    from actors.versions import installed_version
+    from actorcast.actors.versions import installed_version
 
     other = tmp_path / "other-install"
     (other / "actorcast-9.9.9.dist-info").mkdir(parents=True)
@@ -239,7 +239,7 @@ def test_train_after_a_lost_node_continues_from_the_last_checkpoint(cluster, dri
     args = ["train", "--stage", "probe", "--workers", "2", "--steps", str(steps), "--batch-size", "2", "--size",
             "64", "--checkpoint-every", str(every), "--out", str(out), "--storage", str(storage), "--address",
             cluster.address]
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     names = _node_ids(cluster)
     lines: list[str] = []

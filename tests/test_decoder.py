@@ -5,12 +5,12 @@ import time
 import pytest
 import torch
 
-from models.decoder import (
+from actorcast.models.decoder import (
     DECODER_PRESETS, DecoderConfig, ModulatedConv, VideoDecoder, decoder_loss, identity_grid, ms_ssim,
     reconstruction_loss, warp,
 )
-from models.errors import ConfigError, InputError
-from models.motion_ae import MOTION_AE_PRESETS, MotionAEConfig, MotionEncoder
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionAEConfig, MotionEncoder
 
 SMALL_DEC = DecoderConfig(resolution=64, channels=(8, 16, 24), d_hidden=64, flow_channels=16)
 SMALL_ENC = MotionAEConfig(input_size=64, channels=(8, 16, 32))

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.face import feature_points, render, sample_identities
-from models.data.params import PARAM_INDEX, neutral_params
-from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, new_pixel_loss, normalise_params
-from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-from models.training.common import param_pool
-from models.training.decoder_stage import DecoderStage, new_pixels, shut_params
+from actorcast.models.data.face import feature_points, render, sample_identities
+from actorcast.models.data.params import PARAM_INDEX, neutral_params
+from actorcast.models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, new_pixel_loss, normalise_params
+from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+from actorcast.models.training.common import param_pool
+from actorcast.models.training.decoder_stage import DecoderStage, new_pixels, shut_params
 
 SIZE = 128
 IDS = [3, 11, 42]
@@ -123,7 +123,7 @@ def test_latent_regresses_the_true_motion_where_it_is_known():
 def test_params_mode_drives_the_decoder_with_the_true_motion_and_trains_the_encoder_apart():
     """`--latent params`: the decoder renders from the normalised true parameters (free dims near zero), and the
     encoder's loss reaches only the encoder; the decoder's loss does not depend on the encoder at all."""
-    from models.training.decoder_stage import FREE_NOISE, DecoderTrainer, param_latent
+    from actorcast.models.training.decoder_stage import FREE_NOISE, DecoderTrainer, param_latent
 
     torch.manual_seed(0)
     trainer = DecoderTrainer("tiny", 64, latent="params")
@@ -148,8 +148,8 @@ def test_params_mode_drives_the_decoder_with_the_true_motion_and_trains_the_enco
 
 
 def test_params_mode_needs_synthetic_data(tmp_path):
-    from models.errors import ConfigError
-    from models.training.train import TrainConfig
+    from actorcast.models.errors import ConfigError
+    from actorcast.models.training.train import TrainConfig
 
     cfg = TrainConfig(stage="decoder", data=str(tmp_path), latent="params")
     with pytest.raises(ConfigError, match="--latent params needs the synthetic data set"):
@@ -161,11 +161,11 @@ def test_params_mode_needs_synthetic_data(tmp_path):
 def test_motion_stage_and_eval_use_the_true_motion_of_a_params_decoder(tmp_path):
     """A decoder trained on the true parameters is exported unfolded with meta latent=params; the motion stage then
     learns the clips' true motion (z_ref still from the encoder, as at inference), and eval's ceiling decodes it."""
-    from models.checkpoint import save_weights
-    from models.data.dataset import HELDOUT_START, make_clip
-    from models.training.decoder_stage import param_latent
-    from models.training.evaluate import Models, true_motion
-    from models.training.motion_stage import encode_clips, encoder_latent_kind, load_motion_encoder
+    from actorcast.models.checkpoint import save_weights
+    from actorcast.models.data.dataset import HELDOUT_START, make_clip
+    from actorcast.models.training.decoder_stage import param_latent
+    from actorcast.models.training.evaluate import Models, true_motion
+    from actorcast.models.training.motion_stage import encode_clips, encoder_latent_kind, load_motion_encoder
 
     encoder = MotionEncoder(MOTION_AE_PRESETS["tiny"])
     save_weights(tmp_path, "motion_encoder", encoder, encoder.config, {"preset": "tiny", "latent": "params"})

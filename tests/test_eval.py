@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.training.evaluate import lip_lag, pearson
+from actorcast.models.training.evaluate import lip_lag, pearson
 from tests.untrained import write_untrained_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def untrained_weights(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_eval_quick_writes_every_field(untrained_weights, tmp_path):
     out = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "--weights", str(untrained_weights),
+    result = subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "eval", "--weights", str(untrained_weights),
                              "--quick", "--clip-seconds", "4", "--long-seconds", "9", "--json", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
@@ -67,7 +67,7 @@ def test_eval_quick_writes_every_field(untrained_weights, tmp_path):
 
 
 def test_eval_without_weights_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "--weights", str(tmp_path / "none")],
+    result = subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "eval", "--weights", str(tmp_path / "none")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "does not exist" in result.stderr

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-import models.data.face as face
-from models.data.face import Identity, feature_points, render, sample_identities
-from models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, neutral_params
-from models.errors import ConfigError, InputError
+import actorcast.models.data.face as face
+from actorcast.models.data.face import Identity, feature_points, render, sample_identities
+from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, neutral_params
+from actorcast.models.errors import ConfigError, InputError
 
 SCLERA = torch.tensor([0.96, 0.95, 0.92])
 INNER_MOUTH = torch.tensor([0.28, 0.06, 0.07])

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.framing import EYE_LINE, FACE_HEIGHT, FOREHEAD, MIN_FACE, fit_output, frame_face, frame_reference, resize
-from actors.paste import PasteBack
-from actors.reference import load_image, synthetic_portrait
-from models.errors import InputError
+from actorcast.actors.framing import EYE_LINE, FACE_HEIGHT, FOREHEAD, MIN_FACE, fit_output, frame_face, frame_reference, resize
+from actorcast.actors.paste import PasteBack
+from actorcast.actors.reference import load_image, synthetic_portrait
+from actorcast.models.errors import InputError
 
 DATA = Path(__file__).parent / "data"
 ASTRONAUT = DATA / "astronaut.jpg"
@@ -191,7 +191,7 @@ def test_paste_back_keeps_outside_mask_identical(astronaut_framing):
 def test_a_full_frame_photo_renders_at_its_face_square_unless_told(astronaut_framing):
     """Left open, the frame size of a photo pasted back is the side of its face's square (up to 16 px more, 256 to
     512): the animated face goes back into the photo without being blown up."""
-    from cluster.render import RenderJob, frame_size_for
+    from actorcast.cluster.render import RenderJob, frame_size_for
 
     job = RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT))
     side = astronaut_framing.box[2]                                   # 296 px
@@ -218,7 +218,7 @@ def test_paste_back_of_a_large_photo_is_scaled_to_1080p(astronaut):
 
 def _render_cli(capsys, tmp_path, *args) -> tuple[int, list[str], Path]:
     """(exit code, stderr lines without progress bars, output path) of `actorcast render` on 1 s of speech."""
-    from cluster.cli import main
+    from actorcast.cluster.cli import main
     from tests.test_render import _write_pcm_wav
 
     out = tmp_path / "o.mp4"
@@ -305,7 +305,7 @@ async def test_portrait_upload_is_framed_and_its_errors_come_back(tmp_path, astr
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from streaming.app import PREVIEW_SIDE, ServerConfig, create_app
+    from actorcast.streaming.app import PREVIEW_SIDE, ServerConfig, create_app
 
     engine = _RecordingEngine()
     async with TestClient(TestServer(create_app(engine, ServerConfig()))) as client:
@@ -344,7 +344,7 @@ async def test_portrait_upload_is_framed_and_its_errors_come_back(tmp_path, astr
 def test_batch_lines_with_bad_face_options_are_their_own_errors(tmp_path):
     import json
 
-    from cluster.batch import parse_jobs
+    from actorcast.cluster.batch import parse_jobs
     from tests.test_render import _write_pcm_wav
 
     _write_pcm_wav(tmp_path / "a.wav", 16000)

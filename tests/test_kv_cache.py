@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from models.errors import ConfigError, InputError
-from models.kv_cache import POLICY_NAMES, CacheConfig, CacheDims, make_cache
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.kv_cache import POLICY_NAMES, CacheConfig, CacheDims, make_cache
 
 L, B, H, DH = 2, 1, 2, 4
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.face import render
-from models.data.face_identity import sample_identities
-from models.data.params import PARAM_INDEX, neutral_params
-from models.errors import ActorcastError
-from models.training.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable
+from actorcast.models.data.face import render
+from actorcast.models.data.face_identity import sample_identities
+from actorcast.models.data.params import PARAM_INDEX, neutral_params
+from actorcast.models.errors import ActorcastError
+from actorcast.models.training.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable
 
 IDENTITIES = [0, 1, 2, 3, 4, 5]
 # (jaw_open, blink) per row; blink closes both eyes.

@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from models.errors import ConfigError, InputError
-from models.kv_cache import POLICY_NAMES, CacheConfig
-from models.motion import MOTION_PRESETS, MotionConfig, MotionGenerator, diffusion_forcing_loss, pad_audio
-from models.sampling import MotionStream, SamplerConfig, generate
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.kv_cache import POLICY_NAMES, CacheConfig
+from actorcast.models.motion import MOTION_PRESETS, MotionConfig, MotionGenerator, diffusion_forcing_loss, pad_audio
+from actorcast.models.sampling import MotionStream, SamplerConfig, generate
 
 SMALL = MotionConfig(d_motion=6, d_audio=5, d_model=32, n_layers=2, n_heads=2, audio_past=2, audio_future=1)
 

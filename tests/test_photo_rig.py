@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from actors.engine import Engine
-from actors.framing import frame_reference
-from actors.reference import load_image, square_tensor, to_uint8
-from actors.stages import DecoderShard
-from models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
-from models.decoder import param_latent
-from models.errors import InputError
-from models.photo_rig import (
+from actorcast.actors.engine import Engine
+from actorcast.actors.framing import frame_reference
+from actorcast.actors.reference import load_image, square_tensor, to_uint8
+from actorcast.actors.stages import DecoderShard
+from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
+from actorcast.models.decoder import param_latent
+from actorcast.models.errors import InputError
+from actorcast.models.photo_rig import (
     CHIN,
     FOREHEAD_TOP,
     HEAD_GAIN,
@@ -23,7 +23,7 @@ from models.photo_rig import (
     check_landmarks,
     params_of_latent,
 )
-from models.training.meter import FaceMeter
+from actorcast.models.training.meter import FaceMeter
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny"
@@ -168,7 +168,7 @@ def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing)
     generator's idle wander about its rest pose; speech opens the mouth. The rest pose is the same every time."""
     import asyncio
 
-    from models.data.media import read_audio
+    from actorcast.models.data.media import read_audio
 
     with Engine(SHIPPED, size=SIZE, shards=2) as engine:
         silent = asyncio.run(_photo_frames(engine, framing, np.zeros(16_000, np.float32)))

@@ -29,13 +29,13 @@ from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection  # n
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
-from actors.engine import Engine  # noqa: E402
-from models.errors import ConfigError, InputError  # noqa: E402
-from streaming.client import Received, av_offset_ms  # noqa: E402
-from streaming.ice import candidate_hosts, rtc_configuration, set_local_description  # noqa: E402
-from streaming.pipecat import VOICE_LAG_S, ActorcastVideoService, say_through  # noqa: E402
-from streaming.receiver import receiver_of, set_audio_prefetch  # noqa: E402
-from streaming.tracks import VOICE_RATE, decode_audio_48k  # noqa: E402
+from actorcast.actors.engine import Engine  # noqa: E402
+from actorcast.models.errors import ConfigError, InputError  # noqa: E402
+from actorcast.streaming.client import Received, av_offset_ms  # noqa: E402
+from actorcast.streaming.ice import candidate_hosts, rtc_configuration, set_local_description  # noqa: E402
+from actorcast.streaming.pipecat import VOICE_LAG_S, ActorcastVideoService, say_through  # noqa: E402
+from actorcast.streaming.receiver import receiver_of, set_audio_prefetch  # noqa: E402
+from actorcast.streaming.tracks import VOICE_RATE, decode_audio_48k  # noqa: E402
 from tests.untrained import write_untrained_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +219,7 @@ async def test_speech_through_smallwebrtc_to_a_client(engine, caplog, monkeypatc
         utterance = tts_frames(first, 24_000, 1, "one")
         bad = [TTSAudioRawFrame(b"", 24_000, 1), TTSAudioRawFrame(b"\x00" * 5, 24_000, 1),
                TTSAudioRawFrame(b"\x00" * 960, 0, 1)]
-        with caplog.at_level(logging.WARNING, logger="streaming.pipecat"):
+        with caplog.at_level(logging.WARNING, logger="actorcast.streaming.pipecat"):
             stall.at = time.time() + 0.5
             await worker.queue_frames(utterance[:40] + bad + utterance[40:])  # faster than real time, like a TTS
             await wait_for(lambda: any(isinstance(f, TTSStoppedFrame) for _, f in recorder.frames), 30.0)
@@ -387,7 +387,7 @@ def test_bad_options_are_refused_with_what_to_do(tmp_path):
 
 def test_a_framed_photo_goes_to_the_session_with_its_landmarks():
     """portrait=Framing: the session gets the framed square and the face's landmarks in its pixels (the photo rig)."""
-    from actors.framing import Face, Framing
+    from actorcast.actors.framing import Face, Framing
 
     picture = np.random.default_rng(3).integers(0, 256, (120, 160, 3), np.uint8)
     marks = np.random.default_rng(4).uniform(40, 100, (478, 2)).astype(np.float32)

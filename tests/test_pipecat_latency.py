@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pipecat", reason="the pipecat extra is not installed: pip install 'actorcast[pipecat]'")
 
-from actors.engine import Engine  # noqa: E402
+from actorcast.actors.engine import Engine  # noqa: E402
 from bench.pipecat_latency import measure  # noqa: E402
 from tests.untrained import write_untrained_weights  # noqa: E402
 

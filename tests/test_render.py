@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from cluster import render as render_module
-from cluster.cli import main
-from cluster.render import RenderJob, render
-from cluster.render_mux import SegmentWriter
-from models.errors import ActorcastError, InputError
+from actorcast.cluster import render as render_module
+from actorcast.cluster.cli import main
+from actorcast.cluster.render import RenderJob, render
+from actorcast.cluster.render_mux import SegmentWriter
+from actorcast.models.errors import ActorcastError, InputError
 from tests.test_stages import _png_header_only
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
 
 @pytest.fixture(scope="module")
 def engine64():
-    from actors.engine import Engine
+    from actorcast.actors.engine import Engine
 
     with Engine(size=64) as engine:
         yield engine
@@ -261,7 +261,7 @@ def test_silence_renders(tmp_path, capsys):
 
 
 def _cmd(audio, out, work):
-    return [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size",
+    return [sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size",
             "64", "--checkpoint-every", "0.8", "--work-dir", str(work), "--seed", "3"]
 
 
@@ -300,7 +300,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size", "64",
+    cmd = [sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(out), "--in-process", "--size", "64",
            "--work-dir", str(tmp_path / "w")]
     run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, preexec_fn=small_disk)
     err = [line for line in run.stderr.splitlines() if line.startswith("actorcast")]
@@ -314,8 +314,8 @@ def test_segment_encoding_is_repeatable(tmp_path):
     YUV inside `encode` gave up to 11 different files over 24 encodes of these decoder frames; a threaded
     `reformat`, 1 in 150. (CRF rate control also varied, but only inside whole renders:
     test_killed_render_resumes_frame_identical covers that.)"""
-    from actors.reference import synthetic_portrait
-    from actors.stages import DecoderShard
+    from actorcast.actors.reference import synthetic_portrait
+    from actorcast.actors.stages import DecoderShard
 
     shard = DecoderShard(size=64)
     shard.open("s", synthetic_portrait(0, 256))

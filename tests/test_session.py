@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from actors.engine import Engine
-from actors.session_config import SessionConfig
-from models.timebase import SAMPLES_PER_FRAME
+from actorcast.actors.engine import Engine
+from actorcast.actors.session_config import SessionConfig
+from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 SIZE = 64
 
@@ -190,7 +190,7 @@ def test_stage_threads_are_per_engine():
     """A live engine's 1-thread stages do not change the thread count of engines made after it."""
     import torch
 
-    from actors.executor import LocalStage
+    from actorcast.actors.executor import LocalStage
 
     class Threads:
         def count(self):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.params import EMOTIONS, PARAM_INDEX, PARAM_RANGES
-from models.data.performance import FACE_OFFSETS, generate_performance, generate_speech
-from models.data.phonemes import INVENTORY, PAUSE, random_utterance
-from models.data.speech import resonator
-from models.errors import ConfigError
-from models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, PARAM_RANGES
+from actorcast.models.data.performance import FACE_OFFSETS, generate_performance, generate_speech
+from actorcast.models.data.phonemes import INVENTORY, PAUSE, random_utterance
+from actorcast.models.data.speech import resonator
+from actorcast.models.errors import ConfigError
+from actorcast.models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 JAW, SMILE, BROW_RAISE, BROW_FURROW = (PARAM_INDEX[n] for n in
                                        ("jaw_open", "smile", "brow_raise", "brow_furrow"))

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from actors.engine import Engine
-from models.data.media import write_wav
-from models.data.performance import generate_speech
-from models.errors import ActorcastError
-from streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
-from streaming.client import LiveCaller
-from streaming.figures import RECEIVER_FIGURES, SERVER_FIGURES
-from streaming.ice import candidate_hosts, hosts_for, is_loopback
-from streaming.tracks import VOICE_RATE, decode_audio_48k
+from actorcast.actors.engine import Engine
+from actorcast.models.data.media import write_wav
+from actorcast.models.data.performance import generate_speech
+from actorcast.models.errors import ActorcastError
+from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
+from actorcast.streaming.client import LiveCaller
+from actorcast.streaming.figures import RECEIVER_FIGURES, SERVER_FIGURES
+from actorcast.streaming.ice import candidate_hosts, hosts_for, is_loopback
+from actorcast.streaming.tracks import VOICE_RATE, decode_audio_48k
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
 async def test_vanished_peer_frees_session_and_actors(engine, speech_wav):
     async with serving(engine) as (url, server):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "call", url, "--audio", str(speech_wav),
+        proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", "call", url, "--audio", str(speech_wav),
                                  "--seconds", "30"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -197,7 +197,7 @@ async def _play_chunks(late_s: dict[int, float], chunks: int, frames: int):
     """4-frame chunks put into an AvatarVideoTrack one every 160 ms, chunk k `late_s.get(k, 0)` s late, while
     `frames` frames are sent. Returns the track, each chunk's first-frame wait for its slot in ms (chunk -> ms)
     and the track's repeat count just before each chunk was put."""
-    from streaming.tracks import AvatarVideoTrack
+    from actorcast.streaming.tracks import AvatarVideoTrack
 
     sent = []
     track = AvatarVideoTrack(sent.append, chunk_frames=4)
@@ -247,14 +247,14 @@ async def test_video_track_keeps_a_margin_that_rides_out_a_late_chunk():
 async def test_call_cli_names_every_figure_with_its_unit(engine, speech_wav):
     """`actorcast call --json` gives each figure once, under a key that ends in its unit; the printed table gives
     the same figures with unit and meaning. No absolute timestamps (server_ms) and no second degraded count."""
-    from streaming.figures import FIGURES
+    from actorcast.streaming.figures import FIGURES
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     async with serving(engine) as (url, server):
         outputs = []
         for flag in (["--json"], []):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cluster.cli", "call", url, "--audio", str(speech_wav), "--seconds", "2",
+                sys.executable, "-m", "actorcast.cluster.cli", "call", url, "--audio", str(speech_wav), "--seconds", "2",
                 *flag, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()[-2000:]
@@ -273,8 +273,8 @@ async def test_call_cli_names_every_figure_with_its_unit(engine, speech_wav):
 
 
 def test_offer_takes_any_identity_number():
-    from actors.reference import MAX_SEED
-    from streaming.app import call_options
+    from actorcast.actors.reference import MAX_SEED
+    from actorcast.streaming.app import call_options
 
     assert call_options({"identity_seed": 123456789}).identity_seed == 123456789
     assert call_options({"identity_seed": MAX_SEED}).identity_seed == MAX_SEED
@@ -287,7 +287,7 @@ def test_metrics_use_one_prometheus_registry_per_server():
     from prometheus_client import REGISTRY
     from prometheus_client.parser import text_string_to_metric_families
 
-    from streaming.metrics import Metrics
+    from actorcast.streaming.metrics import Metrics
 
     a, b = Metrics(), Metrics()  # two servers in one process
     a.session_admitted()
@@ -308,7 +308,7 @@ def test_speech_handed_over_in_pieces_keeps_each_blocks_own_time(monkeypatch):
     """A stream of 20 ms pieces at 24 kHz resampled to 48 kHz does not fall on block boundaries: each block is
     stamped with the time its first sample came, not the time of the stream's first piece (which made the
     measured latency grow with the length of an utterance)."""
-    from streaming import tracks
+    from actorcast.streaming import tracks
 
     clock = iter(np.arange(0.0, 10.0, 0.02))
     monkeypatch.setattr(tracks.time, "time", lambda: float(next(clock)))

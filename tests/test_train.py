@@ -5,10 +5,10 @@ import shutil
 import pytest
 import torch
 
-from models.checkpoint import load_weights, save_weights
-from models.errors import ConfigError, InputError
-from models.probe import PROBE_PRESETS, Probe, ProbeConfig
-from models.training.train import TrainConfig, run_local
+from actorcast.models.checkpoint import load_weights, save_weights
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.probe import PROBE_PRESETS, Probe, ProbeConfig
+from actorcast.models.training.train import TrainConfig, run_local
 
 
 def _cfg(tmp_path, stage="probe", **kw) -> TrainConfig:
@@ -87,7 +87,7 @@ def test_bad_config_is_refused():
 
 
 def test_latent_normalisation_fold_keeps_frames_and_whitens_z():
-    from models.training.decoder_stage import DecoderTrainer, fold_latent_normalisation, latent_statistics
+    from actorcast.models.training.decoder_stage import DecoderTrainer, fold_latent_normalisation, latent_statistics
 
     torch.manual_seed(0)
     module = DecoderTrainer("tiny", 64).eval()
@@ -106,8 +106,8 @@ def test_latent_normalisation_fold_keeps_frames_and_whitens_z():
 
 def test_motion_stage_trains_on_cached_latents(tmp_path):
     """The motion stage encodes its clips once (cached on disk), trains, and exports audio encoder + generator."""
-    from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-    from models.training.motion_stage import clip_sources
+    from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+    from actorcast.models.training.motion_stage import clip_sources
 
     torch.manual_seed(0)
     weights = tmp_path / "decoder-export"

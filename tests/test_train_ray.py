@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.train import drop_progress_after, latest_complete_checkpoint, launch
-from models.checkpoint import load_weights
-from models.probe import Probe, ProbeConfig
-from models.training.train import TrainConfig
+from actorcast.cluster.train import drop_progress_after, latest_complete_checkpoint, launch
+from actorcast.models.checkpoint import load_weights
+from actorcast.models.probe import Probe, ProbeConfig
+from actorcast.models.training.train import TrainConfig
 from tests.netcheck import non_loopback_listeners
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_ray_train_two_workers_checkpoint_and_export(ray_local, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", "train", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "train", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -111,14 +111,14 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path):
     import signal
     import time
 
-    from cluster.train import RUN_NAME, latest_complete_checkpoint
-    from models.training.train import STATE_FILE
+    from actorcast.cluster.train import RUN_NAME, latest_complete_checkpoint
+    from actorcast.models.training.train import STATE_FILE
 
     out = tmp_path / "run"
     args = ["--stage", "probe", "--batch-size", "2", "--checkpoint-every", "4", "--out", str(out)]
     # A shell that starts commands in the background (CI's may) leaves them ignoring SIGINT, and children inherit
     # that: the run gets Ctrl-C's default back, as a terminal would give it.
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *args, "--steps", "20000"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", "train", *args, "--steps", "20000"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
@@ -154,8 +154,8 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_motion_stage_on_ray_reads_weights_given_by_a_relative_path(ray_local, tmp_path, monkeypatch):
     """Ray Train workers do not run in the driver's working directory: `--weights runs/x` must still reach them."""
-    from models.checkpoint import save_weights
-    from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+    from actorcast.models.checkpoint import save_weights
+    from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
 
     encoder = MotionEncoder(MOTION_AE_PRESETS["tiny"])
     save_weights(tmp_path / "dec", "motion_encoder", encoder, encoder.config, {"preset": "tiny", "latent": "params"})

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.cli import main
-from models.data import tts
-from models.data.dataset import HELDOUT_START, make_clip
-from models.data.phonemes import INVENTORY, PAUSE
-from models.data.tts_words import ROLES, split_words
-from models.errors import ConfigError, InputError
-from models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.cluster.cli import main
+from actorcast.models.data import tts
+from actorcast.models.data.dataset import HELDOUT_START, make_clip
+from actorcast.models.data.phonemes import INVENTORY, PAUSE
+from actorcast.models.data.tts_words import ROLES, split_words
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 
 def _spoken(utt: tts.Utterance) -> list[str]:

@@ -3,8 +3,8 @@ follow it, and the clock only moves over silence."""
 
 import numpy as np
 
-from streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, ContentAudio
-from streaming.voice_clock import VoiceClock
+from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, ContentAudio
+from actorcast.streaming.voice_clock import VoiceClock
 
 FRAME = VOICE_PER_FRAME  # 1920 samples of 48 kHz per frame
 

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import torch
 
-from models.audio import AudioEncoder
-from models.checkpoint import save_weights
-from models.decoder import VideoDecoder
-from models.motion import MotionGenerator
-from models.motion_ae import MotionEncoder
-from models.presets import get_preset
-from models.probe import Probe
+from actorcast.models.audio import AudioEncoder
+from actorcast.models.checkpoint import save_weights
+from actorcast.models.decoder import VideoDecoder
+from actorcast.models.motion import MotionGenerator
+from actorcast.models.motion_ae import MotionEncoder
+from actorcast.models.presets import get_preset
+from actorcast.models.probe import Probe
 
 
 def write_untrained_weights(directory: Path, resolution: int = 64, probe: bool = False) -> Path:

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from models.data.face import render, sample_identities
-from models.data.params import EMOTION_INDEX, neutral_params
-from models.data.performance import generate_performance
-from models.data.tts import tts_performance
-from models.errors import ConfigError
+from actorcast.models.data.face import render, sample_identities
+from actorcast.models.data.params import EMOTION_INDEX, neutral_params
+from actorcast.models.data.performance import generate_performance
+from actorcast.models.data.tts import tts_performance
+from actorcast.models.errors import ConfigError
 
 HELDOUT_START = 1_000_000
 HELDOUT_END = 1_100_000

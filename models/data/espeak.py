@@ -22,11 +22,10 @@ import pickle
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from models.errors import ActorcastError, ConfigError, InputError
+from actorcast.models.errors import ActorcastError, ConfigError, InputError
 
 INSTALL = "apt-get install espeak-ng"
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -134,8 +133,7 @@ class Espeak:
     """A handle on the helper process; `synth` is safe to call from several threads (one at a time)."""
 
     def __init__(self):
-        root = str(Path(__file__).resolve().parents[2])
-        code = f"import sys; sys.path.insert(0, {root!r}); from models.data.espeak import serve; serve()"
+        code = "from actorcast.models.data.espeak import serve; serve()"
         self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lock = threading.Lock()
         status, self.rate = self._receive()

@@ -25,10 +25,10 @@ from types import SimpleNamespace
 
 import torch
 
-from models.data.face_identity import COLOUR_NAMES, Identity, sample_identities
-from models.data.face_parts import NOSE_DEPTH, draw_ear, draw_eye, draw_mouth, draw_nose, over, over_shaded
-from models.data.params import N_PARAMS, PARAM_NAMES, clamp_params
-from models.errors import ConfigError, InputError
+from actorcast.models.data.face_identity import COLOUR_NAMES, Identity, sample_identities
+from actorcast.models.data.face_parts import NOSE_DEPTH, draw_ear, draw_eye, draw_mouth, draw_nose, over, over_shaded
+from actorcast.models.data.params import N_PARAMS, PARAM_NAMES, clamp_params
+from actorcast.models.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from models.errors import ConfigError, InputError
+from actorcast.models.errors import ConfigError, InputError
 
 # Uniform ranges of the scalar parameters, in the field order of `Identity`.
 SCALAR_RANGES: dict[str, tuple[float, float]] = {

@@ -10,8 +10,8 @@ import av
 import numpy as np
 import torch
 
-from models.errors import InputError
-from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.errors import InputError
+from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.data.params import EMOTIONS, PARAM_INDEX, clamp_params, neutral_params
-from models.data.phonemes import Segment, random_utterance
-from models.data.speech import EMOTION_VOICE, linear_recurrence, sample_speaker, smooth_noise, synthesize
-from models.errors import ConfigError
-from models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, clamp_params, neutral_params
+from actorcast.models.data.phonemes import Segment, random_utterance
+from actorcast.models.data.speech import EMOTION_VOICE, linear_recurrence, sample_speaker, smooth_noise, synthesize
+from actorcast.models.errors import ConfigError
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.data.phonemes import Segment
-from models.timebase import SAMPLE_RATE
+from actorcast.models.data.phonemes import Segment
+from actorcast.models.timebase import SAMPLE_RATE
 
 HOP = 80  # control-rate hop in samples (5 ms); divides SAMPLES_PER_FRAME (640)
 _SCAN_BLOCK = 128  # samples per block of the scan; 1/P grows to exp(pi B 128 / fs): finite for B < 28 kHz

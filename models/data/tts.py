@@ -40,14 +40,14 @@ import numpy as np
 import torch
 import torchaudio
 
-from models.data import espeak
-from models.data.params import PARAM_INDEX
-from models.data.performance import Performance, animate, check_request, n_frames_for, performance_streams
-from models.data.phonemes import INVENTORY, PAUSE, Segment
-from models.data.speech import EMOTION_VOICE
-from models.data.tts_words import split_words
-from models.errors import InputError
-from models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.data import espeak
+from actorcast.models.data.params import PARAM_INDEX
+from actorcast.models.data.performance import Performance, animate, check_request, n_frames_for, performance_streams
+from actorcast.models.data.phonemes import INVENTORY, PAUSE, Segment
+from actorcast.models.data.speech import EMOTION_VOICE
+from actorcast.models.data.tts_words import split_words
+from actorcast.models.errors import InputError
+from actorcast.models.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 

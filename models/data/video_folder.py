@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
-from models.data.dataset import Clip
-from models.errors import InputError
-from models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from actorcast.models.data.dataset import Clip
+from actorcast.models.errors import InputError
+from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.data.dataset import SPLITS, identity_seed, performance_seed
-from models.data.params import N_PARAMS, PARAM_RANGES
-from models.data.performance import generate_performance
+from actorcast.models.data.dataset import SPLITS, identity_seed, performance_seed
+from actorcast.models.data.params import N_PARAMS, PARAM_RANGES
+from actorcast.models.data.performance import generate_performance
 
 POOL_CLIPS, POOL_SECONDS = 12, 10.0  # motion parameters drawn from 12 performances of 10 s (3,000 frames)
 UNIFORM_SHARE = 0.1  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach

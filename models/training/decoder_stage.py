@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.checkpoint import save_weights
-from models.data.face import render, sample_identities
-from models.data.params import PARAM_INDEX, neutral_params
-from models.data.params import N_PARAMS
-from models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, frame_loss, param_latent
-from models.errors import ConfigError
-from models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-from models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
+from actorcast.models.checkpoint import save_weights
+from actorcast.models.data.face import render, sample_identities
+from actorcast.models.data.params import PARAM_INDEX, neutral_params
+from actorcast.models.data.params import N_PARAMS
+from actorcast.models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, frame_loss, param_latent
+from actorcast.models.errors import ConfigError
+from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+from actorcast.models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
 
 NEW_PIXEL_THRESHOLD = 0.08  # colour difference (of 1) that marks a pixel as new content, not a warp of the portrait
 
@@ -183,7 +183,7 @@ def fold_latent_normalisation(module: nn.Module, cfg) -> None:
 
 def _folder_batches(cfg, rank: int, start_step: int, size: int) -> Iterator[dict]:
     """Real videos: same-identity reconstruction (a frame, the video's first frame as reference, the frame)."""
-    from models.data.video_folder import VideoFolderClips
+    from actorcast.models.data.video_folder import VideoFolderClips
 
     clips = list(VideoFolderClips(cfg.data, seconds=2.0, size=size))
     for step in range(start_step + 1, 10 ** 12):

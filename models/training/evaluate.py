@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.dataset import HELDOUT_START, identity_seed, make_clip
-from models.data.face import render, sample_identities
-from models.data.params import PARAM_INDEX, neutral_params
-from models.decoder import param_latent
-from models.kv_cache import POLICY_NAMES, CacheConfig
-from models.training.meter import FaceMeter, MeterReading
-from models.sampling import SamplerConfig, generate
+from actorcast.models.data.dataset import HELDOUT_START, identity_seed, make_clip
+from actorcast.models.data.face import render, sample_identities
+from actorcast.models.data.params import PARAM_INDEX, neutral_params
+from actorcast.models.decoder import param_latent
+from actorcast.models.kv_cache import POLICY_NAMES, CacheConfig
+from actorcast.models.training.meter import FaceMeter, MeterReading
+from actorcast.models.sampling import SamplerConfig, generate
 
 log = logging.getLogger(__name__)
 JAW = PARAM_INDEX["jaw_open"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.errors import ActorcastError, InputError
+from actorcast.models.errors import ActorcastError, InputError
 
 ROOT = Path(__file__).resolve().parents[2]         # the repository root, where `make install` runs
 WORKER = Path(__file__).with_name("meter_worker.py")

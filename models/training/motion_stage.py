@@ -22,21 +22,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.audio import AudioConfig, AudioEncoder
-from models.calibration import SpreadCalibration
-from models.checkpoint import load_weights, read_header, save_weights
-from models.data.dataset import SPLITS, identity_seed, make_clip
-from models.data.face import render, sample_identities
-from models.data.params import neutral_params
-from models.decoder import param_latent
-from models.errors import ConfigError, InputError
-from models.kv_cache import CacheConfig
-from models.motion import MotionConfig, MotionGenerator, diffusion_forcing_loss
-from models.motion_ae import MotionAEConfig, MotionEncoder
-from models.presets import get_preset
-from models.sampling import SamplerConfig, generate
-from models.training.common import write_summary
-from models.timebase import SAMPLES_PER_FRAME
+from actorcast.models.audio import AudioConfig, AudioEncoder
+from actorcast.models.calibration import SpreadCalibration
+from actorcast.models.checkpoint import load_weights, read_header, save_weights
+from actorcast.models.data.dataset import SPLITS, identity_seed, make_clip
+from actorcast.models.data.face import render, sample_identities
+from actorcast.models.data.params import neutral_params
+from actorcast.models.decoder import param_latent
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.kv_cache import CacheConfig
+from actorcast.models.motion import MotionConfig, MotionGenerator, diffusion_forcing_loss
+from actorcast.models.motion_ae import MotionAEConfig, MotionEncoder
+from actorcast.models.presets import get_preset
+from actorcast.models.sampling import SamplerConfig, generate
+from actorcast.models.training.common import write_summary
+from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 AUDIO_CONTEXT = 8  # frames of audio before a training window, so the causal encoder has real history
@@ -251,7 +251,7 @@ def recalibrate(directory: Path, clips: int = CALIBRATION_CLIPS, progress=None) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m models.training.motion_stage",
+        prog="python -m actorcast.models.training.motion_stage",
         description="Re-fit the spread calibration of an exported motion generator (models/calibration.py) on "
                     "training clips and write it into DIR/motion_generator.json; `actorcast train --stage motion` "
                     "does this itself at export.")

@@ -7,12 +7,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.checkpoint import save_weights
-from models.data.face import render, sample_identities
-from models.decoder import DECODER_PRESETS
-from models.errors import ConfigError
-from models.probe import PROBE_PRESETS, Probe
-from models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
+from actorcast.models.checkpoint import save_weights
+from actorcast.models.data.face import render, sample_identities
+from actorcast.models.decoder import DECODER_PRESETS
+from actorcast.models.errors import ConfigError
+from actorcast.models.probe import PROBE_PRESETS, Probe
+from actorcast.models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
 
 
 class ProbeTrainer(nn.Module):

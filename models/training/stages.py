@@ -3,10 +3,10 @@
 start_step)` (a pure function of (seed, rank, step), so resumed runs see the same data), `evaluate(module, cfg)` and
 `export(module, dir, cfg, metrics)`; models/training/train.py runs them."""
 
-from models.errors import ConfigError
-from models.training.decoder_stage import DecoderStage
-from models.training.motion_stage import MotionStage
-from models.training.probe_stage import ProbeStage
+from actorcast.models.errors import ConfigError
+from actorcast.models.training.decoder_stage import DecoderStage
+from actorcast.models.training.motion_stage import MotionStage
+from actorcast.models.training.probe_stage import ProbeStage
 
 STAGES = {"decoder": DecoderStage, "motion": MotionStage, "probe": ProbeStage}
 

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from models.errors import ConfigError
+from actorcast.models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 STAGE_NAMES = ("decoder", "motion", "probe")
@@ -190,7 +190,7 @@ def train_func(cfg: TrainConfig, hooks) -> dict:
     """Train one stage: returns the final metrics (and exports weights to cfg.out_dir on rank 0)."""
     import deepspeed
 
-    from models.training.stages import get_stage
+    from actorcast.models.training.stages import get_stage
 
     # 1. Set-up: seed, the stage's trainable module (its forward returns loss + metrics), DeepSpeed engine.
     _ensure_distributed()
