@@ -22,7 +22,7 @@ import numpy as np
 
 from actorcast.actors.batching import Batched
 from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources
-from actorcast.actors.loading import ShippedWeights, WeightsBundle, resolve_weights
+from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, resolve_weights
 from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.actors.session import Session
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
@@ -172,7 +172,7 @@ class Engine:
             # The weights travel through Ray's object store (kept alive by this engine), so a stage on any node
             # loads the driver's weights, whether or not that node sees the driver's disk.
             node = ray.get_runtime_context().get_node_id()
-            if self.weights:
+            if self.weights != UNTRAINED:
                 args["weights"], self._holder = ShippedWeights.put(WeightsBundle.read(self.weights),
                                                                    f"actorcast-weights-{uuid.uuid4().hex[:12]}", node)
             # Audio and motion hold each session's state and are fed from here: on this node where it has room.

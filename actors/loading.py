@@ -1,9 +1,12 @@
-"""Which weights a stage runs: an explicit directory, else the shipped ones, else untrained (with a warning).
+"""Which weights a stage runs: an explicit directory, else the shipped ones; untrained only when asked.
+
+A missing weights file is an InputError, never a quiet fall-back to random weights: a model that was not loaded
+renders a face that does not talk. Tests and benchmarks that want untrained models ask for them by name
+(`UNTRAINED`, `--weights untrained`); those are seeded, so every copy of a model is the same.
 
 Every stage (in-process or a Ray actor, however many copies) builds its models through `load_model`, so all
-copies of one model hold identical weights: shipped/explicit weights come from the same files, and untrained
-ones from the same fixed seed. Stages on other Ray nodes get the weights as a WeightsBundle through Ray's
-object store: nothing assumes that a node sees the driver's disk.
+copies of one model hold identical weights. Stages on other Ray nodes get the weights as a WeightsBundle through
+Ray's object store: nothing assumes that a node sees the driver's disk.
 """
 
 import contextlib
@@ -27,7 +30,10 @@ from actorcast.models.presets import get_preset
 
 log = logging.getLogger(__name__)
 
+# The weights that come with actorcast (package data of actorcast.models, in a checkout and in a wheel alike).
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "models" / "weights"
+SHIPPED_PRESETS = ("tiny",)  # the presets whose weights come with actorcast
+UNTRAINED = "untrained"  # the weights value (`--weights untrained`) that asks for seeded, untrained models
 UNTRAINED_SEED = 1234  # untrained weights are still identical in every stage copy
 
 # export name -> (preset field, config class, module class)
@@ -39,9 +45,12 @@ MODELS = {
 }
 
 
-def resolve_weights(weights: str | Path | None, preset: str = "tiny") -> Path | None:
-    """The weights directory to use: `weights` (must exist), else the shipped one if present, else None."""
+def resolve_weights(weights: str | Path | None, preset: str = "tiny") -> Path | str:
+    """The weights directory to use: `weights` (must hold every model), else (None) the shipped one of `preset`;
+    `UNTRAINED` stays UNTRAINED. InputError, before anything loads, when the directory is missing or incomplete."""
     get_preset(preset)  # ConfigError for an unknown preset
+    if weights is not None and str(weights) == UNTRAINED:
+        return UNTRAINED
     if weights is not None:
         path = Path(weights)
         if not path.is_dir():
@@ -49,10 +58,16 @@ def resolve_weights(weights: str | Path | None, preset: str = "tiny") -> Path | 
                              "`actorcast train`, or leave --weights out")
         check_weights(path)
         return path
+    if preset not in SHIPPED_PRESETS:
+        raise InputError(f"no weights ship for preset {preset}: train them (`actorcast train --preset {preset}`) "
+                         f"and pass --weights DIR, or --weights {UNTRAINED} for a test run")
     shipped = SHIPPED_ROOT / preset
-    if (shipped / "decoder.json").is_file():
-        return shipped
-    return None
+    missing = [n for n in MODELS if not (shipped / f"{n}.json").is_file()
+               or not (shipped / f"{n}.safetensors").is_file()]
+    if missing:
+        raise InputError(f"the shipped {preset} weights are missing from {shipped} (no {missing[0]}): reinstall "
+                         f"actorcast, or pass --weights DIR written by `actorcast train`")
+    return shipped
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,7 @@ class ShippedWeights:
 
 
 @contextlib.contextmanager
-def local_weights(weights, preset: str = "tiny") -> Iterator[Path | None]:
+def local_weights(weights, preset: str = "tiny") -> Iterator[Path | str]:
     """The weights as a directory on this node while the models load: a WeightsBundle (or ShippedWeights) is
     written to a temporary folder (removed after), anything else is `resolve_weights`'d."""
     if isinstance(weights, ShippedWeights):
@@ -134,16 +149,20 @@ def check_weights(directory: Path, names: tuple[str, ...] = tuple(MODELS)) -> No
                              "are for another model or version") from None
 
 
-def load_model(name: str, weights: Path | None, preset: str = "tiny", device: str = "cpu",
+def load_model(name: str, weights: Path | str, preset: str = "tiny", device: str = "cpu",
                resolution: int | None = None) -> torch.nn.Module:
-    """Model `name` in eval mode on `device`; `resolution` only sizes an untrained decoder."""
+    """Model `name` in eval mode on `device`, from the directory `weights` (a `resolve_weights` result) or, for
+    `UNTRAINED`, seeded from the preset's config; `resolution` only sizes an untrained decoder."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; one of {', '.join(MODELS)}")
+    if weights is None:
+        raise ConfigError("load_model needs a weights directory or UNTRAINED: resolve_weights(None) gives the "
+                          "shipped one")
     field, config_cls, module_cls = MODELS[name]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
-    if weights is not None:
-        module, _ = load_weights(weights, name, config_cls, module_cls)
+    if weights != UNTRAINED:
+        module, _ = load_weights(Path(weights), name, config_cls, module_cls)
         meta = read_header(weights, name).get("meta", {})
         if name == "motion_generator":
             module.calibration = SpreadCalibration.from_meta(meta.get("calibration"))
@@ -153,8 +172,7 @@ def load_model(name: str, weights: Path | None, preset: str = "tiny", device: st
         config = getattr(get_preset(preset), field)
         if name == "decoder" and resolution is not None:
             config = dataclasses.replace(config, resolution=resolution)
-        log.warning("no trained weights for %s (preset %s): running UNTRAINED %s; train them or pass --weights",
-                    name, preset, name)
+        log.info("%s (preset %s): untrained, as asked", name, preset)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(UNTRAINED_SEED)
             module = module_cls(config)

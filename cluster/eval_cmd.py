@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from actorcast.actors.loading import load_model, resolve_weights
+    from actorcast.actors.loading import UNTRAINED, load_model, resolve_weights
     from actorcast.models.checkpoint import load_weights
     from actorcast.actors.stages import DEFAULT_SIZE
     from actorcast.models.training.evaluate import Models, evaluate
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from actorcast.models.probe import Probe, ProbeConfig
 
     weights = resolve_weights(args.weights)
-    if weights is None:
+    if weights == UNTRAINED:
         raise ActorcastError("no trained weights to evaluate: pass --weights DIR from `actorcast train`")
     torch.set_num_threads(os.cpu_count() or 1)
     models = Models(*(load_model(n, weights) for n in ("audio_encoder", "motion_generator", "motion_encoder",

@@ -364,7 +364,8 @@ def add_parser(sub) -> None:
     p.add_argument("--shards", type=positive_int, default=1,
                    help="decoder shards (default 1); more than 1 run as Ray actors, a process each, unless --in-process")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="KV-cache policy (default: the preset's)")
-    p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped ones)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights directory (default: the shipped ones); `untrained` runs seeded untrained models")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size in pixels, a multiple of 16 in 64..512 (default 256; for a photo pasted back full "
                         "frame, the side of the square around its face, up to 512, so the face is not blown up)")
