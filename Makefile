@@ -2,8 +2,8 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
-# The lip-sync meter (MediaPipe Face Mesh) lives in its own venv: mediapipe 0.10.21 needs numpy<2 and the
-# project needs numpy 2. models/training/meter.py runs models/training/meter_worker.py with this venv's python.
+# The lip-sync meter and photo framing (MediaPipe) live in their own venv: mediapipe 0.10.21 needs numpy<2 and the
+# project needs numpy 2. `actorcast setup` makes it (models/training/meter_env.py); in a checkout it goes here.
 METER_VENV  ?= .venv-meter
 METER_STAMP := $(METER_VENV)/.installed-stamp
 METER_REQS  := models/training/meter-requirements.txt
@@ -22,13 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,pipecat]'
 	touch $(STAMP)
 
-# mediapipe goes in with --no-deps: its declared dependencies pull in jax (1.1 GB) that face_mesh never uses.
-$(METER_STAMP): $(METER_REQS)
-	test -x $(METER_VENV)/bin/python || python3.11 -m venv $(METER_VENV)
-	$(METER_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(METER_VENV)/bin/python -m pip install --quiet -r $(METER_REQS)
-	$(METER_VENV)/bin/python -m pip install --quiet --no-deps mediapipe==0.10.21
-	$(METER_VENV)/bin/python -c "from mediapipe.python.solutions import face_mesh"
+# The same command a pip user runs, pointed at the checkout's folder; it rebuilds only when the requirements changed.
+$(METER_STAMP): $(METER_REQS) | $(STAMP)
+	ACTORCAST_METER_VENV=$(METER_VENV) $(VENV)/bin/actorcast setup
 	touch $(METER_STAMP)
 
 demo: install

@@ -23,13 +23,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each job module adds its own subcommand."""
-    from actorcast.cluster import batch, bench_cmd, call, data_cmd, eval_cmd, local_cluster, render, serve, train
+    from actorcast.cluster import (batch, bench_cmd, call, data_cmd, eval_cmd, local_cluster, render, serve,
+                                   setup_cmd, train)
 
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"actorcast {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd, local_cluster):
+    for module in (setup_cmd, data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd, local_cluster):
         module.add_parser(sub)
     return parser
 

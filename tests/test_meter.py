@@ -1,4 +1,4 @@
-"""The lip-sync meter (MediaPipe Face Mesh in .venv-meter) on the built-in cartoons: real renders, real worker."""
+"""The lip-sync meter (MediaPipe Face Mesh in its own venv) on the built-in cartoons: real renders, real worker."""
 
 import sys
 
@@ -10,7 +10,8 @@ from actorcast.models.data.face import render
 from actorcast.models.data.face_identity import sample_identities
 from actorcast.models.data.params import PARAM_INDEX, neutral_params
 from actorcast.models.errors import ActorcastError
-from actorcast.models.training.meter import METER_PYTHON_ENV, FaceMeter, MeterError, MeterUnavailable
+from actorcast.models.training.meter import FaceMeter, MeterError
+from actorcast.models.training.meter_env import PYTHON_ENV, MeterUnavailable
 
 IDENTITIES = [0, 1, 2, 3, 4, 5]
 # (jaw_open, blink) per row; blink closes both eyes.
@@ -70,18 +71,19 @@ def test_blank_frame_counts_as_missing_not_dropped():
 
 
 def test_missing_environment_is_one_line(monkeypatch, tmp_path):
-    monkeypatch.setenv(METER_PYTHON_ENV, str(tmp_path / "no-venv" / "bin" / "python"))
+    monkeypatch.setenv(PYTHON_ENV, str(tmp_path / "no-venv" / "bin" / "python"))
     with pytest.raises(MeterUnavailable) as err:
         FaceMeter()
     assert isinstance(err.value, ActorcastError)
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith("the lip-sync meter's environment .venv-meter is missing: run `make install`")
+    assert msg == (f"{PYTHON_ENV}={tmp_path}/no-venv/bin/python is not an executable python: point it at one that "
+                   "has mediapipe, or unset it and run `actorcast setup`")
 
 
 def test_worker_failure_reports_last_stderr_line(monkeypatch):
     # The project's own python has no mediapipe: the worker dies on import.
-    monkeypatch.setenv(METER_PYTHON_ENV, sys.executable)
+    monkeypatch.setenv(PYTHON_ENV, sys.executable)
     with pytest.raises(MeterError) as err:
         FaceMeter().read(np.zeros((1, 32, 32, 3), np.uint8))
     msg = str(err.value)

@@ -1,15 +1,15 @@
 """The lip-sync meter: MediaPipe Face Mesh reading mouth and eye opening off frames (DESIGN.md, "Measures").
 
 Nobody here trained it, so it is an independent reader of generated frames. mediapipe 0.10.21 needs numpy<2,
-so it runs in its own venv (`.venv-meter`, built by `make install`) as a subprocess:
+so it runs in its own venv (made by `actorcast setup`; found as models/training/meter_env.py says) as a
+subprocess:
 
-    frames (N, H, W, 3) uint8 --np.save--> tmp/chunk_*.npy --.venv-meter/bin/python models/training/meter_worker.py-->
+    frames (N, H, W, 3) uint8 --np.save--> tmp/chunk_*.npy --meter venv's python meter_worker.py-->
     tmp/out.npz --np.load--> MeterReading
 
 One worker call reads one video sequence (its face tracking carries across the chunks); the frames go to disk
-in chunks of CHUNK_FRAMES so a float tensor is converted to uint8 a piece at a time. `ACTORCAST_METER_PYTHON`
-overrides the worker's python. Cost: 1.4-2.6 s per call (start-up, import, model load) plus the per-frame
-cost noted at `FaceMeter`.
+in chunks of CHUNK_FRAMES so a float tensor is converted to uint8 a piece at a time. Cost: 1.4-2.6 s per call
+(start-up, import, model load) plus the per-frame cost noted at `FaceMeter`.
 """
 
 import os
@@ -22,19 +22,14 @@ import numpy as np
 import torch
 
 from actorcast.models.errors import ActorcastError, InputError
+from actorcast.models.training.meter_env import meter_python
 
-ROOT = Path(__file__).resolve().parents[2]         # the repository root, where `make install` runs
 WORKER = Path(__file__).with_name("meter_worker.py")
-METER_PYTHON_ENV = "ACTORCAST_METER_PYTHON"
 CHUNK_FRAMES = 2000                                      # frames per .npy handed to the worker (~390 MB at 256²)
 
 
 class MeterError(ActorcastError):
     """The lip-sync meter's worker failed; the message carries the last line of its stderr."""
-
-
-class MeterUnavailable(MeterError):
-    """The meter's environment (.venv-meter) is not installed."""
 
 
 @dataclass(frozen=True)
@@ -65,20 +60,11 @@ class MeterReading:
         return len(self.found)
 
 
-def _meter_python() -> Path:
-    """The python of the meter's venv, or MeterUnavailable (one line that says what to run)."""
-    override = os.environ.get(METER_PYTHON_ENV)
-    python = Path(override) if override else ROOT / ".venv-meter" / "bin" / "python"
-    if not (python.is_file() and os.access(python, os.X_OK)):
-        where = f" ({METER_PYTHON_ENV}={override} is not an executable)" if override else ""
-        raise MeterUnavailable("the lip-sync meter's environment .venv-meter is missing: run `make install`" + where)
-    return python
-
-
 def run_in_meter_env(script: Path, args: list[str], what: str) -> None:
     """Run `script args` with the meter venv's python (also actors/face_worker.py, which finds faces in
-    portraits); MeterError "`what` failed: <last line of its stderr>" if it exits non-zero."""
-    cmd = [str(_meter_python()), str(script), *args]
+    portraits); MeterUnavailable (meter_env.py) without that venv; MeterError "`what` failed: <last line of its
+    stderr>" if it exits non-zero."""
+    cmd = [str(meter_python()), str(script), *args]
     # GLOG_minloglevel=2 keeps MediaPipe's start-up chatter out of stderr, so its last line is the error.
     env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -108,14 +94,14 @@ def _uint8_chunks(frames: np.ndarray | torch.Tensor):
 
 
 class FaceMeter:
-    """Reads mouth and eye opening off frames with MediaPipe Face Mesh in `.venv-meter`.
+    """Reads mouth and eye opening off frames with MediaPipe Face Mesh in the meter's venv (meter_env.py).
 
     Measured on 256² cartoons, CPU, sharing the cores with other jobs (2026-11-29): 6-14 ms per frame
     tracking, ~24 ms per frame with static=True (detection on every frame); plus the per-call start-up.
     """
 
     def __init__(self) -> None:
-        self.python = _meter_python()
+        self.python = meter_python()  # MeterUnavailable now, not at the first read
 
     def read(self, frames: np.ndarray | torch.Tensor, static: bool = False) -> MeterReading:
         """Read N frames as one video sequence.

@@ -1,6 +1,7 @@
-"""The lip-sync meter's worker: MediaPipe Face Mesh over a sequence of frames, run by `.venv-meter/bin/python`.
+"""The lip-sync meter's worker: MediaPipe Face Mesh over a sequence of frames, run by the MediaPipe venv's python
+(made by `actorcast setup`; see meter_env.py):
 
-    .venv-meter/bin/python models/training/meter_worker.py [--static] OUT.npz FRAMES.npy [FRAMES.npy ...]
+    METER_VENV/bin/python meter_worker.py [--static] OUT.npz FRAMES.npy [FRAMES.npy ...]
 
 Each FRAMES.npy holds uint8 RGB frames (N, H, W, 3); the files are consecutive pieces of one video sequence and
 are read in order by one FaceMesh (so its tracking carries over between them). `--static` runs detection on

@@ -1,0 +1,48 @@
+"""`actorcast setup [--force]`: make the MediaPipe environment that the lip-sync meter and `render --image` use.
+
+It goes in a per-user cache folder (~/.cache/actorcast/meter-venv, or $ACTORCAST_METER_VENV), so a pip install
+needs no Makefile; models/training/meter_env.py says where it is looked for and how it is built. Nothing is
+done when a usable environment is found already, unless the one at the target folder was made from other
+requirements (then it is rebuilt) or --force is given.
+"""
+
+import argparse
+import sys
+
+from actorcast.models.training import meter_env
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `actorcast setup`."""
+    p = sub.add_parser("setup", help="make the MediaPipe environment for photos (--image) and the lip-sync meter",
+                       description="Makes a venv with MediaPipe 0.10.21 (it needs numpy<2, so it cannot share the "
+                                   "project's environment) in ~/.cache/actorcast/meter-venv, or in "
+                                   f"${meter_env.VENV_ENV} when that is set. About 400 MB; pip downloads about "
+                                   "100 MB. Does nothing when one is found already.")
+    p.add_argument("--force", action="store_true", help="rebuild the venv at the target folder even if one works")
+    p.set_defaults(run=run)
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(f"actorcast setup: {line}\n")
+    sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    target = meter_env.default_venv()
+    stamp = target / meter_env.STAMP
+    if not args.force:
+        if meter_env.is_complete(target) and stamp.read_text() == meter_env.wanted():
+            _say(f"the MediaPipe environment is up to date: {meter_env.venv_python(target)}")
+            return 0
+        if not meter_env.is_complete(target):
+            try:
+                python = meter_env.meter_python()
+            except meter_env.MeterUnavailable:
+                python = None
+            if python is not None:
+                _say(f"the MediaPipe environment is there already: {python} (--force makes one at {target})")
+                return 0
+    python = meter_env.build(target, _say)
+    _say(f"done: {python}")
+    return 0

@@ -1,0 +1,124 @@
+"""The MediaPipe environment that the lip-sync meter and face framing run in: where it is, and how it is made.
+
+mediapipe 0.10.21 (the last release that bundles its face models) needs numpy<2 and the project needs numpy 2,
+so MediaPipe lives in a venv of its own and is run as a subprocess (models/training/meter.py). That venv is
+looked for, in this order:
+
+    1. $ACTORCAST_METER_PYTHON      a python that has mediapipe (used as it is)
+    2. $ACTORCAST_METER_VENV        a venv made by `actorcast setup`
+    3. REPO/.venv-meter             in a checkout, the venv `make install` makes (through `actorcast setup`)
+    4. ~/.cache/actorcast/meter-venv   ($XDG_CACHE_HOME/actorcast/meter-venv): where `actorcast setup` puts it
+
+A venv counts once its STAMP file is there: `build` writes it last, after MediaPipe imported, so a build that
+was cut short is not mistaken for a working one. The stamp holds what was installed (`wanted()`); a later
+`actorcast setup` rebuilds a venv whose stamp differs. Every message about a missing venv names SETUP_COMMAND.
+"""
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import Callable
+
+from actorcast.models.errors import ActorcastError
+
+PYTHON_ENV = "ACTORCAST_METER_PYTHON"
+VENV_ENV = "ACTORCAST_METER_VENV"
+SETUP_COMMAND = "actorcast setup"
+REQUIREMENTS = Path(__file__).with_name("meter-requirements.txt")
+# Installed with --no-deps: mediapipe's declared dependencies pull in jax (1.1 GB) that face_mesh never uses;
+# what face_mesh does import is in REQUIREMENTS.
+MEDIAPIPE = "mediapipe==0.10.21"
+STAMP = ".installed-stamp"
+CHECKOUT_VENV = Path(__file__).resolve().parents[2] / ".venv-meter"  # only a checkout has one
+
+
+class MeterUnavailable(ActorcastError):
+    """The MediaPipe environment is not installed (or the one named by an environment variable is unusable)."""
+
+
+class SetupError(ActorcastError):
+    """Making the MediaPipe environment failed; the message carries the failing step's last line."""
+
+
+def default_venv() -> Path:
+    """Where `actorcast setup` makes the venv: $ACTORCAST_METER_VENV, else the per-user cache folder."""
+    if os.environ.get(VENV_ENV):
+        return Path(os.environ[VENV_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "actorcast" / "meter-venv"
+
+
+def venv_python(folder: Path) -> Path:
+    return folder / "bin" / "python"
+
+
+def wanted() -> str:
+    """What a venv made now would hold (the requirements file and the mediapipe pin): its stamp's text."""
+    return f"{REQUIREMENTS.read_text()}\n{MEDIAPIPE}\n"
+
+
+def is_complete(folder: Path) -> bool:
+    """The venv's build finished (its stamp is there) and its python runs."""
+    python = venv_python(folder)
+    return (folder / STAMP).is_file() and python.is_file() and os.access(python, os.X_OK)
+
+
+def meter_python() -> Path:
+    """The python that runs the MediaPipe workers (see the module docstring for the order), or
+    MeterUnavailable: one line that says what to run."""
+    override = os.environ.get(PYTHON_ENV)
+    if override:
+        if not (Path(override).is_file() and os.access(override, os.X_OK)):
+            raise MeterUnavailable(f"{PYTHON_ENV}={override} is not an executable python: point it at one that has "
+                                   f"mediapipe, or unset it and run `{SETUP_COMMAND}`")
+        return Path(override)
+    folders = [default_venv()] if os.environ.get(VENV_ENV) else [CHECKOUT_VENV, default_venv()]
+    for folder in folders:
+        if is_complete(folder):
+            return venv_python(folder)
+    where = default_venv()
+    state = "is incomplete" if where.exists() else "is missing"
+    raise MeterUnavailable(f"the MediaPipe environment (for the lip-sync meter and photo framing) {state} at "
+                           f"{where}: run `{SETUP_COMMAND}` to make it (about 400 MB, a few minutes)")
+
+
+def build(folder: Path, progress: Callable[[str], None]) -> Path:
+    """Make the venv at `folder`: create it, install REQUIREMENTS, then MEDIAPIPE without its dependencies, check
+    that Face Mesh imports, and write the stamp. A venv already there is replaced; a folder that holds anything
+    else is refused (SetupError), never emptied. `progress` gets one line per step. Returns the venv's python;
+    SetupError if a step fails."""
+    if folder.exists() and any(folder.iterdir()) and not (folder / "pyvenv.cfg").is_file():
+        raise SetupError(f"{folder} is not empty and not a venv, so it is left alone: point {VENV_ENV} at a new or "
+                         f"empty folder and run `{SETUP_COMMAND}` again")
+    python = venv_python(folder)
+    steps = [
+        (f"creating the venv in {folder}", None),
+        (f"installing {REQUIREMENTS.name} (numpy<2, OpenCV, protobuf, ...)",
+         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)]),
+        (f"installing {MEDIAPIPE} without its dependencies",
+         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", MEDIAPIPE]),
+        ("checking that MediaPipe Face Mesh imports",
+         [str(python), "-c", "from mediapipe.python.solutions import face_mesh"]),
+    ]
+    (folder / STAMP).unlink(missing_ok=True)
+    for i, (what, cmd) in enumerate(steps, 1):
+        progress(f"[{i}/{len(steps)}] {what}")
+        if cmd is None:
+            try:
+                venv.EnvBuilder(clear=True, with_pip=True, symlinks=sys.platform != "win32").create(folder)
+            except (OSError, subprocess.CalledProcessError) as e:
+                raise SetupError(f"creating the venv in {folder} failed ({e}): check that Python's venv and "
+                                 "ensurepip are installed (Debian: apt-get install python3-venv) and that the "
+                                 "folder can be written") from None
+            continue
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+            last = lines[-1] if lines else f"exit status {proc.returncode}"
+            raise SetupError(f"{what} failed: {last}; check the network (pip downloads about 100 MB) and run "
+                             f"`{SETUP_COMMAND}` again")
+    (folder / STAMP).write_text(wanted())
+    return python
