@@ -13,7 +13,11 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   mouth corners and below the chin). Where neither layer lands, the opening mouth shows a dark interior with the
   upper teeth, in colours taken from the photo's lips. lip_spread / lip_round move the corners out / in, smile
   lifts them.
-- eyes: the skin above each upper eyelid slides down over the eye by blink x the eye's opening.
+- eyes: each eye is a lid layer over an eyeball layer. A blink moves the upper lid's edge down along its own curve,
+  with its lash line, until it meets the lower lid, which rises a little; the thin band of lid skin over the lash
+  line unrolls to cover the eye, so the crease and brow above stay put. The gaze moves the photo's iris (the
+  refined landmarks' iris centre and ring) inside the opening, over the sclera painted where the iris was, and
+  the lids cut it off.
 - brows: brow_raise lifts the brow band.
 - head: head motion turns and shifts the face oval (HEAD_GAIN of the synthetic heads' motion, weight falling to
   0 at the oval's edge, where the photo is pasted back unchanged).
@@ -70,7 +74,14 @@ HEAD_GAIN = 0.1          # of the synthetic heads' motion: a photo's face sways 
 YAW_SHIFT = 0.35         # H per radian of yaw (pitch alike): a turn seen as a shift of the face's middle
 TEETH = 0.035            # H: the height of the upper teeth under the upper lip
 INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
-LID_REACH = 1.8          # eye openings: the skin this far above the upper lid slides down with it
+IRISES = (468, 473)      # refined Face Mesh: the iris centres, each followed by its 4 ring points (the 1st and 3rd
+                         # on the iris's horizontal diameter, the others clipped by the lids)
+LOWER_RISE = 0.25        # of the opening: the lower lid rises this far to meet the closing upper lid
+LID_BAND = 1.0           # of the opening: the lid skin this far above the lash line unrolls over the closing eye
+LASH = 0.35              # of the opening: the lash line's thickness, carried whole (not stretched) by the lid's edge
+LOW_BAND = 0.5           # of the opening: the skin under the lower lid that stretches as the lid rises
+GAZE_X, GAZE_Y = 0.5, 0.35  # iris travel at gaze 1: of the eye's half width / half opening (as the cartoons draw it)
+IRIS_EDGE = (0.9, 1.15)  # iris radii: the moved iris's weight falls 1 -> 0 between them (the limbal ring inside)
 MIN_MOUTH_WIDTH = 0.12   # H: a mouth seen narrower than this (a face in profile) is too turned to animate
 MIN_EYE_WIDTH = 0.04     # H: the same for the narrower eye (frontal faces: mouth ~0.4 H, eyes ~0.2 H wide)
 BOX_PAD = 12             # px around each layer's box: room for the head's sway (HEAD_GAIN)
@@ -116,6 +127,20 @@ class _Frame:
         _, _, ax, ay, dx, dy = self._floats
         ds, dt = ds * self.s_unit, dt * self.t_unit
         return torch.stack([ds * ax + dt * dx, ds * ay + dt * dy], dim=-1)
+
+
+@dataclass(frozen=True)
+class _Eye:
+    """One eye of the photo: its frame (s = +-1 at the corners, t in face heights), lid curves, iris and box."""
+
+    frame: _Frame
+    upper: tuple[float, float, float]   # upper lid curve (_curve)
+    lower: tuple[float, float, float]   # lower lid curve
+    opening: float                      # face heights: the widest gap between the lids
+    iris: torch.Tensor                  # (2,) px: the iris centre
+    iris_radius: float                  # px
+    box: tuple[slice, slice]            # the pixels the lids and the iris act in
+    blink: int                          # PARAM_INDEX of the blink that closes it
 
 
 def _curve(frame: _Frame, points: np.ndarray) -> tuple[float, float, float]:
@@ -187,18 +212,9 @@ class PhotoRig:
         self.throat = (self.lip_colour * torch.tensor(THROAT))[None, :, None, None]
         self.teeth = ((1.6 * self.lip_colour.max()).clamp(0.6, 0.92) * torch.tensor([1.0, 0.97, 0.9]))[None, :, None,
                                                                                                       None]
-        # eyes: s = +-1 at the corners, t in face heights (down); the upper and lower lid curves
-        self.eyes, self.eye_boxes, self.lid_reach = [], [], []
-        across = torch.linspace(-1, 1, 21)
-        for left, right, upper, lower in EYES:
-            frame = _Frame.between(m[left], m[right], h)
-            up = _curve(frame, np.concatenate([m[[left, right]], m[list(upper)]]))
-            low = _curve(frame, np.concatenate([m[[left, right]], m[list(lower)]]))
-            self.eyes.append((frame, up, low))
-            reach = float((_on_curve(low, across) - _on_curve(up, across)).amax().clamp(min=1e-3)) * LID_REACH
-            self.lid_reach.append(reach)   # face heights: the lid skin this far over the lid follows it
-            self.eye_boxes.append(self._box(frame, 1.3, float(_on_curve(up, across).amin()) - reach - 0.02,
-                                            float(_on_curve(low, across).amax()) + 0.03))
+        # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
+        self.eyes = [self._fit_eye(m, *marks, iris, blink)
+                     for marks, iris, blink in zip(EYES, IRISES, ("blink_r", "blink_l"))]
         # brows: a band around each brow, its centre and half-size in px
         self.brows = [(torch.as_tensor(m[list(b)].mean(0)), float(np.ptp(m[list(b)][:, 0]) / 2)) for b in BROWS]
         reach = max(2.4 * half for _, half in self.brows) + 0.18 * h
@@ -209,6 +225,7 @@ class PhotoRig:
         coords = (torch.arange(size, dtype=torch.float32) + 0.5)
         y, x = torch.meshgrid(coords, coords, indexing="ij")
         self.pixels = torch.stack([x, y], dim=-1)  # (R, R, 2) px centres
+        self.sclera = self._without_irises()
         # head: it turns about a pivot under the chin, with a weight 1 in the face oval falling to 0 past its edge
         oval = m[list(FACE_OVAL)]
         lo, hi = oval.min(0), oval.max(0)
@@ -231,6 +248,44 @@ class PhotoRig:
         """Mean RGB (3,) of the photo at `points` (K, 2) px."""
         grid = torch.as_tensor(points, dtype=torch.float32) / self.size * 2 - 1  # (K, 2)
         return F.grid_sample(self.image, grid[None, None], align_corners=False)[0, :, 0].mean(1)
+
+    def _fit_eye(self, m: np.ndarray, left: int, right: int, upper, lower, iris: int, blink: str) -> "_Eye":
+        """One eye's geometry from its landmarks: lid curves through the corners, the iris's centre and radius
+        (half its horizontal ring diameter: the vertical ring points sit on the lids), and the pixel box that the
+        lids, their stretching skin bands and the moving iris stay inside."""
+        frame = _Frame.between(m[left], m[right], self.height)
+        up = _curve(frame, np.concatenate([m[[left, right]], m[list(upper)]]))
+        low = _curve(frame, np.concatenate([m[[left, right]], m[list(lower)]]))
+        across = torch.linspace(-1.3, 1.3, 27)
+        top, bottom = _on_curve(up, across), _on_curve(low, across)
+        gap = (bottom - top).clamp(min=0)
+        opening = float(gap.amax())
+        radius = float(np.linalg.norm(m[iris + 1] - m[iris + 3])) / 2
+        box = self._box(frame, 1.3, float((top - LID_BAND * gap).amin()) - 2 / self.height,
+                        float((bottom + LOW_BAND * gap).amax()) + 2 / self.height)
+        # blink_l closes the subject's left eye, on the image's right (models/data/params.py)
+        return _Eye(frame, up, low, opening, torch.as_tensor(m[iris], dtype=torch.float32), radius, box,
+                    PARAM_INDEX[blink])
+
+    def _without_irises(self) -> torch.Tensor:
+        """The photo with each iris painted over by the white of its eye (1, 3, R, R): along each line through
+        the iris parallel to the eye's axis, the colour goes linearly from the sclera at the iris's one side to
+        the sclera at the other. A moved iris uncovers this where the photo's iris was."""
+        out = self.image.clone()
+        for eye in self.eyes:
+            r = eye.iris_radius * IRIS_EDGE[1] + 1.0                          # px: past the iris's soft edge
+            d = self.pixels - eye.iris
+            inside = d.square().sum(-1) < r * r                              # (R, R)
+            u, v = eye.frame.st(self.pixels[inside])                          # s: half widths, t: face heights
+            u, v = (u - float(eye.frame.st(eye.iris)[0])) * eye.frame.s_unit, v - float(eye.frame.st(eye.iris)[1])
+            half = (r * r - (v * self.height).square()).clamp(min=1.0).sqrt()  # px: the chord's half length
+            ends = [eye.iris + eye.frame.along * (sign * half[:, None]) + eye.frame.down * (v[:, None] * self.height)
+                    for sign in (-1.0, 1.0)]
+            a, b = (F.grid_sample(self.image, (e / self.size * 2 - 1)[None, None], align_corners=False,
+                                  padding_mode="border")[0, :, 0] for e in ends)   # (3, K) each
+            w = ((u + half) / (2 * half)).clamp(0, 1)
+            out[0][:, inside] = a + w * (b - a)
+        return out
 
     # ---- the layers' warps: forward displacement (px) of a photo point p (B, R, R, 2) --------------------------
 
@@ -256,16 +311,52 @@ class PhotoRig:
         dt = dt - SMILE_GAIN * prm[:, PARAM_INDEX["smile"], None, None] * s.clamp(-1, 1).square() * near
         return self.mouth.offset(ds, dt)
 
-    def _lid_offset(self, p: torch.Tensor, prm: torch.Tensor, eye: int) -> torch.Tensor:
-        frame, up, low = self.eyes[eye]
-        s, t = frame.st(p)
-        opening = (_on_curve(low, s) - _on_curve(up, s)).clamp(min=0)      # face heights, per column
-        above = (_on_curve(up, s) - t).clamp(min=0)                          # face heights over the upper lid
-        # blink_l closes the subject's left eye, on the image's right (models/data/params.py)
-        blink = prm[:, PARAM_INDEX["blink_r" if eye == 0 else "blink_l"], None, None].clamp(0, 1)
-        lateral = 1 - _smooth((s.abs() - 0.7) / 0.5)
-        dt = blink * opening * lateral * (1 - _smooth(above / self.lid_reach[eye]))
-        return frame.offset(torch.zeros_like(dt), dt)
+    def _eye(self, q: torch.Tensor, plain: torch.Tensor, prm: torch.Tensor, eye: _Eye) -> torch.Tensor:
+        """One eye, drawn at the still-face points q (B, h, w, 2) of its box: (B, 3, h, w).
+
+        The eye is two layers. In front, the lid skin: blink moves the upper lid's edge down along its own curve
+        until it meets the lower lid, which rises LOWER_RISE of the opening; the lash line (LASH of the opening
+        over the edge) moves with it whole, and the band of lid skin above it (LID_BAND) unrolls over the eye,
+        so the crease and the brow above it stay where they are. Behind, the eyeball: the photo's own, with its
+        iris moved by the gaze (the photo's iris painted over by its sclera where it was) and cut off by the
+        lids; iris pixels that the photo's lids hid are taken mirrored from the visible ones. At rest both
+        layers are the photo's pixels (`plain`): the eye renders as itself."""
+        f, px = eye.frame, self.height                                       # px per face height
+        s, t = f.st(q)
+        up, low = _on_curve(eye.upper, s), _on_curve(eye.lower, s)
+        gap = (low - up).clamp(min=0)
+        blink = prm[:, eye.blink, None, None].clamp(0, 1)
+        gaze_x = prm[:, PARAM_INDEX["gaze_x"], None, None].clamp(-1, 1)
+        gaze_y = prm[:, PARAM_INDEX["gaze_y"], None, None].clamp(-1, 1)
+        edge_up = up + (1 - LOWER_RISE) * gap * blink                        # where the lids' edges are now
+        edge_low = low - LOWER_RISE * gap * blink
+        # the lid skin: where in the photo each point of the moved lids comes from (t only, per column s)
+        drop, band, lash = edge_up - up, LID_BAND * gap + 1e-6, LASH * gap
+        crease = up - band                                                  # above it nothing moves
+        unrolled = crease + (t - crease) * (band - lash) / (band - lash + drop)
+        src_up = torch.where(t < crease, t, torch.where(t < edge_up - lash, unrolled, t - drop))
+        rise, low_band = low - edge_low, LOW_BAND * gap + 1e-6
+        floor = low + low_band                                              # below it nothing moves
+        src_low = torch.where(t > floor, t, torch.where(t > edge_low, floor - (floor - t) * low_band /
+                                                        (low_band + rise), t + rise))
+        src = torch.where(t < (edge_up + edge_low) / 2, src_up, src_low)
+        skin = self._sample(q + f.offset(torch.zeros_like(t), src - t))
+        lids = (((edge_up - t) * px + 0.5).clamp(0, 1) + ((t - edge_low) * px + 0.5).clamp(0, 1)).clamp(max=1)
+        lids = lids[:, None]
+        # the eyeball: the iris moved by the gaze, mirrored back into the photo's opening where it was hidden
+        shift = f.offset(gaze_x * GAZE_X, gaze_y * (GAZE_Y * eye.opening / 2))  # (B, 1, 1, 2) px
+        moved = q - shift
+        ms, mt = f.st(moved)
+        top, bottom = _on_curve(eye.upper, ms) - 0.5 / px, _on_curve(eye.lower, ms) + 0.5 / px
+        mirrored = torch.where(mt < top, 2 * top - mt, torch.where(mt > bottom, 2 * bottom - mt, mt))
+        mirrored = torch.minimum(torch.maximum(mirrored, top), bottom)
+        iris = self._sample(moved + f.offset(torch.zeros_like(mt), mirrored - mt))
+        sclera = self._sample(q, self.sclera)
+        inner, outer = IRIS_EDGE[0] * eye.iris_radius, IRIS_EDGE[1] * eye.iris_radius
+        was = (1 - _smooth(((q - eye.iris).norm(dim=-1) - inner) / (outer - inner)))[:, None]
+        now = (1 - _smooth(((moved - eye.iris).norm(dim=-1) - inner) / (outer - inner)))[:, None]
+        eyeball = plain + now * (iris - sclera) - was * (plain - sclera)
+        return eyeball + lids * (skin - eyeball)
 
     def _brow_offset(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
         raise_ = prm[:, PARAM_INDEX["brow_raise"], None, None]
@@ -300,9 +391,11 @@ class PhotoRig:
             q = target - offset(q)
         return q
 
-    def _sample(self, q: torch.Tensor) -> torch.Tensor:
+    def _sample(self, q: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """The photo (or `image`, (1, 3, R, R)) at points q (B, h, w, 2) px, bilinear: (B, 3, h, w)."""
         grid = q / self.size * 2 - 1
-        return F.grid_sample(self.image.expand(q.shape[0], -1, -1, -1), grid, mode="bilinear",
+        image = self.image if image is None else image
+        return F.grid_sample(image.expand(q.shape[0], -1, -1, -1), grid, mode="bilinear",
                              padding_mode="border", align_corners=False)
 
     def _side(self, q: torch.Tensor, frame: _Frame, coef: torch.Tensor) -> torch.Tensor:
@@ -334,12 +427,10 @@ class PhotoRig:
         base[:, rows, cols] = self._invert(base[:, rows, cols], lambda q: self._brow_offset(q, prm))
         plain = self._sample(base)                                           # (B, 3, R, R): the moved photo
         out = plain.clone()
-        # eyelids: the skin over each upper lid slides down over the eye
-        for eye, (rows, cols) in enumerate(self.eye_boxes):
-            at, still = base[:, rows, cols], out[:, :, rows, cols]
-            q = self._invert(at, lambda q, e=eye: self._lid_offset(q, prm, e))
-            lid = (0.5 - self._side(q, self.eyes[eye][0], self.eyes[eye][1])).clamp(0, 1)  # 1 over the lid line
-            out[:, :, rows, cols] = still + lid * (self._sample(q) - still)
+        # eyes: the lids close over the eyeball, the irises move inside it
+        for eye in self.eyes:
+            rows, cols = eye.box
+            out[:, :, rows, cols] = self._eye(base[:, rows, cols], plain[:, :, rows, cols], prm, eye)
         # mouth: the upper and lower layers part along the seam; the interior shows between them
         rows, cols = self.mouth_box
         at, still = base[:, rows, cols], plain[:, :, rows, cols]  # the box may reach the lids: add to `out`

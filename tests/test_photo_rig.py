@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from actorcast.actors.engine import Engine
 from actorcast.actors.framing import frame_reference
@@ -16,7 +18,9 @@ from actorcast.models.decoder import param_latent
 from actorcast.models.errors import InputError
 from actorcast.models.photo_rig import (
     CHIN,
+    EYES,
     FOREHEAD_TOP,
+    IRISES,
     HEAD_GAIN,
     MOUTH_CORNERS,
     PhotoRig,
@@ -74,6 +78,51 @@ def test_blinks_close_the_eyes_and_only_the_mouth_moves_for_speech(rig):
     nose_y = int(rig.mouth.origin[1] - 0.25 * rig.height)
     assert torch.allclose(spoken[..., :nose_y, :], rig.image[..., :nose_y, :], atol=1e-5)
     assert (spoken - rig.image).abs().amax() > 0.3
+
+
+def _eye_mask(marks: np.ndarray, grow: int) -> torch.Tensor:
+    """(R, R) bool: inside either eye's landmark outline (corners and lid points), grown by `grow` px."""
+    img = Image.new("L", (SIZE, SIZE), 0)
+    for left, right, upper, lower in EYES:
+        outline = [left, *upper, right, *reversed(lower)]
+        ImageDraw.Draw(img).polygon([tuple(map(float, marks[i])) for i in outline], fill=1)
+    inside = torch.from_numpy(np.array(img, np.float32))[None, None]
+    return F.max_pool2d(inside, 2 * grow + 1, stride=1, padding=grow)[0, 0] > 0
+
+
+def test_a_blink_closes_the_eye_with_the_lid_and_leaves_the_skin_above_it(framing, rig):
+    """blink 1: the meter reads each eye below 35 % of its open reading, and the upper lid, not the skin above it,
+    came down: the skin more than 1.2 eye openings over the upper lid (the crease, the brow) is the photo's."""
+    reading = FaceMeter().read(to_uint8(rig.render(_poses(blink_l=[0.0, 1.0], blink_r=[0.0, 1.0]))), static=True)
+    assert reading.found.all()
+    for side in (reading.eye_open_l, reading.eye_open_r):
+        assert side[1] < 0.35 * side[0], side
+    closed = rig.render(_poses(blink_l=[1.0], blink_r=[1.0]))[0]
+    moved = (closed - rig.image[0]).abs().amax(0)                          # (R, R)
+    marks = framing.crop_landmarks(SIZE)
+    for left, right, upper, lower in EYES:
+        opening = float(np.linalg.norm(marks[upper[3]] - marks[lower[3]]))
+        columns = slice(int(marks[left][0]) + 1, int(marks[right][0]))
+        lid = marks[list(upper), 1].min()
+        above = slice(int(lid - 3 * opening), int(lid - 1.2 * opening))
+        assert moved[above, columns].amax() < 1e-5, moved[above, columns].amax()
+        assert moved[int(lid):int(lid + opening), columns].amax() > 0.2    # the eye itself did change
+
+
+def test_gaze_moves_the_irises_and_nothing_outside_the_eyes(framing, rig):
+    """gaze_x -1 and +1: the meter's iris centres (refined landmarks) move left and right by over 2 px, not up or
+    down; every pixel outside the eyes' outlines (grown by 2 px) is the photo's."""
+    frames = rig.render(_poses(gaze_x=[-1.0, 1.0, 0.0, 0.0], gaze_y=[0.0, 0.0, -1.0, 1.0]))
+    marks = framing.crop_landmarks(SIZE)
+    outside = ~_eye_mask(marks, 2)
+    assert (frames - rig.image).abs().amax(1)[:, outside].amax() < 1e-5
+    reading = FaceMeter().read(to_uint8(frames[:2]), static=True)
+    assert reading.found.all()
+    for iris in IRISES:
+        dx, dy = reading.landmarks[1, iris] - reading.landmarks[0, iris]
+        assert dx > 2.0 and abs(dy) < 1.0, (iris, dx, dy)
+    inside = _eye_mask(marks, 0)
+    assert (frames[3] - frames[2]).abs().amax(0)[inside].amax() > 0.1        # gaze_y moves them too
 
 
 def test_head_motion_stays_inside_the_face_oval(rig):
