@@ -58,6 +58,14 @@ def test_eval_quick_writes_every_field(untrained_weights, tmp_path):
     assert report["blink_r_ground_truth"] > 0.3
     # Every frame is counted: those without a face are reported, not dropped.
     assert report["meter_frames"] == 2 * 4 * 25
+    # How much of the data's motion the generator reproduces, in speech and in silence, for both speech sources.
+    for suffix in ("", "_tts"):
+        for key in ("motion_spread", "motion_spread_idle"):
+            assert set(report[key + suffix]) == {"jaw", "lips", "brows", "blinks", "gaze", "head"}, key
+        assert all(math.isfinite(v) and v >= 0 for v in report["motion_spread" + suffix].values())
+        for key in ("blinks_per_min", "blinks_per_min_ground_truth", "blinks_per_min_idle",
+                    "blinks_per_min_idle_ground_truth", "idle_seconds"):
+            assert isinstance(report[key + suffix], float), key + suffix
     assert set(report["meter_missing"]) == {"ground_truth", "ceiling", "model", "floor"}
     assert all(0 <= n <= report["meter_frames"] for n in report["meter_missing"].values())
     assert report["meter_missing"]["ground_truth"] == 0

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from actorcast.models.data.dataset import HELDOUT_START, identity_seed, make_clip
 from actorcast.models.data.face import render, sample_identities
-from actorcast.models.data.params import PARAM_INDEX, neutral_params
-from actorcast.models.decoder import param_latent
+from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
+from actorcast.models.decoder import denormalise_params, param_latent
 from actorcast.models.kv_cache import POLICY_NAMES, CacheConfig
 from actorcast.models.training.meter import FaceMeter, MeterReading
+from actorcast.models.training.motion_measures import motion_scores
 from actorcast.models.sampling import SamplerConfig, generate
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,14 @@ def generate_motion(models: Models, audio: torch.Tensor, reference: torch.Tensor
     return generate(models.motion, feats, z_ref, torch.tensor([emotion]), policy, SamplerConfig(seed=seed))[0]
 
 
+def motion_params(models: Models, z: torch.Tensor, probe_params: torch.Tensor) -> torch.Tensor:
+    """The motion parameters (T, N_PARAMS) of generated latents: read straight off a parameter latent, else the
+    probe's reading of the frames they decode to."""
+    if models.latent == "params":
+        return denormalise_params(z[:, :N_PARAMS])
+    return probe_params
+
+
 class _Readings:
     """Meter readings per condition, pooled over clips, with the truth they are scored against."""
 
@@ -145,6 +154,7 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
     """Meter-read lip-sync of the model, the decoder's ceiling, the floor and the ground truth itself, over n
     held-out clips of `source` (the formant babble, or espeak speech); decoder PSNR and the probe's jaw r too."""
     read, mse, probe_jaw = _Readings(), [], {"ceiling": [], "model": []}
+    generated, truths, audios = [], [], []
     for i in range(n_clips):
         clip = make_clip(HELDOUT_START + CLIP_STRIDE * i, seconds, size=size, source=source)
         read.truth.append(clip.params[:, JAW].numpy())
@@ -157,11 +167,15 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
             read.add("encoded", meter.read(decode(models, clip.reference, encode(models, clip.frames))))
         probe_jaw["ceiling"].append(probe_read(models, ceiling)[:, JAW].numpy())
         for name, audio in (("model", clip.audio), ("floor", torch.zeros_like(clip.audio))):
-            frames = decode(models, clip.reference,
-                            generate_motion(models, audio, clip.reference, clip.emotion, policy, seed=i))
+            z = generate_motion(models, audio, clip.reference, clip.emotion, policy, seed=i)
+            frames = decode(models, clip.reference, z)
             read.add(name, meter.read(frames))
             if name == "model":
-                probe_jaw["model"].append(probe_read(models, frames)[:, JAW].numpy())
+                probe_params = probe_read(models, frames)
+                probe_jaw["model"].append(probe_params[:, JAW].numpy())
+                generated.append(motion_params(models, z, probe_params))
+                truths.append(clip.params)
+                audios.append(clip.audio)
     truth, blink = np.concatenate(read.truth), np.concatenate(read.blink)
     r = {name: pearson(truth, read.mouth(name)) for name in read.parts}
     result = {"meter_r_ground_truth": r["ground_truth"], "lipsync_r_ceiling": r["ceiling"],
@@ -175,7 +189,9 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
               "meter_missing": read.missing(), "meter_frames": int(len(truth)),
               "probe_lipsync_r_ceiling": pearson(truth, np.concatenate(probe_jaw["ceiling"])),
               "probe_lipsync_r": pearson(truth, np.concatenate(probe_jaw["model"])),
-              "psnr_db": float(-10 * np.log10(max(np.mean(mse), 1e-10)))}
+              "psnr_db": float(-10 * np.log10(max(np.mean(mse), 1e-10))),
+              **motion_scores(generated, truths, audios, [r.eye_open for r in read.parts["model"]],
+                              [r.eye_open for r in read.parts["ground_truth"]])}
     if source != "babble":
         result = {f"{k}_{source}": v for k, v in result.items()}
     return result

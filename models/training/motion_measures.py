@@ -1,0 +1,116 @@
+"""How much of the data's motion a generator reproduces: spread per motion group, blink rate, in speech and silence.
+
+Lip-sync says whether the mouth follows the audio; it says nothing of the motion the audio does not determine
+(blinks, gaze, head, brows), which a few-step sampler that regresses to the mean averages away. These measures
+compare the generated motion with the true motion of the same held-out clips:
+
+- `motion_spread[group]`: the generated parameters' spread over the true parameters', per group of
+  `MOTION_GROUPS`. Both are normalised to [-1, 1] per parameter (models/decoder.py `normalise_params`), centred
+  per clip (a steady offset is not motion), and pooled over the group's parameters and the clips:
+  sqrt(sum of squares generated / sum of squares true). 1 = the data's spread, < 1 = too still.
+- `blinks_per_min`: blinks counted the same way (`count_blinks`) on the meter's eye openness of generated and of
+  ground-truth frames, so the figure is what a viewer sees, beside `blinks_per_min_ground_truth`.
+- the same on the clips' silent stretches (`silent_frames`), with the suffix `_idle`: silence must not freeze.
+"""
+
+import numpy as np
+import torch
+
+from actorcast.models.data.params import PARAM_INDEX
+from actorcast.models.decoder import normalise_params
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
+
+MOTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "jaw": ("jaw_open",),
+    "lips": ("lip_spread", "lip_round"),
+    "brows": ("brow_raise", "brow_furrow"),
+    "blinks": ("blink_l", "blink_r"),
+    "gaze": ("gaze_x", "gaze_y"),
+    "head": ("head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale"),
+}
+SILENCE_LEVEL = 0.03      # a frame is silent when its RMS is under this fraction of the clip's p95 frame RMS
+SILENCE_MIN_FRAMES = 10   # only runs of at least 0.4 s count as silence (not the gap inside a word)
+BLINK_DEPTH = 0.5         # a blink: the eye openness falls under half of the clip's open level (its median)
+
+
+def silent_frames(audio: torch.Tensor | np.ndarray, n_frames: int) -> np.ndarray:
+    """(n_frames,) bool: the frames of 16 kHz `audio` inside a silent run of at least SILENCE_MIN_FRAMES."""
+    pcm = np.asarray(audio, np.float64)[: n_frames * SAMPLES_PER_FRAME]
+    pcm = np.pad(pcm, (0, n_frames * SAMPLES_PER_FRAME - len(pcm)))
+    rms = np.sqrt((pcm.reshape(n_frames, SAMPLES_PER_FRAME) ** 2).mean(1))
+    quiet = rms <= SILENCE_LEVEL * max(np.percentile(rms, 95), 1e-9)
+    mask = np.zeros(n_frames, bool)
+    for start, end in _runs(quiet):
+        if end - start >= SILENCE_MIN_FRAMES:
+            mask[start:end] = True
+    return mask
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of every run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def motion_spread(generated: list[torch.Tensor], truth: list[torch.Tensor],
+                  masks: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Spread ratio per group of MOTION_GROUPS (module docstring) over clips of (T, N_PARAMS) parameters; `masks`
+    (T,) bool keep only some frames of each clip (at least 2 of a clip, else the clip is left out)."""
+    sums = {group: [0.0, 0.0] for group in MOTION_GROUPS}
+    for i, (gen, true) in enumerate(zip(generated, truth, strict=True)):
+        gen, true = normalise_params(gen.double()), normalise_params(true.double())
+        if masks is not None:
+            keep = torch.from_numpy(np.asarray(masks[i], bool))
+            if keep.sum() < 2:
+                continue
+            gen, true = gen[keep], true[keep]
+        gen, true = gen - gen.mean(0), true - true.mean(0)
+        for group, names in MOTION_GROUPS.items():
+            idx = [PARAM_INDEX[n] for n in names]
+            sums[group][0] += float(gen[:, idx].square().sum())
+            sums[group][1] += float(true[:, idx].square().sum())
+    return {group: float(np.sqrt(g / t)) if t > 0 else float("nan") for group, (g, t) in sums.items()}
+
+
+def blink_onsets(eye_open: np.ndarray) -> np.ndarray:
+    """Frame indices where a blink starts in an eye-openness series (NaN where no face was read).
+
+    The open level is the series' median; a blink is a run of frames under BLINK_DEPTH of it, and two runs one
+    frame apart are one blink (a reading that flickers at the bottom)."""
+    eye = np.asarray(eye_open, np.float64)
+    finite = np.isfinite(eye)
+    if finite.sum() < 3:
+        return np.zeros(0, int)
+    closed = np.where(finite, eye < BLINK_DEPTH * np.median(eye[finite]), False)
+    starts, last_end = [], -10
+    for start, end in _runs(closed):
+        if start - last_end > 1:
+            starts.append(start)
+        last_end = end
+    return np.asarray(starts, int)
+
+
+def count_blinks(eye_open: np.ndarray, mask: np.ndarray | None = None) -> int:
+    """Blinks in an eye-openness series; with `mask`, only those that start in a masked frame."""
+    onsets = blink_onsets(eye_open)
+    return int(len(onsets) if mask is None else np.asarray(mask, bool)[onsets].sum())
+
+
+def blink_rates(eyes: list[np.ndarray], masks: list[np.ndarray] | None = None) -> float:
+    """Blinks a minute over clips of eye-openness series, in all frames or (with masks) in the masked ones."""
+    blinks = sum(count_blinks(e, None if masks is None else m) for e, m in zip(eyes, masks or [None] * len(eyes)))
+    frames = sum(len(e) for e in eyes) if masks is None else sum(int(np.sum(m)) for m in masks)
+    return 60.0 * FPS * blinks / frames if frames else float("nan")
+
+
+def motion_scores(generated: list[torch.Tensor], truth: list[torch.Tensor], audio: list[torch.Tensor],
+                  eyes_model: list[np.ndarray], eyes_truth: list[np.ndarray]) -> dict:
+    """Every measure of the module docstring over clips: generated and true parameters (T, N_PARAMS), the clips'
+    audio, and the meter's eye openness (T,) of the generated and of the ground-truth frames."""
+    silent = [silent_frames(a, len(t)) for a, t in zip(audio, truth)]
+    return {"motion_spread": motion_spread(generated, truth),
+            "motion_spread_idle": motion_spread(generated, truth, silent),
+            "blinks_per_min": blink_rates(eyes_model), "blinks_per_min_ground_truth": blink_rates(eyes_truth),
+            "blinks_per_min_idle": blink_rates(eyes_model, silent),
+            "blinks_per_min_idle_ground_truth": blink_rates(eyes_truth, silent),
+            "idle_seconds": sum(int(s.sum()) for s in silent) / FPS}
