@@ -268,6 +268,7 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     # Workers do not run in the driver's working directory: hand them absolute paths.
     cfg = dataclasses.replace(cfg, out_dir=str(out), device="cuda" if use_gpu else "cpu",
                               weights=str(Path(cfg.weights).resolve()) if cfg.weights else "",
+                              init=str(Path(cfg.init).resolve()) if cfg.init else "",
                               data=cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()))
     # DataParallelTrainer rather than TorchTrainer: the workers join a process group whose store is bound to the
     # node address only (TorchTrainer's env:// rendezvous listens on every interface).
@@ -312,6 +313,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "and this machine can reach (NFS, a shared disk); --resume reads it")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of talking-head mp4s")
     p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="motion stage: start from the audio encoder and generator exported in DIR (fine-tune "
+                        "them with the preset's training settings) instead of from scratch")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
@@ -342,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.
     cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
                          "data": args.data, "weights": args.weights, "device": args.device,
-                         "latent": args.latent})
+                         "latent": args.latent, "init": args.init or ""})
     get_stage(args.stage).check(cfg)
     metrics = launch(cfg, args.workers, args.resume, args.address, args.storage)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

@@ -32,8 +32,17 @@ class MotionConfig:
     p_drop_emotion: float = 0.1  # trains the "null" emotion used when none is given
     p_noisy_context: float = 0.5  # chance that a prefix of chunks is only lightly noised (context)
     k_context_max: float = 0.1  # noise level of such context frames: U(0, k_context_max)
+    # Train as the sampler runs: with this chance a sequence's frames share one noise level per chunk (the
+    # sampler denoises a whole chunk at one level over a clean past), instead of one level per frame.
+    p_chunk_level: float = 0.0
+    # Loss weight of the latent dimensions [weighted_dims[0], weighted_dims[1]): on the parameter latent these are
+    # the ones the audio does not determine (smile to head_scale, models/data/params.py), whose rare events
+    # (blinks, gaze saccades, nods) are few frames of the loss and were learnt as their mean.
+    weighted_dims: tuple[int, int] = (0, 0)
+    dim_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "weighted_dims", tuple(self.weighted_dims))  # a list when read back from JSON
         for name in ("d_motion", "d_audio", "d_model", "n_layers", "n_heads", "tokens_per_frame", "chunk_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be >= 1")
@@ -41,7 +50,10 @@ class MotionConfig:
             raise ConfigError(f"audio_past={self.audio_past}, audio_future={self.audio_future} must be >= 0")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ConfigError(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
-        for name in ("p_drop_audio", "p_drop_emotion", "p_noisy_context", "k_context_max"):
+        if not 0 <= self.weighted_dims[0] <= self.weighted_dims[1] <= self.d_motion or self.dim_weight <= 0:
+            raise ConfigError(f"weighted_dims={self.weighted_dims} must lie in [0, d_motion={self.d_motion}] and "
+                              f"dim_weight={self.dim_weight} must be > 0")
+        for name in ("p_drop_audio", "p_drop_emotion", "p_noisy_context", "k_context_max", "p_chunk_level"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be in [0, 1]")
 
@@ -59,7 +71,7 @@ MOTION_PRESETS: dict[str, MotionConfig] = {
     # attention over <= 60 cached tokens (~0.13 MFLOP); S=4 Euler steps + 1 cache-writing pass = 5 passes
     # -> ~9 MFLOP per frame (x2 with audio CFG), ~0.25-0.45 GFLOP/s at 25 fps: well under 10 ms per
     # 4-frame chunk, leaving the CPU to the audio encoder and the 256x256 decoder.
-    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4),
+    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4, p_chunk_level=0.5, weighted_dims=(3, 16), dim_weight=4.0),
     "base": MotionConfig(d_model=768, n_layers=14, n_heads=12),  # ~100 M parameters
     "large": MotionConfig(d_model=1280, n_layers=25, n_heads=20),  # ~500 M parameters
 }
@@ -356,6 +368,9 @@ def diffusion_forcing_loss(model: MotionGenerator, z, audio, z_ref, emotion=None
 
     k = rand(B, T)  # (B, T): every frame its own noise level
     n_chunks = -(-T // c.chunk_frames)
+    if c.p_chunk_level > 0:  # some sequences: one level per chunk, as the sampler denoises a chunk
+        per_chunk = rand(B, n_chunks).repeat_interleave(c.chunk_frames, dim=1)[:, :T]
+        k = torch.where((rand(B) < c.p_chunk_level)[:, None], per_chunk, k)
     if n_chunks > 1:
         n_ctx = torch.randint(1, n_chunks, (B,), generator=generator).to(z.device) * c.chunk_frames  # (B,)
         is_ctx = (rand(B) < c.p_noisy_context)[:, None] & (torch.arange(T, device=z.device)[None] < n_ctx[:, None])
@@ -368,6 +383,12 @@ def diffusion_forcing_loss(model: MotionGenerator, z, audio, z_ref, emotion=None
     if emotion is not None:
         emotion = torch.where(rand(B) < c.p_drop_emotion, torch.full_like(emotion, NULL_EMOTION), emotion)
     v = model(x, k.to(z.dtype), audio, z_ref, emotion, audio_keep)
-    err = (v - (eps - z)).pow(2).mean(dim=-1)  # (B, T)
+    err = (v - (eps - z)).pow(2)  # (B, T, d_motion)
+    lo, hi = c.weighted_dims
+    if hi > lo and c.dim_weight != 1.0:
+        dims = torch.ones(c.d_motion, device=z.device, dtype=err.dtype)
+        dims[lo:hi] = c.dim_weight
+        err = err * (dims / dims.mean())  # the same total weight, moved toward the weighted dims
+    err = err.mean(dim=-1)  # (B, T)
     weight = (~is_ctx).to(err.dtype)
     return (err * weight).sum() / weight.sum().clamp(min=1.0)

@@ -189,3 +189,52 @@ def test_on_gpu_chunked_equals_full_pass_and_sampling_is_deterministic(policy):
     a = generate(model, audio.repeat(1, 5, 1), z_ref, emotion, bounded)
     b = generate(model, audio.repeat(1, 5, 1), z_ref, emotion, bounded)
     assert a.shape == (2, 90, SMALL.d_motion) and torch.equal(a, b)
+
+
+def _loss_inputs(config, captured):
+    """A model whose forward records the noise levels it is given, and inputs for the loss."""
+    model = model_of(config)
+    forward = model.forward
+
+    def spy(x, k, *args, **kwargs):
+        captured.append(k.clone())
+        return forward(x, k, *args, **kwargs)
+
+    model.forward = spy
+    z, _, audio, z_ref, emotion = inputs(config, B=8, T=16)
+    return model, z, audio, z_ref, emotion
+
+
+def test_chunk_level_training_shares_one_noise_level_per_chunk():
+    """p_chunk_level = 1 trains every sequence as the sampler runs it: one level for a chunk's frames."""
+    for p, shared in ((1.0, True), (0.0, False)):
+        config = MotionConfig(**{**SMALL.__dict__, "p_chunk_level": p, "p_noisy_context": 0.0})
+        captured = []
+        model, z, audio, z_ref, emotion = _loss_inputs(config, captured)
+        diffusion_forcing_loss(model, z, audio, z_ref, emotion, generator=torch.Generator().manual_seed(0))
+        k = captured[0].reshape(8, 4, config.chunk_frames)  # (B, chunks, frames of a chunk)
+        within = (k - k[..., :1]).abs().amax()
+        assert (within == 0) == shared, (p, float(within))
+        assert k[:, 0, 0].std() > 0.1  # the levels still vary between sequences and chunks
+
+
+def test_weighted_dims_move_the_loss_toward_them():
+    """The loss weighs the dimensions in weighted_dims dim_weight times the others, at the same total weight."""
+    base = MotionConfig(**{**SMALL.__dict__, "p_noisy_context": 0.0})
+    weighted = MotionConfig(**{**base.__dict__, "weighted_dims": (2, 5), "dim_weight": 4.0})
+    model, z, audio, z_ref, emotion = _loss_inputs(base, [])
+    model.forward = lambda x, *args, **kwargs: torch.zeros_like(x)  # v = 0: each dimension's error stands alone
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731  (the same noise for every loss)
+    plain = diffusion_forcing_loss(model, z, audio, z_ref, emotion, generator=g())
+    # Only the weighted dimensions wrong: the same target error counts 4 / mean(weights) times as much.
+    z_far = z.clone()
+    z_far[..., 2:5] += 1.0
+    model.config = base
+    plain_far = diffusion_forcing_loss(model, z_far, audio, z_ref, emotion, generator=g())
+    model.config = weighted
+    same = diffusion_forcing_loss(model, z, audio, z_ref, emotion, generator=g())
+    weighted_far = diffusion_forcing_loss(model, z_far, audio, z_ref, emotion, generator=g())
+    mean_weight = (3 * 4.0 + 3 * 1.0) / 6
+    assert float(weighted_far - same) == pytest.approx(float(plain_far - plain) * 4.0 / mean_weight, rel=1e-4)
+    with pytest.raises(ConfigError, match="weighted_dims"):
+        MotionConfig(**{**base.__dict__, "weighted_dims": (2, 9)})

@@ -124,3 +124,39 @@ def test_motion_stage_trains_on_cached_latents(tmp_path):
     assert clip_sources(4, 0.0) == ["babble"] * 4 and clip_sources(3, 1.0) == ["tts"] * 3
     for name in ("audio_encoder", "motion_generator"):
         assert (tmp_path / "motion" / f"{name}.safetensors").is_file()
+
+
+def test_motion_stage_init_fine_tunes_an_export_with_the_presets_training_settings(tmp_path):
+    """--init starts from an export's audio encoder and generator (every tensor), with the preset's training
+    settings, and is refused where there is no generator export or for another stage."""
+    import dataclasses
+
+    from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
+    from actorcast.models.motion import MOTION_PRESETS, MotionGenerator
+    from actorcast.models.presets import get_preset
+    from actorcast.models.training.motion_stage import MotionStage, MotionTrainer
+
+    torch.manual_seed(1)
+    preset = get_preset("tiny")
+    old = dataclasses.replace(preset.motion, p_chunk_level=0.0, weighted_dims=(0, 0), dim_weight=1.0)
+    export = tmp_path / "export"
+    generator, audio = MotionGenerator(old), AudioEncoder(preset.audio)
+    save_weights(export, "motion_generator", generator, old)
+    save_weights(export, "audio_encoder", audio, preset.audio)
+    trainer = MotionTrainer("tiny", latent="params", init=str(export))
+    for mine, theirs in ((trainer.generator, generator), (trainer.audio, audio)):
+        for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert trainer.generator.config.p_chunk_level == MOTION_PRESETS["tiny"].p_chunk_level > 0
+    assert trainer.generator.config.weighted_dims == MOTION_PRESETS["tiny"].weighted_dims
+    # On an encoder latent the dimensions name no parameters: nothing is weighted.
+    assert MotionTrainer("tiny", latent="encoder").generator.config.dim_weight == 1.0
+    assert AUDIO_PRESETS["tiny"] == trainer.audio_config
+    from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+    save_weights(export, "motion_encoder", MotionEncoder(MOTION_AE_PRESETS["tiny"]), MOTION_AE_PRESETS["tiny"])
+    MotionStage.check(_cfg(tmp_path, "motion", weights=str(export), init=str(export)))
+    with pytest.raises(ConfigError, match="holds no motion_generator"):
+        MotionStage.check(_cfg(tmp_path, "motion", weights=str(export), init=str(tmp_path)))
+    with pytest.raises(ConfigError, match="motion stage only"):
+        from actorcast.models.training.probe_stage import ProbeStage
+        ProbeStage.check(_cfg(tmp_path, "probe", init=str(export)))

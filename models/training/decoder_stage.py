@@ -93,6 +93,8 @@ class DecoderStage:
 
     @staticmethod
     def check(cfg) -> None:
+        if cfg.init:
+            raise ConfigError("--init fine-tunes the motion stage only; drop it for this stage")
         if cfg.data != "synthetic" and not Path(cfg.data).is_dir():
             raise ConfigError(f"--data {cfg.data} is neither 'synthetic' nor a folder of videos")
         if cfg.data != "synthetic" and cfg.resolved_latent() == "params":

@@ -9,6 +9,7 @@ Latents are computed once per (encoder weights, clip set) and cached on disk bes
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,6 +44,9 @@ AUDIO_CONTEXT = 8  # frames of audio before a training window, so the causal enc
 ENCODE_BATCH = 50
 EVAL_CLIPS = 8
 CALIBRATION_CLIPS = 64
+# MotionConfig fields that shape training, not the network: a fine-tune (`--init`) takes them from the preset.
+TRAINING_FIELDS = ("p_drop_audio", "p_drop_emotion", "p_noisy_context", "k_context_max", "p_chunk_level",
+                   "weighted_dims", "dim_weight")
 
 
 def load_motion_encoder(weights: str) -> MotionEncoder:
@@ -127,12 +131,24 @@ def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
 class MotionTrainer(nn.Module):
     """Audio encoder + motion generator trained together with the diffusion-forcing loss."""
 
-    def __init__(self, preset: str):
+    def __init__(self, preset: str, latent: str = "params", init: str = ""):
         super().__init__()
         p = get_preset(preset)
-        self.audio_config, self.motion_config = p.audio, p.motion
-        self.audio = AudioEncoder(p.audio)
-        self.generator = MotionGenerator(p.motion)
+        motion = p.motion
+        if latent != "params":  # the weighted dimensions name parameters: only the parameter latent has them
+            motion = dataclasses.replace(motion, weighted_dims=(0, 0), dim_weight=1.0)
+        if init:  # fine-tune an export: its sizes and weights, this preset's training settings
+            audio, _ = load_weights(init, "audio_encoder", AudioConfig, AudioEncoder)
+            generator, _ = load_weights(init, "motion_generator", MotionConfig, MotionGenerator)
+            self.audio_config = audio.config
+            self.motion_config = dataclasses.replace(
+                generator.config, **{f: getattr(motion, f) for f in TRAINING_FIELDS})
+            self.audio, self.generator = audio, generator
+            self.generator.config = self.motion_config
+        else:
+            self.audio_config, self.motion_config = p.audio, motion
+            self.audio = AudioEncoder(p.audio)
+            self.generator = MotionGenerator(motion)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         feats = self.audio(batch["pcm"])[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
@@ -159,10 +175,13 @@ class MotionStage:
                               "give the output directory of a decoder-stage run")
         if cfg.data != "synthetic":
             raise ConfigError("the motion stage trains on the synthetic data set; drop --data")
+        if cfg.init and not (Path(cfg.init) / "motion_generator.safetensors").is_file():
+            raise ConfigError(f"--init {cfg.init} holds no motion_generator.safetensors; give a directory "
+                              "exported by a motion-stage run (e.g. the shipped weights)")
 
     @staticmethod
     def build(cfg) -> nn.Module:
-        return MotionTrainer(cfg.preset)
+        return MotionTrainer(cfg.preset, encoder_latent_kind(cfg.weights), cfg.init)
 
     @staticmethod
     def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:

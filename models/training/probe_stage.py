@@ -38,6 +38,8 @@ class ProbeStage:
 
     @staticmethod
     def check(cfg) -> None:
+        if cfg.init:
+            raise ConfigError("--init fine-tunes the motion stage only; drop it for this stage")
         if cfg.data != "synthetic":
             raise ConfigError("the probe trains on synthetic renders only (it needs ground-truth parameters); "
                               "drop --data")

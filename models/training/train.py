@@ -50,6 +50,7 @@ class TrainConfig:
     data: str = "synthetic"        # or a folder of mp4s (decoder stage)
     size: int = 0                  # frame size for training; 0 = the preset's
     weights: str = ""              # trained weights the stage builds on (motion: the motion encoder)
+    init: str = ""                 # an export to start from (fine-tuning); its training settings are the preset's
     clips: int = 256               # motion stage: training clips encoded once into latents
     clip_seconds: float = 8.0      # motion stage: length of each clip
     window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
