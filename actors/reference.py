@@ -1,5 +1,6 @@
 """Reference portraits: a synthetic identity by seed, or a picture (decoded upright, checked; framed by framing.py)."""
 
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from actorcast.models.data.face import render
 from actorcast.models.data.face_identity import sample_identities
 from actorcast.models.data.params import neutral_params
-from actorcast.models.errors import InputError
+from actorcast.models.errors import InputError, TooLargeError
 
 MAX_PIXELS = 40_000_000  # larger images are rejected before decoding (decompression bombs)
 MAX_SEED = 2**63 - 1  # identities and noise seeds: torch generators and sample_identities take [0, 2**63)
@@ -47,8 +48,9 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def decode_image(source: str | BinaryIO, what: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a picture (a path or a file object of png, jpeg, webp, ...) to upright (H, W, 3) uint8 RGB;
-    InputError naming `what` for non-images, corrupt files and pictures over `max_pixels`."""
+    """Decode a still picture (a path or a file object of png, jpeg, webp, ...) to upright (H, W, 3) uint8 RGB;
+    InputError naming `what` for non-images, videos and corrupt files, TooLargeError for pictures over
+    `max_pixels` (whatever their encoding)."""
     try:
         container = av.open(source)
     except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as e:
@@ -58,18 +60,50 @@ def decode_image(source: str | BinaryIO, what: str, max_pixels: int = MAX_PIXELS
             raise InputError(f"{what} holds no image: give a png or jpeg portrait")
         ctx = container.streams.video[0].codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
-        if width * height > max_pixels:  # from the header, before anything is decoded
-            raise InputError(f"{what} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
-                             f"{max_pixels / 1e6:.0f} Mpx: downscale the portrait first")
+        size, pixels = f"{width}x{height} = {width * height / 1e6:.0f} Mpx", width * height
+        if not pixels:  # ffmpeg leaves the size unset for a picture beyond its own limit (~268 Mpx)
+            size, pixels = header_size(source)
+        if pixels > max_pixels:  # from the header, before anything is decoded
+            raise TooLargeError(f"{what} is {size}, too large: the limit is {max_pixels / 1e6:.0f} Mpx; downscale "
+                                "the portrait first")
         try:
-            frame = next(container.decode(video=0), None)
+            frames = container.decode(video=0)
+            frame = next(frames, None)
+            moving = frame is not None and next(frames, None) is not None
         except av.error.FFmpegError as e:
             raise InputError(f"{what} is a corrupt image ({e}): re-export it as png or jpeg") from None
     if frame is None:
         raise InputError(f"{what} holds no decodable image: give a png or jpeg portrait")
+    if moving:
+        raise InputError(f"{what} is a video or an animation, not a still picture: give a png or jpeg portrait")
     if frame.width * frame.height > max_pixels:
-        raise InputError(f"{what} decodes to {frame.width}x{frame.height}, over the {max_pixels / 1e6:.0f} Mpx limit")
+        raise TooLargeError(f"{what} decodes to {frame.width}x{frame.height}, too large: the limit is "
+                            f"{max_pixels / 1e6:.0f} Mpx; downscale the portrait first")
     return check_portrait(upright_rgb(frame), what)
+
+
+def header_size(source: str | BinaryIO) -> tuple[str, float]:
+    """A picture's size read from its header by Pillow, without decoding it: ("WxH = N Mpx", pixels), or
+    ("of unknown size", 0) when Pillow cannot read it. A file object is left where it was (PyAV reads on)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return "of unknown size", 0
+    at = None if isinstance(source, str) else source.tell()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller judges the size
+            with Image.open(source) as picture:
+                width, height = picture.size
+        return f"{width}x{height} = {width * height / 1e6:.0f} Mpx", width * height
+    except Image.DecompressionBombError:  # Pillow refuses to open over twice its own limit
+        limit = 2 * Image.MAX_IMAGE_PIXELS
+        return f"over {limit / 1e6:.0f} Mpx", limit + 1
+    except Exception:  # not a format Pillow knows: the decode that follows says what is wrong
+        return "of unknown size", 0
+    finally:
+        if at is not None:
+            source.seek(at)
 
 
 def upright_rgb(frame: av.VideoFrame) -> np.ndarray:

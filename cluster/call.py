@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise ActorcastError(f"{args.url} is not an http(s) URL; give e.g. http://127.0.0.1:8080")
     options = {"emotion": args.emotion}
     if args.identity is not None:
-        options["identity_seed"] = args.identity
+        options["identity"] = args.identity
     report = asyncio.run(run_call(args.url, args.audio, args.seconds, args.record, args.token, **options))
     print(json.dumps(report, indent=1, default=float) if args.json else summary_table(report))
     return 0

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -13,14 +14,20 @@ from actorcast.models.errors import ActorcastError
 
 log = logging.getLogger(__name__)
 
+TOKEN_ENV = "ACTORCAST_TOKEN"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve live avatar calls over WebRTC",
-                       description="Serve live avatar calls: open http://HOST:PORT/ in a browser, or `actorcast call`.")
+                       description="Serve live avatar calls: open http://HOST:PORT/ in a browser, or `actorcast call`.",
+                       epilog=_limits_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; loopback = "
                    "loopback-only ICE candidates)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer and /calls/*")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer, /portrait and /calls/* "
+                   f"(visible to `ps`: prefer --token-file or the {TOKEN_ENV} environment variable)")
+    p.add_argument("--token-file", type=Path, metavar="PATH", help="read the token from this file (its first line)")
     p.add_argument("--max-sessions", type=positive_int, default=2, help="concurrent calls; more get HTTP 503")
     p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray)")
     p.add_argument("--weights", type=Path, help="weights directory (default: the shipped ones, else untrained)")
@@ -29,7 +36,52 @@ def add_parser(sub) -> None:
     p.add_argument("--audio-prefetch", type=positive_int, default=None,
                    help="inbound 20 ms audio frames held against network jitter before use (default: 1 when "
                         "--host is loopback, else 4 as aiortc does; each frame held adds 20 ms of latency)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="server log: info (default) has a line per request and per call admitted, refused, "
+                        "connected and closed; warning leaves those out; debug adds aiortc's")
     p.set_defaults(run=run)
+
+
+def _limits_help() -> str:
+    from actorcast.streaming.limits import CONNECT_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY, MAX_QUEUED_SPEECH_S
+
+    return ("limits:\n"
+            f"  an answered offer whose connection is not up within {CONNECT_TIMEOUT_S:.0f} s is closed and its "
+            "session slot freed\n"
+            f"  a connection that has not sent a whole request within {HEADER_TIMEOUT_S:.0f} s is closed\n"
+            f"  request bodies: at most {MAX_BODY // 2**20} MiB (HTTP 413)\n"
+            f"  speech queued on a call (POST /calls/ID/speak): at most {MAX_QUEUED_SPEECH_S:.0f} s (HTTP 413)\n"
+            "every refusal is a JSON {\"error\": ...} with a 4xx status")
+
+
+def resolve_token(token: str | None, token_file: Path | None, environ=os.environ) -> str | None:
+    """The bearer token from --token, --token-file or ACTORCAST_TOKEN (at most one of the first two)."""
+    if token is not None and token_file is not None:
+        raise ActorcastError("give the token once: --token or --token-file, not both")
+    if token_file is not None:
+        try:
+            lines = token_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ActorcastError(f"cannot read --token-file {token_file} ({getattr(e, 'strerror', None) or e}); "
+                                 "give a readable text file holding the token") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ActorcastError(f"--token-file {token_file} is empty; put the token on its first line")
+    elif token is None:
+        token = environ.get(TOKEN_ENV) or None
+    if token is not None and (not token.strip() or any(c.isspace() for c in token.strip())):
+        raise ActorcastError("the token is empty or has spaces in it; give one word, e.g. from `openssl rand -hex 16`")
+    return None if token is None else token.strip()
+
+
+def open_server_warning(host: str, token: str | None) -> str | None:
+    """A warning for a server anyone who reaches it can use: beyond loopback without a token."""
+    from actorcast.streaming.ice import is_loopback
+
+    if token or is_loopback(host):
+        return None
+    return (f"serving on {host} without a token: anyone who can reach it can start calls; give --token-file or "
+            f"{TOKEN_ENV}")
 
 
 async def serve(engine, config, ready=None) -> None:
@@ -38,7 +90,9 @@ async def serve(engine, config, ready=None) -> None:
 
     from actorcast.streaming.app import create_app
 
-    runner = web.AppRunner(create_app(engine, config), handle_signals=False)
+    from actorcast.streaming.app import app_runner
+
+    runner = app_runner(create_app(engine, config), config, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     try:
@@ -61,6 +115,14 @@ async def serve(engine, config, ready=None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await runner.cleanup()  # on_shutdown closes the calls, their sessions and actors
+
+
+def set_log_level(level: str) -> None:
+    """The server's own loggers (requests, calls) at `level`: their records reach the root logger's handler
+    whatever its level. debug also lowers the root logger, for aiortc's and aiohttp's lines."""
+    logging.getLogger("actorcast").setLevel(level.upper())
+    if level == "debug":
+        logging.getLogger().setLevel(logging.DEBUG)
 
 
 def check_port(host: str, port: int) -> None:
@@ -90,7 +152,12 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     if args.address:
         check_address(args.address)
-    config = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
+    token = resolve_token(args.token, args.token_file)
+    set_log_level(args.log_level)
+    warning = open_server_warning(args.host, token)
+    if warning:
+        log.warning(warning)
+    config = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
                           stun=args.stun, audio_prefetch=args.audio_prefetch)
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.address is not None or args.shards > 1,
                     address=args.address, stage_threads=LIVE_STAGE_THREADS)

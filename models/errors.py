@@ -11,3 +11,8 @@ class ConfigError(ActorcastError, ValueError):
 
 class InputError(ActorcastError, ValueError):
     """Input data (audio, image, video, tensor) is unusable: wrong shape, rate, NaN, empty, corrupt."""
+
+
+class TooLargeError(InputError):
+    """Input over a size or length limit (a body, a picture's pixels, an audio's seconds): the live server
+    answers it with HTTP 413."""

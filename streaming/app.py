@@ -9,14 +9,19 @@ video services), all bearer-token protected when the server has a token:
   POST /calls/{id}/interrupt  (barge-in: queued speech dropped, the avatar returns to idle)
   POST /calls/{id}/speak      body = an audio file (any format PyAV reads); calls offered with "source": "agent"
   GET  /calls/{id}            the call's live stats
+
+Every refusal is a 4xx JSON error (streaming/guard.py). Work per request and per call is bounded: a body is at
+most 16 MiB, queued speech at most MAX_QUEUED_SPEECH_S (an upload is decoded only up to the room left), and an
+answered offer whose connection is not up within the connect timeout is closed, freeing its slot.
 """
 
 import asyncio
 import base64
 import collections
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
-import hmac
 import io
 import json
 import logging
@@ -35,10 +40,12 @@ from actorcast.actors.framing import Framing, frame_reference
 from actorcast.actors.reference import MAX_SEED
 from actorcast.actors.reference import decode_image as decode_picture
 from actorcast.models.data.params import EMOTIONS
-from actorcast.models.errors import InputError
+from actorcast.models.errors import InputError, TooLargeError
+from actorcast.streaming.guard import error, guard, parse_json, read_body
 from actorcast.streaming.ice import hosts_for
 from actorcast.streaming.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from actorcast.streaming.metrics import Metrics
+from actorcast.streaming.limits import CONNECT_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY, MAX_QUEUED_SPEECH_S
 from actorcast.streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
 from actorcast.streaming.receiver import audio_prefetch_for
 from actorcast.streaming.tracks import decode_audio_48k
@@ -46,7 +53,6 @@ from actorcast.streaming.tracks import decode_audio_48k
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_BODY = 16 * 2**20  # portraits and speech uploads
 FRAMINGS_KEPT = 8      # framed uploads remembered per server (a check, then the call, frame once)
 PREVIEW_SIDE = 192     # px, the framed square shown in the page
 
@@ -67,10 +73,12 @@ class ServerConfig:
     max_sessions: int = 2
     stun: str | None = None
     audio_prefetch: int | None = None  # inbound 20 ms audio frames held against jitter (None: 1 on loopback, else 4)
+    connect_timeout_s: float = CONNECT_TIMEOUT_S  # an answered offer not connected by then is closed
+    header_timeout_s: float = HEADER_TIMEOUT_S  # a connection without a whole request by then is closed
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+# The keys an offer may carry; anything else is refused with this list (a misspelt key would be ignored silently).
+OFFER_KEYS = ("sdp", "type", "emotion", "source", "identity", "identity_seed", "portrait", "face")
 
 
 def decode_image(data: str) -> np.ndarray:
@@ -111,12 +119,13 @@ def preview_jpeg(square: np.ndarray) -> str:
 
 def parse_offer(body: bytes) -> tuple[RTCSessionDescription, dict]:
     """The JSON body of POST /offer -> (offer, options); InputError names what is wrong."""
-    try:
-        params = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"the body is not JSON ({e}); send {{\"sdp\": ..., \"type\": \"offer\"}}") from None
+    params = parse_json(body, '{"sdp": ..., "type": "offer"}')
     if not isinstance(params, dict):
         raise InputError("the body must be a JSON object with \"sdp\" and \"type\"")
+    unknown = sorted(set(params) - set(OFFER_KEYS))
+    if unknown:
+        raise InputError(f"unknown key(s) in the offer: {', '.join(map(repr, unknown))}; the known ones are "
+                         f"{', '.join(OFFER_KEYS)}")
     sdp, kind = params.get("sdp"), params.get("type")
     if not isinstance(sdp, str) or kind != "offer":
         raise InputError('send {"sdp": "<offer SDP>", "type": "offer"}')
@@ -132,10 +141,28 @@ def call_options(params: dict) -> CallOptions:
     source = params.get("source", "mic")
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; choose mic or agent")
-    seed = params.get("identity_seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
-        raise InputError(f"identity_seed must be a whole number in 0..{MAX_SEED}")
+    seed = identity_of(params)
     return CallOptions(emotion=emotion, identity_seed=seed, source=source)  # the reference: LiveServer.frame
+
+
+def identity_of(params: dict) -> int | None:
+    """The built-in identity asked for: "identity" (as the CLI's --identity), or its older name "identity_seed"."""
+    given = {key: params[key] for key in ("identity", "identity_seed") if params.get(key) is not None}
+    if len(given) == 2 and given["identity"] != given["identity_seed"]:
+        raise InputError('"identity" and "identity_seed" name the same thing and differ: send only "identity"')
+    for key, seed in given.items():
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise InputError(f"{key} must be a whole number in 0..{MAX_SEED}")
+        return seed
+    return None
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim). A call's buffers are freed when it
+    ends, but glibc keeps freed pages of its per-thread arenas (the decoder, codec and executor threads) for
+    reuse, so without this the server's RSS stays at its high-water mark after the calls are gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class LiveServer:
@@ -148,23 +175,13 @@ class LiveServer:
         self.calls: dict[str, LiveCall] = {}
         self.framings: collections.OrderedDict[tuple[str, int | None], Framing] = collections.OrderedDict()
         self.admitting = 0  # offers being set up, counted against capacity before their session exists
+        self.memory_returned: asyncio.Future | None = None  # the heap trim after the last call closed
         self.started = time.time()
 
-    def _authorised(self, request: web.Request) -> bool:
-        if not self.config.token:
-            return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode())
-
-    @web.middleware
-    async def auth(self, request: web.Request, handler):
-        protected = request.path in ("/offer", "/portrait") or request.path.startswith("/calls/")
-        if protected and not self._authorised(request):
-            return _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
-        try:
-            return await handler(request)
-        except InputError as e:
-            return _error(400, str(e))
+    @staticmethod
+    def protected(path: str) -> bool:
+        """Paths that need the bearer token (when the server has one)."""
+        return path in ("/offer", "/portrait") or path.startswith("/calls/")
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -195,12 +212,10 @@ class LiveServer:
 
     async def portrait(self, request: web.Request) -> web.Response:
         """POST /portrait {"portrait": data URL, "face": N}: where the face is and a preview of the square."""
-        try:
-            params = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            params = None
+        expected = '{"portrait": "<data: URL of a PNG or JPEG>", "face": N or null}'
+        params = parse_json(await read_body(request), expected)
         if not isinstance(params, dict) or not params.get("portrait"):
-            raise InputError('send {"portrait": "<data: URL of a PNG or JPEG>", "face": N or null}')
+            raise InputError(f"send {expected}")
         framing = await self.frame(params)
         height, width = framing.picture.shape[:2]
         return web.json_response({"faces": framing.n_faces, "face": framing.index, "largest": framing.largest,
@@ -209,12 +224,18 @@ class LiveServer:
                                   "preview": preview_jpeg(framing.crop())})
 
     async def offer(self, request: web.Request) -> web.Response:
-        offer, params = parse_offer(await request.read())
-        options = call_options(params)
-        face_number(params)
+        try:
+            offer, params = parse_offer(await read_body(request))
+            options = call_options(params)
+            face_number(params)
+        except InputError as e:
+            log.info("offer refused: %s", e)
+            raise
         if len(self.calls) + self.admitting >= self.config.max_sessions:
             self.metrics.session_rejected()
-            return _error(503, f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions "
+            log.info("offer refused: server full (%d of %d sessions)", self.config.max_sessions,
+                     self.config.max_sessions)
+            return error(503, f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions "
                                "in use; retry when a call ends or start serve with a larger --max-sessions")
         self.admitting += 1
         try:
@@ -230,7 +251,7 @@ class LiveServer:
             landmarks=options.landmarks))
         call_id = str(getattr(session, "session_id", None) or uuid.uuid4().hex)
         call = LiveCall(call_id, session, options, self.metrics, self._closed, stun=self.config.stun,
-                        audio_prefetch=self.audio_prefetch)
+                        audio_prefetch=self.audio_prefetch, connect_timeout_s=self.config.connect_timeout_s)
         try:
             answer = await call.answer(offer, hosts_for(self.config.host))
         except BaseException:
@@ -244,8 +265,10 @@ class LiveServer:
 
     def _closed(self, call: LiveCall) -> None:
         self.calls.pop(call.call_id, None)
+        self.memory_returned = asyncio.get_running_loop().run_in_executor(None, return_freed_memory)
         self.metrics.set_active(len(self.calls))
-        log.info("call %s closed (%d left)", call.call_id, len(self.calls))
+        log.info("call %s closed after %.1f s, %d frames sent (%d left)", call.call_id, call.age_s(),
+                 call.frames_sent, len(self.calls))
 
     def _call(self, request: web.Request) -> LiveCall:
         call = self.calls.get(request.match_info["call_id"])
@@ -260,8 +283,8 @@ class LiveServer:
     async def emotion(self, request: web.Request) -> web.Response:
         call = self._call(request)
         try:
-            emotion = (await request.json())["emotion"]
-        except (ValueError, KeyError, TypeError):
+            emotion = parse_json(await read_body(request), '{"emotion": "<name>"}')["emotion"]
+        except (KeyError, TypeError):
             raise InputError('send {"emotion": "<name>"}') from None
         call.set_emotion(emotion)
         return web.json_response({"ok": True, "emotion": emotion})
@@ -271,8 +294,20 @@ class LiveServer:
         return web.json_response({"ok": True})
 
     async def speak(self, request: web.Request) -> web.Response:
+        """Queue an uploaded audio file as the avatar's speech. It is decoded only up to the room left in the
+        call's queue (MAX_QUEUED_SPEECH_S): a longer one is refused with 413 as soon as the limit is passed."""
         call = self._call(request)
-        pcm = await asyncio.get_running_loop().run_in_executor(None, decode_audio_48k, await request.read())
+        call.check_agent()  # before the upload is read or decoded
+        room = call.speech_room_s()
+        if room <= 0:
+            raise TooLargeError(f"this call already has {MAX_QUEUED_SPEECH_S:.0f} s of speech queued (the most a "
+                                "call holds); wait for it to be spoken or interrupt")
+        raw = await read_body(request)
+        try:
+            pcm = await asyncio.get_running_loop().run_in_executor(None, decode_audio_48k, raw, room)
+        except TooLargeError:
+            raise TooLargeError(f"the speech is too long: the call's queue has room for {room:.1f} s more (it holds "
+                                f"at most {MAX_QUEUED_SPEECH_S:.0f} s); send shorter pieces") from None
         return web.json_response({"ok": True, "queued_s": call.speak(pcm)})
 
     async def shutdown(self, app: web.Application | None = None) -> None:
@@ -286,7 +321,7 @@ SERVER = web.AppKey("server", LiveServer)
 def create_app(engine, config: ServerConfig) -> web.Application:
     """The aiohttp application; `engine.open_session(...)` makes one runtime Session per call."""
     server = LiveServer(engine, config)
-    app = web.Application(middlewares=[server.auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[guard(config.token, server.protected)], client_max_size=MAX_BODY)
     app[SERVER] = server
     app.router.add_get("/", server.index)
     app.router.add_static("/static/", STATIC)
@@ -300,3 +335,10 @@ def create_app(engine, config: ServerConfig) -> web.Application:
     app.router.add_post("/calls/{call_id}/speak", server.speak)
     app.on_shutdown.append(server.shutdown)
     return app
+
+
+def app_runner(app: web.Application, config: ServerConfig, **kwargs) -> web.AppRunner:
+    """The runner `serve` (and the tests) start the app with: the header timeout as aiohttp's keep-alive timeout,
+    which also closes a connection that has not sent a whole request by then; aiohttp's own access log off
+    (streaming/guard.py writes one line per request without headers)."""
+    return web.AppRunner(app, access_log=None, keepalive_timeout=config.header_timeout_s, **kwargs)

@@ -21,12 +21,21 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from actorcast.models.data.params import EMOTIONS
-from actorcast.models.errors import InputError
+from actorcast.models.errors import InputError, TooLargeError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.ice import rtc_configuration, set_local_description
+from actorcast.streaming.limits import CONNECT_TIMEOUT_S, MAX_QUEUED_SPEECH_S
 from actorcast.streaming.metrics import Metrics
 from actorcast.streaming.receiver import DEFAULT_PREFETCH, receiver_of, rtp_origin, set_audio_prefetch
-from actorcast.streaming.tracks import AudioInput, AvatarVideoTrack, ContentAudio, SentFrame, SpeechFeed, VoiceTrack
+from actorcast.streaming.tracks import (
+    VOICE_RATE,
+    AudioInput,
+    AvatarVideoTrack,
+    ContentAudio,
+    SentFrame,
+    SpeechFeed,
+    VoiceTrack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +69,10 @@ class LiveCall:
 
     def __init__(self, call_id: str, session, options: CallOptions, metrics: Metrics,
                  on_closed: Callable[["LiveCall"], None], stun: str | None = None,
-                 audio_prefetch: int = DEFAULT_PREFETCH):
+                 audio_prefetch: int = DEFAULT_PREFETCH, connect_timeout_s: float = CONNECT_TIMEOUT_S):
         self.call_id, self.session, self.options, self.metrics = call_id, session, options, metrics
         self.on_closed = on_closed
+        self.connect_timeout_s = connect_timeout_s
         self.audio_prefetch = audio_prefetch
         self.pc = RTCPeerConnection(rtc_configuration(stun))
         self.content = ContentAudio()
@@ -76,6 +86,8 @@ class LiveCall:
         self.pending_frames: list[list[float]] = []
         self.frames_sent = self.degraded_frames = self.degraded_after_startup = 0
         self.t_answer: float | None = None
+        self.t_answer_mono: float | None = None
+        self.t_connected: float | None = None  # monotonic
         self.t_first_frame: float | None = None
         self.interrupts: list[dict] = []
         self.last_activity = time.monotonic()
@@ -93,8 +105,10 @@ class LiveCall:
         self.pc.on("connectionstatechange", self._on_state)
         try:
             await self.pc.setRemoteDescription(offer)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise InputError(f"the SDP offer cannot be used ({e.__class__.__name__}: {e}); send a WebRTC offer "
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError) as e:
+            # aiortc's SDP parser checks some of its input with assert (e.g. an m= line without a port)
+            detail = str(e) or "malformed"
+            raise InputError(f"the SDP offer cannot be used ({e.__class__.__name__}: {detail}); send a WebRTC offer "
                              "with an audio m-line and a video m-line") from None
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "video" not in kinds:
@@ -103,6 +117,8 @@ class LiveCall:
         self.pc.addTrack(self.voice)
         await set_local_description(self.pc, await self.pc.createAnswer(), candidate_hosts)
         self.t_answer = time.time()
+        self.t_answer_mono = time.monotonic()
+        self.tasks.append(asyncio.create_task(self._await_connection(), name=f"{self.call_id}-connect"))
         self.tasks.append(asyncio.create_task(self._pump_frames(), name=f"{self.call_id}-frames"))
         self.tasks.append(asyncio.create_task(self._watchdog(), name=f"{self.call_id}-watchdog"))
         self.tasks.append(asyncio.create_task(self._send_stats(), name=f"{self.call_id}-stats"))
@@ -123,8 +139,19 @@ class LiveCall:
         channel.on("message", self._on_message)
 
     async def _on_state(self) -> None:
+        if self.pc.connectionState == "connected" and self.t_connected is None:
+            self.t_connected = time.monotonic()
+            log.info("call %s connected %.2f s after the answer", self.call_id, self.t_connected - self.t_answer_mono)
         if self.pc.connectionState in ("failed", "closed"):
             log.info("call %s: connection %s", self.call_id, self.pc.connectionState)
+            await self.close()
+
+    async def _await_connection(self) -> None:
+        """Close the call when its connection is not up `connect_timeout_s` after the answer: an offer that never
+        connects would otherwise hold its slot until ICE gives up (most of a minute)."""
+        await asyncio.sleep(self.connect_timeout_s)
+        if self.t_connected is None:
+            log.info("call %s: not connected %.0f s after the answer, closing", self.call_id, self.connect_timeout_s)
             await self.close()
 
     # ---- media --------------------------------------------------------------------------------------------
@@ -201,11 +228,23 @@ class LiveCall:
                                         * SAMPLES_PER_FRAME)
         self.interrupts.append({"t": time.time(), "frame": idle_from, "idle_ms": None})
 
-    def speak(self, pcm48: np.ndarray) -> float:
-        """Agent mode: queue 48 kHz mono int16 speech as the avatar's voice; returns its length in seconds."""
+    def check_agent(self) -> None:
+        """InputError unless this call takes its speech from `speak` (source "agent")."""
         if self.options.source != "agent":
             raise InputError("this call drives the avatar from the caller's microphone; start it with "
                              '"source": "agent" to speak audio')
+
+    def speech_room_s(self) -> float:
+        """Seconds of speech the queue takes before it holds MAX_QUEUED_SPEECH_S."""
+        return MAX_QUEUED_SPEECH_S - self.speech.queued_s()
+
+    def speak(self, pcm48: np.ndarray) -> float:
+        """Agent mode: queue 48 kHz mono int16 speech as the avatar's voice; returns its length in seconds.
+        TooLargeError when the queue would then hold more than MAX_QUEUED_SPEECH_S."""
+        self.check_agent()
+        if len(pcm48) / VOICE_RATE > self.speech_room_s():
+            raise TooLargeError(f"the speech is too long: the call's queue has room for {self.speech_room_s():.1f} s "
+                                f"more (it holds at most {MAX_QUEUED_SPEECH_S:.0f} s); send shorter pieces")
         return self.speech.speak(pcm48)
 
     def _on_message(self, message) -> None:
@@ -268,6 +307,10 @@ class LiveCall:
                 log.info("call %s: nothing from the caller for %.0f s, closing", self.call_id, IDLE_TIMEOUT_S)
                 await self.close()
                 return
+
+    def age_s(self) -> float:
+        """Seconds since the answer (0 before it)."""
+        return 0.0 if self.t_answer is None else time.time() - self.t_answer
 
     async def close(self) -> None:
         if self._closing:

@@ -20,7 +20,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from actorcast.models.errors import InputError
+from actorcast.models.errors import InputError, TooLargeError
 from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,35 @@ RTP_AUDIO_CLOCK = 48_000  # Opus RTP timestamps count 48 kHz samples whatever th
 _MARK = object()  # tags a marker in SpeechFeed's queue
 
 
-def decode_audio_48k(raw: bytes) -> np.ndarray:
-    """Any audio file PyAV decodes (as bytes) -> 48 kHz mono int16; InputError if it is not usable audio."""
+def decode_audio_48k(raw: bytes, max_s: float | None = None) -> np.ndarray:
+    """Any audio file PyAV decodes (as bytes) -> 48 kHz mono int16; InputError if it is not usable audio.
+
+    Decoded packet by packet: past `max_s` seconds it stops and raises TooLargeError, so a small file that
+    holds hours of audio (silence compresses to almost nothing) costs no more than `max_s` of samples."""
+    limit = None if max_s is None else int(max_s * VOICE_RATE)
     resampler = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
+    blocks, total = [], 0
     try:
         with av.open(io.BytesIO(raw)) as container:
             if not container.streams.audio:
                 raise InputError("the file has no audio stream: give a WAV/MP3/Opus file with speech")
-            blocks = [o.to_ndarray().reshape(-1) for f in container.decode(audio=0) for o in resampler.resample(f)]
-        blocks += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
+            for frame in _frames_then_flush(container):
+                for out in resampler.resample(frame):
+                    blocks.append(out.to_ndarray().reshape(-1))
+                    total += len(blocks[-1])
+                if limit is not None and total > limit:
+                    raise TooLargeError(f"the audio is longer than {max_s:.0f} s: send it in shorter pieces")
     except av.error.FFmpegError as e:
         raise InputError(f"the file cannot be decoded as audio ({e.__class__.__name__}): give WAV, MP3 or Opus") from None
-    if not blocks or not sum(len(b) for b in blocks):
+    if not total:
         raise InputError("the audio is empty: give speech at least one frame (40 ms) long")
     return np.concatenate(blocks)
+
+
+def _frames_then_flush(container):
+    """The container's audio frames one at a time, then None (the resampler's flush)."""
+    yield from container.decode(audio=0)
+    yield None
 
 
 class ContentAudio:

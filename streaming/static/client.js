@@ -292,7 +292,7 @@ async function start() {
     await pc.setLocalDescription(await pc.createOffer());
     await waitGathering(pc);
     const body = { sdp: pc.localDescription.sdp, type: "offer", emotion: $("emotion").value,
-                   identity_seed: seed };
+                   identity: seed };
     const portrait = await readPortrait();
     if (portrait) body.portrait = portrait;
     if (face !== null) body.face = face;

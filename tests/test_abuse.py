@@ -1,0 +1,303 @@
+"""The live server under abuse, on real servers and real aiortc peers on 127.0.0.1: bounded speech per call, slots
+of never-connecting offers freed, every bad request a 4xx JSON error, the access and call log, token hygiene,
+slow clients closed."""
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import time
+import struct
+import threading
+import zlib
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+from aiohttp import web
+from aiortc import RTCPeerConnection
+
+from actorcast.actors.engine import Engine
+from actorcast.models.errors import ActorcastError
+from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, app_runner, call_options, create_app
+from actorcast.streaming.client import LiveCaller
+from actorcast.streaming.ice import rtc_configuration
+from actorcast.streaming.limits import MAX_QUEUED_SPEECH_S
+from actorcast.streaming.tracks import VOICE_RATE
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(stage_threads=LIVE_STAGE_THREADS) as e:
+        yield e
+
+
+@contextlib.asynccontextmanager
+async def serving(engine, **config):
+    config = ServerConfig(**config)
+    runner = app_runner(create_app(engine, config), config)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runner.app[SERVER]
+    finally:
+        await runner.cleanup()
+
+
+async def wait_for(predicate, timeout: float) -> None:
+    """Until predicate() holds; fails after `timeout` s (a guard against a hang, not a measure)."""
+    t0 = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t0 < timeout, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def flac_of_silence(seconds: float, rate: int = 8000) -> bytes:
+    """A FLAC file of `seconds` of silence: a few hundred bytes per minute, whatever it decodes to."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=rate, layout="mono")
+        block = np.zeros((1, rate), np.int16)
+        for k in range(int(seconds)):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, k * rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+async def post(url: str, path: str, token: str | None = TOKEN, **kwargs) -> tuple[int, str, object]:
+    """(status, Content-Type, JSON body or text) of a POST."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers.update(kwargs.pop("headers", {}))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + path, headers=headers, **kwargs) as r:
+            text = await r.text()
+            kind = r.content_type
+            return r.status, kind, json.loads(text) if kind.startswith("application/json") else text
+
+
+@pytest.mark.asyncio
+async def test_speech_past_the_queue_limit_is_413_and_memory_comes_back(engine):
+    """An upload that decodes to far more than a call may queue is refused with 413 JSON once decoding passes the
+    room left (not after decoding it all); the queue holds at most MAX_QUEUED_SPEECH_S; the server's memory stays
+    within 60 MB of where it was and comes back once the call ends."""
+    half_hour = flac_of_silence(1800)
+    fits = flac_of_silence(MAX_QUEUED_SPEECH_S - 20)
+    assert len(half_hour) < 400_000  # tiny on the wire
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.wait(0.05):
+            samples.append(rss_mb())
+
+    async with serving(engine, token=TOKEN) as (url, server):
+        caller = LiveCaller(url, np.zeros(VOICE_RATE, np.int16), token=TOKEN, source="agent")
+        await caller.start()
+        call = server.calls[caller.session_id]
+        await wait_for(lambda: call.frames_sent > 10, 30.0)
+        before = rss_mb()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            status, kind, body = await post(url, f"/calls/{caller.session_id}/speak", data=half_hour)
+            assert (status, kind) == (413, "application/json") and "too long" in body["error"]
+            assert call.speech.queued_s() == 0
+            status, _, body = await post(url, f"/calls/{caller.session_id}/speak", data=fits)
+            assert status == 200 and body["queued_s"] == pytest.approx(MAX_QUEUED_SPEECH_S - 20, abs=0.05)
+            status, _, body = await post(url, f"/calls/{caller.session_id}/speak", data=flac_of_silence(30))
+            assert status == 413 and "room for" in body["error"]  # the queue is nearly full
+            assert call.speech.queued_s() <= MAX_QUEUED_SPEECH_S
+        finally:
+            stop.set()
+            sampler.join()
+        await caller.stop()
+        await wait_for(lambda: not server.calls, 10.0)
+        await server.memory_returned
+    after = rss_mb()
+    assert max(samples) - before < 60, (before, max(samples))
+    assert after - before < 40, (before, after)
+
+
+@pytest.mark.asyncio
+async def test_speak_on_a_microphone_call_is_refused_before_decoding(engine):
+    async with serving(engine) as (url, server):
+        caller = LiveCaller(url, np.zeros(VOICE_RATE, np.int16))
+        await caller.start()
+        status, _, body = await post(url, f"/calls/{caller.session_id}/speak", token=None, data=b"not audio at all")
+        await caller.stop()
+    assert status == 400 and "microphone" in body["error"]  # not "cannot be decoded": nothing was decoded
+
+
+@pytest.mark.asyncio
+async def test_a_never_connecting_offer_frees_its_slot(engine, caplog):
+    """An answered offer whose caller never applies the answer is closed after the connect timeout (1 s here), and
+    a real call then gets the only slot."""
+    caplog.set_level(logging.INFO, logger="actorcast")
+    async with serving(engine, max_sessions=1, connect_timeout_s=1.0) as (url, server):
+        ghost = RTCPeerConnection(rtc_configuration())
+        ghost.addTransceiver("audio", direction="sendrecv")
+        ghost.addTransceiver("video", direction="recvonly")
+        await ghost.setLocalDescription(await ghost.createOffer())
+        status, _, answer = await post(url, "/offer", token=None, json={"sdp": ghost.localDescription.sdp,
+                                                                        "type": "offer"})
+        assert status == 200 and answer["session_id"] in server.calls  # answered, holding the slot
+        await wait_for(lambda: not server.calls, 15.0)
+        caller = LiveCaller(url, np.zeros(VOICE_RATE, np.int16))
+        await caller.start()  # the freed slot admits a real caller
+        await wait_for(lambda: len(caller.rec.video) > 5, 30.0)
+        await caller.stop()
+        await ghost.close()
+    assert any("not connected 1 s after the answer, closing" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_every_bad_request_is_a_4xx_json_error(engine):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    async with serving(engine, token=TOKEN) as (url, server):
+        cases = {
+            "garbage SDP": ("/offer", {"json": {"sdp": "v=0\r\nm=garbage", "type": "offer"}}, 400, "SDP"),
+            "deep JSON": ("/offer", {"data": deep}, 400, "nested too deep"),
+            "deep JSON portrait": ("/portrait", {"data": deep}, 400, "nested too deep"),
+            "unknown key": ("/offer", {"json": {"sdp": "v=0\r\nm=x", "type": "offer", "identiy": 5}}, 400,
+                            "unknown key(s) in the offer: 'identiy'; the known ones are sdp, type"),
+            "wrong type": ("/offer", {"json": {"sdp": "v=0\r\nm=x", "type": "offer", "identity": "5"}}, 400,
+                           "identity must be a whole number"),
+            "too large": ("/offer", {"data": b"x" * (17 * 2**20)}, 413, "too large: at most 16 MiB"),
+            "no such call": ("/calls/nope/interrupt", {}, 404, "no such call"),
+            "no such path": ("/nowhere", {}, 404, "no such path"),
+        }
+        for name, (path, kwargs, status, reason) in cases.items():
+            got, kind, body = await post(url, path, **kwargs)
+            assert (got, kind) == (status, "application/json"), (name, got, body)
+            assert reason in body["error"], (name, body)
+        async with aiohttp.ClientSession() as http:  # a GET where only POST is routed
+            async with http.get(url + "/offer", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                assert r.status == 405 and "use POST" in (await r.json())["error"]
+        assert not server.calls and server.admitting == 0
+
+
+@pytest.mark.asyncio
+async def test_too_large_and_video_portraits_are_named_so(engine):
+    """A picture over the pixel limit is "too large" (413) in any encoding, also past ffmpeg's own size limit
+    where PyAV cannot read its size; a video is not a portrait."""
+    import base64
+
+    from PIL import Image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(out, "JPEG")
+    jpeg = bytearray(out.getvalue())
+    struct.pack_into(">HH", jpeg, jpeg.index(b"\xff\xc0") + 5, 9000, 9000)  # 81 Mpx in the frame header
+    video = io.BytesIO()
+    with av.open(video, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        for _ in range(5):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    async with serving(engine) as (url, server):
+        answers = {}
+        for name, data in (("png", png), ("jpeg", bytes(jpeg)), ("mp4", video.getvalue())):
+            portrait = "data:image/png;base64," + base64.b64encode(data).decode()
+            answers[name] = await post(url, "/portrait", token=None, json={"portrait": portrait})
+    for name in ("png", "jpeg"):
+        status, _, body = answers[name]
+        assert status == 413 and "too large" in body["error"], (name, body)
+    assert answers["jpeg"][2]["error"].startswith("the portrait is 9000x9000 = 81 Mpx, too large")
+    assert answers["mp4"][0] == 400 and "not a still picture" in answers["mp4"][2]["error"]
+
+
+def test_offer_identity_key_and_its_old_name():
+    assert call_options({"identity": 5}).identity_seed == 5
+    assert call_options({"identity_seed": 7}).identity_seed == 7
+    assert call_options({"identity": 5, "identity_seed": 5}).identity_seed == 5
+    with pytest.raises(ActorcastError, match="differ"):
+        call_options({"identity": 5, "identity_seed": 6})
+
+
+@pytest.mark.asyncio
+async def test_bearer_scheme_is_case_insensitive(engine):
+    async with serving(engine, token=TOKEN) as (url, server):
+        statuses = [(await post(url, "/offer", token=None, headers={"Authorization": f"{scheme} {token}"},
+                                json={"sdp": "hello", "type": "offer"}))[0]
+                    for scheme, token in (("bearer", TOKEN), ("BEARER", TOKEN), ("Bearer", "wrong"),
+                                          ("Basic", TOKEN))]
+    assert statuses == [400, 400, 401, 401]  # 400: past the token check, the SDP is refused
+
+
+@pytest.mark.asyncio
+async def test_access_and_call_log_lines_without_secrets(engine, caplog):
+    caplog.set_level(logging.INFO, logger="actorcast")
+    async with serving(engine, token=TOKEN, max_sessions=1) as (url, server):
+        await post(url, "/offer", token="wrong", json={})
+        caller = LiveCaller(url, np.zeros(VOICE_RATE, np.int16), token=TOKEN)
+        await caller.start()
+        await wait_for(lambda: len(caller.rec.video) > 5, 30.0)
+        with pytest.raises(ActorcastError, match="503"):
+            await LiveCaller(url, np.zeros(VOICE_RATE, np.int16), token=TOKEN).start()
+        await caller.stop()
+        await wait_for(lambda: not server.calls, 10.0)
+    lines = [r.getMessage() for r in caplog.records]
+    access = [line for r, line in zip(caplog.records, lines) if r.name == "actorcast.access"]
+    assert [line.split()[:3] for line in access] == [["POST", "/offer", "401"], ["POST", "/offer", "200"],
+                                                     ["POST", "/offer", "503"]]
+    assert all(line.endswith(" ms") for line in access)
+    sid = caller.session_id
+    assert any(line.startswith(f"call {sid} admitted") for line in lines)
+    assert any(line.startswith(f"call {sid} connected") for line in lines)
+    assert any("offer refused: server full" in line for line in lines)
+    closed = next(line for line in lines if line.startswith(f"call {sid} closed after"))
+    assert int(closed.split(" frames sent")[0].split()[-1]) > 5
+    assert not any(TOKEN in line or "v=0" in line for line in lines)
+
+
+@pytest.mark.asyncio
+async def test_a_half_sent_request_is_closed_after_the_header_timeout(engine):
+    async with serving(engine, header_timeout_s=1.0) as (url, server):
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and nothing more
+        await writer.drain()
+        closed = await asyncio.wait_for(reader.read(), 10.0)  # b"" once the server closes the connection
+        writer.close()
+    assert closed == b""
+
+
+def test_token_from_file_environment_or_flag(tmp_path):
+    from actorcast.cluster.serve import open_server_warning, resolve_token
+
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    assert resolve_token(None, path, environ={}) == "from-file"
+    assert resolve_token(None, None, environ={"ACTORCAST_TOKEN": "from-env"}) == "from-env"
+    assert resolve_token("flag", None, environ={"ACTORCAST_TOKEN": "from-env"}) == "flag"
+    assert resolve_token(None, None, environ={}) is None
+    with pytest.raises(ActorcastError, match="not both"):
+        resolve_token("flag", path, environ={})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ActorcastError, match="is empty"):
+        resolve_token(None, tmp_path / "empty", environ={})
+    with pytest.raises(ActorcastError, match="cannot read"):
+        resolve_token(None, tmp_path / "missing", environ={})
+    assert open_server_warning("127.0.0.1", None) is None and open_server_warning("10.1.2.3", "t") is None
+    assert "without a token" in open_server_warning("10.1.2.3", None)
