@@ -225,12 +225,15 @@ class LiveServer:
 
     async def offer(self, request: web.Request) -> web.Response:
         try:
-            offer, params = parse_offer(await read_body(request))
-            options = call_options(params)
-            face_number(params)
-        except InputError as e:
+            return await self._offer(request)
+        except InputError as e:  # the call log says why; the caller gets the same reason as JSON
             log.info("offer refused: %s", e)
             raise
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        offer, params = parse_offer(await read_body(request))
+        options = call_options(params)
+        face_number(params)
         if len(self.calls) + self.admitting >= self.config.max_sessions:
             self.metrics.session_rejected()
             log.info("offer refused: server full (%d of %d sessions)", self.config.max_sessions,
@@ -264,8 +267,9 @@ class LiveServer:
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call_id})
 
     def _closed(self, call: LiveCall) -> None:
-        self.calls.pop(call.call_id, None)
         self.memory_returned = asyncio.get_running_loop().run_in_executor(None, return_freed_memory)
+        if self.calls.pop(call.call_id, None) is None:  # refused while answering: never admitted
+            return
         self.metrics.set_active(len(self.calls))
         log.info("call %s closed after %.1f s, %d frames sent (%d left)", call.call_id, call.age_s(),
                  call.frames_sent, len(self.calls))

@@ -142,7 +142,7 @@ class LiveCall:
         if self.pc.connectionState == "connected" and self.t_connected is None:
             self.t_connected = time.monotonic()
             log.info("call %s connected %.2f s after the answer", self.call_id, self.t_connected - self.t_answer_mono)
-        if self.pc.connectionState in ("failed", "closed"):
+        if self.pc.connectionState in ("failed", "closed") and not self._closing:
             log.info("call %s: connection %s", self.call_id, self.pc.connectionState)
             await self.close()
 

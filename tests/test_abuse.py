@@ -250,6 +250,7 @@ async def test_access_and_call_log_lines_without_secrets(engine, caplog):
     caplog.set_level(logging.INFO, logger="actorcast")
     async with serving(engine, token=TOKEN, max_sessions=1) as (url, server):
         await post(url, "/offer", token="wrong", json={})
+        await post(url, "/offer", json={"sdp": "v=0\r\nm=garbage", "type": "offer"})
         caller = LiveCaller(url, np.zeros(VOICE_RATE, np.int16), token=TOKEN)
         await caller.start()
         await wait_for(lambda: len(caller.rec.video) > 5, 30.0)
@@ -259,13 +260,15 @@ async def test_access_and_call_log_lines_without_secrets(engine, caplog):
         await wait_for(lambda: not server.calls, 10.0)
     lines = [r.getMessage() for r in caplog.records]
     access = [line for r, line in zip(caplog.records, lines) if r.name == "actorcast.access"]
-    assert [line.split()[:3] for line in access] == [["POST", "/offer", "401"], ["POST", "/offer", "200"],
-                                                     ["POST", "/offer", "503"]]
+    assert [line.split()[:3] for line in access] == [["POST", "/offer", "401"], ["POST", "/offer", "400"],
+                                                     ["POST", "/offer", "200"], ["POST", "/offer", "503"]]
     assert all(line.endswith(" ms") for line in access)
     sid = caller.session_id
     assert any(line.startswith(f"call {sid} admitted") for line in lines)
     assert any(line.startswith(f"call {sid} connected") for line in lines)
     assert any("offer refused: server full" in line for line in lines)
+    assert any(line.startswith("offer refused: the SDP offer cannot be used") for line in lines)
+    assert sum(" closed after " in line for line in lines) == 1  # the refused offer was never a call
     closed = next(line for line in lines if line.startswith(f"call {sid} closed after"))
     assert int(closed.split(" frames sent")[0].split()[-1]) > 5
     assert not any(TOKEN in line or "v=0" in line for line in lines)
