@@ -48,10 +48,13 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noq
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from actorcast.actors.engine import Engine  # noqa: E402
-from actorcast.models.errors import ActorcastError  # noqa: E402
+from actorcast.models.errors import ActorcastError, InputError  # noqa: E402
+from actorcast.streaming.guard import error, guard, parse_json, read_body  # noqa: E402
 from actorcast.streaming.ice import candidate_hosts, hosts_for  # noqa: E402
 
 log = logging.getLogger("pipecat_agent")
+
+MAX_BODY = 2**20  # bytes: an SDP offer or a line of text
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>actorcast in Pipecat</title>
 <video id="v" autoplay playsinline width="384" height="384" style="background:#222"></video>
@@ -114,12 +117,19 @@ class Agent:
         self.worker: PipelineWorker | None = None
 
     async def offer(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = parse_json(await read_body(request), '{"sdp": "<offer SDP>", "type": "offer"}')
+        if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
+            raise InputError('send {"sdp": "<offer SDP>", "type": "offer"}')
+        connection = SmallWebRTCConnection(ice_servers=[])
+        try:
+            with candidate_hosts(hosts_for(self.host)):  # loopback candidates for a loopback server
+                await connection.initialize(sdp=body["sdp"], type=body["type"])
+        except Exception as e:  # aiortc's SDP parser raises ValueError, AssertionError, ... for a bad offer
+            await connection.disconnect()
+            raise InputError(f"the SDP offer cannot be used ({e.__class__.__name__}: {str(e) or 'malformed'}); "
+                             "send a WebRTC offer with a video m-line") from None
         if self.worker is not None:  # a new call replaces the last one
             await self.worker.cancel()
-        connection = SmallWebRTCConnection(ice_servers=[])
-        with candidate_hosts(hosts_for(self.host)):  # loopback candidates for a loopback server
-            await connection.initialize(sdp=body["sdp"], type=body["type"])
         avatar = ActorcastVideoService(engine=self.engine, identity=self.identity)
         transport = SmallWebRTCTransport(connection, TransportParams(**avatar.output_params()))
         self.worker = PipelineWorker(Pipeline([EspeakTTS(), avatar, transport.output()]), idle_timeout_secs=None)
@@ -128,8 +138,11 @@ class Agent:
 
     async def say(self, request: web.Request) -> web.Response:
         if self.worker is None:
-            return web.json_response({"error": "press Start first"})
-        await self.worker.queue_frame(TTSSpeakFrame(str((await request.json()).get("text", ""))))
+            return error(409, "no call yet: press Start first")
+        body = parse_json(await read_body(request), '{"text": "..."}')
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            raise InputError('send {"text": "<what the avatar says>"}')
+        await self.worker.queue_frame(TTSSpeakFrame(body["text"]))
         return web.json_response({})
 
     async def interrupt(self, request: web.Request) -> web.Response:
@@ -138,15 +151,24 @@ class Agent:
         return web.json_response({})
 
 
-async def main(args: argparse.Namespace) -> None:
-    engine = await asyncio.to_thread(Engine, stage_threads=1)  # the shipped weights, in this process
-    agent = Agent(engine, args.host, args.identity)
-    app = web.Application()
-    app.router.add_get("/", lambda request: web.Response(text=PAGE, content_type="text/html"))
+async def page(request: web.Request) -> web.Response:
+    return web.Response(text=PAGE, content_type="text/html")
+
+
+def create_app(agent: Agent) -> web.Application:
+    """The page and the agent's routes; every refusal is a 4xx JSON error (actorcast.streaming.guard)."""
+    app = web.Application(middlewares=[guard(None, lambda path: False)], client_max_size=MAX_BODY)
+    app.router.add_get("/", page)
     app.router.add_post("/offer", agent.offer)
     app.router.add_post("/say", agent.say)
     app.router.add_post("/interrupt", agent.interrupt)
-    site_runner = web.AppRunner(app)
+    return app
+
+
+async def main(args: argparse.Namespace) -> None:
+    engine = await asyncio.to_thread(Engine, stage_threads=1)  # the shipped weights, in this process
+    agent = Agent(engine, args.host, args.identity)
+    site_runner = web.AppRunner(create_app(agent))
     await site_runner.setup()
     await web.TCPSite(site_runner, args.host, args.port).start()
     print(f"open http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from actorcast.models.errors import InputError, TooLargeError
-from actorcast.streaming.limits import BODY_TIMEOUT_S, MAX_BODY
+from actorcast.streaming.limits import BODY_TIMEOUT_S
 
 access_log = logging.getLogger("actorcast.access")
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def parse_json(body: bytes, expected: str) -> object:
 
 async def read_body(request: web.Request, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
     """The whole body, refused with 408 when a slow client has not sent it within `timeout_s` and with 413
-    (aiohttp's client_max_size) past MAX_BODY."""
+    past the app's client_max_size (aiohttp's own check)."""
     try:
         return await asyncio.wait_for(request.read(), timeout_s)
     except asyncio.TimeoutError:
@@ -59,10 +59,10 @@ def bearer_matches(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def _http_reason(e: web.HTTPException) -> str:
+def _http_reason(e: web.HTTPException, request: web.Request) -> str:
     """aiohttp's own refusal (413, 404, 405, ...) as one line that says what to do."""
     if isinstance(e, web.HTTPRequestEntityTooLarge):
-        return f"the body is too large: at most {MAX_BODY // 2**20} MiB per request"
+        return f"the body is too large: at most {request.client_max_size / 2**20:g} MiB per request"
     if e.content_type == "application/json":
         try:
             return json.loads(e.text)["error"]
@@ -102,7 +102,7 @@ async def _answer(request: web.Request, handler: Handler, token: str | None,
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error(e.status, _http_reason(e))
+        return error(e.status, _http_reason(e, request))
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error(500, "the server failed on this request (a bug; its log has the details)")

@@ -11,6 +11,7 @@ import time
 import struct
 import threading
 import zlib
+from pathlib import Path
 
 import aiohttp
 import av
@@ -27,6 +28,7 @@ from actorcast.streaming.ice import rtc_configuration
 from actorcast.streaming.limits import MAX_QUEUED_SPEECH_S
 from actorcast.streaming.tracks import VOICE_RATE
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret"
 
 
@@ -304,3 +306,35 @@ def test_token_from_file_environment_or_flag(tmp_path):
         resolve_token(None, tmp_path / "missing", environ={})
     assert open_server_warning("127.0.0.1", None) is None and open_server_warning("10.1.2.3", "t") is None
     assert "without a token" in open_server_warning("10.1.2.3", None)
+
+
+@pytest.mark.asyncio
+async def test_the_pipecat_examples_offer_refuses_bad_bodies_with_json():
+    """examples/pipecat_agent.py: bad bodies and unusable SDP are 4xx JSON errors, not 500s with tracebacks."""
+    import importlib.util
+
+    pytest.importorskip("pipecat", reason="the pipecat extra is not installed")
+    spec = importlib.util.spec_from_file_location("pipecat_agent", ROOT / "examples" / "pipecat_agent.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    runner = web.AppRunner(example.create_app(example.Agent(None, "127.0.0.1", 3)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        answers = [await post(url, path, token=None, **kwargs) for path, kwargs in (
+            ("/offer", {"data": b"{not json"}),
+            ("/offer", {"data": b"[" * 100_000 + b"]" * 100_000}),
+            ("/offer", {"json": {"sdp": 5, "type": "offer"}}),
+            ("/offer", {"json": {"sdp": "v=0\r\nm=garbage", "type": "offer"}}),
+            ("/offer", {"data": b"x" * (2 * 2**20)}),
+            ("/say", {"json": {"text": "hello"}}),
+        )]
+    finally:
+        await runner.cleanup()
+    assert [(status, kind) for status, kind, _ in answers] == [(400, "application/json")] * 4 + [
+        (413, "application/json"), (409, "application/json")]
+    reasons = [body["error"] for _, _, body in answers]
+    assert "not JSON" in reasons[0] and "nested too deep" in reasons[1] and "SDP" in reasons[3]
+    assert "too large: at most 1 MiB" in reasons[4] and "press Start" in reasons[5]
