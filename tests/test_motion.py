@@ -238,3 +238,46 @@ def test_weighted_dims_move_the_loss_toward_them():
     assert float(weighted_far - same) == pytest.approx(float(plain_far - plain) * 4.0 / mean_weight, rel=1e-4)
     with pytest.raises(ConfigError, match="weighted_dims"):
         MotionConfig(**{**base.__dict__, "weighted_dims": (2, 9)})
+
+
+def test_stochastic_steps_are_euler_at_eta_0_seeded_and_renew_only_the_stochastic_dims():
+    """eta = 0 is the plain Euler sampler; eta > 0 is still seeded; fresh noise goes to weighted_dims only."""
+    from actorcast.models.sampling import _euler
+
+    config = MotionConfig(**{**SMALL.__dict__, "weighted_dims": (3, 6)})
+    model = model_of(config)
+    _, _, audio, z_ref, emotion = inputs(config, B=1, T=4)
+    past = model.read_cache(_reset_cache(model, z_ref, emotion), 4)
+    audio_ctx = pad_audio(audio, config)
+    x0 = torch.randn(1, 4, config.d_motion, generator=torch.Generator().manual_seed(5))
+    euler = x0.clone()
+    for k_now, k_next in ((1.0, 0.75), (0.75, 0.5), (0.5, 0.25), (0.25, 0.0)):
+        euler = euler + (k_next - k_now) * model.forward_chunk(euler, k_now, audio_ctx, past, emotion).velocity
+    plain = _euler(model, x0, audio_ctx, past, emotion, SamplerConfig(steps=4), None)
+    assert (plain - euler).abs().max() < 1e-5
+    # Fresh noise, seeded per draw; huge values outside dims 3-5 must change nothing (they are not renewed there).
+    def source(outside: float):
+        drawn = []
+
+        def fresh():
+            n = torch.randn(x0.shape, generator=torch.Generator().manual_seed(len(drawn)))
+            if outside:
+                n[..., :3], n[..., 6:] = outside, outside
+            drawn.append(n)
+            return n
+        return fresh, drawn
+
+    fresh, drawn = source(0.0)
+    stochastic = _euler(model, x0, audio_ctx, past, emotion, SamplerConfig(steps=4, eta=1.0), fresh)
+    assert len(drawn) == 3  # between steps only: none after the last
+    assert (stochastic - plain).abs().max() > 1e-3
+    assert torch.equal(_euler(model, x0, audio_ctx, past, emotion, SamplerConfig(steps=4, eta=1.0), source(1e3)[0]),
+                       stochastic)
+    with pytest.raises(ConfigError, match="eta"):
+        SamplerConfig(eta=1.5)
+
+
+def _reset_cache(model, z_ref, emotion):
+    cache = model.new_cache(CacheConfig("full", budget_frames=64), batch=z_ref.shape[0])
+    cache.reset(*model.prefix_kv(z_ref, emotion))
+    return cache
