@@ -2,7 +2,7 @@
 
     picture = fit_output(photo)                 # at most 1080p, even sides: the full-frame output's size
     framing = frame_face(picture, face=None)    # MediaPipe in .venv-meter (actors/face_worker.py)
-    reference = framing.crop()                  # (side, side, 3) uint8, edge colour where past the picture
+    reference = framing.crop()                  # (side, side, 3) uint8, its edge lines spread and blurred past the picture
 
 The target framing was measured on built-in identities 0-23 (models/data/face.py, neutral, 256²) with the
 same Face Mesh landmarks this module uses; all ratios are of the square's side:
@@ -16,8 +16,8 @@ same Face Mesh landmarks this module uses; all ratios are of the square's side:
 
 Face height and eye line fix the square's side and height; the eye midpoint centres it; the margin above the
 head then follows (FOREHEAD is checked by the tests, not imposed). The square is kept as it is where it runs
-past the picture (`box` may start below 0): its outside is filled with the nearest edge colour, so the face
-stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
+past the picture (`box` may start below 0): its outside continues the picture's edges, blurred (`fill_past_edges`), so
+the face stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
 """
 
 import tempfile
@@ -40,6 +40,7 @@ FOREHEAD = 0.328            # forehead top (10) from the top / side (follows fro
 MIN_FACE = 64               # px, forehead to chin: smaller faces carry too little detail to animate
 MAX_OUTPUT = (1920, 1080)   # full-frame output fits this box in either orientation (1080p)
 EYE_R, EYE_L = (33, 133), (362, 263)  # subject's right eye (image left), left eye (image right): corners
+PAD_SPREAD = 1.0            # px of Gaussian blur per px past the picture's edge: the fill of the square past it
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,14 @@ class Framing:
     largest: int = 1                    # the number of the largest face (the default choice)
 
     def crop(self, size: int | None = None) -> np.ndarray:
-        """The (side, side, 3) uint8 square, edge colour past the picture; resized (antialiased) to `size`."""
+        """The (side, side, 3) uint8 square, the picture's edges blurred outwards past them
+        (`fill_past_edges`);
+        resized (antialiased) to `size`."""
         x0, y0, side = self.box
         h, w = self.picture.shape[:2]
         inside = self.picture[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
-        pad = ((max(0, -y0), max(0, y0 + side - h)), (max(0, -x0), max(0, x0 + side - w)), (0, 0))
-        square = np.pad(inside, pad, mode="edge")
+        pad = ((max(0, -y0), max(0, y0 + side - h)), (max(0, -x0), max(0, x0 + side - w)))
+        square = fill_past_edges(inside, pad) if any(map(any, pad)) else inside
         return square if size is None or size == side else resize(square[None], size, size)[0]
 
     def crop_landmarks(self, size: int | None = None) -> np.ndarray | None:
@@ -96,6 +99,49 @@ class Framing:
         which = " (the largest)" if self.index == self.largest else ""
         return (f"{self.n_faces} faces found, numbered left to right: animating face {self.index}{which}; "
                 f"{option} picks another")
+
+
+def fill_past_edges(inside: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """The picture part `inside` (h, w, 3) uint8 grown by `pad` ((top, bottom), (left, right)) px: each row (or
+    column) past an edge is the picture's edge line blurred along itself, the more the further out it lies (a
+    Gaussian of PAD_SPREAD px per px past the edge). A copied edge line would draw stripes across the square (any
+    picture with a head near its top has them), a mirror would repeat the head above itself; a spreading blur
+    continues the edge's colours smoothly. Rows first, then columns, so a corner continues the rows' fill."""
+    (top, bottom), (left, right) = pad
+    x = inside.astype(np.float32)
+    rows = [x]
+    if top:
+        rows.insert(0, _spread(x[0], top)[::-1])
+    if bottom:
+        rows.append(_spread(x[-1], bottom))
+    x = np.concatenate(rows, axis=0)
+    columns = [x]
+    if left:
+        columns.insert(0, _spread(x[:, 0], left)[::-1].transpose(1, 0, 2))
+    if right:
+        columns.append(_spread(x[:, -1], right).transpose(1, 0, 2))
+    return np.clip(np.round(np.concatenate(columns, axis=1)), 0, 255).astype(np.uint8)
+
+
+def _spread(line: np.ndarray, n: int) -> np.ndarray:
+    """An edge line (L, 3) float -> (n, L, 3): line i is it blurred with a Gaussian of PAD_SPREAD * (i + 1) px,
+    interpolated between blurs whose widths double (1, 2, 4 ... px; each mirrored at the line's ends)."""
+    x = torch.from_numpy(np.ascontiguousarray(line.T))[None]                     # (1, 3, L)
+    levels, sigma = [x], 1.0
+    while sigma < PAD_SPREAD * n * 2 and sigma < 2 * x.shape[-1]:
+        r = min(int(3 * sigma), x.shape[-1] - 1)
+        taps = torch.arange(-r, r + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).view(1, 1, -1).expand(3, 1, -1)
+        levels.append(F.conv1d(F.pad(x, (r, r), mode="reflect"), kernel, groups=3))
+        sigma *= 2
+    stack = torch.cat(levels)                                                    # (K, 3, L): sigma 0, 1, 2, 4 ...
+    # level of sigma s: 1 + log2(s) (level 0 is the line itself, for s < 1 blended towards it)
+    s = PAD_SPREAD * torch.arange(1, n + 1, dtype=torch.float32)
+    at = torch.where(s < 1, s, 1 + torch.log2(s)).clamp(max=len(levels) - 1)  # n >= 1: two levels at least
+    lo = at.floor().long().clamp(max=len(levels) - 2)
+    w = (at - lo)[:, None, None]
+    return (stack[lo] + w * (stack[lo + 1] - stack[lo])).permute(0, 2, 1).numpy()   # (n, L, 3)
 
 
 def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -8,7 +8,7 @@ the jaw drops while speaking; the chin needs more room below than the forehead a
 falling to 0 over FEATHER of its radius. Where the weight is 0 the output *is* the picture: those pixels are
 copied, never blended, so hair, shoulders and background stay identical (before H.264 encoding, which changes
 every pixel a little). The square is resized to the box's side in picture pixels; parts of it past the picture's
-edge (the edge-colour padding of Framing.crop) are dropped.
+edge (the mirrored, blurred fill of Framing.crop) are dropped.
 """
 
 import numpy as np
