@@ -2,7 +2,7 @@
 
     picture = fit_output(photo)                 # at most 1080p, even sides: the full-frame output's size
     framing = frame_face(picture, face=None)    # MediaPipe in .venv-meter (actors/face_worker.py)
-    reference = framing.crop()                  # (side, side, 3) uint8, its edge lines spread and blurred past the picture
+    reference = framing.crop()                  # (side, side, 3) uint8, edges blurred outwards past the picture
 
 The target framing was measured on built-in identities 0-23 (models/data/face.py, neutral, 256²) with the
 same Face Mesh landmarks this module uses; all ratios are of the square's side:
@@ -16,8 +16,8 @@ same Face Mesh landmarks this module uses; all ratios are of the square's side:
 
 Face height and eye line fix the square's side and height; the eye midpoint centres it; the margin above the
 head then follows (FOREHEAD is checked by the tests, not imposed). The square is kept as it is where it runs
-past the picture (`box` may start below 0): its outside continues the picture's edges, blurred (`fill_past_edges`), so
-the face stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
+past the picture (`box` may start below 0): its outside continues the picture's edges, blurred
+(`fill_past_edges`), so the face stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
 """
 
 import tempfile
@@ -74,8 +74,7 @@ class Framing:
     largest: int = 1                    # the number of the largest face (the default choice)
 
     def crop(self, size: int | None = None) -> np.ndarray:
-        """The (side, side, 3) uint8 square, the picture's edges blurred outwards past them
-        (`fill_past_edges`);
+        """The (side, side, 3) uint8 square, the picture's edges blurred outwards past them (`fill_past_edges`);
         resized (antialiased) to `size`."""
         x0, y0, side = self.box
         h, w = self.picture.shape[:2]
