@@ -1,6 +1,7 @@
-"""Face finder for portrait framing: MediaPipe face detection + Face Mesh on one still, run by `.venv-meter/bin/python`.
+"""Face finder for portrait framing: MediaPipe face detection + Face Mesh on one still, run by the MediaPipe venv's
+python (made by `actorcast setup`; see models/training/meter_env.py):
 
-    .venv-meter/bin/python actors/face_worker.py OUT.npz IMAGE.npy
+    METER_VENV/bin/python face_worker.py OUT.npz IMAGE.npy
 
 IMAGE.npy holds one uint8 RGB picture (H, W, 3). The same environment and bundled models as the lip-sync
 meter (models/training/meter.py); actors/framing.py runs this file. Steps:

@@ -45,7 +45,7 @@ class SetupError(ActorcastError):
 def default_venv() -> Path:
     """Where `actorcast setup` makes the venv: $ACTORCAST_METER_VENV, else the per-user cache folder."""
     if os.environ.get(VENV_ENV):
-        return Path(os.environ[VENV_ENV]).expanduser()
+        return Path(os.environ[VENV_ENV]).expanduser().absolute()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "actorcast" / "meter-venv"
 
@@ -55,8 +55,10 @@ def venv_python(folder: Path) -> Path:
 
 
 def wanted() -> str:
-    """What a venv made now would hold (the requirements file and the mediapipe pin): its stamp's text."""
-    return f"{REQUIREMENTS.read_text()}\n{MEDIAPIPE}\n"
+    """What a venv made now would hold, its stamp's text: the requirement lines (comments left out, so editing
+    one rebuilds nothing) and the mediapipe pin."""
+    lines = [ln.split("#", 1)[0].strip() for ln in REQUIREMENTS.read_text().splitlines()]
+    return "".join(f"{ln}\n" for ln in [*lines, MEDIAPIPE] if ln)
 
 
 def is_complete(folder: Path) -> bool:
