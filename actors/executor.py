@@ -1,7 +1,8 @@
 """Where stages run: in this process (one worker thread per stage) or as Ray actors with declared resources.
 
 Both give a handle with `submit(method, *args) -> concurrent.futures.Future`, so the session code is the same:
-async code awaits `asyncio.wrap_future(...)`, the event loop never runs inference (CONVENTIONS.md 8).
+async code awaits `asyncio.wrap_future(...)`, the event loop never runs inference
+(docs/ARCHITECTURE.md "Stages and executors").
 """
 
 import concurrent.futures

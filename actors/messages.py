@@ -1,4 +1,4 @@
-"""Typed messages between the pipeline stages (CONVENTIONS.md 6): frozen, each with its session and first frame.
+"""Typed messages between the pipeline stages: frozen, each with its session and first frame.
 
 Frame indices are assigned once, from the audio (640 samples = 1 frame), and never renumbered: a message's
 `first_frame` is the index of its first frame in the session's time base.

@@ -1,4 +1,5 @@
-"""Live-call benchmark: `python bench/live.py --out DIR [--quick]` -> DIR/live.json (keys of DESIGN.md).
+"""Live-call benchmark: `python bench/live.py --out DIR [--quick]` -> DIR/live.json (its keys:
+docs/ARCHITECTURE.md "Benchmarks").
 
 One process runs the server on 127.0.0.1 (tiny preset, 256^2); the Python aiortc callers that measure calls run
 in another (bench/callers.py), so that their H.264 and audio decoding does not share the server's event loop and

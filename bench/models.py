@@ -25,7 +25,7 @@ from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger("bench.models")
 
-CHUNK = 4  # frames per generation chunk (DESIGN.md "Time base"), also the decoder's batch
+CHUNK = 4  # frames per generation chunk (docs/ARCHITECTURE.md "Time base"), also the decoder's batch
 FRAME_MS = 1000 / FPS  # 40 ms of video per frame
 OUTPUT = 256  # frame size the chain outputs
 SHIPPED = ROOT / "models" / "weights" / "tiny" / "decoder.json"

@@ -1,4 +1,4 @@
-"""Render throughput, long-form memory and per-chunk time, and Ray overhead (DESIGN.md "Benchmarks").
+"""Render throughput, long-form memory and per-chunk time, and Ray overhead (docs/ARCHITECTURE.md "Benchmarks").
 
     python bench/render.py --out DIR [--quick]
 

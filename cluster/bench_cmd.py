@@ -1,4 +1,4 @@
-"""`actorcast bench NAME --out DIR [--quick]`: run one of the benchmarks in bench/ (DESIGN.md "Benchmarks").
+"""`actorcast bench NAME --out DIR [--quick]`: run one of the benchmarks in bench/ (docs/ARCHITECTURE.md "Benchmarks").
 
 The benchmarks live beside the packages in a source checkout (they are scripts, not part of the installed
 library); this subcommand runs `python bench/NAME.py` from there in a child process and returns its exit code.

@@ -1,4 +1,5 @@
-"""`actorcast eval`: score trained weights on held-out clips (DESIGN.md "Measures") and write the JSON report."""
+"""`actorcast eval`: score trained weights on held-out clips (docs/ARCHITECTURE.md "Measures") and write the JSON
+report."""
 
 import argparse
 import json

@@ -1,6 +1,6 @@
 """Streaming audio encoder: 16 kHz PCM -> log-mel (100 Hz) -> causal convs with a fixed lookahead -> 25 Hz.
 
-Time alignment (DESIGN.md "Time base", 640 samples = 1 video frame, 160 samples = 1 mel hop):
+Time alignment (docs/ARCHITECTURE.md "Time base": 640 samples = 1 video frame, 160 samples = 1 mel hop):
 - mel frame k is computed with `center=False` on samples [160k - 352, 160k + 160) of the stream, left-padded
   with 352 zeros, so it *ends* exactly at the end of its hop and video frame f owns mel frames 4f .. 4f+3;
 - the network is causal at both rates and its output at 25 Hz step g sees audio up to sample 640 (g + 1);

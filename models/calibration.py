@@ -1,4 +1,4 @@
-"""Spread calibration of the generated speech parameters (DESIGN.md "Motion generator").
+"""Spread calibration of the generated speech parameters (docs/ARCHITECTURE.md "Sampler").
 
 A diffusion sampler with few steps regresses towards the mean: on training clips the shipped generator's jaw,
 lip-spread and lip-rounding latents move with 0.80-0.89 of the true motion's spread (the head, which the audio

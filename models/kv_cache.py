@@ -1,4 +1,5 @@
-"""KV cache of the motion generator: five eviction/position policies behind one interface (DESIGN.md).
+"""KV cache of the motion generator: five eviction/position policies behind one interface (docs/ARCHITECTURE.md
+"KV cache").
 
 Layout (one object per session, shared by all layers): keys and values live in two preallocated tensors
 `k, v` of shape (L, B, H, capacity, Dh), stored BEFORE RoPE, plus a device vector `pos` (capacity,) with

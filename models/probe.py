@@ -1,4 +1,5 @@
-"""The evaluation probe (DESIGN.md "Measures"): a small CNN that reads motion parameters off rendered frames.
+"""The evaluation probe (docs/ARCHITECTURE.md "Measures"): a small CNN that reads motion parameters off rendered
+frames.
 
 It is trained only on frames rendered by the synthetic generator with their ground-truth parameters, and never
 sees generated frames, so it is an independent reader of what a generated video shows.

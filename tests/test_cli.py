@@ -20,7 +20,7 @@ def _run(capsys, *argv: str) -> tuple[int, list[str]]:
     return code, err
 
 
-# ---- issue 11.3: a folder that cannot be written is not a full disk -----------------------------------------
+# ---- a folder that cannot be written is not a full disk ----------------------------------------------------------
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 def test_unwritable_output_folder_is_named_as_such(tmp_path, capsys):
@@ -39,7 +39,7 @@ def test_os_errors_say_space_only_when_space_is_the_problem():
     assert "/srv/out cannot be written" in denied and "space" not in denied
 
 
-# ---- issue 11.4: every argument and input file is checked before Ray starts or weights load ------------------
+# ---- every argument and input file is checked before Ray starts or weights load ----------------------------------
 
 @pytest.fixture
 def nothing_may_start(monkeypatch):
@@ -90,7 +90,7 @@ def test_serve_checks_weights_and_port_before_start_up(tmp_path, capsys, nothing
     assert code == 2 and len(err) == 1 and "--port" in err[0], err
 
 
-# ---- issue 11.5: train checks its inputs on the driver; project errors from Ray come out as their one line ----
+# ---- train checks its inputs on the driver; project errors from Ray come out as their one line -------------------
 
 def test_train_refuses_an_empty_data_folder_before_ray_starts(tmp_path, capsys, nothing_may_start):
     (tmp_path / "empty").mkdir()
@@ -136,7 +136,7 @@ def test_cli_prints_the_one_line_of_an_error_raised_in_a_ray_task(ray_local, mon
     assert code == 2 and err == ["actorcast: error: the clip is too short: give at least 40 ms"], err
 
 
-# ---- issue 11.8: one vocabulary across commands ----------------------------------------------------------------
+# ---- one vocabulary across commands ------------------------------------------------------------------------------
 
 def _subcommands():
     """(name, parser) of every subcommand, nested ones (data preview) included."""
@@ -192,7 +192,7 @@ def test_outputs_not_named_mp4_are_refused(tmp_path, capsys, nothing_may_start, 
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
 
 
-# ---- issue 11.6: a local Ray start prints nothing of Ray's; errors name Ray's logs --------------------------
+# ---- a local Ray start prints nothing of Ray's; errors name Ray's logs -------------------------------------------
 
 def test_errors_after_ray_started_name_its_logs_and_input_errors_do_not(ray_local, monkeypatch, capsys):
     import argparse
@@ -230,7 +230,7 @@ def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
     assert others == [], others
 
 
-# ---- issue 11.12: the fast path is the default: Ray only for --address, shards in processes, batch ---------------
+# ---- the fast path is the default: Ray only for --address, shards in processes, batch ----------------------------
 
 def test_render_runs_in_process_by_default_and_on_ray_only_when_asked(tmp_path, capsys, monkeypatch):
     import ray

@@ -1,1 +1,1 @@
-"""The built-in synthetic talking-avatar data set (DESIGN.md "Built-in data set")."""
+"""The built-in synthetic talking-avatar data set (docs/ARCHITECTURE.md "Built-in data set")."""

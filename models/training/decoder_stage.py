@@ -1,5 +1,5 @@
-"""Stage `decoder`: the motion encoder and the video decoder, trained on cross-identity pairs (DESIGN.md "Training",
-stage 1), with the new-pixel mask and the true motion where the data is synthetic.
+"""Stage `decoder`: the motion encoder and the video decoder, trained on cross-identity pairs (docs/ARCHITECTURE.md
+"Training"), with the new-pixel mask and the true motion where the data is synthetic.
 
 Two ways to drive the decoder while it learns (`TrainConfig.latent`):
 - `params` (synthetic data): the decoder's latent is the true motion, `param_latent(params)`, and the motion encoder
@@ -85,7 +85,7 @@ class DecoderTrainer(nn.Module):
 
 
 class DecoderStage:
-    """Motion autoencoder + decoder (DESIGN.md "Training", stage 1)."""
+    """Motion autoencoder + decoder: the first training stage (docs/ARCHITECTURE.md "Training")."""
 
     @staticmethod
     def defaults(preset: str) -> dict:
