@@ -1,6 +1,7 @@
-"""The pipeline stages as plain classes (DESIGN.md "Runtime"): AudioEncoderStage -> MotionStage -> DecoderShard xN.
+"""The pipeline stages as plain classes: AudioEncoderStage -> MotionStage -> DecoderShard xN.
 
-Each stage serves many sessions, keyed by `session_id`, and exchanges the typed messages of actors/messages.py.
+Each stage serves many sessions, keyed by `session_id`, and exchanges the typed messages of actors/messages.py. docs/ARCHITECTURE.md
+"Stages and executors" follows them through a call.
 They know nothing about Ray or asyncio: the executors (actors/executor.py) run them in a worker thread or as
 Ray actors. State a session needs to resume (audio buffers, KV cache, RNG) is exported by `snapshot` and
 re-imported by `restore`, as bytes, so it can cross processes and be written to disk.
@@ -28,7 +29,7 @@ from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
-REST_SECONDS = 1.0  # of silence, whose mean motion is a photo's rest pose (MotionStage.rest_pose)
+REST_SECONDS = 1.0  # of silence, whose median motion is a photo's rest pose (MotionStage.rest_pose)
 
 
 def _dumps(obj) -> bytes:
@@ -142,10 +143,12 @@ class MotionStage:
 
     @torch.no_grad()
     def rest_pose(self, session_id: str, silence: np.ndarray, seconds: float = REST_SECONDS) -> np.ndarray:
-        """The session's idle: the mean motion parameters (N_PARAMS,) the generator makes for its reference from
+        """The session's idle: the median motion parameters (N_PARAMS,) the generator makes for its reference from
         `seconds` of silence features (the audio stage's `open`), neutral, in a stream of its own with the session's
         seed, so the same reference and seed always give the same rest (a resumed render included). A photo's rig
-        draws the motion relative to it (models/photo_rig.py). Only for a decoder trained on the parameters."""
+        draws the motion relative to it (models/photo_rig.py). The median, not the mean: the idle blinks and shifts
+        its gaze, and a blink in that second must not leave the rest pose half-shut. Only for a decoder trained on
+        the parameters."""
         s = self.sessions[session_id]
         p = next(self.generator.parameters())
         stream = MotionStream(self.generator, s["z_ref"], _emotion("neutral", p.device), s["cache"],
@@ -153,7 +156,7 @@ class MotionStage:
         frames = max(self.chunk_frames, round(seconds * FPS))
         feats = torch.as_tensor(silence, dtype=p.dtype, device=p.device).expand(1, frames, -1)
         z = torch.cat([stream.push(feats), stream.flush()], dim=1)[0]  # (frames, d_motion)
-        return params_of_latent(z.float().cpu()).mean(0).numpy()
+        return params_of_latent(z.float().cpu()).median(0).values.numpy()
 
     def set_emotion(self, session_id: str, emotion: str) -> None:
         stream = self.sessions[session_id]["stream"]

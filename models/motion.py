@@ -1,4 +1,6 @@
-"""Motion generator: a block-causal transformer over frame tokens, trained with diffusion forcing (DESIGN.md)."""
+"""Motion generator: a block-causal transformer over frame tokens, trained with diffusion forcing.
+
+docs/ARCHITECTURE.md "Motion generator" describes it."""
 
 import math
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Chunk-wise sampler of the motion generator, apart from the network (DESIGN.md "Motion generator")."""
+"""Chunk-wise sampler of the motion generator, apart from the network (docs/ARCHITECTURE.md "Sampler")."""
 
 import dataclasses
 from dataclasses import dataclass

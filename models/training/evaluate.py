@@ -1,4 +1,4 @@
-"""The quality measures of DESIGN.md "Measures", computed on held-out clips with the trained models.
+"""The quality measures (docs/ARCHITECTURE.md "Measures"), computed on held-out clips with the trained models.
 
 Lip-sync is read off generated *frames* by the independent meter (MediaPipe Face Mesh, models/training/meter.py), which
 nobody here trained: lip-sync r is the Pearson correlation of the truth (true jaw_open on synthetic clips, the
@@ -232,7 +232,8 @@ def _similarity(frames: torch.Tensor, reference: torch.Tensor) -> float:
 def evaluate(models: Models, clips: int = 8, clip_seconds: float = 10.0, long_seconds: float = 300.0,
              size: int = 256, cache: CacheConfig = CacheConfig(), tts_clips: int | None = None,
              meter: FaceMeter | None = None, progress=None) -> dict:
-    """Every measure of DESIGN.md, with the default cache policy and an ablation over all five policies."""
+    """Every measure (docs/ARCHITECTURE.md "Measures"), with the default cache policy and an ablation over all five
+    policies."""
     meter = meter or FaceMeter()
     result = clip_scores(models, meter, clips, clip_seconds, size, cache)
     if progress:

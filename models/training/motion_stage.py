@@ -4,8 +4,8 @@ The latent of each clip frame depends on how the decoder stage trained (`latent`
 - `params`: the decoder reads the normalised true motion (`param_latent`), so the clip's own parameters are the
   target, exact; only the reference's latent `z_ref` comes from the motion encoder, as it does at inference;
 - `encoder`: every frame is rendered and encoded by the motion encoder.
-Latents are computed once per (encoder weights, clip set) and cached on disk beside the run (DESIGN.md "Training":
-"latents computed once and cached"); each rank computes and caches only its own shard of clips.
+Latents are computed once per (encoder weights, clip set) and cached on disk beside the run (docs/ARCHITECTURE.md
+"Training"); each rank computes and caches only its own shard of clips.
 """
 
 import argparse
@@ -159,7 +159,7 @@ class MotionTrainer(nn.Module):
 
 
 class MotionStage:
-    """Stage 2 of DESIGN.md "Training"."""
+    """Stage 2 of docs/ARCHITECTURE.md "Training"."""
 
     @staticmethod
     def defaults(preset: str) -> dict:
