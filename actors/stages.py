@@ -1,7 +1,7 @@
 """The pipeline stages as plain classes: AudioEncoderStage -> MotionStage -> DecoderShard xN.
 
-Each stage serves many sessions, keyed by `session_id`, and exchanges the typed messages of actors/messages.py. docs/ARCHITECTURE.md
-"Stages and executors" follows them through a call.
+Each stage serves many sessions, keyed by `session_id`, and exchanges the typed messages of actors/messages.py;
+docs/ARCHITECTURE.md "Stages and executors" follows them through a call.
 They know nothing about Ray or asyncio: the executors (actors/executor.py) run them in a worker thread or as
 Ray actors. State a session needs to resume (audio buffers, KV cache, RNG) is exported by `snapshot` and
 re-imported by `restore`, as bytes, so it can cross processes and be written to disk.
