@@ -1,20 +1,23 @@
-"""Real portraits (issue 13): a photo's face animated by espeak-ng speech and pasted back, read by the meter.
+"""Real portraits: a photo's face animated by espeak-ng speech and pasted back, read by the meter.
 
     python bench/portraits.py --out DIR [--quick] [--weights DIR] [--all-faces]
 
 Each test photo (tests/data/astronaut.jpg; insightface's t1.jpg, its largest face, or each of its six with
 --all-faces; two of scikit-image's lfw_subset faces, as they come at 25 px and doubled to 50 px as
-tests/test_framing.py does) goes through `render` (cluster/render.py) with --full-frame, speaking 10 s of
-held-out espeak-ng speech: the evaluation's 'tts' source (models/data/tts.py), whose phoneme-derived openness
-(`openness`, the jaw_open of the viseme timeline) is the truth lipsync_r_tts is scored against. A photo that
-framing refuses (no face, too small) is recorded with its message instead of a render. With weights trained on
-the motion parameters (the shipped ones), the photo is animated by its rig (models/photo_rig.py), as render does.
+tests/test_framing.py does) goes through `render` (cluster/render.py) with --full-frame, speaking 20 s of
+held-out espeak-ng speech (sentences with their pauses) and then 5 s of silence: the evaluation's 'tts' source
+(models/data/tts.py), whose phoneme-derived openness (`openness`, the jaw_open of the viseme timeline; 0 in the
+silent tail) is the truth lipsync_r_tts is scored against. A photo that framing refuses (no face, too small) is
+recorded with its message instead of a render. With weights trained on the motion parameters (the shipped ones),
+the photo is animated by its rig (models/photo_rig.py), as render does.
 
-Measured per photo (DIR/portraits.json, under "photos"; each figure is {"value", "target", "met"}):
+Measured per photo (DIR/portraits.json, under "photos"; each figure is {"value", "target", "met"}). "Spoken
+part": the 20 s of speech with its pauses; "tail" (keys ending _silence): the 5 s of silence after it.
 
 | key                               | what                                                              | target  |
 |-----------------------------------|-------------------------------------------------------------------|---------|
-| lipsync_r                         | Pearson r of the meter's mouth opening with the speech's openness | >= 0.5  |
+| lipsync_r                         | Pearson r of the meter's mouth opening with the speech's openness | >= 0.65 |
+|                                   | over the spoken part                                              |         |
 | lip_lag_frames                    | cross-correlation peak, frames (positive: the video is late)      | none    |
 | mouth_open_range_speech           | p95 - p5 of the meter's mouth opening in speech, face heights     | >= 0.04 |
 | outside_mask_max_abs_diff_frames  | max abs difference to the photo where the mask weight is 0, on    | == 0    |
@@ -24,16 +27,39 @@ Measured per photo (DIR/portraits.json, under "photos"; each figure is {"value",
 |                                   | frames, composited frames                                         |         |
 | face_ssim_silent_mp4              | the same on the decoded mp4                                       | >= 0.8  |
 | meter_no_face_frames              | frames of the mp4 in which the meter found no face (NaN there,    | == 0    |
-|                                   | left out of r and the ranges, never dropped silently)             |         |
+|                                   | left out of every measure, never dropped silently)                |         |
+| head_yaw_std_deg,                 | standard deviation over the spoken part of the head's yaw (pitch) | >= 2    |
+| head_pitch_std_deg                | in degrees: each frame's RIGID Face Mesh points (x, y and the     |         |
+|                                   | mesh's depth z) fitted rigidly to the first frame's (Kabsch)      |         |
+| blinks                            | blinks starting in the spoken part that close the eye (both eyes' | >= 3    |
+|                                   | mean openness) below BLINK_CLOSED (35 %) of its open level, the   |         |
+|                                   | video's median; dip_bottoms: each dip under half open, as a       |         |
+|                                   | fraction of open (motion_measures.blinks)                         |         |
+| blink_deepest_closure             | the lowest eye openness in the spoken part / the open level       | none    |
+| gaze_shifts                       | saccades in the spoken part: the irises (468, 473) placed between | >= 2    |
+|                                   | their eye corners, in eye widths, jump SACCADE_JUMP or more from  |         |
+|                                   | one fixation (FIXATION_FRAMES within FIXATION_RADIUS) to the next |         |
+| identity_distance_mean, _max      | dlib face-recognition descriptor distance (face_id_worker.py) of  | <= 0.35 |
+|                                   | every IDENTITY_STEP-th frame's face to the photo's own square;    | <= 0.45 |
+|                                   | mean and max over the frames dlib finds a face in (0.6: another   |         |
+|                                   | person, by dlib's own threshold)                                  |         |
+| blinks_silence                    | blinks in the tail                                                | >= 1    |
+| head_yaw_std_deg_silence,         | head yaw (pitch) standard deviation in the tail                   | >= 0.5  |
+| head_pitch_std_deg_silence        |                                                                   |         |
+| blink_deepest_closure_silence,    | as in speech, in the tail                                         | none    |
+| gaze_shifts_silence               |                                                                   |         |
 
-The meter (models/training/meter.py, tracking) reads the square around the animated face, cut from the decoded
-mp4 at the framing's box as render cut the reference; its mouth opening is the inner-lip gap over the face
-height. Speech frames: audio RMS >= bench/sheet.py's SILENCE_RMS; silent frames: below it in the frame and the
-SILENT_MARGIN frames either side (the jaw leads and trails the sound). The r target is set for single-face
+The meter (the worker of models/training/meter.py, tracking) reads the square around the animated face, cut from
+the decoded mp4 at the framing's box as render cut the reference; its mouth opening is the inner-lip gap over the
+face height. Speech frames: audio RMS >= bench/sheet.py's SILENCE_RMS; silent frames: below it in the frame and
+the SILENT_MARGIN frames either side (the jaw leads and trails the sound). Gaze shifts are looked for only where
+the eyes are at least half open (a closing lid moves the meter's iris). The r target is set for single-face
 photos; a group photo's faces report it too.
 
-Also written: DIR/portraits_<photo>.png (waveform, mouth opening against openness, the face and its mouth over
-time, from the mp4) and DIR/portraits_<photo>.mp4 (the render). --quick: the astronaut only, 4 s of speech.
+Also written: DIR/portraits_<photo>.png (waveform, mouth opening against openness, head yaw and pitch with eye
+openness and gaze shifts, the face and its mouth over time, from the mp4), DIR/strip_<photo>.png (the face every
+0.4 s), DIR/mouth_<photo>.png (the mouth every 2nd frame of the first 4 s, at the photo's own resolution) and
+DIR/portraits_<photo>.mp4 (the render). --quick: the astronaut only, 5 s of speech and the 5 s tail.
 """
 
 import argparse
@@ -59,12 +85,34 @@ from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 log = logging.getLogger("bench.portraits")
 
 SPEECH_CLIP = HELDOUT_START  # the held-out clip whose voice and words are spoken (the evaluation's first)
+SPEECH_S, QUICK_SPEECH_S = 20.0, 5.0   # seconds of speech (with its own pauses) spoken; --quick
+TAIL_S = 5.0                 # seconds of silence appended after the speech
 SILENT_MARGIN = 2            # frames either side of a silent frame that must be silent too
 LFW_FACES = (0, 1)           # lfw_subset() indices tried
-# key: (comparison, value), from issue 13's "How it is measured"; None: reported without a target. The issue sets
-# r >= 0.5 for single-face photos; meter_no_face_frames == 0 is this benchmark's own (the face never leaves).
+
+# Head pose: Face Mesh points that move with the skull, not with the jaw, lips, lids or brows (upper face oval,
+# forehead, nose ridge, eye corners, cheekbones), fitted rigidly in 3-D (x, y and the mesh's depth z).
+RIGID = (10, 338, 297, 332, 284, 251, 389, 356, 454, 234, 127, 162, 21, 54, 103, 67, 109,
+         151, 9, 168, 6, 197, 195, 5, 4, 1,
+         33, 133, 362, 263,
+         116, 345, 123, 352, 50, 280)
+BLINK_CLOSED = 0.35          # a blink counts when the eye closes below this fraction of its open level
+# Gaze: per eye (image-left corner, image-right corner, iris centre); the iris is placed along and across the
+# corner-to-corner line, in eye widths.
+EYES = ((33, 133, 468), (362, 263, 473))
+SACCADE_JUMP = 0.05          # eye widths between two fixations' medians: about 7 deg of eye rotation (an eyeball
+                             # radius of 0.4 eye widths), above the meter's iris noise on a still photo
+FIXATION_FRAMES = 3          # a fixation: this many frames (120 ms) ...
+FIXATION_RADIUS = 0.02       # ... within this many eye widths of their median
+SACCADE_FRAMES = 3           # frames the jump between two fixations may take
+IDENTITY_STEP = 5            # every this many frames' faces are compared with the photo's
+SAME_PERSON = 0.6            # dlib's descriptor distance under which two faces are one person
+
+# key: (comparison, value); None: reported without a target. The lip-sync, motion, blink, gaze and identity
+# targets are the project's for every test photo; meter_no_face_frames == 0 is this benchmark's own (the face
+# never leaves). The r target is set for single-face photos; a group photo's faces report it too.
 TARGETS = {
-    "lipsync_r": (">=", 0.5),
+    "lipsync_r": (">=", 0.65),
     "lip_lag_frames": None,
     "mouth_open_range_speech": (">=", 0.04),
     "outside_mask_max_abs_diff_frames": ("==", 0),
@@ -72,6 +120,18 @@ TARGETS = {
     "face_ssim_silent_frames": (">=", 0.8),
     "face_ssim_silent_mp4": (">=", 0.8),
     "meter_no_face_frames": ("==", 0),
+    "head_yaw_std_deg": (">=", 2.0),
+    "head_pitch_std_deg": (">=", 2.0),
+    "blinks": (">=", 3),
+    "blink_deepest_closure": None,
+    "gaze_shifts": (">=", 2),
+    "identity_distance_mean": ("<=", 0.35),
+    "identity_distance_max": ("<=", 0.45),
+    "blinks_silence": (">=", 1),
+    "blink_deepest_closure_silence": None,
+    "head_yaw_std_deg_silence": (">=", 0.5),
+    "head_pitch_std_deg_silence": (">=", 0.5),
+    "gaze_shifts_silence": None,
 }
 
 
@@ -93,10 +153,21 @@ class Speech:
     audio: np.ndarray
     openness: np.ndarray         # (T,) phoneme-derived mouth openness (models/data/tts.py `openness`)
     rms: np.ndarray              # (T,) audio RMS per frame
+    tail: int = 0                # frames of silence appended at the end (openness 0 there)
 
     @property
     def speech(self) -> np.ndarray:
         return self.rms >= SILENCE_RMS
+
+    @property
+    def spoken(self) -> np.ndarray:
+        """(T,) bool: the frames before the silent tail (the speech with its own pauses)."""
+        return np.arange(len(self.rms)) < len(self.rms) - self.tail
+
+    @property
+    def in_tail(self) -> np.ndarray:
+        """(T,) bool: the appended silent tail."""
+        return ~self.spoken
 
     @property
     def silent(self) -> np.ndarray:
@@ -131,8 +202,127 @@ def figure(key: str, value, **extra) -> dict:
     target = TARGETS[key]
     met = None
     if target is not None and value is not None:
-        met = bool(value >= target[1]) if target[0] == ">=" else bool(value == target[1])
+        compare = {">=": np.greater_equal, "<=": np.less_equal, "==": np.equal}[target[0]]
+        met = bool(compare(value, target[1]))
     return {"value": value, "target": None if target is None else f"{target[0]} {target[1]}", "met": met, **extra}
+
+
+def kabsch(reference: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(T, 3, 3) rotations R that best map the centred `reference` (K, 3) onto each frame's centred `points`
+    (T, K, 3), least squares (Kabsch 1976; proper rotations, det +1): points - mean ~ R (reference - mean).
+    NaN for a frame with any NaN point."""
+    a = reference - reference.mean(0)                            # (K, 3)
+    b = points - points.mean(1, keepdims=True)                   # (T, K, 3)
+    ok = np.isfinite(b).all((1, 2))
+    cov = np.einsum("ki,tkj->tij", a, np.where(ok[:, None, None], b, 0.0))  # (T, 3, 3): sum_k a_k b_k^T = U S V^T
+    u, _, vt = np.linalg.svd(cov)
+    fix = np.tile(np.eye(3), (len(points), 1, 1))
+    fix[:, 2, 2] = np.where(np.linalg.det(vt) * np.linalg.det(u) < 0, -1.0, 1.0)  # no reflection
+    rot = vt.transpose(0, 2, 1) @ fix @ u.transpose(0, 2, 1)   # V diag(1, 1, d) U^T
+    rot[~ok] = np.nan
+    return rot
+
+
+def yaw_pitch(rot: np.ndarray) -> np.ndarray:
+    """(T, 2) yaw and pitch in degrees of rotations (T, 3, 3) in image axes (x right, y down, z away from the
+    camera), taken as R = Ry(yaw) Rx(pitch) Rz(roll): yaw turns about the image's vertical axis, pitch about its
+    horizontal one."""
+    yaw = np.arctan2(rot[:, 0, 2], rot[:, 2, 2])
+    pitch = np.arcsin(np.clip(-rot[:, 1, 2], -1.0, 1.0))
+    return np.degrees(np.stack([yaw, pitch], 1))
+
+
+def head_pose(landmarks: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(T, 2) yaw and pitch in degrees of each frame's head against the first frame's with a face: the RIGID points
+    of Face Mesh's (T, 478, 2) pixels and (T, 478) depths (the meter worker's `landmarks`, `landmarks_z`) fitted
+    rigidly in 3-D. NaN where no face was read."""
+    points = np.concatenate([landmarks[:, RIGID], depth[:, RIGID, None]], axis=2).astype(np.float64)  # (T, K, 3)
+    found = np.isfinite(points).all((1, 2))
+    if not found.any():
+        return np.full((len(points), 2), np.nan)
+    return yaw_pitch(kabsch(points[np.argmax(found)], points))
+
+
+def nan_std(values: np.ndarray) -> float | None:
+    """Standard deviation over the finite values; None under 2 of them."""
+    values = values[np.isfinite(values)]
+    return float(np.std(values)) if len(values) >= 2 else None
+
+
+def blink_figures(eye_open: np.ndarray, frames: np.ndarray, open_level: float) -> dict:
+    """Blinks of an eye-openness series (T,) that start in `frames` (T,) bool, against `open_level`: `blinks`,
+    those closing below BLINK_CLOSED of it; `deepest`, the lowest openness in `frames` over the open level;
+    `bottoms`, the lowest openness of each dip below motion_measures' BLINK_DEPTH (half open), counted or not."""
+    from actorcast.models.training.motion_measures import BLINK_DEPTH, blinks
+
+    def starting_in(found):
+        return [b for b in found if frames[b.start]]
+
+    eye = np.asarray(eye_open, np.float64)
+    inside = eye[frames & np.isfinite(eye)]
+    return {"blinks": len(starting_in(blinks(eye, BLINK_CLOSED, open_level))),
+            "deepest": float(inside.min() / open_level) if len(inside) else None,
+            "bottoms": [round(b.bottom, 3) for b in starting_in(blinks(eye, BLINK_DEPTH, open_level))]}
+
+
+def iris_positions(landmarks: np.ndarray) -> np.ndarray:
+    """(T, 2) where the irises sit in their eyes, both eyes' mean, in eye widths: along the line from the eye's
+    image-left corner to its image-right corner (0 at the left corner, 1 at the right) and across it (positive
+    down), from Face Mesh's (T, 478, 2) pixels. NaN where no face was read."""
+    along, across = [], []
+    for left, right, iris in EYES:
+        axis = landmarks[:, right] - landmarks[:, left]                  # (T, 2)
+        rel = landmarks[:, iris] - landmarks[:, left]
+        width2 = (axis ** 2).sum(1)
+        along.append((rel * axis).sum(1) / width2)
+        across.append((axis[:, 0] * rel[:, 1] - axis[:, 1] * rel[:, 0]) / width2)
+    return np.stack([np.mean(along, 0), np.mean(across, 0)], 1).astype(np.float64)
+
+
+def saccades(position: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Frame indices of gaze shifts in an iris track (T, 2) (`iris_positions`), where `valid` (T,) bool.
+
+    A shift: FIXATION_FRAMES valid frames held within FIXATION_RADIUS of their median, then within SACCADE_FRAMES
+    frames another such fixation whose median lies SACCADE_JUMP or more away. Every pair of windows that sees the
+    same jump is one shift, reported at its largest frame-to-frame step. Drift, noise and jumps out of or into
+    an unsteady stretch (a blink: leave it out of `valid`) are not shifts."""
+    n, f, gap = len(position), FIXATION_FRAMES, SACCADE_FRAMES
+    valid = np.asarray(valid, bool) & np.isfinite(position).all(1)
+
+    def held(a: int) -> np.ndarray | None:
+        window = position[a:a + f]
+        if a < 0 or a + f > n or not valid[a:a + f].all():
+            return None
+        centre = np.median(window, 0)
+        return centre if np.linalg.norm(window - centre, axis=1).max() <= FIXATION_RADIUS else None
+
+    hits = np.zeros(n, bool)                          # t: a fixation ends at t - 1, the next starts at t + gap
+    for t in range(f, n - gap - f + 1):
+        before, after = held(t - f), held(t + gap)
+        if before is not None and after is not None and valid[t:t + gap].all() \
+                and np.linalg.norm(after - before) >= SACCADE_JUMP:
+            hits[t] = True
+    step = np.r_[0.0, np.linalg.norm(np.diff(position, axis=0), axis=1)]   # step[i]: frame i - 1 to frame i
+    step[~np.isfinite(step)] = 0.0
+    edges = np.diff(np.r_[0, hits.astype(np.int8), 0])
+    runs = zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))  # [a, b) of every run of hits
+    return np.asarray([a + int(np.argmax(step[a:b + gap])) for a, b in runs], int)
+
+
+def eyes_open(eye_open: np.ndarray, open_level: float) -> np.ndarray:
+    """(T,) bool: the eye is at least half open (motion_measures' BLINK_DEPTH) there and in the frames either
+    side, so the iris reading is not a lid's."""
+    from actorcast.models.training.motion_measures import BLINK_DEPTH
+
+    shut = ~(np.asarray(eye_open, np.float64) >= BLINK_DEPTH * open_level)      # NaN counts as shut
+    shut = shut | np.r_[shut[1:], False] | np.r_[False, shut[:-1]]
+    return ~shut
+
+
+def identity_distances(reference: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
+    """(n,) Euclidean distances of dlib face descriptors (n, 128) to the `reference` (128,); NaN where a frame had
+    no face (its descriptor NaN)."""
+    return np.linalg.norm(np.asarray(descriptors, np.float64) - np.asarray(reference, np.float64), axis=1)
 
 
 class FrameChecks:
@@ -183,18 +373,107 @@ def decoded(path: Path, chunk: int = 25):
             yield np.stack(batch)
 
 
+# ------------------------------------------------------------------------------------------------ readers
+
+def read_meter(squares: np.ndarray, tmp: Path):
+    """The meter's reading of (T, side, side, 3) uint8 frames as one tracked sequence, and the (T, 478) depths
+    of its landmarks that MeterReading does not carry: (MeterReading, landmarks_z). The meter worker run as
+    FaceMeter runs it (models/training/meter.py)."""
+    from actorcast.models.training.meter import WORKER, MeterReading, run_in_meter_env
+
+    frames, out = tmp / "meter_frames.npy", tmp / "meter_out.npz"
+    np.save(frames, np.ascontiguousarray(squares))
+    try:
+        run_in_meter_env(WORKER, [str(out), str(frames)], "the lip-sync meter")
+        with np.load(out) as d:
+            left, right = d["eye_open_l"], d["eye_open_r"]
+            reading = MeterReading(mouth_open=d["mouth_open"], eye_open=(left + right) / 2, eye_open_l=left,
+                                   eye_open_r=right, found=d["found"], landmarks=d["landmarks"])
+            return reading, d["landmarks_z"]
+    finally:
+        frames.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+
+
+FACE_ID_WORKER = ROOT / "models" / "training" / "face_id_worker.py"
+
+
+def read_identity(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    """dlib face descriptors (face_id_worker.py, in the meter's venv) of the photo's own square (side, side, 3)
+    and of frames (n, side, side, 3): ((128,), (n, 128)); NaN rows where dlib found no face."""
+    from actorcast.models.training.meter import run_in_meter_env
+
+    frames, out = tmp / "id_frames.npy", tmp / "id_out.npz"
+    np.save(frames, np.ascontiguousarray(np.concatenate([photo_square[None], squares])))
+    try:
+        run_in_meter_env(FACE_ID_WORKER, [str(out), str(frames)], "the face identity worker (dlib)")
+        with np.load(out) as d:
+            return d["descriptors"][0], d["descriptors"][1:]
+    finally:
+        frames.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+
+
+def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, dict]:
+    """The head, blink and gaze figures of a reading over the spoken part and over the silent tail, and the
+    series they come from (for the sheet): ({key: figure}, {"pose", "eye", "open_level", "iris", "shifts"})."""
+    n = len(reading)
+    pose = head_pose(reading.landmarks, depth)                              # (T, 2) degrees
+    eye = np.asarray(reading.eye_open, np.float64)
+    level = float(np.nanmedian(eye)) if np.isfinite(eye).any() else float("nan")
+    iris = iris_positions(reading.landmarks)
+    shifts = saccades(iris, eyes_open(eye, level))
+    figures = {}
+    for part, suffix in ((speech.spoken[:n], ""), (speech.in_tail[:n], "_silence")):
+        frames = np.zeros(n, bool)
+        frames[:len(part)] = part
+        b = blink_figures(eye, frames, level)
+        figures[f"head_yaw_std_deg{suffix}"] = figure(f"head_yaw_std_deg{suffix}", _round(nan_std(pose[frames, 0]), 2))
+        figures[f"head_pitch_std_deg{suffix}"] = figure(f"head_pitch_std_deg{suffix}",
+                                                        _round(nan_std(pose[frames, 1]), 2))
+        figures[f"blinks{suffix}"] = figure(f"blinks{suffix}", b["blinks"], closing_below=BLINK_CLOSED,
+                                            dip_bottoms=b["bottoms"])
+        figures[f"blink_deepest_closure{suffix}"] = figure(f"blink_deepest_closure{suffix}", _round(b["deepest"], 3),
+                                                           unit="fraction of the open level")
+        figures[f"gaze_shifts{suffix}"] = figure(f"gaze_shifts{suffix}", int(frames[shifts].sum()),
+                                                 seconds=round(frames.sum() / FPS, 1))
+    return figures, {"pose": pose, "eye": eye, "open_level": level, "iris": iris, "shifts": shifts}
+
+
+def identity_figures(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> dict:
+    """identity_distance_mean and _max: dlib descriptor distances of every IDENTITY_STEP-th frame's face to the
+    photo's; frames where dlib found no face are counted, not averaged."""
+    reference, descriptors = read_identity(photo_square, squares[::IDENTITY_STEP], tmp)
+    extra = {"frames_sampled": len(descriptors), "every_nth_frame": IDENTITY_STEP, "same_person_below": SAME_PERSON}
+    if not np.isfinite(reference).all():
+        note = "dlib found no face in the photo's square"
+        return {"identity_distance_mean": figure("identity_distance_mean", None, note=note, **extra),
+                "identity_distance_max": figure("identity_distance_max", None, note=note, **extra)}
+    dist = identity_distances(reference, descriptors)
+    seen = dist[np.isfinite(dist)]
+    extra["frames_without_face"] = int(len(dist) - len(seen))
+    mean, top = (round(float(seen.mean()), 3), round(float(seen.max()), 3)) if len(seen) else (None, None)
+    return {"identity_distance_mean": figure("identity_distance_mean", mean, **extra),
+            "identity_distance_max": figure("identity_distance_max", top, **extra)}
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
-def make_speech(seconds: float) -> Speech:
-    """`seconds` of the held-out clip's espeak-ng speech (neutral) and its phoneme-derived openness."""
+def make_speech(seconds: float, tail_s: float = TAIL_S) -> Speech:
+    """`seconds` of the held-out clip's espeak-ng speech (neutral; sentences with pauses) and its phoneme-derived
+    openness, then `tail_s` seconds of silence (openness 0)."""
     from actorcast.models.data.dataset import performance_seed
     from actorcast.models.data.tts import openness, tts_performance
 
     perf = tts_performance(performance_seed(SPEECH_CLIP), seconds, emotion="neutral", heldout=True)
-    audio = perf.audio.numpy()
-    frames = audio[:len(audio) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME].reshape(-1, SAMPLES_PER_FRAME)
-    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
-    return Speech(audio=audio, openness=openness(perf).numpy(), rms=rms)
+    spoken, truth = perf.audio.numpy(), openness(perf).numpy()
+    n = len(spoken) // SAMPLES_PER_FRAME
+    spoken, truth = spoken[:n * SAMPLES_PER_FRAME], truth[:n]
+    truth = np.pad(truth, (0, n - len(truth)))
+    tail = round(tail_s * FPS)
+    audio = np.concatenate([spoken, np.zeros(tail * SAMPLES_PER_FRAME, spoken.dtype)])
+    rms = np.sqrt(np.mean(audio.reshape(-1, SAMPLES_PER_FRAME).astype(np.float64) ** 2, axis=1) + 1e-12)
+    return Speech(audio=audio, openness=np.concatenate([truth, np.zeros(tail, truth.dtype)]), rms=rms, tail=tail)
 
 
 def t1_path() -> Path:
@@ -244,8 +523,8 @@ def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path,
     """Render `photo` speaking `wav` full-frame with `engine`; measure it (see the module docstring)."""
     from actorcast.cluster.render import RenderJob, check_job, paste_back_for, render
     from actorcast.models.errors import InputError
+    from actorcast.actors.framing import Framing
     from actorcast.models.training.evaluate import lip_lag, pearson, span
-    from actorcast.models.training.meter import FaceMeter
 
     video = out / f"portraits_{photo.name}.mp4"
     job = RenderJob(str(wav), str(video), image=str(photo.path), weights=str(weights), face=photo.face,
@@ -278,13 +557,17 @@ def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path,
         raise RuntimeError(f"{photo.name}: render said {done['frames']} frames, {composited.n} were composited "
                            f"and the mp4 holds {from_mp4.n}")
     squares = np.stack(from_mp4.squares)                        # (T, side, side, 3) from the mp4
-    reading = FaceMeter().read(squares)
+    reading, depth = read_meter(squares, tmp)
     n = min(len(squares), len(speech.openness))
+    spoken = speech.spoken[:n]
     truth, mouth = speech.openness[:n], reading.mouth_open[:n]
+    motion, series = motion_figures(reading, depth, speech)
+    photo_square = Framing(framing.picture, framing.box, None).crop()
     entry.update({
         "frames": len(squares),
-        "lipsync_r": figure("lipsync_r", round(pearson(truth, mouth), 3), single_face=framing.n_faces == 1),
-        "lip_lag_frames": figure("lip_lag_frames", lip_lag(truth, mouth)),
+        "lipsync_r": figure("lipsync_r", round(pearson(truth[spoken], mouth[spoken]), 3),
+                            single_face=framing.n_faces == 1, over="the spoken part, not the silent tail"),
+        "lip_lag_frames": figure("lip_lag_frames", lip_lag(truth[spoken], mouth[spoken])),
         "mouth_open_range_speech": figure("mouth_open_range_speech", round(span(mouth[speech.speech[:n]]), 4),
                                           unit="face heights"),
         "mouth_open_range_silence": round(span(mouth[~speech.speech[:n]]), 4),
@@ -297,8 +580,11 @@ def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path,
         "face_ssim_silent_mp4": figure("face_ssim_silent_mp4", _round(from_mp4.mean_ssim, 3),
                                        silent_frames=len(from_mp4.ssim)),
         "meter_no_face_frames": figure("meter_no_face_frames", reading.n_missing, of=len(reading)),
-        "sheet": f"portraits_{photo.name}.png", "video": video.name})
-    draw_sheet(out / entry["sheet"], photo.name, entry, speech, reading, squares)
+        **motion, **identity_figures(photo_square, squares, tmp),
+        "sheet": f"portraits_{photo.name}.png", "video": video.name,
+        "strip": f"strip_{photo.name}.png", "mouth_strip": f"mouth_{photo.name}.png"})
+    draw_sheet(out / entry["sheet"], photo.name, entry, speech, reading, squares, series)
+    write_strips(out, photo.name, squares, reading.landmarks, speech)
     return entry
 
 
@@ -312,9 +598,40 @@ def _strip(images: list[np.ndarray], per_row: int) -> np.ndarray:
     return np.concatenate([np.concatenate(images[i:i + per_row], axis=1) for i in range(0, len(images), per_row)])
 
 
-def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squares: np.ndarray) -> None:
-    """Waveform; the meter's mouth opening against the speech's openness; the face every 0.4 s; the mouth every
-    2 frames over the first 4 s (as bench/sheet.py draws them), all from the decoded mp4."""
+STRIP_EVERY = 10               # frames between the strip's faces (0.4 s)
+STRIP_FACE = 128               # px: the strip's faces are shrunk to this, never grown
+STRIP_PER_ROW = 10             # faces a row (4 s)
+MOUTH_SECONDS, MOUTH_EVERY, MOUTH_PER_ROW = 4.0, 2, 25   # the mouth strip: every 2nd frame of the first 4 s
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.part")
+    Image.fromarray(image).save(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def write_strips(out: Path, name: str, squares: np.ndarray, landmarks: np.ndarray, speech: Speech) -> None:
+    """DIR/strip_<name>.png: the face (the framing's square of the decoded mp4) every STRIP_EVERY frames, left to
+    right then down, STRIP_PER_ROW a row (the silent tail starts a row at the default lengths); DIR/mouth_<name>.png:
+    the mouth every MOUTH_EVERY frames of the first MOUTH_SECONDS, cut from the same squares at the photo's own
+    resolution (bench/sheet.py's `mouth_crops`, half a tenth of the square's side)."""
+    from actorcast.actors.framing import resize
+
+    side = squares.shape[1]
+    faces = list(resize(squares[::STRIP_EVERY], min(side, STRIP_FACE), min(side, STRIP_FACE)))
+    _write_png(out / f"strip_{name}.png", _strip(faces, min(STRIP_PER_ROW, len(faces))))
+    shown = list(range(0, min(len(squares), round(MOUTH_SECONDS * FPS)), MOUTH_EVERY))
+    mouths = mouth_crops(squares[shown], landmarks[shown], half=max(12, side // 10))
+    _write_png(out / f"mouth_{name}.png", _strip(mouths, min(MOUTH_PER_ROW, len(mouths))))
+
+
+def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squares: np.ndarray,
+               series: dict) -> None:
+    """Waveform; the meter's mouth opening against the speech's openness; head yaw and pitch, eye openness and
+    gaze shifts; the face every 0.4 s; the mouth every 2 frames over the first 4 s (as bench/sheet.py draws
+    them), all from the decoded mp4."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,17 +645,22 @@ def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squa
     mouths = mouth_crops(squares[shown], reading.landmarks[shown], half=max(12, squares.shape[1] // 10))
     faces_per_row = min(13, len(faces))
     face_rows, mouth_rows = math.ceil(len(faces) / faces_per_row), math.ceil(len(mouths) / 25)
-    fig = plt.figure(figsize=(14, 4.2 + 1.05 * face_rows + 0.55 * mouth_rows))
-    grid = fig.add_gridspec(4, 1, height_ratios=[0.8, 1.2, 1.05 * face_rows, 0.55 * mouth_rows], hspace=0.55)
+    fig = plt.figure(figsize=(14, 5.6 + 1.05 * face_rows + 0.55 * mouth_rows))
+    grid = fig.add_gridspec(5, 1, height_ratios=[0.8, 1.2, 1.2, 1.05 * face_rows, 0.55 * mouth_rows], hspace=0.6)
     t = np.arange(n) / FPS
     ax = fig.add_subplot(grid[0])
     ax.plot(np.arange(len(speech.audio)) / (FPS * SAMPLES_PER_FRAME), speech.audio, lw=0.4, color="0.3")
     ax.set(xlim=(0, n / FPS), ylabel="audio")
     f = {k: entry[k]["value"] for k in TARGETS}
-    ax.set_title(f"{name}: lip-sync r {f['lipsync_r']} (target >= 0.5), lag {f['lip_lag_frames']} frames, "
+    ax.set_title(f"{name}: lip-sync r {f['lipsync_r']} (target >= 0.65), lag {f['lip_lag_frames']} frames, "
                  f"mouth range {f['mouth_open_range_speech']} (>= 0.04), silent SSIM {f['face_ssim_silent_mp4']} "
                  f"(>= 0.8), outside mask max diff {f['outside_mask_max_abs_diff_frames']} (== 0), "
-                 f"no face {f['meter_no_face_frames']}/{n}", fontsize=9)
+                 f"no face {f['meter_no_face_frames']}/{n}\n"
+                 f"speech: yaw/pitch std {f['head_yaw_std_deg']}/{f['head_pitch_std_deg']} deg (>= 2), "
+                 f"blinks {f['blinks']} (>= 3), gaze shifts {f['gaze_shifts']} (>= 2); identity mean/max "
+                 f"{f['identity_distance_mean']}/{f['identity_distance_max']} (<= 0.35/0.45); silence: blinks "
+                 f"{f['blinks_silence']} (>= 1), yaw/pitch std {f['head_yaw_std_deg_silence']}/"
+                 f"{f['head_pitch_std_deg_silence']} deg (>= 0.5)", fontsize=9)
     ax = fig.add_subplot(grid[1])
     mouth_line = ax.plot(t, reading.mouth_open[:n], color="tab:red", label="meter: mouth opening (face heights)")
     for i in np.flatnonzero(speech.silent[:n]):
@@ -351,10 +673,26 @@ def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squa
     twin.set_ylabel("openness")
     ax.legend(handles=mouth_line + truth_line, loc="upper left", fontsize=8, framealpha=0.8)
     ax = fig.add_subplot(grid[2])
+    pose = series["pose"][:n]
+    lines = ax.plot(t, pose[:, 0], color="tab:green", label="head yaw (deg)")
+    lines += ax.plot(t, pose[:, 1], color="tab:purple", label="head pitch (deg)")
+    for i in series["shifts"]:
+        ax.axvline(i / FPS, color="tab:orange", lw=0.8)
+    if speech.tail:
+        ax.axvspan((len(speech.rms) - speech.tail) / FPS, n / FPS, color="0.9", lw=0)
+    ax.set(xlim=(0, n / FPS), ylabel="degrees")
+    ax.set_title("orange: gaze shifts; grey: the silent tail", fontsize=8, loc="right")
+    twin = ax.twinx()
+    lines += twin.plot(t, series["eye"][:n] / series["open_level"], color="tab:blue", lw=0.8,
+                       label="eye openness / open level")
+    twin.axhline(BLINK_CLOSED, color="tab:blue", lw=0.5, ls="--")
+    twin.set(ylim=(0, 1.3), ylabel="eye open")
+    ax.legend(handles=lines, loc="upper left", fontsize=8, framealpha=0.8)
+    ax = fig.add_subplot(grid[3])
     ax.imshow(_strip(faces, faces_per_row))
     ax.set_title("the face every 0.4 s (decoded mp4, the framing's square)", fontsize=9)
     ax.set_axis_off()
-    ax = fig.add_subplot(grid[3])
+    ax = fig.add_subplot(grid[4])
     ax.imshow(_strip(mouths, 25))
     ax.set_title("the mouth every 2 frames, first 4 s", fontsize=9)
     ax.set_axis_off()
@@ -369,7 +707,8 @@ def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squa
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench/portraits.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="directory for portraits.json, sheets and videos")
-    parser.add_argument("--quick", action="store_true", help="the astronaut only, 4 s of speech")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the astronaut only, {QUICK_SPEECH_S:.0f} s of speech (and the {TAIL_S:.0f} s tail)")
     parser.add_argument("--weights", type=Path, default=ROOT / "models" / "weights" / "tiny",
                         help="weights directory (default: the shipped models/weights/tiny)")
     parser.add_argument("--all-faces", action="store_true", help="render every face of t1.jpg, not just the largest")
@@ -383,7 +722,7 @@ def main() -> None:
     from actorcast.models.data.media import write_wav
 
     t0 = time.perf_counter()
-    seconds = 4.0 if args.quick else 10.0
+    seconds = QUICK_SPEECH_S if args.quick else SPEECH_S
     speech = make_speech(seconds)
     photos: dict = {}
     with tempfile.TemporaryDirectory(prefix="actorcast-portraits-") as tmp_name:
@@ -396,9 +735,17 @@ def main() -> None:
     result = {
         "weights": str(args.weights), "quick": args.quick,
         "speech": {"source": "tts: espeak-ng, held-out voice and words (models/data/tts.py), neutral",
-                   "clip_seed": SPEECH_CLIP, "seconds": seconds, "frames": len(speech.rms),
-                   "speech_frames": int(speech.speech.sum()), "silent_frames": int(speech.silent.sum()),
+                   "clip_seed": SPEECH_CLIP, "seconds": seconds, "silent_tail_seconds": TAIL_S,
+                   "frames": len(speech.rms), "speech_frames": int(speech.speech.sum()),
+                   "silent_frames": int(speech.silent.sum()),
                    "silence": f"frame RMS < {SILENCE_RMS}, and the {SILENT_MARGIN} frames either side"},
+        "measures": {"head": f"yaw and pitch of a Kabsch fit of {len(RIGID)} rigid Face Mesh points (x, y, z) to "
+                             "the first frame's; standard deviation over the spoken part and over the tail",
+                     "blinks": f"eye openness below {BLINK_CLOSED} of its open level (the video's median)",
+                     "gaze_shifts": f"iris jumps of >= {SACCADE_JUMP} eye widths between fixations held "
+                                    f"{FIXATION_FRAMES} frames within {FIXATION_RADIUS}",
+                     "identity": f"dlib descriptor distance of every {IDENTITY_STEP}th frame's face to the photo's "
+                                 f"(same person below {SAME_PERSON})"},
         "targets": {k: None if v is None else f"{v[0]} {v[1]}" for k, v in TARGETS.items()},
         "photos": photos, "wall_s": round(time.perf_counter() - t0, 1)}
     path = write_json(args.out, "portraits", result)

@@ -7,13 +7,15 @@ Each FRAMES.npy holds uint8 RGB frames (N, H, W, 3); the files are consecutive p
 are read in order by one FaceMesh (so its tracking carries over between them). `--static` runs detection on
 every frame (unrelated stills). OUT.npz gets, over all frames in order (N = total frames):
 
-| key        | shape         | dtype   | meaning                                                          |
-|------------|---------------|---------|------------------------------------------------------------------|
-| mouth_open | (N,)          | float64 | inner-lip gap (13-14) / face height (10-152)                     |
-| eye_open_l | (N,)          | float64 | subject's left eye (image right): lid gap 386-374 / width 362-263 |
-| eye_open_r | (N,)          | float64 | subject's right eye (image left): lid gap 159-145 / width 33-133  |
-| found      | (N,)          | bool    | a face was found; where not, the floats are NaN                  |
-| landmarks  | (N, 478, 2)   | float32 | (x, y) in pixels of the 478 refined landmarks                    |
+| key         | shape         | dtype   | meaning                                                           |
+|-------------|---------------|---------|-------------------------------------------------------------------|
+| mouth_open  | (N,)          | float64 | inner-lip gap (13-14) / face height (10-152)                      |
+| eye_open_l  | (N,)          | float64 | subject's left eye (image right): lid gap 386-374 / width 362-263 |
+| eye_open_r  | (N,)          | float64 | subject's right eye (image left): lid gap 159-145 / width 33-133  |
+| found       | (N,)          | bool    | a face was found; where not, the floats are NaN                   |
+| landmarks   | (N, 478, 2)   | float32 | (x, y) in pixels of the 478 refined landmarks                     |
+| landmarks_z | (N, 478)      | float32 | their depth, z * W in pixels: Face Mesh's z is relative depth on  |
+|             |               |         | x's scale, near 0 at the head's centre, smaller nearer the camera |
 
 Distances are measured in pixels (landmark x * W, y * H), so the ratios do not depend on the aspect ratio.
 Only numpy, mediapipe and the standard library are imported here: this runs in the meter's own venv
@@ -41,7 +43,7 @@ def measure(paths: list[str], static: bool) -> dict[str, np.ndarray]:
     """Run one FaceMesh over the frames of `paths` in order; returns the arrays of the module docstring."""
     from mediapipe.python.solutions import face_mesh
 
-    rows, marks, found = [], [], []
+    rows, marks, depths, found = [], [], [], []
     with face_mesh.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=True) as mesh:
         for path in paths:
             frames = np.load(path, mmap_mode="r")
@@ -54,17 +56,20 @@ def measure(paths: list[str], static: bool) -> dict[str, np.ndarray]:
                 if not result.multi_face_landmarks:
                     rows.append((np.nan, np.nan, np.nan))
                     marks.append(np.full((N_LANDMARKS, 2), np.nan, np.float32))
+                    depths.append(np.full(N_LANDMARKS, np.nan, np.float32))
                     found.append(False)
                     continue
                 lm = result.multi_face_landmarks[0].landmark
                 pts = np.array([(p.x * w, p.y * h) for p in lm], np.float64)   # (478, 2) pixels
                 rows.append((_ratio(pts, *LIPS, *FACE), _ratio(pts, *EYE_L), _ratio(pts, *EYE_R)))
                 marks.append(pts.astype(np.float32))
+                depths.append(np.array([p.z * w for p in lm], np.float32))
                 found.append(True)
     values = np.array(rows, np.float64).reshape(-1, 3)
     return {"mouth_open": values[:, 0], "eye_open_l": values[:, 1], "eye_open_r": values[:, 2],
             "found": np.array(found, bool),
-            "landmarks": np.array(marks, np.float32).reshape(-1, N_LANDMARKS, 2)}
+            "landmarks": np.array(marks, np.float32).reshape(-1, N_LANDMARKS, 2),
+            "landmarks_z": np.array(depths, np.float32).reshape(-1, N_LANDMARKS)}
 
 
 def main(argv: list[str] | None = None) -> None:

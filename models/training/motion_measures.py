@@ -13,6 +13,8 @@ compare the generated motion with the true motion of the same held-out clips:
 - the same on the clips' silent stretches (`silent_frames`), with the suffix `_idle`: silence must not freeze.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -31,6 +33,16 @@ MOTION_GROUPS: dict[str, tuple[str, ...]] = {
 SILENCE_LEVEL = 0.03      # a frame is silent when its RMS is under this fraction of the clip's p95 frame RMS
 SILENCE_MIN_FRAMES = 10   # only runs of at least 0.4 s count as silence (not the gap inside a word)
 BLINK_DEPTH = 0.5         # a blink: the eye openness falls under half of the clip's open level (its median)
+
+
+@dataclass(frozen=True)
+class Blink:
+    """One blink: frames [start, end) under the depth that defines it; `bottom`, the lowest openness in them as a
+    fraction of the open level (0.1: the eye closed to a tenth of its open gap)."""
+
+    start: int
+    end: int
+    bottom: float
 
 
 def silent_frames(audio: torch.Tensor | np.ndarray, n_frames: int) -> np.ndarray:
@@ -72,22 +84,31 @@ def motion_spread(generated: list[torch.Tensor], truth: list[torch.Tensor],
     return {group: float(np.sqrt(g / t)) if t > 0 else float("nan") for group, (g, t) in sums.items()}
 
 
-def blink_onsets(eye_open: np.ndarray) -> np.ndarray:
-    """Frame indices where a blink starts in an eye-openness series (NaN where no face was read).
+def blinks(eye_open: np.ndarray, depth: float = BLINK_DEPTH, open_level: float | None = None) -> list[Blink]:
+    """Every blink in an eye-openness series (NaN where no face was read), in order.
 
-    The open level is the series' median; a blink is a run of frames under BLINK_DEPTH of it, and two runs one
-    frame apart are one blink (a reading that flickers at the bottom)."""
+    The open level is `open_level`, or else the series' median; a blink is a run of frames under `depth` of it,
+    and two runs one frame apart are one blink (a reading that flickers at the bottom). Under 3 finite frames:
+    no blinks."""
     eye = np.asarray(eye_open, np.float64)
     finite = np.isfinite(eye)
     if finite.sum() < 3:
-        return np.zeros(0, int)
-    closed = np.where(finite, eye < BLINK_DEPTH * np.median(eye[finite]), False)
-    starts, last_end = [], -10
+        return []
+    level = float(np.median(eye[finite])) if open_level is None else float(open_level)
+    closed = np.where(finite, eye < depth * level, False)
+    spans: list[list[int]] = []
     for start, end in _runs(closed):
-        if start - last_end > 1:
-            starts.append(start)
-        last_end = end
-    return np.asarray(starts, int)
+        if spans and start - spans[-1][1] <= 1:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    return [Blink(int(start), int(end), float(np.nanmin(eye[start:end])) / level) for start, end in spans]
+
+
+def blink_onsets(eye_open: np.ndarray) -> np.ndarray:
+    """Frame indices where a blink starts in an eye-openness series (NaN where no face was read): `blinks` at
+    BLINK_DEPTH of the series' median."""
+    return np.asarray([b.start for b in blinks(eye_open)], int)
 
 
 def count_blinks(eye_open: np.ndarray, mask: np.ndarray | None = None) -> int:
