@@ -27,7 +27,7 @@ async def run_calls(url: str, wav: Path, n: int, seconds: float) -> list[dict]:
     try:
         await asyncio.gather(*(c.start() for c in callers))
         await asyncio.sleep(seconds)
-        return [c.report(pcm) for c in callers]
+        return [c.report() for c in callers]
     finally:
         await asyncio.gather(*(c.stop() for c in callers))
 

@@ -1,11 +1,13 @@
 """A Python WebRTC caller (`actorcast call`): sends an audio file as its microphone, records what comes back.
 
 Besides the recording it measures, at the receiver: time to first frame after the answer, the received
-frame rate, and the A/V offset — where in the sent audio the voice that arrives with each video frame is
-(found by cross-correlating the received voice with the sent file), versus the frame's own audio position.
+frame rate, and the A/V offset (streaming/av_offset.py) — where in the sent audio the voice that arrives with each
+video frame is, versus the frame's own audio position — as the call goes, so a call of any length reports at
+once. Without --record, only the last KEEP_S of what came back is kept.
 """
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -22,12 +24,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from actorcast.models.data.media import Mp4Writer
 from actorcast.models.errors import ActorcastError, InputError
+from actorcast.streaming.av_offset import AvOffset
 from actorcast.streaming.figures import SERVER_FIGURES
 from actorcast.streaming.ice import hosts_for, rtc_configuration, set_local_description
 from actorcast.streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
-from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, decode_audio_48k
+from actorcast.models.timebase import FPS
+from actorcast.streaming.tracks import VIDEO_PTS_STEP, VOICE_BLOCK, VOICE_RATE, decode_audio_48k
 
 log = logging.getLogger(__name__)
+
+KEEP_S = 30  # seconds of received video and voice kept for inspection when the call is not recorded
 
 
 class FileAudioTrack(MediaStreamTrack):
@@ -53,14 +59,58 @@ class FileAudioTrack(MediaStreamTrack):
 
 @dataclass
 class Received:
-    """What came back: video frames (arrival time, pts, image) and voice samples with arrival times."""
+    """What came back: video frames (arrival time, pts, image) and voice samples with arrival times.
+
+    `bounded(...)` keeps only the last KEEP_S of them; the counts and the A/V offset cover the whole call."""
 
     video: list[tuple[float, int, np.ndarray | None]] = field(default_factory=list)
     voice: list[np.ndarray] = field(default_factory=list)
     voice_t: list[float] = field(default_factory=list)  # arrival time of each voice block
     server: list[dict] = field(default_factory=list)  # stats messages from the data channel
     sent_index: list[int | None] = field(default_factory=list)  # session frame index of the n-th frame sent
-    messages: list[dict] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)  # the other messages (acks, errors, pongs)
+    offset: AvOffset | None = None  # the A/V offset, measured as things arrive
+    frames_received: int = 0
+    first_frame_t: float | None = None
+    last_frame_t: float | None = None
+
+    @classmethod
+    def bounded(cls, sent48: np.ndarray) -> "Received":
+        """Keeps the last KEEP_S of video and voice and the latest stats; measures the A/V offset against sent48."""
+        frames, blocks = KEEP_S * FPS, KEEP_S * VOICE_RATE // VOICE_BLOCK
+        return cls(video=collections.deque(maxlen=frames), voice=collections.deque(maxlen=blocks),
+                   voice_t=collections.deque(maxlen=blocks), server=collections.deque(maxlen=2),
+                   sent_index=collections.deque(maxlen=frames), offset=AvOffset(sent48))
+
+    def add_frame(self, t: float, pts: int, image: np.ndarray | None) -> None:
+        self.video.append((t, pts, image))
+        self.frames_received += 1
+        self.first_frame_t = t if self.first_frame_t is None else self.first_frame_t
+        self.last_frame_t = t
+        if self.offset is not None:
+            self.offset.add_frame(t, pts)
+
+    def add_voice(self, block: np.ndarray, t: float) -> None:
+        self.voice.append(block)
+        self.voice_t.append(t)
+        if self.offset is not None:
+            self.offset.add_voice(block, t)
+
+    def add_sent(self, pts: int, index: int | None) -> None:
+        self.sent_index.append(index)
+        if self.offset is not None:
+            self.offset.add_sent(pts, index)
+
+    def received_of_sent(self, sent_frames: int) -> int:
+        """Frames received among the server's first `sent_frames` (pts below sent_frames * 3600): the ones sent
+        after its latest stats are left out, so the two counts describe the same frames."""
+        cut = sent_frames * VIDEO_PTS_STEP
+        later = 0
+        for _, pts, _ in reversed(self.video):  # in arrival order, so pts increase
+            if pts < cut:
+                break
+            later += 1
+        return self.frames_received - later
 
 
 async def _collect_video(track, rec: Received, keep: bool) -> None:
@@ -69,7 +119,7 @@ async def _collect_video(track, rec: Received, keep: bool) -> None:
             frame = await track.recv()
         except MediaStreamError:
             return
-        rec.video.append((time.time(), int(frame.pts), frame.to_ndarray(format="rgb24") if keep else None))
+        rec.add_frame(time.time(), int(frame.pts), frame.to_ndarray(format="rgb24") if keep else None)
 
 
 async def _collect_voice(track, rec: Received) -> None:
@@ -81,16 +131,17 @@ async def _collect_voice(track, rec: Received) -> None:
             return
         now = time.time()
         for out in resampler.resample(frame):
-            rec.voice.append(out.to_ndarray().reshape(-1))
-            rec.voice_t.append(now)
+            rec.add_voice(out.to_ndarray().reshape(-1), now)
 
 
 def _on_message(rec: Received, raw) -> None:
     msg = json.loads(raw)
-    rec.messages.append(msg)
-    if msg.get("type") == "stats":
-        rec.server.append(msg)
-        rec.sent_index += [f[2] for f in msg.get("frames", [])]
+    if msg.get("type") != "stats":
+        rec.messages.append(msg)
+        return
+    for frame in msg.pop("frames", []):  # [sent ms, latency ms, index, degraded, pts, RTP timestamp]
+        rec.add_sent(frame[4], frame[2])
+    rec.server.append(msg)
 
 
 class LiveCaller:
@@ -101,7 +152,7 @@ class LiveCaller:
         self.url = url.rstrip("/")
         self.token, self.keep, self.offer_options = token, keep_frames, offer_options
         self.pc = RTCPeerConnection(rtc_configuration())
-        self.rec = Received()
+        self.rec = Received(offset=AvOffset(pcm48)) if keep_frames else Received.bounded(pcm48)
         self.audio = FileAudioTrack(pcm48)
         self.tasks: list[asyncio.Task] = []
         self.session_id: str | None = None
@@ -158,60 +209,33 @@ class LiveCaller:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    def report(self, sent48: np.ndarray) -> dict:
-        """The call so far: what this caller measured, then the server's latest stats (streaming.figures)."""
-        times = [t for t, _, _ in self.rec.video]
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-        last = self.rec.server[-1] if self.rec.server else {}
-        return {"received_frames": len(times), "received_fps": round(fps, 2),
-                "ttff_s": None if not times or self.t_answer is None else times[0] - self.t_answer,
-                "av_offset_ms": av_offset_ms(self.rec, sent48),
+    def report(self) -> dict:
+        """The call so far: what this caller measured, then the server's latest stats (streaming.figures).
+        received_frames counts the frames of sent_frames that arrived, so the two describe the same frames."""
+        rec = self.rec
+        last = rec.server[-1] if rec.server else {}
+        span = (rec.last_frame_t or 0.0) - (rec.first_frame_t or 0.0)
+        return {"received_frames": rec.received_of_sent(last.get("sent_frames") or 0),
+                "received_fps": round((rec.frames_received - 1) / span, 2) if span > 0 else 0.0,
+                "ttff_s": None if rec.first_frame_t is None or self.t_answer is None
+                else rec.first_frame_t - self.t_answer,
+                "av_offset_ms": rec.offset.median_ms(),
                 **{f.key: last.get(f.key) for f in SERVER_FIGURES}}
 
 
 def av_offset_ms(rec: Received, sent48: np.ndarray, window_s: float = 0.5) -> float | None:
-    """Median (voice arrival - frame arrival) for the same audio content, in ms (positive: voice later).
-
-    Each 0.5 s window of received voice is located in the sent audio by cross-correlation (16 kHz); frame n
-    (session index, from the server's per-frame list) carries audio position 1920 n at 48 kHz.
-    """
-    if not rec.voice or not rec.video or not rec.sent_index:
-        return None
-    voice = np.concatenate(rec.voice).astype(np.float32)[::3]
-    sent = sent48.astype(np.float32)[::3]
-    block_t = np.repeat(np.asarray(rec.voice_t), [len(b) for b in rec.voice])[::3]
-    win = int(window_s * VOICE_RATE / 3)
-    n_fft = 1 << int(np.ceil(np.log2(len(sent) + win)))
-    sent_f = np.fft.rfft(sent, n_fft)
-    energy = np.concatenate([[0.0], np.cumsum(sent.astype(np.float64) ** 2)])
-    window_energy = energy[win:] - energy[:-win]  # energy of sent[i:i+win]
-    anchors = []  # (content position at 48 kHz, arrival time)
-    for start in range(0, len(voice) - win, win):
-        seg = voice[start:start + win]
-        if np.abs(seg).mean() < 100:  # silence cannot be located
-            continue
-        corr = np.fft.irfft(sent_f * np.conj(np.fft.rfft(seg, n_fft)), n_fft)[:len(window_energy)]
-        seg_energy = float(np.dot(seg, seg))
-        # normalised correlation; near-silent stretches of the sent audio cannot match a voiced window
-        score = np.where(window_energy > 0.1 * seg_energy, corr / np.sqrt(np.maximum(window_energy, 1.0) * seg_energy), 0.0)
-        best = int(score.argmax())
-        if score[best] > 0.75:
-            anchors.append((best * 3, float(block_t[start])))
-    pts_index = {}
+    """The A/V offset (streaming/av_offset.py) of a recording made by other means: `rec.sent_index` gives the
+    session frame index of the n-th frame sent (pts 3600 n); its voice and video are replayed in arrival order."""
+    offset = AvOffset(sent48, window_s)
     for n, index in enumerate(rec.sent_index):
-        if index is not None:
-            pts_index[n * 3600] = index
-    diffs = []
-    for t_video, pts, _ in rec.video:
-        index = pts_index.get(pts)
-        if index is None:
-            continue
-        pos = index * VOICE_PER_FRAME
-        near = [(abs(p - pos), p, t) for p, t in anchors if abs(p - pos) < VOICE_RATE * window_s]
-        if near:
-            _, p, t = min(near)
-            diffs.append((t + (pos - p) / VOICE_RATE - t_video) * 1000.0)
-    return float(np.median(diffs)) if diffs else None
+        offset.add_sent(n * VIDEO_PTS_STEP, index)
+    events = [(t, 0, pts) for t, pts, _ in rec.video] + [(t, 1, k) for k, t in enumerate(rec.voice_t)]
+    for t, kind, item in sorted(events):
+        if kind == 0:
+            offset.add_frame(t, item)
+        else:
+            offset.add_voice(rec.voice[item], t)
+    return offset.median_ms()
 
 
 def record(path: Path, rec: Received) -> int:
@@ -241,7 +265,7 @@ async def run_call(url: str, audio: Path, seconds: float | None = None, record_t
     try:
         await caller.start()
         await asyncio.sleep(seconds)
-        report = caller.report(pcm)
+        report = caller.report()
     finally:
         await caller.stop()
     if record_to is not None:

@@ -17,7 +17,8 @@ class Figure:
 
 
 RECEIVER_FIGURES = (
-    Figure("received_frames", "frames", "video frames that reached this caller"),
+    Figure("received_frames", "frames", "of the sent_frames, those that reached this caller (frames sent after "
+                                        "the server's latest stats are not counted on either side)"),
     Figure("received_fps", "frames/s", "rate they arrived at, first to last"),
     Figure("ttff_s", "s", "the server's answer to the first frame arriving here"),
     Figure("av_offset_ms", "ms", "voice minus video arrival here for the same audio content, median "
@@ -44,7 +45,9 @@ SERVER_FIGURES = (
     Figure("generation_latency_ms", "ms", "audio fed to the pipeline to its frame made, {p50, p95}"),
     Figure("sender_av_offset_ms", "ms", "voice minus video content as the server sends them, smoothed "
                                         "(+: voice ahead)"),
-    Figure("voice_resyncs", "", "times the server re-aligned the returning voice to the video"),
+    Figure("voice_resyncs", "", "times the returning voice drifted more than 10 ms from the video's content and "
+                                "the server jumped it back into step (an audible skip or repeat); each time the "
+                                "video schedule waits for a late frame or catches up, the voice follows this way"),
     Figure("server_ttff_s", "s", "the server's answer to its first frame sent"),
     Figure("interrupt_idle_ms", "ms", "per interrupt: the interrupt to the first frame made only from silence "
                                       "sent"),

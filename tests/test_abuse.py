@@ -338,3 +338,64 @@ async def test_the_pipecat_examples_offer_refuses_bad_bodies_with_json():
     reasons = [body["error"] for _, _, body in answers]
     assert "not JSON" in reasons[0] and "nested too deep" in reasons[1] and "SDP" in reasons[3]
     assert "too large: at most 1 MiB" in reasons[4] and "press Start" in reasons[5]
+
+
+def test_av_offset_is_measured_as_it_goes_near_the_expected_position(monkeypatch):
+    """Voice arriving 80 ms after the video of the same content reads +80 ms; each window is correlated only
+    against the sent audio near where it is expected, so the FFT size is the same for a 20 s and a 10 min
+    call (the whole-file correlation grew with the call and made long calls quadratic)."""
+    from actorcast.models.data.performance import generate_speech
+    from actorcast.streaming import av_offset as module
+    from actorcast.streaming.av_offset import AvOffset
+    from actorcast.streaming.tracks import VOICE_PER_FRAME
+
+    speech = generate_speech(7, 20.0)
+    pcm16 = (speech.numpy() if hasattr(speech, "numpy") else np.asarray(speech)).reshape(-1)
+    pcm48 = np.repeat((pcm16 * 20000).astype(np.int16), 3)  # 16 kHz -> 48 kHz, crudely: the correlation is at 16k
+    sizes = []
+    rfft = np.fft.rfft
+    monkeypatch.setattr(module.np.fft, "rfft", lambda x, n=None: sizes.append(n) or rfft(x, n))
+
+    def play(sent: np.ndarray, seconds: float) -> float | None:
+        offset = AvOffset(sent)
+        events = [(n / 25, "frame", n) for n in range(int(seconds * 25))]  # frame n at n / 25 s
+        events += [(k * 0.02 + 0.08, "voice", k) for k in range(int(seconds * 50))]  # voice 80 ms later
+        for n in range(int(seconds * 25)):
+            offset.add_sent(n * 3600, n)
+        for t, kind, k in sorted(events):
+            if kind == "frame":
+                offset.add_frame(t, k * 3600)
+            else:
+                offset.add_voice(pcm48[k * 960:(k + 1) * 960], t)
+        return offset.median_ms()
+
+    assert play(pcm48, 18.0) == pytest.approx(80.0, abs=2.0)
+    short = max(sizes)
+    sizes.clear()
+    long_sent = np.concatenate([pcm48] + [np.zeros(len(pcm48), np.int16)] * 29)  # 10 min sent, same voice
+    assert play(long_sent, 18.0) == pytest.approx(80.0, abs=2.0)
+    assert max(sizes) == short and short < 4 * VOICE_PER_FRAME * 25  # about 2.5 s of 16 kHz, not the file
+
+
+@pytest.mark.asyncio
+async def test_call_figures_count_the_same_frames_on_both_sides(engine, tmp_path):
+    """received_frames counts the frames of sent_frames that arrived (the server's figure comes from its latest
+    stats, up to 0.5 s old: counting every frame received made the caller report more than the server sent),
+    and the A/V offset is there at once from what was measured during the call."""
+    from actorcast.models.data.media import write_wav
+    from actorcast.models.data.performance import generate_speech
+    from actorcast.streaming.tracks import decode_audio_48k
+
+    write_wav(tmp_path / "speech.wav", generate_speech(3, 6.0))
+    pcm48 = decode_audio_48k((tmp_path / "speech.wav").read_bytes())
+    async with serving(engine) as (url, server):
+        caller = LiveCaller(url, pcm48)
+        await caller.start()
+        await wait_for(lambda: caller.rec.frames_received > 100, 60.0)
+        await asyncio.sleep(0.3)  # between two stats messages
+        report = caller.report()
+        await caller.stop()
+    assert report["received_frames"] <= report["sent_frames"] < caller.rec.frames_received
+    assert report["sent_frames"] - report["received_frames"] <= 3  # frames still on their way
+    assert report["av_offset_ms"] is not None
+    assert len(caller.rec.messages) == 0 and len(caller.rec.server) <= 2  # stats are not all kept
