@@ -257,3 +257,22 @@ def test_the_meter_worker_gives_depth_nearer_at_the_nose_than_at_the_cheeks(astr
     assert depth.shape == (1, 478) and reading.found.all()
     assert depth[0, 1] < depth[0, 234] - 20 and depth[0, 1] < depth[0, 454] - 20   # nose tip vs. face sides
     assert reading.landmarks.shape == (1, 478, 2)
+
+
+def test_a_still_photo_reads_as_still_and_as_itself(astronaut_square, tmp_path):
+    """The noise floor: 12 copies of one photo, read as a video, move less than the targets ask of a live face."""
+    from bench.portraits import identity_figures, motion_figures, read_meter
+
+    frames = np.repeat(astronaut_square[None], 12, axis=0)
+    reading, depth = read_meter(frames, tmp_path)
+    speech = Speech(audio=np.zeros(12 * 640, np.float32), openness=np.zeros(12), rms=np.zeros(12), tail=6)
+    figures, series = motion_figures(reading, depth, speech)
+    for key in ("head_yaw_std_deg", "head_pitch_std_deg", "head_yaw_std_deg_silence", "head_pitch_std_deg_silence"):
+        assert 0.0 <= figures[key]["value"] < 0.5, key
+    assert figures["blinks"]["value"] == figures["blinks_silence"]["value"] == 0
+    assert figures["gaze_shifts"]["value"] == figures["gaze_shifts_silence"]["value"] == 0
+    assert figures["blink_deepest_closure"]["value"] > 0.8
+    assert series["pose"].shape == (12, 2) and series["iris"].shape == (12, 2)
+    identity = identity_figures(astronaut_square, frames, tmp_path)
+    assert identity["identity_distance_max"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert identity["identity_distance_mean"]["frames_sampled"] == 3 and identity["identity_distance_max"]["met"]
