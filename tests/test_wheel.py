@@ -22,8 +22,10 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("models", "actors", "streaming", "cluster")  # the folders that become actorcast.<name>
-# Imported only where they are installed apart: in the MediaPipe venv (`actorcast setup`), the `pipecat` extra.
-APART = {"mediapipe": "the MediaPipe venv", "pipecat": "the pipecat extra"}
+# The `pipecat` extra's package; and the workers (NAME_worker.py), which run in the MediaPipe venv that
+# `actorcast setup` makes from meter-requirements.txt, not in the one the package is installed in.
+EXTRAS = {"pipecat"}
+IN_MEDIAPIPE_VENV = "*_worker.py"
 RUNTIME_FILES = [
     *(f"actorcast/models/weights/tiny/{m}.{ext}" for m in ("audio_encoder", "motion_encoder", "motion_generator",
                                                             "decoder") for ext in ("json", "safetensors")),
@@ -82,12 +84,12 @@ def install_fresh(wheel: Path, folder: Path) -> Path:
 
 
 def imported_distributions() -> dict[str, str]:
-    """Every third-party top-level module that the package code imports (anywhere, lazily too), mapped to the
-    distribution that provides it in this venv: {distribution: a file that imports it}."""
+    """Every third-party top-level module that the package code imports (anywhere, lazily too; the workers that
+    run in the MediaPipe venv left out), as the distribution that provides it here: {distribution: a file}."""
     providers = md.packages_distributions()
     found = {}
     for folder in PACKAGES:
-        for path in sorted((ROOT / folder).rglob("*.py")):
+        for path in sorted(set((ROOT / folder).rglob("*.py")) - set((ROOT / folder).rglob(IN_MEDIAPIPE_VENV))):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
@@ -95,8 +97,9 @@ def imported_distributions() -> dict[str, str]:
                     names = [node.module]
                 else:
                     continue
-                for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"actorcast", *APART}:
-                    found.setdefault(canonicalize_name(providers[top][0]), str(path.relative_to(ROOT)))
+                for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"actorcast", *EXTRAS}:
+                    dist = providers.get(top, [top])[0]  # not installed here: named by its module
+                    found.setdefault(canonicalize_name(dist), str(path.relative_to(ROOT)))
     return found
 
 
