@@ -59,6 +59,9 @@ def decode_image(source: str | BinaryIO, what: str, max_pixels: int = MAX_PIXELS
         if not container.streams.video:
             raise InputError(f"{what} holds no image: give a png or jpeg portrait")
         ctx = container.streams.video[0].codec_context
+        if ctx is None:  # a format PyAV demuxes but cannot decode (svg without librsvg, ...)
+            raise InputError(f"{what} is a {container.format.name} picture, which PyAV cannot decode: convert it "
+                             "to png or jpeg")
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         size, pixels = f"{width}x{height} = {width * height / 1e6:.0f} Mpx", width * height
         if not pixels:  # ffmpeg leaves the size unset for a picture beyond its own limit (~268 Mpx)
@@ -79,7 +82,12 @@ def decode_image(source: str | BinaryIO, what: str, max_pixels: int = MAX_PIXELS
     if frame.width * frame.height > max_pixels:
         raise TooLargeError(f"{what} decodes to {frame.width}x{frame.height}, too large: the limit is "
                             f"{max_pixels / 1e6:.0f} Mpx; downscale the portrait first")
-    return check_portrait(upright_rgb(frame), what)
+    try:
+        picture = upright_rgb(frame)
+    except (av.error.FFmpegError, ValueError) as e:  # a pixel format with no conversion to RGB
+        raise InputError(f"{what} has pixels PyAV cannot convert to RGB ({frame.format.name}: {e}): re-export it "
+                         "as an 8-bit png or jpeg") from None
+    return check_portrait(picture, what)
 
 
 def header_size(source: str | BinaryIO) -> tuple[str, float]:
@@ -128,7 +136,8 @@ def check_portrait(image: np.ndarray, what: str = "reference") -> np.ndarray:
     if min(image.shape[:2]) < MIN_SIDE:
         raise InputError(f"{what} is {image.shape[1]}x{image.shape[0]}; give a portrait of at least {MIN_SIDE}x{MIN_SIDE}")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise InputError(f"{what} has {image.shape[0] * image.shape[1] / 1e6:.0f} Mpx, over the limit; downscale it")
+        raise TooLargeError(f"{what} has {image.shape[0] * image.shape[1] / 1e6:.0f} Mpx, too large: the limit is "
+                            f"{MAX_PIXELS / 1e6:.0f} Mpx; downscale it")
     return image
 
 

@@ -72,6 +72,11 @@ def parse_jobs(path: Path, out_dir: Path) -> list[tuple[str, RenderJob | None, s
             jobs.append((name, job, None))
         except (json.JSONDecodeError, TypeError, ActorcastError, OSError) as e:
             jobs.append((name, None, f"line {lineno}: {e}"))
+        except RecursionError:  # JSON nested deeper than Python's parser goes
+            jobs.append((name, None, f"line {lineno}: the JSON is nested too deep; give one flat object per job"))
+    if not jobs:
+        raise InputError(f"jobs file {path} has no jobs (it is empty or blank): put one JSON object per line, "
+                         "e.g. {\"audio\": \"speech.wav\"}")
     return jobs
 
 

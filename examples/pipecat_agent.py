@@ -140,8 +140,8 @@ class Agent:
         if self.worker is None:
             return error(409, "no call yet: press Start first")
         body = parse_json(await read_body(request), '{"text": "..."}')
-        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            raise InputError('send {"text": "<what the avatar says>"}')
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str) or not body["text"].strip():
+            raise InputError('send {"text": "<what the avatar says>"} with some words in it')
         await self.worker.queue_frame(TTSSpeakFrame(body["text"]))
         return web.json_response({})
 

@@ -7,6 +7,9 @@ import contextlib
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import struct
 import threading
@@ -399,3 +402,43 @@ async def test_call_figures_count_the_same_frames_on_both_sides(engine, tmp_path
     assert report["sent_frames"] - report["received_frames"] <= 3  # frames still on their way
     assert report["av_offset_ms"] is not None
     assert len(caller.rec.messages) == 0 and len(caller.rec.server) <= 2  # stats are not all kept
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_picture_pyav_cannot_decode_is_a_one_line_error(tmp_path):
+    """An --image in a format PyAV demuxes but cannot decode (svg) was an AttributeError traceback."""
+    from actorcast.actors.reference import check_portrait, decode_image
+    from actorcast.models.errors import InputError, TooLargeError
+
+    svg = tmp_path / "face.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>')
+    with pytest.raises(InputError, match="svg_pipe picture, which PyAV cannot decode: convert it to png or jpeg"):
+        decode_image(str(svg), "face.svg")
+    with pytest.raises(TooLargeError, match="too large"):  # a picture handed over decoded says the same
+        check_portrait(np.zeros((7000, 7000, 3), np.uint8))
+    done = _cli("render", "--say", "hello", "--image", str(svg), "-o", str(tmp_path / "out.mp4"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"actorcast: error: {svg} is a svg_pipe picture, which PyAV cannot decode: convert it to png or jpeg"]
+
+
+def test_a_jobs_file_without_jobs_is_an_error(tmp_path):
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    done = _cli("batch", "blank.jsonl", "--out-dir", "renders", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "actorcast: error: jobs file blank.jsonl has no jobs (it is empty or blank): put one JSON object per line, "
+        'e.g. {"audio": "speech.wav"}']
+
+
+def test_a_jobs_line_nested_too_deep_fails_that_job_only(tmp_path):
+    from actorcast.cluster.batch import parse_jobs
+
+    (tmp_path / "jobs.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    jobs = parse_jobs(tmp_path / "jobs.jsonl", tmp_path)
+    assert jobs == [("line1", None, "line 1: the JSON is nested too deep; give one flat object per job")]
