@@ -12,7 +12,7 @@ from pathlib import Path
 from actorcast.models.errors import ConfigError
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-NAMES = ("data", "models", "cache", "render", "live", "portraits")
+NAMES = ("data", "models", "cache", "render", "live", "portraits", "abuse")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="data: synthetic data rates; models: per-stage cost; cache: KV-cache policies "
                                    "over 10 s/60 s/600 s; render: render RTF, long-form memory, Ray overhead; "
                                    "live: WebRTC latency, A/V offset, sessions at 25 fps; portraits: lip-sync, mouth range and "
-                                   "paste-back fidelity on real photos. Each writes DIR/NAME.json.")
+                                   "paste-back fidelity on real photos; abuse: the live server's memory around "
+                                   "the most speech a call may queue, and slots of offers that never connect. "
+                                   "Each writes DIR/NAME.json.")
     p.add_argument("name", choices=NAMES, help="which benchmark")
     p.add_argument("--out", type=Path, required=True, help="directory for NAME.json (and its plots)")
     p.add_argument("--quick", action="store_true", help="the smaller run CI uses (minutes instead of tens of minutes)")
