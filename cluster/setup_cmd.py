@@ -3,7 +3,7 @@
 It goes in a per-user cache folder (~/.cache/actorcast/meter-venv, or $ACTORCAST_METER_VENV), so a pip install
 needs no Makefile; models/training/meter_env.py says where it is looked for and how it is built. Nothing is
 done when a usable environment is found already, unless the one at the target folder was made from other
-requirements (then it is rebuilt) or --force is given.
+requirements (then it is updated in place) or --force is given (then it is made anew).
 """
 
 import argparse
@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "project's environment) in ~/.cache/actorcast/meter-venv, or in "
                                    f"${meter_env.VENV_ENV} when that is set. About 400 MB; pip downloads about "
                                    "100 MB. Does nothing when one is found already.")
-    p.add_argument("--force", action="store_true", help="rebuild the venv at the target folder even if one works")
+    p.add_argument("--force", action="store_true",
+                   help="make a new venv at the target folder (emptying one there) even if one works")
     p.set_defaults(run=run)
 
 
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
             if python is not None:
                 _say(f"the MediaPipe environment is there already: {python} (--force makes one at {target})")
                 return 0
-    python = meter_env.build(target, _say)
+    python = meter_env.build(target, _say, fresh=args.force)
     _say(f"done: {python}")
     return 0

@@ -44,7 +44,8 @@ def linked_venv(folder: Path, stamp: str | None) -> Path:
 
 
 def setup_cli(env_overrides: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, **env_overrides}
+    # PIP_NO_INDEX: pip may only find what is installed already; were anything missing it fails, not downloads.
+    env = {**os.environ, "PIP_NO_INDEX": "1", **env_overrides}
     env.pop(meter_env.PYTHON_ENV, None)
     return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "setup"], capture_output=True, text=True,
                           env=env)
@@ -95,6 +96,21 @@ def test_setup_leaves_an_up_to_date_venv_alone(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stderr.splitlines() == [f"actorcast setup: the MediaPipe environment is up to date: {venv}/bin/python"]
     assert sorted(p.name for p in venv.iterdir()) == before and (venv / "lib").is_symlink()
+
+
+@needs_checkout_venv
+def test_setup_updates_a_venv_of_other_requirements_in_place(tmp_path):
+    venv = linked_venv(tmp_path / "meter-venv", stamp="numpy<2\nmediapipe==0.10.20\n")
+    run = setup_cli({VENV_ENV: str(venv)})
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [f"actorcast setup: [1/4] updating the venv in {venv}",
+                                       "actorcast setup: [2/4] installing meter-requirements.txt (numpy<2, OpenCV, "
+                                       "protobuf, ...)",
+                                       "actorcast setup: [3/4] installing mediapipe==0.10.21 without its dependencies",
+                                       "actorcast setup: [4/4] checking that MediaPipe Face Mesh imports",
+                                       f"actorcast setup: done: {venv}/bin/python"]
+    assert (venv / STAMP).read_text() == meter_env.wanted()
+    assert (venv / "lib").is_symlink()  # updated where it was, not emptied and made anew
 
 
 @needs_checkout_venv

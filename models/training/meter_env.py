@@ -9,9 +9,10 @@ looked for, in this order:
     3. REPO/.venv-meter             in a checkout, the venv `make install` makes (through `actorcast setup`)
     4. ~/.cache/actorcast/meter-venv   ($XDG_CACHE_HOME/actorcast/meter-venv): where `actorcast setup` puts it
 
-A venv counts once its STAMP file is there: `build` writes it last, after MediaPipe imported, so a build that
-was cut short is not mistaken for a working one. The stamp holds what was installed (`wanted()`); a later
-`actorcast setup` rebuilds a venv whose stamp differs. Every message about a missing venv names SETUP_COMMAND.
+A venv counts once its STAMP file is there: `build` writes it last, after MediaPipe imported, so a first build
+that was cut short is not mistaken for a working one. The stamp holds what was installed (`wanted()`); a later
+`actorcast setup` updates a venv whose stamp differs, in place. Every message about a missing venv names
+SETUP_COMMAND.
 """
 
 import os
@@ -86,41 +87,49 @@ def meter_python() -> Path:
                            f"{where}: run `{SETUP_COMMAND}` to make it (about 400 MB, a few minutes)")
 
 
-def build(folder: Path, progress: Callable[[str], None]) -> Path:
-    """Make the venv at `folder`: create it, install REQUIREMENTS, then MEDIAPIPE without its dependencies, check
-    that Face Mesh imports, and write the stamp. A venv already there is replaced; a folder that holds anything
-    else is refused (SetupError), never emptied. `progress` gets one line per step. Returns the venv's python;
-    SetupError if a step fails."""
+def build(folder: Path, progress: Callable[[str], None], fresh: bool = False) -> Path:
+    """Make or update the venv at `folder`: create it (unless a venv is there and not `fresh`), install
+    REQUIREMENTS, then MEDIAPIPE without its dependencies, check that Face Mesh imports, and write the stamp.
+
+    An update installs in place, like the Makefile used to, so a venv in use keeps working meanwhile and keeps
+    its old stamp until the new one is written. `fresh` empties a venv there first (its stamp goes at once). A
+    folder that holds anything but a venv is refused, never emptied. `progress` gets one line per step. Returns
+    the venv's python; SetupError if a step fails."""
     if folder.exists() and any(folder.iterdir()) and not (folder / "pyvenv.cfg").is_file():
         raise SetupError(f"{folder} is not empty and not a venv, so it is left alone: point {VENV_ENV} at a new or "
                          f"empty folder and run `{SETUP_COMMAND}` again")
     python = venv_python(folder)
+    update = python.is_file() and not fresh
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     steps = [
-        (f"creating the venv in {folder}", None),
-        (f"installing {REQUIREMENTS.name} (numpy<2, OpenCV, protobuf, ...)",
-         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)]),
-        (f"installing {MEDIAPIPE} without its dependencies",
-         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", MEDIAPIPE]),
-        ("checking that MediaPipe Face Mesh imports",
-         [str(python), "-c", "from mediapipe.python.solutions import face_mesh"]),
+        (f"installing {REQUIREMENTS.name} (numpy<2, OpenCV, protobuf, ...)", [*pip, "-r", str(REQUIREMENTS)]),
+        (f"installing {MEDIAPIPE} without its dependencies", [*pip, "--no-deps", MEDIAPIPE]),
+        ("checking that MediaPipe Face Mesh imports", [str(python), "-c", "from mediapipe.python.solutions import "
+                                                                          "face_mesh"]),
     ]
-    (folder / STAMP).unlink(missing_ok=True)
-    for i, (what, cmd) in enumerate(steps, 1):
-        progress(f"[{i}/{len(steps)}] {what}")
-        if cmd is None:
-            try:
-                venv.EnvBuilder(clear=True, with_pip=True, symlinks=sys.platform != "win32").create(folder)
-            except (OSError, subprocess.CalledProcessError) as e:
-                raise SetupError(f"creating the venv in {folder} failed ({e}): check that Python's venv and "
-                                 "ensurepip are installed (Debian: apt-get install python3-venv) and that the "
-                                 "folder can be written") from None
-            continue
+    n = len(steps) + 1
+    progress(f"[1/{n}] {'updating the venv' if update else 'creating a venv'} in {folder}")
+    if not update:
+        (folder / STAMP).unlink(missing_ok=True)
+        _create(folder)
+    for i, (what, cmd) in enumerate(steps, 2):
+        progress(f"[{i}/{n}] {what}")
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
         if proc.returncode != 0:
             lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
             last = lines[-1] if lines else f"exit status {proc.returncode}"
             raise SetupError(f"{what} failed: {last}; check the network (pip downloads about 100 MB) and run "
-                             f"`{SETUP_COMMAND}` again")
+                             f"`{SETUP_COMMAND}` again (--force starts from a new venv)")
     (folder / STAMP).write_text(wanted())
     return python
+
+
+def _create(folder: Path) -> None:
+    """A new venv with pip at `folder` (one there is emptied first); SetupError with what to install if not."""
+    try:
+        venv.EnvBuilder(clear=True, with_pip=True, symlinks=sys.platform != "win32").create(folder)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SetupError(f"creating the venv in {folder} failed ({e}): check that Python's venv and ensurepip are "
+                         "installed (Debian: apt-get install python3-venv) and that the folder can be written"
+                         ) from None
