@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from actorcast.models.errors import InputError, TooLargeError
-from actorcast.streaming.limits import BODY_TIMEOUT_S
+from actorcast.streaming import limits
 
 access_log = logging.getLogger("actorcast.access")
 log = logging.getLogger(__name__)
@@ -42,9 +42,10 @@ def parse_json(body: bytes, expected: str) -> object:
         raise InputError(f"the body's JSON is nested too deep; send {expected}") from None
 
 
-async def read_body(request: web.Request, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
-    """The whole body, refused with 408 when a slow client has not sent it within `timeout_s` and with 413
-    past the app's client_max_size (aiohttp's own check)."""
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, refused with 408 when a slow client has not sent it within limits.BODY_TIMEOUT_S (read
+    at each call) and with 413 past the app's client_max_size (aiohttp's own check)."""
+    timeout_s = limits.BODY_TIMEOUT_S
     try:
         return await asyncio.wait_for(request.read(), timeout_s)
     except asyncio.TimeoutError:
@@ -102,7 +103,10 @@ async def _answer(request: web.Request, handler: Handler, token: str | None,
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error(e.status, _http_reason(e, request))
+        response = error(e.status, _http_reason(e, request))
+        if e.status == 408:  # the rest of the body may still come: close rather than read it as a next request
+            response.force_close()
+        return response
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error(500, "the server failed on this request (a bug; its log has the details)")

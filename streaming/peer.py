@@ -262,7 +262,7 @@ class LiveCall:
                 self._send({"type": "ack", "op": "interrupt"})
             else:
                 raise InputError(f"unknown control message type {kind!r}; use ping, emotion or interrupt")
-        except (ValueError, KeyError, TypeError) as e:  # InputError is a ValueError
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # InputError is a ValueError
             self._send({"type": "error", "error": str(e) if isinstance(e, InputError) else
                         f"bad control message ({e.__class__.__name__}): send JSON with a \"type\""})
 

@@ -8,11 +8,11 @@ import io
 import json
 import logging
 import os
+import struct
 import subprocess
 import sys
-import time
-import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -289,6 +289,27 @@ async def test_a_half_sent_request_is_closed_after_the_header_timeout(engine):
         closed = await asyncio.wait_for(reader.read(), 10.0)  # b"" once the server closes the connection
         writer.close()
     assert closed == b""
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_does_not_come_is_a_408(engine, monkeypatch):
+    """Headers sent, then only part of the body: refused once the body timeout (1 s here) has passed."""
+    from actorcast.streaming import limits
+
+    monkeypatch.setattr(limits, "BODY_TIMEOUT_S", 1.0)
+    async with serving(engine) as (url, server):
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /offer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"sdp\": ")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+                     .split(b":")[1])
+        body = await reader.readexactly(length)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"application/json" in head and b"Connection: close" in head
+    assert "did not arrive within 1 s" in json.loads(body)["error"]
 
 
 def test_token_from_file_environment_or_flag(tmp_path):
