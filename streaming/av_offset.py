@@ -1,7 +1,7 @@
 """The receiver's A/V offset, measured as the call goes, in bounded memory and time.
 
 The voice that arrives is the sent audio played back in step with the video; frame n (the server's session
-frame index, from its stats messages) carries audio content position 1920 n at 48 kHz. Each 0.5 s window of
+frame index, from its stats messages) carries audio content position 1920 n at 48 kHz. Each 0.25 s window of
 received voice is located in the sent audio by normalised cross-correlation, searching only near where it is
 expected: the content position of the video frame that arrived at about the same time, ± `search_s`. The
 located window (content position p, arrival time t) gives, for each video frame of content position q near p
@@ -20,6 +20,9 @@ from actorcast.streaming.tracks import VOICE_PER_FRAME, VOICE_RATE
 DECIMATE = 3  # correlate at 16 kHz: speech is located as well, at a ninth of the cost
 SILENT = 100.0  # mean |sample| below this (int16) cannot be located
 MIN_SCORE = 0.75  # normalised correlation a match must reach
+# Short windows: the server jumps the voice back into step when it drifts (voice_resyncs, several a second on a
+# busy machine), and a window with a jump in it matches nothing; a quarter second still holds a few syllables.
+WINDOW_S = 0.25
 KEEP_FRAMES = 500  # video frames kept for matching (20 s at 25 fps): stats give their index within ~0.5 s
 
 
@@ -27,14 +30,15 @@ class AvOffset:
     """Feed it the received voice, the received video frames and the server's frame list as they come;
     `median_ms()` is the offset so far."""
 
-    def __init__(self, sent48: np.ndarray, window_s: float = 0.5, search_s: float = 1.0):
+    def __init__(self, sent48: np.ndarray, window_s: float = WINDOW_S, search_s: float = 1.0):
         self.sent = np.asarray(sent48, np.int16).reshape(-1)
         self.win = int(window_s * VOICE_RATE)  # samples at 48 kHz
         self.search = int(search_s * VOICE_RATE)
         self.window: list[np.ndarray] = []  # the voice window being filled
         self.filled = 0
         self.window_t: float | None = None  # arrival time of its first sample
-        self.pending: collections.deque[tuple[np.ndarray, float]] = collections.deque(maxlen=40)  # 20 s of windows
+        self.pending: collections.deque[tuple[np.ndarray, float]] = collections.deque(
+            maxlen=int(20 / window_s))  # 20 s of windows
         self.index_of_pts: dict[int, int] = {}  # for frames received before their index was known
         self.unmapped: collections.deque[tuple[float, int]] = collections.deque(maxlen=KEEP_FRAMES)  # (t, pts)
         self.frames: collections.deque[tuple[float, int]] = collections.deque(maxlen=KEEP_FRAMES)  # (t, pos)

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from actorcast.models.data.media import Mp4Writer
 from actorcast.models.errors import ActorcastError, InputError
-from actorcast.streaming.av_offset import AvOffset
+from actorcast.streaming.av_offset import WINDOW_S, AvOffset
 from actorcast.streaming.figures import SERVER_FIGURES
 from actorcast.streaming.ice import hosts_for, rtc_configuration, set_local_description
 from actorcast.streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
@@ -223,7 +223,7 @@ class LiveCaller:
                 **{f.key: last.get(f.key) for f in SERVER_FIGURES}}
 
 
-def av_offset_ms(rec: Received, sent48: np.ndarray, window_s: float = 0.5) -> float | None:
+def av_offset_ms(rec: Received, sent48: np.ndarray, window_s: float = WINDOW_S) -> float | None:
     """The A/V offset (streaming/av_offset.py) of a recording made by other means: `rec.sent_index` gives the
     session frame index of the n-th frame sent (pts 3600 n); its voice and video are replayed in arrival order."""
     offset = AvOffset(sent48, window_s)
