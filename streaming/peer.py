@@ -104,18 +104,15 @@ class LiveCall:
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_state)
         try:
-            await self.pc.setRemoteDescription(offer)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError) as e:
-            # aiortc's SDP parser checks some of its input with assert (e.g. an m= line without a port)
+            await self._negotiate(offer, candidate_hosts)
+        except InputError:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError, RuntimeError) as e:
+            # what aiortc raises on offers it cannot use: asserts in its SDP parser (an m= line without a port),
+            # a StopIteration turned RuntimeError (a media section without codecs), mismatched sections (no a=mid)
             detail = str(e) or "malformed"
             raise InputError(f"the SDP offer cannot be used ({e.__class__.__name__}: {detail}); send a WebRTC offer "
                              "with an audio m-line and a video m-line") from None
-        kinds = {t.kind for t in self.pc.getTransceivers()}
-        if "video" not in kinds:
-            raise InputError("the offer has no video m-line: add a recvonly video transceiver to receive the avatar")
-        self.pc.addTrack(self.video)
-        self.pc.addTrack(self.voice)
-        await set_local_description(self.pc, await self.pc.createAnswer(), candidate_hosts)
         self.t_answer = time.time()
         self.t_answer_mono = time.monotonic()
         self.tasks.append(asyncio.create_task(self._await_connection(), name=f"{self.call_id}-connect"))
@@ -125,6 +122,14 @@ class LiveCall:
         if self.options.source == "agent":
             self.tasks.append(asyncio.create_task(self.speech.run(), name=f"{self.call_id}-speech"))
         return self.pc.localDescription
+
+    async def _negotiate(self, offer: RTCSessionDescription, candidate_hosts: list[str] | None) -> None:
+        await self.pc.setRemoteDescription(offer)
+        if "video" not in {t.kind for t in self.pc.getTransceivers()}:
+            raise InputError("the offer has no video m-line: add a recvonly video transceiver to receive the avatar")
+        self.pc.addTrack(self.video)
+        self.pc.addTrack(self.voice)
+        await set_local_description(self.pc, await self.pc.createAnswer(), candidate_hosts)
 
     def _on_track(self, track) -> None:
         if track.kind == "audio":

@@ -171,8 +171,18 @@ async def test_a_never_connecting_offer_frees_its_slot(engine, caplog):
 @pytest.mark.asyncio
 async def test_every_bad_request_is_a_4xx_json_error(engine):
     deep = b"[" * 100_000 + b"]" * 100_000
+    peer = RTCPeerConnection(rtc_configuration())
+    peer.addTransceiver("audio")
+    peer.addTransceiver("video", direction="recvonly")
+    await peer.setLocalDescription(await peer.createOffer())
+    lines = peer.localDescription.sdp.split("\r\n")
+    await peer.close()
+    no_codecs = "\r\n".join(line for line in lines if not line.startswith("a=rtpmap"))  # StopIteration in aiortc
+    no_mid = "\r\n".join(line for line in lines if not line.startswith("a=mid"))  # sections that do not match
     async with serving(engine, token=TOKEN) as (url, server):
         cases = {
+            "no codecs": ("/offer", {"json": {"sdp": no_codecs, "type": "offer"}}, 400, "SDP offer cannot be used"),
+            "no mid": ("/offer", {"json": {"sdp": no_mid, "type": "offer"}}, 400, "SDP offer cannot be used"),
             "garbage SDP": ("/offer", {"json": {"sdp": "v=0\r\nm=garbage", "type": "offer"}}, 400, "SDP"),
             "deep JSON": ("/offer", {"data": deep}, 400, "nested too deep"),
             "deep JSON portrait": ("/portrait", {"data": deep}, 400, "nested too deep"),
