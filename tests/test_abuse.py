@@ -473,3 +473,23 @@ def test_a_jobs_line_nested_too_deep_fails_that_job_only(tmp_path):
     (tmp_path / "jobs.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     jobs = parse_jobs(tmp_path / "jobs.jsonl", tmp_path)
     assert jobs == [("line1", None, "line 1: the JSON is nested too deep; give one flat object per job")]
+
+
+def test_serve_help_states_the_limits_and_log_level_sets_the_servers_loggers():
+    from actorcast.cluster.cli import build_parser
+    from actorcast.cluster.serve import set_log_level
+
+    parser = build_parser()
+    serve = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]
+    text = serve.format_help()
+    assert "not up within 10 s is closed and its session slot freed" in text
+    assert "--token-file PATH" in text and "ACTORCAST_TOKEN" in text and "--log-level" in text
+    logger = logging.getLogger("actorcast")
+    before = logger.level
+    try:
+        set_log_level("warning")
+        assert not logging.getLogger("actorcast.access").isEnabledFor(logging.INFO)
+        set_log_level("info")
+        assert logging.getLogger("actorcast.access").isEnabledFor(logging.INFO)
+    finally:
+        logger.setLevel(before)
