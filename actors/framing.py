@@ -20,6 +20,7 @@ past the picture (`box` may start below 0): its outside continues the picture's 
 (`fill_past_edges`), so the face stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
 """
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,10 @@ import torch.nn.functional as F
 
 from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.models.errors import InputError
-from actorcast.models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks
+from actorcast.models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks, eyes_note
 from actorcast.models.training.meter import run_in_meter_env
 
+log = logging.getLogger(__name__)
 WORKER = Path(__file__).with_name("face_worker.py")
 FACE_HEIGHT = 0.365         # forehead top (10) to chin (152) / side, built-in identities
 EYE_LINE = 0.461            # eye line from the top / side
@@ -206,6 +208,9 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
                          f"{MIN_FACE} px: use a larger or closer photo")
     framing = Framing(picture, square_for(chosen), chosen, index, len(faces), biggest)
     check_landmarks(framing.crop_landmarks(), framing.box[2])  # one line for a face in profile, before any render
+    note = eyes_note(torch.from_numpy(framing.crop()).permute(2, 0, 1)[None].float() / 255, framing.crop_landmarks())
+    if note:  # shut or hidden eyes: the photo rig animates the face without blinks or gaze (one line, once)
+        log.warning(note)
     return framing
 
 

@@ -3,8 +3,8 @@
     rig = PhotoRig(reference, landmarks)      # (1, 3, R, R) in [0, 1]; (478, 2) Face Mesh points in its pixels
     frames = rig.render(params)               # (B, N_PARAMS) motion parameters -> (B, 3, R, R) in [0, 1]
 
-The video decoder has only seen the synthetic cartoons: on a photo it blurs the face and does not move the mouth
-(issue 13). A photo needs no new pixels except the inside of the opening mouth, so the rig moves the photo's own
+The video decoder has only seen the synthetic cartoons: on a photo it blurs the face and does not move the mouth.
+A photo needs no new pixels except the inside of the opening mouth, so the rig moves the photo's own
 pixels instead, by a warp built from where Face Mesh puts its lips, eyelids, brows and chin, the same landmarks
 on any face. Each part is a layer of the photo cut along a curve fitted to the landmarks and moved on its own:
 
@@ -19,11 +19,14 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   refined landmarks' iris centre and ring) inside the opening, over the sclera painted where the iris was, and
   the lids cut it off.
 - brows: brow_raise lifts the brow band.
-- head: head motion turns and shifts the face oval (HEAD_GAIN of the synthetic heads' motion, weight falling to
-  0 at the oval's edge, where the photo is pasted back unchanged).
+- head: the face is given depth (a rounded cap over its Face Mesh oval, with a nose) and turns and nods in 3-D by
+  the generator's angles (up to MAX_TURN): the nose moves most, the sides by the ears hardly. Roll, shift and scale
+  (SHIFT_GAIN of the synthetic heads') move the whole head region (face, hair, ears), its weight falling smoothly to
+  0 into the neck and background, so no seam shows and the square's corners stay the photo's.
 
-Every layer is sampled from the photo once (one `grid_sample` per layer, with the inverse warp found by a few
-fixed-point steps), so with all parameters at rest the photo renders as itself. The motion comes from the
+Every layer is sampled straight from the photo (`grid_sample` at the inverse warp: found by a few fixed-point steps,
+or in closed form for the lids, which move along the eye's own axis only), so with all parameters at rest the photo
+renders as itself. The motion comes from the
 generator's latents of a decoder trained on the true parameters (`train --latent params`; `params_of_latent`).
 
 The rest pose is the generator's own idle for this photo (actors/stages.py `MotionStage.rest_pose`: its mean output
@@ -49,7 +52,7 @@ from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import InputError
 
 # Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
-FOREHEAD_TOP, CHIN = 10, 152
+FOREHEAD_TOP, CHIN, NOSE_TIP = 10, 152, 1
 MOUTH_CORNERS = (61, 291)                                        # outer corners, image left then right
 INNER_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)  # inner lip line, upper lip, left to right
 INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)  # inner lip line, lower lip, left to right
@@ -70,21 +73,36 @@ SPREAD_GAIN = 0.12       # mouth half-widths: each corner moves out at lip_sprea
 ROUND_GAIN = 0.2         # mouth half-widths: each corner moves in at lip_round = 1
 SMILE_GAIN = 0.025       # H: the corners rise at smile = 1
 BROW_GAIN = 0.03         # H: the brows rise at brow_raise = 1
-HEAD_GAIN = 0.1          # of the synthetic heads' motion: a photo's face sways within its pasted-back oval
-YAW_SHIFT = 0.35         # H per radian of yaw (pitch alike): a turn seen as a shift of the face's middle
+MAX_TURN = 0.3           # rad: head_yaw / head_pitch are drawn as they are up to this (a warp of one photo shows
+                         # no new side of the head; the cartoons turn up to 0.6)
+ROLL_GAIN = 0.5          # of head_roll: the head tilts about the neck
+SHIFT_GAIN = 0.1         # of head_x, head_y and head_scale - 1: a photo's head shifts and grows a tenth as far as the
+                         # synthetic heads do (they float in an empty frame; a photo's head sits on its shoulders)
+FACE_DEPTH = 0.9         # face half widths: the middle of the face oval in front of the plane of its rim (the ears)
+NOSE_DEPTH = 0.35        # face half widths: the nose tip in front of that rounded face
+NOSE_WIDTH = 0.12        # H: the nose's bump (a Gaussian of this width)
+HEAD_REGION = (1.45, 1.3, 0.12)  # the moving head: the face oval's half width and half height scaled so (ears,
+                                 # hair), its centre raised by this many H; weight 1 inside
+HEAD_FEATHER = 0.55      # of the head region's radius: the weight falls to 0 over this much outside it
+HEAD_GRID = 4            # px: the head motion's inverse is found on a grid this fine and interpolated between
 TEETH = 0.035            # H: the height of the upper teeth under the upper lip
 INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
 IRISES = (468, 473)      # refined Face Mesh: the iris centres, each followed by its 4 ring points (the 1st and 3rd
                          # on the iris's horizontal diameter, the others clipped by the lids)
-LOWER_RISE = 0.25        # of the opening: the lower lid rises this far to meet the closing upper lid
+LOWER_RISE = 0.15        # of the opening: the lower lid rises this far to meet the closing upper lid
+LID_OVERLAP = 0.15       # of the opening: the shut upper lid reaches this far over the lower one (its lash line)
 LID_BAND = 1.0           # of the opening: the lid skin this far above the lash line unrolls over the closing eye
 LASH = 0.35              # of the opening: the lash line's thickness, carried whole (not stretched) by the lid's edge
 LOW_BAND = 0.5           # of the opening: the skin under the lower lid that stretches as the lid rises
 GAZE_X, GAZE_Y = 0.5, 0.35  # iris travel at gaze 1: of the eye's half width / half opening (as the cartoons draw it)
+EYE_CLOSED = 0.15        # lid gap / eye width under this in the photo: the eye is shut (open eyes read ~0.3-0.4)
+EYE_HIDDEN = (0.5, 0.15) # the opening's bright end (90th percentile luminance) under this share of the cheeks', or
+                         # its spread (90th - 10th) under this: no white of the eye shows (sunglasses, a hand)
+CHEEKS = (50, 280, 101, 330)  # Face Mesh points on the cheeks: the skin's luminance
 IRIS_EDGE = (0.9, 1.15)  # iris radii: the moved iris's weight falls 1 -> 0 between them (the limbal ring inside)
 MIN_MOUTH_WIDTH = 0.12   # H: a mouth seen narrower than this (a face in profile) is too turned to animate
 MIN_EYE_WIDTH = 0.04     # H: the same for the narrower eye (frontal faces: mouth ~0.4 H, eyes ~0.2 H wide)
-BOX_PAD = 12             # px around each layer's box: room for the head's sway (HEAD_GAIN)
+BOX_PAD = 0.15           # H around each layer's box: room for the head's motion (MAX_TURN, SHIFT_GAIN)
 PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo means its teeth already show
 THROAT = (0.42, 0.2, 0.2)  # the open mouth's dark inside, a share of the lips' colour per channel
 
@@ -174,6 +192,46 @@ def check_landmarks(landmarks, size: int) -> np.ndarray:
     return marks
 
 
+def eyes_note(reference: torch.Tensor, landmarks) -> str | None:
+    """Why the eyes of a photo (1, 3, R, R) in [0, 1] with Face Mesh `landmarks` (478, 2) cannot blink or look
+    around, in one line, or None when they can. An eye is shut when its lid gap is under EYE_CLOSED of its width;
+    hidden when its opening shows no white: its brightest pixels darker than EYE_HIDDEN[0] of the cheeks, or no
+    spread between bright and dark (sunglasses). Either way the rig draws the eyes as the photo has them: painting
+    a closed lid over a shut eye, or an iris onto a lens, would be inventing a face."""
+    m = check_landmarks(landmarks, reference.shape[-1])
+    lum = (reference[0] * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0)   # (R, R)
+    size = reference.shape[-1]
+
+    def at(points: np.ndarray) -> torch.Tensor:
+        idx = torch.as_tensor(np.clip(points, 0, size - 1).astype(np.int64))
+        return lum[idx[:, 1], idx[:, 0]]
+
+    skin = float(at(m[list(CHEEKS)]).median())
+    problems = []
+    for left, right, upper, lower in EYES:
+        width = float(np.linalg.norm(m[right] - m[left]))
+        gap = float(np.linalg.norm(m[list(upper[2:5])] - m[list(lower[2:5])], axis=1).mean())
+        if gap < EYE_CLOSED * width:
+            problems.append("closed")
+            continue
+        # the pixels of the opening: a grid over the lid curves' span, kept between the two curves
+        frame = _Frame.between(m[left], m[right], width)
+        up = _curve(frame, np.concatenate([m[[left, right]], m[list(upper)]]))
+        low = _curve(frame, np.concatenate([m[[left, right]], m[list(lower)]]))
+        s, t = torch.meshgrid(torch.linspace(-0.8, 0.8, 17), torch.linspace(0, 1, 9), indexing="ij")
+        top, bottom = _on_curve(up, s), _on_curve(low, s)
+        points = frame.origin + frame.offset(s, top + (bottom - top) * (0.15 + 0.7 * t))
+        values = at(points.reshape(-1, 2).numpy())
+        bright, dark = float(torch.quantile(values, 0.9)), float(torch.quantile(values, 0.1))
+        if bright < EYE_HIDDEN[0] * skin or bright - dark < EYE_HIDDEN[1]:
+            problems.append("hidden")
+    if not problems:
+        return None
+    which = "both eyes in the photo are" if len(problems) == 2 else "an eye in the photo is"
+    return (f"{which} {' and '.join(sorted(set(problems)))}: animating it without blinks or gaze "
+            "(a photo with open, visible eyes gets them)")
+
+
 def check_rest(rest) -> torch.Tensor:
     """A rest pose: (N_PARAMS,) finite motion parameters inside their ranges, as a float32 tensor; InputError if not."""
     t = torch.as_tensor(np.asarray(rest, dtype=np.float32))
@@ -213,8 +271,10 @@ class PhotoRig:
         self.teeth = ((1.6 * self.lip_colour.max()).clamp(0.6, 0.92) * torch.tensor([1.0, 0.97, 0.9]))[None, :, None,
                                                                                                       None]
         # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
-        self.eyes = [self._fit_eye(m, *marks, iris, blink)
-                     for marks, iris, blink in zip(EYES, IRISES, ("blink_r", "blink_l"))]
+        # (none where the photo's eyes are shut or hidden: `eyes_note` says why, and they stay as the photo has them)
+        self.eyes_note = eyes_note(self.image, m)
+        self.eyes = [] if self.eyes_note else [self._fit_eye(m, *marks, iris, blink)
+                                               for marks, iris, blink in zip(EYES, IRISES, ("blink_r", "blink_l"))]
         # brows: a band around each brow, its centre and half-size in px
         self.brows = [(torch.as_tensor(m[list(b)].mean(0)), float(np.ptp(m[list(b)][:, 0]) / 2)) for b in BROWS]
         reach = max(2.4 * half for _, half in self.brows) + 0.18 * h
@@ -226,16 +286,28 @@ class PhotoRig:
         y, x = torch.meshgrid(coords, coords, indexing="ij")
         self.pixels = torch.stack([x, y], dim=-1)  # (R, R, 2) px centres
         self.sclera = self._without_irises()
-        # head: it turns about a pivot under the chin, with a weight 1 in the face oval falling to 0 past its edge
+        # head: a rounded face (an ellipsoid-like cap over the face oval, with a nose) turns in 3-D about its rim;
+        # the head region (face, hair, ears) moves whole, the weight falling to 0 into the neck and background
         oval = m[list(FACE_OVAL)]
         lo, hi = oval.min(0), oval.max(0)
-        r = (((self.pixels - torch.as_tensor((lo + hi) / 2)) / torch.as_tensor((hi - lo) / 2 * 1.1)) ** 2).sum(-1)
-        self.head_weight = (1 - _smooth((r.sqrt() - 0.75) / 0.35))[None, ..., None]  # (1, R, R, 1)
+        self.face_centre, self.face_half = (lo + hi) / 2, (hi - lo) / 2          # px
+        self.nose = m[NOSE_TIP]
+        grow_x, grow_y, lift = HEAD_REGION
+        centre = self.face_centre - (0.0, lift * h)
+        self.head_centre, self.head_half = centre, self.face_half * (grow_x, grow_y)
+        reach = self.head_half * (1 + HEAD_FEATHER)
+        self.head_box = rows, cols = self._span(torch.as_tensor(centre - reach), torch.as_tensor(centre + reach),
+                                                pad=1)
+        ys, xs = (torch.linspace(a.start + 0.5, a.stop - 0.5, max(2, -(-(a.stop - a.start) // HEAD_GRID) + 1))
+                  for a in (rows, cols))                                 # the box's first and last pixel centres
+        self.head_grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)   # (h', w', 2) px
         self.pivot = torch.as_tensor(m[CHIN]) + 0.25 * h * self.mouth.down
 
-    def _span(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[slice, slice]:
-        """(rows, columns) of the pixels between corners lo and hi (x, y px), widened by BOX_PAD, in the image."""
-        lo, hi = (lo - BOX_PAD).floor().int().clamp(0, self.size), (hi + BOX_PAD).ceil().int().clamp(0, self.size)
+    def _span(self, lo: torch.Tensor, hi: torch.Tensor, pad: float | None = None) -> tuple[slice, slice]:
+        """(rows, columns) of the pixels between corners lo and hi (x, y px), widened by `pad` px (BOX_PAD face
+        heights unless given), in the image."""
+        pad = BOX_PAD * self.height if pad is None else pad
+        lo, hi = (lo - pad).floor().int().clamp(0, self.size), (hi + pad).ceil().int().clamp(0, self.size)
         return slice(int(lo[1]), int(hi[1])), slice(int(lo[0]), int(hi[0]))
 
     def _box(self, frame: _Frame, s_half: float, t_top: float, t_bottom: float) -> tuple[slice, slice]:
@@ -315,8 +387,9 @@ class PhotoRig:
         """One eye, drawn at the still-face points q (B, h, w, 2) of its box: (B, 3, h, w).
 
         The eye is two layers. In front, the lid skin: blink moves the upper lid's edge down along its own curve
-        until it meets the lower lid, which rises LOWER_RISE of the opening; the lash line (LASH of the opening
-        over the edge) moves with it whole, and the band of lid skin above it (LID_BAND) unrolls over the eye,
+        until it meets the lower lid, which rises LOWER_RISE of the opening, and covers the lower lid's lash line
+        (LID_OVERLAP of the opening: a shut eye shows one lash line); its own lash line (LASH of the opening over
+        the edge) moves with it whole, and the band of lid skin above it (LID_BAND) unrolls over the eye,
         so the crease and the brow above it stay where they are. Behind, the eyeball: the photo's own, with its
         iris moved by the gaze (the photo's iris painted over by its sclera where it was) and cut off by the
         lids; iris pixels that the photo's lids hid are taken mirrored from the visible ones. At rest both
@@ -328,7 +401,7 @@ class PhotoRig:
         blink = prm[:, eye.blink, None, None].clamp(0, 1)
         gaze_x = prm[:, PARAM_INDEX["gaze_x"], None, None].clamp(-1, 1)
         gaze_y = prm[:, PARAM_INDEX["gaze_y"], None, None].clamp(-1, 1)
-        edge_up = up + (1 - LOWER_RISE) * gap * blink                        # where the lids' edges are now
+        edge_up = up + (1 - LOWER_RISE + LID_OVERLAP) * gap * blink          # where the lids' edges are now
         edge_low = low - LOWER_RISE * gap * blink
         # the lid skin: where in the photo each point of the moved lids comes from (t only, per column s)
         drop, band, lash = edge_up - up, LID_BAND * gap + 1e-6, LASH * gap
@@ -339,7 +412,7 @@ class PhotoRig:
         floor = low + low_band                                              # below it nothing moves
         src_low = torch.where(t > floor, t, torch.where(t > edge_low, floor - (floor - t) * low_band /
                                                         (low_band + rise), t + rise))
-        src = torch.where(t < (edge_up + edge_low) / 2, src_up, src_low)
+        src = torch.where(t < torch.maximum((edge_up + edge_low) / 2, edge_up), src_up, src_low)  # upper in front
         skin = self._sample(q + f.offset(torch.zeros_like(t), src - t))
         lids = (((edge_up - t) * px + 0.5).clamp(0, 1) + ((t - edge_low) * px + 0.5).clamp(0, 1)).clamp(max=1)
         lids = lids[:, None]
@@ -369,19 +442,68 @@ class PhotoRig:
             dt = dt - BROW_GAIN * raise_ * (1 - _smooth(dist - 0.5))
         return self.mouth.offset(torch.zeros_like(dt), dt)
 
+    def _head_motion(self, prm: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The head's motion per frame, each (B, 1, 1): cos and sin of yaw, pitch and roll, scale, shift x, y (px).
+        Yaw and pitch are drawn at the generator's angles (up to MAX_TURN), roll at ROLL_GAIN of them, scale and
+        shift at SHIFT_GAIN of the synthetic heads'."""
+        def g(name: str) -> torch.Tensor:
+            return prm[:, PARAM_INDEX[name], None, None]
+        yaw, pitch = g("head_yaw").clamp(-MAX_TURN, MAX_TURN), g("head_pitch").clamp(-MAX_TURN, MAX_TURN)
+        roll = ROLL_GAIN * g("head_roll")
+        return (yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin(),
+                1 + SHIFT_GAIN * (g("head_scale") - 1), SHIFT_GAIN * g("head_x") * self.size,
+                SHIFT_GAIN * g("head_y") * self.size)
+
+    def _head_weight(self, q: torch.Tensor) -> torch.Tensor:
+        """(...) weight of the head motion at points q (..., 2) px: 1 in the head region, 0 past its feather."""
+        (hx, hy), (hw, hh) = self.head_centre.tolist(), self.head_half.tolist()
+        r = ((q[..., 0] - hx) / hw).square() + ((q[..., 1] - hy) / hh).square()
+        return 1 - _smooth((r.sqrt() - 1) / HEAD_FEATHER)
+
+    def _turn_offset(self, q: torch.Tensor, motion: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Forward displacement (px) of photo points q (B, h, w, 2) as the head turns (yaw) and nods (pitch).
+
+        Each point has a depth: a cap over the face oval, FACE_DEPTH face half widths high in its middle and 0 at
+        its rim, (1 - r^2)^1.5 in between (flat at the rim, so no fold there), plus a Gaussian nose; 0 outside
+        the oval. Yaw turns it about the vertical axis through the oval's centre in the rim's plane and pitch
+        about the horizontal one, seen from the front (orthographic): the nose moves most, the ears hardly."""
+        cos_y, sin_y, cos_p, sin_p = motion[:4]
+        (fx, fy), (ax, ay) = self.face_centre.tolist(), self.face_half.tolist()
+        x, y = q[..., 0] - fx, q[..., 1] - fy
+        cap = (1 - (x / ax).square() - (y / ay).square()).clamp(min=0)
+        nx, ny = self.nose.tolist()
+        nose = torch.exp(((q[..., 0] - nx).square() + (q[..., 1] - ny).square())
+                         * (-0.5 / (NOSE_WIDTH * self.height) ** 2))
+        z = ax * (FACE_DEPTH * cap * cap.sqrt() + NOSE_DEPTH * nose)
+        turn_x = x * (cos_y - 1) + z * sin_y                                 # yaw: + turns the nose image right
+        turn_y = y * (cos_p - 1) + (z * cos_y - x * sin_y) * sin_p           # pitch: + nods the nose down
+        return self._head_weight(q)[..., None] * torch.stack([turn_x, turn_y], -1)
+
     def _head_inverse(self, prm: torch.Tensor) -> torch.Tensor:
-        """Where in the still face each output pixel comes from under head motion: (B, R, R, 2)."""
-        def g(name: str) -> torch.Tensor:  # (B, 1, 1, 1)
-            return prm[:, PARAM_INDEX[name], None, None, None]
-        roll = HEAD_GAIN * g("head_roll")[..., 0]
-        scale = 1 + HEAD_GAIN * (g("head_scale") - 1)
-        shift = torch.cat([HEAD_GAIN * (g("head_x") * self.size + YAW_SHIFT * self.height * g("head_yaw")),
-                           HEAD_GAIN * (g("head_y") * self.size + YAW_SHIFT * self.height * g("head_pitch"))], -1)
-        p = self.pixels[None]
-        d = (p - self.pivot) - shift                                         # (B, R, R, 2) back from the moved face
-        cos, sin = torch.cos(roll), torch.sin(roll)
-        back = torch.stack([cos * d[..., 0] + sin * d[..., 1], -sin * d[..., 0] + cos * d[..., 1]], -1) / scale
-        return p + self.head_weight * (self.pivot + back - p)
+        """Where in the still photo each output pixel comes from under head motion: (B, R, R, 2).
+
+        The head turns in depth (`_turn_offset`), then rolls and grows about a pivot under the chin and shifts.
+        The roll, scale and shift are undone at once, by the rigid inverse weighted at the output point (a
+        weighted rigid motion has no exact inverse, and this one is smooth and never folds); the turn by
+        fixed-point steps. Both act in the head box only (the weight is 0 outside it), and are smooth on the scale
+        of the nose, so they are found on a grid of HEAD_GRID px over the box and interpolated bilinearly between:
+        a sixteenth of the arithmetic of every pixel, for the same picture."""
+        n = prm.shape[0]
+        motion = self._head_motion(prm)
+        *_, cos_r, sin_r, scale, dx, dy = motion
+        grid = self.head_grid[None]                                          # (1, h', w', 2)
+        px, py = self.pivot.tolist()
+        gx, gy = grid[..., 0] - px, grid[..., 1] - py                        # from the pivot
+        rx, ry = (gx - dx) / scale, (gy - dy) / scale
+        unrolled = torch.stack([cos_r * rx + sin_r * ry - gx, -sin_r * rx + cos_r * ry - gy], -1)  # px, from grid
+        turned = grid + self._head_weight(grid)[..., None] * unrolled        # (B, h', w', 2)
+        back = self._invert(turned, lambda q: self._turn_offset(q, motion)) - grid
+        rows, cols = self.head_box
+        size = (rows.stop - rows.start, cols.stop - cols.start)
+        back = F.interpolate(back.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
+        base = self.pixels[None].expand(n, -1, -1, -1).clone()
+        base[:, rows, cols] += back.permute(0, 2, 3, 1)
+        return base
 
     @staticmethod
     def _invert(target: torch.Tensor, offset) -> torch.Tensor:
