@@ -51,6 +51,7 @@ from actorcast.actors.engine import Engine  # noqa: E402
 from actorcast.models.errors import ActorcastError, InputError  # noqa: E402
 from actorcast.streaming.guard import error, guard, parse_json, read_body  # noqa: E402
 from actorcast.streaming.ice import candidate_hosts, hosts_for  # noqa: E402
+from actorcast.streaming.limits import HEADER_TIMEOUT_S  # noqa: E402
 
 log = logging.getLogger("pipecat_agent")
 
@@ -168,7 +169,8 @@ def create_app(agent: Agent) -> web.Application:
 async def main(args: argparse.Namespace) -> None:
     engine = await asyncio.to_thread(Engine, stage_threads=1)  # the shipped weights, in this process
     agent = Agent(engine, args.host, args.identity)
-    site_runner = web.AppRunner(create_app(agent))
+    # a connection that has not sent a whole request by then is closed (aiohttp's keep-alive timer)
+    site_runner = web.AppRunner(create_app(agent), keepalive_timeout=HEADER_TIMEOUT_S)
     await site_runner.setup()
     await web.TCPSite(site_runner, args.host, args.port).start()
     print(f"open http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
