@@ -6,11 +6,14 @@ Runs `actorcast serve` on 127.0.0.1 in a process of its own (so its RSS is the s
    it may queue (MAX_QUEUED_SPEECH_S, as a WAV): the time until the former's 413, the RSS while the speech plays
    (its peak) and after the call has ended;
 3. makes offers that never connect (the caller never applies the answer) until the server is full: how long
-   each holds its slot, and whether a real call is then admitted.
+   each holds its slot, and whether a real call is then admitted;
+4. the caller's side of a long call (streaming/av_offset.py, fed a simulated call of 60 s and of 300 s, 600 s
+   without --quick): CPU seconds per call second, the time its figure takes once the call ends, and the peak
+   memory it allocates (tracemalloc).
 
 Keys: rss_mb {before_any_call, idle, call, peak_during_speech, after_call, after_ghosts}, speech_queued_s,
 long_upload {status, seconds, bytes, error}, ghost_offer {connect_timeout_s, offers, server_full_while_held, held_s,
-real_call_after}.
+real_call_after}, caller_av_offset.<seconds> {cpu_s_per_call_s, report_s, peak_mb}.
 """
 
 import asyncio
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +37,7 @@ from aiortc import RTCPeerConnection  # noqa: E402
 
 from actorcast.models.data.media import write_wav  # noqa: E402
 from actorcast.models.data.performance import generate_speech  # noqa: E402
+from actorcast.streaming.av_offset import AvOffset  # noqa: E402
 from actorcast.streaming.client import LiveCaller  # noqa: E402
 from actorcast.streaming.ice import rtc_configuration  # noqa: E402
 from actorcast.streaming.limits import CONNECT_TIMEOUT_S, MAX_QUEUED_SPEECH_S  # noqa: E402
@@ -171,6 +176,31 @@ async def ghost_offers(http, url: str) -> dict:
             "held_s": round(held, 2), "real_call_after": got_in}
 
 
+def av_offset_cost(seconds: int) -> dict:
+    """AvOffset fed a simulated call of `seconds`: speech sent, its voice back 60 ms after the video."""
+    speech = generate_speech(9, 20.0)
+    pcm16 = (speech.numpy() if hasattr(speech, "numpy") else np.asarray(speech)).reshape(-1)
+    clip = np.repeat(np.clip(pcm16 * 32767, -32768, 32767).astype(np.int16), 3)
+    sent = np.tile(clip, seconds // 20 + 1)[:seconds * VOICE_RATE]
+    tracemalloc.start()
+    t0 = time.process_time()
+    offset = AvOffset(sent)
+    for k in range(seconds * 50):  # 20 ms of voice per step; a video frame every other step
+        if k % 2 == 0:
+            n = k // 2
+            offset.add_frame(k * 0.02, n * 3600)
+            offset.add_sent(n * 3600, n)
+        offset.add_voice(sent[k * 960:(k + 1) * 960], k * 0.02 + 0.06)
+    fed = time.process_time() - t0
+    t1 = time.perf_counter()
+    median = offset.median_ms()
+    report_s = time.perf_counter() - t1
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return {"cpu_s_per_call_s": round(fed / seconds, 4), "report_s": round(report_s, 4),
+            "peak_mb": round(peak, 1), "av_offset_ms": None if median is None else round(median, 1)}
+
+
 async def main_async(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="actorcast-abuse-"))
     port = free_port()
@@ -188,6 +218,7 @@ async def main_async(args) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    result["caller_av_offset"] = {str(s): av_offset_cost(s) for s in ((60, 300) if args.quick else (60, 300, 600))}
     return {"max_queued_speech_s": MAX_QUEUED_SPEECH_S, "max_sessions": MAX_SESSIONS, **result}
 
 
