@@ -3,12 +3,15 @@
     paste = PasteBack(framing)                    # framing: actors/framing.py, on the fit_output picture
     full = paste.composite(frames)                # (N, s, s, 3) -> (N, H, W, 3) uint8
 
-The mask is an ellipse around the face's Face Mesh oval (FACE_OVAL), widened by MASK_GROW (the face turns and
-the jaw drops while speaking; the chin needs more room below than the forehead above), at weight 1 inside and
-falling to 0 over FEATHER of its radius. Where the weight is 0 the output *is* the picture: those pixels are
-copied, never blended, so hair, shoulders and background stay identical (before H.264 encoding, which changes
-every pixel a little). The square is resized to the box's side in picture pixels; parts of it past the picture's
-edge (the mirrored, blurred fill of Framing.crop) are dropped.
+The mask is the union of two ellipses, at weight 1 inside and falling to 0 past them. One is around the face's
+Face Mesh oval (FACE_OVAL), widened by MASK_GROW (the jaw drops while speaking; the chin needs more room below
+than the forehead above), falling over FEATHER of its radius. The other is the photo rig's head region out to
+where its motion ends (HEAD_REGION grown by HEAD_FEATHER: the head turns with its hair and ears, and the still
+photo may take over only where the animated square is the photo again, or a seam would show), falling over
+HEAD_PASTE_FEATHER. Where the weight is 0 the output *is* the picture: those pixels are copied, never blended, so
+the shoulders and background stay identical (before H.264 encoding, which changes every pixel a little). The
+square is resized to the box's side in picture pixels; parts of it past the picture's edge (Framing.crop's
+blurred fill) are dropped.
 """
 
 import numpy as np
@@ -17,11 +20,21 @@ import torch.nn.functional as F
 
 from actorcast.actors.framing import Framing
 from actorcast.models.errors import InputError
-from actorcast.models.photo_rig import FACE_OVAL  # Face Mesh's face oval, forehead top (10) round to the chin (152)
+from actorcast.models.photo_rig import (  # Face Mesh's face oval, forehead top (10) round to the chin (152)
+    CHIN,
+    FACE_OVAL,
+    FOREHEAD_TOP,
+    HEAD_FEATHER,
+    HEAD_REGION,
+)
 
 MASK_GROW = (1.12, 1.18)   # ellipse half-axes over the oval's half-width, half-height
 MASK_DROP = 0.06           # ellipse centre below the oval's centre, in oval heights (room for the open jaw)
 FEATHER = 0.18             # weight falls 1 -> 0 from radius 1 to 1 + FEATHER (ellipse units)
+HEAD_MARGIN = 1.06         # the head region's reach grown by this: the rig interpolates the head motion on a grid, so
+                           # it ends a grid step (a few px) past the region's edge
+HEAD_PASTE_FEATHER = 0.08  # the weight falls 1 -> 0 past the head region's reach over this much of its radius: a
+                           # narrow band is enough, the square there being the photo already (up to resampling)
 EDGE_FEATHER = 4           # px: the weight also falls to 0 this far inside the square's edge
 
 
@@ -59,6 +72,13 @@ class PasteBack:
         xs = np.arange(self.cols.start, self.cols.stop, dtype=np.float64)[None, :] + 0.5
         r = np.sqrt(((xs - cx) / half[0]) ** 2 + ((ys - cy) / half[1]) ** 2)
         weight = np.clip((1.0 + FEATHER - r) / FEATHER, 0.0, 1.0)
+        # the head region (models/photo_rig.py PhotoRig: centre raised, half-axes grown), out to where it stops
+        grow_x, grow_y, lift = HEAD_REGION
+        face_height = float(np.linalg.norm(landmarks[CHIN] - landmarks[FOREHEAD_TOP]))
+        hx, hy = (lo + hi) / 2 - (0.0, lift * face_height)
+        reach = (hi - lo) / 2 * (grow_x, grow_y) * (1 + HEAD_FEATHER) * HEAD_MARGIN
+        r = np.sqrt(((xs - hx) / reach[0]) ** 2 + ((ys - hy) / reach[1]) ** 2)
+        weight = np.maximum(weight, np.clip((1.0 + HEAD_PASTE_FEATHER - r) / HEAD_PASTE_FEATHER, 0.0, 1.0))
         # inside the square only, fading at its edge: the animated frame has nothing to give past it
         in_y = np.clip(np.minimum(ys - self.y0, self.y0 + self.side - ys) / EDGE_FEATHER, 0.0, 1.0)
         in_x = np.clip(np.minimum(xs - self.x0, self.x0 + self.side - xs) / EDGE_FEATHER, 0.0, 1.0)

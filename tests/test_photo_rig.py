@@ -127,6 +127,24 @@ def test_gaze_moves_the_irises_and_nothing_outside_the_eyes(framing, rig):
     assert (frames[3] - frames[2]).abs().amax(0)[inside].amax() > 0.1        # gaze_y moves them too
 
 
+def test_paste_back_takes_every_pixel_the_head_moves(framing):
+    """No seam in a full-frame render: wherever the rig changes the square (the head turned, rolled and shifted as
+    far as it goes, the jaw wide open), the paste-back's mask is 1, so the still photo takes over only where the
+    square is the photo again."""
+    from actorcast.actors.paste import PasteBack
+
+    x0, y0, side = framing.box
+    rig = PhotoRig(square_tensor(framing.crop(), side), framing.crop_landmarks(side))
+    moves = _poses(head_yaw=[0.6, -0.6], head_pitch=[0.5, -0.5], head_roll=[0.5, -0.5], head_x=[0.2, -0.2],
+                   head_y=[-0.2, 0.2], head_scale=[1.2, 0.8], jaw_open=[1.0, 1.0])
+    changed = ((rig.render(moves) - rig.image).abs().amax(1) > 1 / 255).any(0).numpy()   # (side, side)
+    ys, xs = np.nonzero(changed)
+    ys, xs = ys + y0, xs + x0
+    inside = (ys >= 0) & (ys < framing.picture.shape[0]) & (xs >= 0) & (xs < framing.picture.shape[1])
+    mask = PasteBack(framing).mask()
+    assert inside.sum() > 5000 and mask[ys[inside], xs[inside]].min() == 1.0
+
+
 def test_shut_or_hidden_eyes_are_left_as_they_are_and_said_so_in_one_line(framing, rig, caplog):
     """Sunglasses (dark lenses painted over the eyes) and shut eyes (the rig's own blink, re-read by the meter):
     blinks and gaze change nothing, and a line says why; framing such a photo logs that line. Open eyes: no line."""
