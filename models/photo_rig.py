@@ -332,7 +332,7 @@ class PhotoRig:
         top, bottom = _on_curve(up, across), _on_curve(low, across)
         gap = (bottom - top).clamp(min=0)
         opening = float(gap.amax())
-        radius = float(np.linalg.norm(m[iris + 1] - m[iris + 3])) / 2
+        radius = max(float(np.linalg.norm(m[iris + 1] - m[iris + 3])) / 2, 0.05 * frame.s_unit)  # px, never 0
         box = self._box(frame, 1.3, float((top - LID_BAND * gap).amin()) - 2 / self.height,
                         float((bottom + LOW_BAND * gap).amax()) + 2 / self.height)
         # blink_l closes the subject's left eye, on the image's right (models/data/params.py)
