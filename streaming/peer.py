@@ -331,6 +331,10 @@ class LiveCall:
                     await task
         self.video.stop()
         self.voice.stop()
+        # aiortc's event handlers keep this call in reference cycles until Python's collector runs: drop the
+        # large buffers now, so the memory handed back when the call closes includes them
+        self.speech.clear()
+        self.video.queue.clear()
         with contextlib.suppress(Exception):
             await self.pc.close()
         try:
