@@ -26,8 +26,8 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
 
 Every layer is sampled straight from the photo (`grid_sample` at the inverse warp: found by a few fixed-point steps,
 or in closed form for the lids, which move along the eye's own axis only), so with all parameters at rest the photo
-renders as itself. The motion comes from the
-generator's latents of a decoder trained on the true parameters (`train --latent params`; `params_of_latent`).
+renders as itself. The motion comes from the generator's latents of a decoder trained on the true parameters
+(`train --latent params`; `params_of_latent`).
 
 The rest pose is the generator's own idle for this photo (actors/stages.py `MotionStage.rest_pose`: its mean output
 over a second of silence): the generator reads a photo's pose and expression through a motion encoder that has only
@@ -348,8 +348,8 @@ class PhotoRig:
             r = eye.iris_radius * IRIS_EDGE[1] + 1.0                          # px: past the iris's soft edge
             d = self.pixels - eye.iris
             inside = d.square().sum(-1) < r * r                              # (R, R)
-            u, v = eye.frame.st(self.pixels[inside])                          # s: half widths, t: face heights
-            u, v = (u - float(eye.frame.st(eye.iris)[0])) * eye.frame.s_unit, v - float(eye.frame.st(eye.iris)[1])
+            (s, t), (s0, t0) = eye.frame.st(self.pixels[inside]), eye.frame.st(eye.iris)
+            u, v = (s - s0) * eye.frame.s_unit, t - t0                        # px along the eye, face heights across
             half = (r * r - (v * self.height).square()).clamp(min=1.0).sqrt()  # px: the chord's half length
             ends = [eye.iris + eye.frame.along * (sign * half[:, None]) + eye.frame.down * (v[:, None] * self.height)
                     for sign in (-1.0, 1.0)]
@@ -487,7 +487,7 @@ class PhotoRig:
         weighted rigid motion has no exact inverse, and this one is smooth and never folds); the turn by
         fixed-point steps. Both act in the head box only (the weight is 0 outside it), and are smooth on the scale
         of the nose, so they are found on a grid of HEAD_GRID px over the box and interpolated bilinearly between:
-        a sixteenth of the arithmetic of every pixel, for the same picture."""
+        a sixteenth of the arithmetic of every pixel, within a third of a pixel of it at the largest turns."""
         n = prm.shape[0]
         motion = self._head_motion(prm)
         *_, cos_r, sin_r, scale, dx, dy = motion
