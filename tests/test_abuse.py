@@ -201,6 +201,8 @@ async def test_every_bad_request_is_a_4xx_json_error(engine):
         async with aiohttp.ClientSession() as http:  # a GET where only POST is routed
             async with http.get(url + "/offer", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
                 assert r.status == 405 and "use POST" in (await r.json())["error"]
+            async with http.get(url + "/static/%2e%2e/app.py") as r:  # out of the static folder: not found
+                assert r.status == 404 and r.content_type == "application/json"
         assert not server.calls and server.admitting == 0
 
 
