@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import json
+import os
 from pathlib import Path
 
 from actorcast.cluster.cli_args import mp4_file, positive_seconds, seed
@@ -20,7 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=positive_seconds, help="call length (default: the audio's length)")
     p.add_argument("--record", type=mp4_file, metavar="OUT",
                    help="write what came back (video + voice) to this file, ending in .mp4")
-    p.add_argument("--token", help="bearer token, when the server has one")
+    p.add_argument("--token", help="bearer token, when the server has one (default: the ACTORCAST_TOKEN environment "
+                   "variable, which `ps` does not show)")
     p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="the face's emotion (default neutral)")
     p.add_argument("--identity", type=seed, metavar="N",
                    help="built-in synthetic identity: any whole number >= 0 (default 0)")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"emotion": args.emotion}
     if args.identity is not None:
         options["identity"] = args.identity
-    report = asyncio.run(run_call(args.url, args.audio, args.seconds, args.record, args.token, **options))
+    token = args.token or os.environ.get("ACTORCAST_TOKEN") or None
+    report = asyncio.run(run_call(args.url, args.audio, args.seconds, args.record, token, **options))
     print(json.dumps(report, indent=1, default=float) if args.json else summary_table(report))
     return 0

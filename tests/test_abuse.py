@@ -495,3 +495,23 @@ def test_serve_help_states_the_limits_and_log_level_sets_the_servers_loggers():
         assert logging.getLogger("actorcast.access").isEnabledFor(logging.INFO)
     finally:
         logger.setLevel(before)
+
+
+@pytest.mark.asyncio
+async def test_call_takes_the_token_from_the_environment(engine, tmp_path):
+    from actorcast.models.data.media import write_wav
+    from actorcast.models.data.performance import generate_speech
+
+    write_wav(tmp_path / "speech.wav", generate_speech(3, 1.0))
+    async with serving(engine, token=TOKEN) as (url, server):
+        results = []
+        for extra in ({"ACTORCAST_TOKEN": TOKEN}, {"ACTORCAST_TOKEN": "wrong"}):
+            env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "actorcast.cluster.cli", "call", url, "--audio", str(tmp_path / "speech.wav"),
+                "--seconds", "1", "--json", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            results.append((proc.returncode, out.decode(), err.decode()))
+    assert results[0][0] == 0 and json.loads(results[0][1])["sent_frames"] is not None
+    assert results[1][0] == 2 and "401" in results[1][2] and "Traceback" not in results[1][2]
