@@ -3,18 +3,12 @@ of never-connecting offers freed, every bad request a 4xx JSON error, the access
 slow clients closed."""
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
-import os
 import struct
-import subprocess
-import sys
 import threading
-import time
 import zlib
-from pathlib import Path
 
 import aiohttp
 import av
@@ -25,14 +19,12 @@ from aiortc import RTCPeerConnection
 
 from actorcast.actors.engine import Engine
 from actorcast.models.errors import ActorcastError
-from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, app_runner, call_options, create_app
+from actorcast.streaming.app import LIVE_STAGE_THREADS, call_options
 from actorcast.streaming.client import LiveCaller
 from actorcast.streaming.ice import rtc_configuration
 from actorcast.streaming.limits import MAX_QUEUED_SPEECH_S
 from actorcast.streaming.tracks import VOICE_RATE
-
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "s3cret"
+from tests.live_server import ROOT, TOKEN, flac_of_silence, post, serving, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -41,57 +33,9 @@ def engine():
         yield e
 
 
-@contextlib.asynccontextmanager
-async def serving(engine, **config):
-    config = ServerConfig(**config)
-    runner = app_runner(create_app(engine, config), config)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runner.app[SERVER]
-    finally:
-        await runner.cleanup()
-
-
-async def wait_for(predicate, timeout: float) -> None:
-    """Until predicate() holds; fails after `timeout` s (a guard against a hang, not a measure)."""
-    t0 = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - t0 < timeout, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-def flac_of_silence(seconds: float, rate: int = 8000) -> bytes:
-    """A FLAC file of `seconds` of silence: a few hundred bytes per minute, whatever it decodes to."""
-    out = io.BytesIO()
-    with av.open(out, "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=rate, layout="mono")
-        block = np.zeros((1, rate), np.int16)
-        for k in range(int(seconds)):
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, k * rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return out.getvalue()
-
-
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
-
-
-async def post(url: str, path: str, token: str | None = TOKEN, **kwargs) -> tuple[int, str, object]:
-    """(status, Content-Type, JSON body or text) of a POST."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    headers.update(kwargs.pop("headers", {}))
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url + path, headers=headers, **kwargs) as r:
-            text = await r.text()
-            kind = r.content_type
-            return r.status, kind, json.loads(text) if kind.startswith("application/json") else text
 
 
 @pytest.mark.asyncio
@@ -324,26 +268,6 @@ async def test_a_body_that_does_not_come_is_a_408(engine, monkeypatch):
     assert "did not arrive within 1 s" in json.loads(body)["error"]
 
 
-def test_token_from_file_environment_or_flag(tmp_path):
-    from actorcast.cluster.serve import open_server_warning, resolve_token
-
-    path = tmp_path / "token"
-    path.write_text("from-file\n")
-    assert resolve_token(None, path, environ={}) == "from-file"
-    assert resolve_token(None, None, environ={"ACTORCAST_TOKEN": "from-env"}) == "from-env"
-    assert resolve_token("flag", None, environ={"ACTORCAST_TOKEN": "from-env"}) == "flag"
-    assert resolve_token(None, None, environ={}) is None
-    with pytest.raises(ActorcastError, match="not both"):
-        resolve_token("flag", path, environ={})
-    (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ActorcastError, match="is empty"):
-        resolve_token(None, tmp_path / "empty", environ={})
-    with pytest.raises(ActorcastError, match="cannot read"):
-        resolve_token(None, tmp_path / "missing", environ={})
-    assert open_server_warning("127.0.0.1", None) is None and open_server_warning("10.1.2.3", "t") is None
-    assert "without a token" in open_server_warning("10.1.2.3", None)
-
-
 @pytest.mark.asyncio
 async def test_the_pipecat_examples_offer_refuses_bad_bodies_with_json():
     """examples/pipecat_agent.py: bad bodies and unusable SDP are 4xx JSON errors, not 500s with tracebacks."""
@@ -374,144 +298,3 @@ async def test_the_pipecat_examples_offer_refuses_bad_bodies_with_json():
     reasons = [body["error"] for _, _, body in answers]
     assert "not JSON" in reasons[0] and "nested too deep" in reasons[1] and "SDP" in reasons[3]
     assert "too large: at most 1 MiB" in reasons[4] and "press Start" in reasons[5]
-
-
-def test_av_offset_is_measured_as_it_goes_near_the_expected_position(monkeypatch):
-    """Voice arriving 80 ms after the video of the same content reads +80 ms; each window is correlated only
-    against the sent audio near where it is expected, so the FFT size is the same for a 20 s and a 10 min
-    call (the whole-file correlation grew with the call and made long calls quadratic)."""
-    from actorcast.models.data.performance import generate_speech
-    from actorcast.streaming import av_offset as module
-    from actorcast.streaming.av_offset import AvOffset
-    from actorcast.streaming.tracks import VOICE_PER_FRAME
-
-    speech = generate_speech(7, 20.0)
-    pcm16 = (speech.numpy() if hasattr(speech, "numpy") else np.asarray(speech)).reshape(-1)
-    pcm48 = np.repeat((pcm16 * 20000).astype(np.int16), 3)  # 16 kHz -> 48 kHz, crudely: the correlation is at 16k
-    sizes = []
-    rfft = np.fft.rfft
-    monkeypatch.setattr(module.np.fft, "rfft", lambda x, n=None: sizes.append(n) or rfft(x, n))
-
-    def play(sent: np.ndarray, seconds: float) -> float | None:
-        offset = AvOffset(sent)
-        events = [(n / 25, "frame", n) for n in range(int(seconds * 25))]  # frame n at n / 25 s
-        events += [(k * 0.02 + 0.08, "voice", k) for k in range(int(seconds * 50))]  # voice 80 ms later
-        for n in range(int(seconds * 25)):
-            offset.add_sent(n * 3600, n)
-        for t, kind, k in sorted(events):
-            if kind == "frame":
-                offset.add_frame(t, k * 3600)
-            else:
-                offset.add_voice(pcm48[k * 960:(k + 1) * 960], t)
-        return offset.median_ms()
-
-    assert play(pcm48, 18.0) == pytest.approx(80.0, abs=2.0)
-    short = max(sizes)
-    sizes.clear()
-    long_sent = np.concatenate([pcm48] + [np.zeros(len(pcm48), np.int16)] * 29)  # 10 min sent, same voice
-    assert play(long_sent, 18.0) == pytest.approx(80.0, abs=2.0)
-    assert max(sizes) == short and short < 4 * VOICE_PER_FRAME * 25  # about 2.5 s of 16 kHz, not the file
-
-
-@pytest.mark.asyncio
-async def test_call_figures_count_the_same_frames_on_both_sides(engine, tmp_path):
-    """received_frames counts the frames of sent_frames that arrived (the server's figure comes from its latest
-    stats, up to 0.5 s old: counting every frame received made the caller report more than the server sent),
-    and the A/V offset is there at once from what was measured during the call."""
-    from actorcast.models.data.media import write_wav
-    from actorcast.models.data.performance import generate_speech
-    from actorcast.streaming.tracks import decode_audio_48k
-
-    write_wav(tmp_path / "speech.wav", generate_speech(3, 6.0))
-    pcm48 = decode_audio_48k((tmp_path / "speech.wav").read_bytes())
-    async with serving(engine) as (url, server):
-        caller = LiveCaller(url, pcm48)
-        await caller.start()
-        await wait_for(lambda: caller.rec.frames_received > 100, 60.0)
-        await asyncio.sleep(0.3)  # between two stats messages
-        report = caller.report()
-        await caller.stop()
-    assert report["received_frames"] <= report["sent_frames"] < caller.rec.frames_received
-    assert report["sent_frames"] - report["received_frames"] <= 3  # frames still on their way
-    assert report["av_offset_ms"] is not None
-    assert len(caller.rec.messages) == 0 and len(caller.rec.server) <= 2  # stats are not all kept
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_a_picture_pyav_cannot_decode_is_a_one_line_error(tmp_path):
-    """An --image in a format PyAV demuxes but cannot decode (svg) was an AttributeError traceback."""
-    from actorcast.actors.reference import check_portrait, decode_image
-    from actorcast.models.errors import InputError, TooLargeError
-
-    svg = tmp_path / "face.svg"
-    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>')
-    with pytest.raises(InputError, match="svg_pipe picture, which PyAV cannot decode: convert it to png or jpeg"):
-        decode_image(str(svg), "face.svg")
-    with pytest.raises(TooLargeError, match="too large"):  # a picture handed over decoded says the same
-        check_portrait(np.zeros((7000, 7000, 3), np.uint8))
-    done = _cli("render", "--say", "hello", "--image", str(svg), "-o", str(tmp_path / "out.mp4"), cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"actorcast: error: {svg} is a svg_pipe picture, which PyAV cannot decode: convert it to png or jpeg"]
-
-
-def test_a_jobs_file_without_jobs_is_an_error(tmp_path):
-    (tmp_path / "blank.jsonl").write_text("\n  \n")
-    done = _cli("batch", "blank.jsonl", "--out-dir", "renders", cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "actorcast: error: jobs file blank.jsonl has no jobs (it is empty or blank): put one JSON object per line, "
-        'e.g. {"audio": "speech.wav"}']
-
-
-def test_a_jobs_line_nested_too_deep_fails_that_job_only(tmp_path):
-    from actorcast.cluster.batch import parse_jobs
-
-    (tmp_path / "jobs.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    jobs = parse_jobs(tmp_path / "jobs.jsonl", tmp_path)
-    assert jobs == [("line1", None, "line 1: the JSON is nested too deep; give one flat object per job")]
-
-
-def test_serve_help_states_the_limits_and_log_level_sets_the_servers_loggers():
-    from actorcast.cluster.cli import build_parser
-    from actorcast.cluster.serve import set_log_level
-
-    parser = build_parser()
-    serve = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]
-    text = serve.format_help()
-    assert "not up within 10 s is closed and its session slot freed" in text
-    assert "--token-file PATH" in text and "ACTORCAST_TOKEN" in text and "--log-level" in text
-    logger = logging.getLogger("actorcast")
-    before = logger.level
-    try:
-        set_log_level("warning")
-        assert not logging.getLogger("actorcast.access").isEnabledFor(logging.INFO)
-        set_log_level("info")
-        assert logging.getLogger("actorcast.access").isEnabledFor(logging.INFO)
-    finally:
-        logger.setLevel(before)
-
-
-@pytest.mark.asyncio
-async def test_call_takes_the_token_from_the_environment(engine, tmp_path):
-    from actorcast.models.data.media import write_wav
-    from actorcast.models.data.performance import generate_speech
-
-    write_wav(tmp_path / "speech.wav", generate_speech(3, 1.0))
-    async with serving(engine, token=TOKEN) as (url, server):
-        results = []
-        for extra in ({"ACTORCAST_TOKEN": TOKEN}, {"ACTORCAST_TOKEN": "wrong"}):
-            env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "actorcast.cluster.cli", "call", url, "--audio", str(tmp_path / "speech.wav"),
-                "--seconds", "1", "--json", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
-            out, err = await proc.communicate()
-            results.append((proc.returncode, out.decode(), err.decode()))
-    assert results[0][0] == 0 and json.loads(results[0][1])["sent_frames"] is not None
-    assert results[1][0] == 2 and "401" in results[1][2] and "Traceback" not in results[1][2]
