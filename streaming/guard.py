@@ -82,10 +82,17 @@ def guard(token: str | None, protected: Callable[[str], bool]) -> Callable:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         t0 = time.monotonic()
-        response = await _answer(request, handler, token, protected)
-        access_log.info("%s %s %d %.0f ms", request.method, request.path, response.status,
-                        (time.monotonic() - t0) * 1000.0)
-        return response
+        status = 500  # unless a response or an HTTP exception (a redirect) says otherwise
+        try:
+            response = await _answer(request, handler, token, protected)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            access_log.info("%s %s %d %.0f ms", request.method, request.path, status,
+                            (time.monotonic() - t0) * 1000.0)
 
     return middleware
 
