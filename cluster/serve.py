@@ -88,9 +88,7 @@ async def serve(engine, config, ready=None) -> None:
     """Run the server until SIGINT/SIGTERM; closes every call before returning."""
     from aiohttp import web
 
-    from actorcast.streaming.app import create_app
-
-    from actorcast.streaming.app import app_runner
+    from actorcast.streaming.app import app_runner, create_app
 
     runner = app_runner(create_app(engine, config), config, handle_signals=False)
     await runner.setup()
