@@ -19,10 +19,11 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   refined landmarks' iris centre and ring) inside the opening, over the sclera painted where the iris was, and
   the lids cut it off.
 - brows: brow_raise lifts the brow band.
-- head: the face is given depth (a rounded cap over its Face Mesh oval, with a nose) and turns and nods in 3-D by
-  the generator's angles (up to MAX_TURN): the nose moves most, the sides by the ears hardly. Roll, shift and scale
-  (SHIFT_GAIN of the synthetic heads') move the whole head region (face, hair, ears), its weight falling smoothly to
-  0 into the neck and background, so no seam shows and the square's corners stay the photo's.
+- head: the face is given depth (a rounded cap over its Face Mesh oval, with a nose, on a lower cap over the
+  hair) and turns and nods in 3-D by the generator's angles (up to MAX_TURN): the nose moves most, the sides by
+  the ears hardly. Roll, shift and scale (SHIFT_GAIN of the synthetic heads') move the whole head region (face,
+  hair, ears), its weight falling smoothly to 0 into the neck and background, so no seam shows and the square's
+  corners stay the photo's.
 
 Every layer is sampled straight from the photo (`grid_sample` at the inverse warp: found by a few fixed-point steps,
 or in closed form for the lids, which move along the eye's own axis only), so with all parameters at rest the photo
@@ -79,6 +80,7 @@ ROLL_GAIN = 0.5          # of head_roll: the head tilts about the neck
 SHIFT_GAIN = 0.1         # of head_x, head_y and head_scale - 1: a photo's head shifts and grows a tenth as far as the
                          # synthetic heads do (they float in an empty frame; a photo's head sits on its shoulders)
 FACE_DEPTH = 0.9         # face half widths: the middle of the face oval in front of the plane of its rim (the ears)
+HAIR_DEPTH = 0.5         # face half widths: the middle of the head region (hair, forehead) in front of its rim
 NOSE_DEPTH = 0.35        # face half widths: the nose tip in front of that rounded face
 NOSE_WIDTH = 0.12        # H: the nose's bump (a Gaussian of this width)
 HEAD_REGION = (1.45, 1.3, 0.12)  # the moving head: the face oval's half width and half height scaled so (ears,
@@ -464,8 +466,9 @@ class PhotoRig:
         """Forward displacement (px) of photo points q (B, h, w, 2) as the head turns (yaw) and nods (pitch).
 
         Each point has a depth: a cap over the face oval, FACE_DEPTH face half widths high in its middle and 0 at
-        its rim, (1 - r^2)^1.5 in between (flat at the rim, so no fold there), plus a Gaussian nose; 0 outside
-        the oval. Yaw turns it about the vertical axis through the oval's centre in the rim's plane and pitch
+        its rim, (1 - r^2)^1.5 in between (flat at the rim, so no fold there), plus a Gaussian nose; under and
+        around it a lower cap (HAIR_DEPTH) over the whole head region, so the hair over the forehead turns with
+        the face and only the head's outline stays. Yaw turns it about the vertical axis through the oval's centre in the rim's plane and pitch
         about the horizontal one, seen from the front (orthographic): the nose moves most, the ears hardly."""
         cos_y, sin_y, cos_p, sin_p = motion[:4]
         (fx, fy), (ax, ay) = self.face_centre.tolist(), self.face_half.tolist()
@@ -474,7 +477,9 @@ class PhotoRig:
         nx, ny = self.nose.tolist()
         nose = torch.exp(((q[..., 0] - nx).square() + (q[..., 1] - ny).square())
                          * (-0.5 / (NOSE_WIDTH * self.height) ** 2))
-        z = ax * (FACE_DEPTH * cap * cap.sqrt() + NOSE_DEPTH * nose)
+        (hx, hy), (hw, hh) = self.head_centre.tolist(), self.head_half.tolist()
+        skull = (1 - ((q[..., 0] - hx) / hw).square() - ((q[..., 1] - hy) / hh).square()).clamp(min=0)
+        z = ax * (torch.maximum(FACE_DEPTH * cap * cap.sqrt(), HAIR_DEPTH * skull * skull.sqrt()) + NOSE_DEPTH * nose)
         turn_x = x * (cos_y - 1) + z * sin_y                                 # yaw: + turns the nose image right
         turn_y = y * (cos_p - 1) + (z * cos_y - x * sin_y) * sin_p           # pitch: + nods the nose down
         return self._head_weight(q)[..., None] * torch.stack([turn_x, turn_y], -1)
