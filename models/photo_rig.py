@@ -468,8 +468,9 @@ class PhotoRig:
         Each point has a depth: a cap over the face oval, FACE_DEPTH face half widths high in its middle and 0 at
         its rim, (1 - r^2)^1.5 in between (flat at the rim, so no fold there), plus a Gaussian nose; under and
         around it a lower cap (HAIR_DEPTH) over the whole head region, so the hair over the forehead turns with
-        the face and only the head's outline stays. Yaw turns it about the vertical axis through the oval's centre in the rim's plane and pitch
-        about the horizontal one, seen from the front (orthographic): the nose moves most, the ears hardly."""
+        the face and only the head's outline stays. Yaw turns it about the vertical axis through the oval's centre
+        in the rim's plane and pitch about the horizontal one, seen from the front (orthographic): the nose moves
+        most, the ears hardly."""
         cos_y, sin_y, cos_p, sin_p = motion[:4]
         (fx, fy), (ax, ay) = self.face_centre.tolist(), self.face_half.tolist()
         x, y = q[..., 0] - fx, q[..., 1] - fy
