@@ -21,11 +21,6 @@ class SamplerConfig:
     steps: int = 4  # S
     cfg_scale: float = 1.0  # classifier-free guidance on audio; 1.0 = off (one pass per step)
     k_ctx: float = 0.0  # the chunk is written to the cache at this noise level (0 = clean)
-    # Stochastic steps: the share eta of the noise carried from one step to the next that is drawn afresh, on the
-    # dimensions the audio does not determine (the generator's `weighted_dims`; all of them if it has none).
-    # 0 = the deterministic Euler sampler. A deterministic few-step sampler of a rare, unpredictable event (a
-    # blink's start) lands on its mean; fresh noise lets each chunk commit to one outcome.
-    eta: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -35,8 +30,6 @@ class SamplerConfig:
             raise ConfigError(f"cfg_scale={self.cfg_scale} must be >= 0 (1.0 = no guidance)")
         if not 0.0 <= self.k_ctx < 1.0:
             raise ConfigError(f"k_ctx={self.k_ctx} must be in [0, 1)")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ConfigError(f"eta={self.eta} must be in [0, 1] (0 = deterministic steps)")
 
 
 def _velocity(model, x, k, audio_ctx, past, emotion, config: SamplerConfig) -> torch.Tensor:
@@ -64,8 +57,7 @@ def generate_chunk(model: MotionGenerator, cache: KVCache, audio_ctx: torch.Tens
     x = torch.randn((B, T, mc.d_motion), generator=generator).to(p.device, p.dtype)  # (B, T, d_motion)
     # 2. S Euler steps from k = 1 to k = 0, attending to the cached past (dx/dk = v = eps - z)
     past = model.read_cache(cache, T)  # cached keys rotated once, shared by all passes of this chunk
-    x = _euler(model, x, audio_ctx, past, emotion, config,
-               lambda: torch.randn((B, T, mc.d_motion), generator=generator).to(p.device, p.dtype))
+    x = _euler(model, x, audio_ctx, past, emotion, config)
     # 3. one pass of the clean (or k_ctx-noised) chunk writes its keys/values into the cache
     ctx = x
     if config.k_ctx > 0:
@@ -77,34 +69,12 @@ def generate_chunk(model: MotionGenerator, cache: KVCache, audio_ctx: torch.Tens
     return x
 
 
-def _euler(model, x, audio_ctx, past, emotion, config: SamplerConfig, fresh_noise) -> torch.Tensor:
-    """S steps of the chunk x from k = 1 (noise) to k = 0, attending to the cached past (dx/dk = v = eps - z).
-
-    Each step splits x into its clean estimate z = x - k v and its noise eps = x + (1 - k) v, and puts them
-    together again at the next level: x' = (1 - k') z + k' eps, which is the Euler step x + (k' - k) v. With
-    eta > 0 the noise is renewed on the stochastic dimensions, eps <- sqrt(1 - eta^2) eps + eta * fresh_noise()
-    (a callable giving noise shaped as x, drawn from the stream's own generator), between steps only."""
+def _euler(model, x, audio_ctx, past, emotion, config: SamplerConfig) -> torch.Tensor:
+    """S Euler steps of the chunk x from k = 1 (noise) to k = 0, attending to the cached past (dx/dk = v)."""
     levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
-    mask = _stochastic_dims(model, x) if config.eta > 0 else None
     for k_now, k_next in zip(levels[:-1], levels[1:]):
-        v = _velocity(model, x, k_now, audio_ctx, past, emotion, config)
-        if mask is None or k_next == 0.0:
-            x = x + (k_next - k_now) * v
-            continue
-        z, eps = x - k_now * v, x + (1.0 - k_now) * v
-        renewed = (1.0 - config.eta ** 2) ** 0.5 * eps + config.eta * fresh_noise()
-        x = (1.0 - k_next) * z + k_next * torch.where(mask, renewed, eps)
+        x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
     return x
-
-
-def _stochastic_dims(model, x: torch.Tensor) -> torch.Tensor:
-    """(d_motion,) bool: the dimensions that get fresh noise, the generator's weighted_dims (all if none)."""
-    lo, hi = model.config.weighted_dims
-    mask = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
-    if hi > lo:
-        mask[:] = False
-        mask[lo:hi] = True
-    return mask
 
 
 def _write(model, cache: KVCache, k: torch.Tensor, v: torch.Tensor, attn: torch.Tensor | None, n_frames: int) -> None:
@@ -168,9 +138,7 @@ def generate_chunks(model: MotionGenerator, streams: list["MotionStream"], n_fra
     x = x.to(p.device, p.dtype)
     # 2. Euler steps over the padded pasts
     past = _pad_pasts([model.read_cache(c, T) for c in caches])
-    x = _euler(model, x, audio_ctx, past, emotion, config, lambda: torch.cat(
-        [torch.randn((b, T, mc.d_motion), generator=s.generator) for s, b in zip(streams, sizes)]
-    ).to(p.device, p.dtype))
+    x = _euler(model, x, audio_ctx, past, emotion, config)
     # 3. the context pass; each stream's keys, values and attention go to its own cache
     ctx = x
     if config.k_ctx > 0:
