@@ -6,12 +6,12 @@ import av
 
 from actorcast.cluster.batch import parse_jobs, summary_table
 from actorcast.cluster.cli import main
-from tests.test_render import _write_audio
+from tests.helpers import write_audio
 
 
 def test_batch_isolates_failures_and_skips_finished(ray_local, tmp_path, capsys):
-    _write_audio(tmp_path / "a.wav", 1.2, 16000, "mono")
-    _write_audio(tmp_path / "b.m4a", 0.8)
+    write_audio(tmp_path / "a.wav", 1.2, 16000, "mono")
+    write_audio(tmp_path / "b.m4a", 0.8)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join([
         json.dumps({"audio": "a.wav", "identity": 2, "size": 64, "name": "first"}),
@@ -43,7 +43,7 @@ def test_batch_isolates_failures_and_skips_finished(ray_local, tmp_path, capsys)
 
 
 def test_jobs_are_named_after_their_output_and_checked_before_ray(tmp_path):
-    _write_audio(tmp_path / "speech.wav", 0.5, 16000, "mono")
+    write_audio(tmp_path / "speech.wav", 0.5, 16000, "mono")
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps(spec) for spec in [
         {"audio": "speech.wav"},

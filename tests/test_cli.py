@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from actorcast.cluster.cli import describe_os_error, main
-from tests.test_render import _write_pcm_wav
+from tests.helpers import write_pcm_wav
 
 
 def _run(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -24,7 +24,7 @@ def _run(capsys, *argv: str) -> tuple[int, list[str]]:
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 def test_unwritable_output_folder_is_named_as_such(tmp_path, capsys):
-    code, err = _run(capsys, "render", _write_pcm_wav(tmp_path / "a.wav", 16000), "-o", "/proc/x.mp4", "--in-process")
+    code, err = _run(capsys, "render", write_pcm_wav(tmp_path / "a.wav", 16000), "-o", "/proc/x.mp4", "--in-process")
     assert code == 2 and len(err) == 1, err
     assert "/proc cannot be written" in err[0] and "space" not in err[0]
     assert not list(Path("/proc").glob(".x.mp4*"))
@@ -60,11 +60,11 @@ def nothing_may_start(monkeypatch):
                                   "weights_dir_without_weights", "bad_emotion", "foreign_work_dir",
                                   "unwritable_work_dir", "unreachable_address"])
 def test_render_checks_everything_before_start_up(tmp_path, capsys, nothing_may_start, case):
-    good = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    good = write_pcm_wav(tmp_path / "a.wav", 16000)
     args = {
         "missing_audio": [tmp_path / "nope.wav"],
-        "empty_wav": [_write_pcm_wav(tmp_path / "e.wav", 0)],
-        "20ms_wav": [_write_pcm_wav(tmp_path / "s.wav", 320)],
+        "empty_wav": [write_pcm_wav(tmp_path / "e.wav", 0)],
+        "20ms_wav": [write_pcm_wav(tmp_path / "s.wav", 320)],
         "bad_image": [good, "--image", tmp_path / "a.wav"],
         "negative_identity": [good, "--identity", "-5"],
         "weights_dir_without_weights": [good, "--weights", tmp_path],
@@ -186,7 +186,7 @@ def test_version(capsys):
                                   ["call", "http://127.0.0.1:9", "--audio", "{audio}", "--record", "{tmp}/r.mkv"],
                                   ["data", "preview", "-o", "{tmp}/p.webm"]])
 def test_outputs_not_named_mp4_are_refused(tmp_path, capsys, nothing_may_start, argv):
-    audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    audio = write_pcm_wav(tmp_path / "a.wav", 16000)
     code, err = _run(capsys, *(a.format(audio=audio, tmp=tmp_path) for a in argv))
     assert code == 2 and len(err) == 1 and ".mp4" in err[0], err
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
@@ -220,7 +220,7 @@ def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    audio = write_pcm_wav(tmp_path / "a.wav", 16000)
     run = subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(tmp_path / "o.mp4"),
                           "--size", "64", "--shards", "2"], cwd=root, env={**env, "PYTHONPATH": str(root)},
                          capture_output=True, text=True, timeout=600)
@@ -241,7 +241,7 @@ def test_render_runs_in_process_by_default_and_on_ray_only_when_asked(tmp_path, 
         raise AssertionError("a plain render started Ray")
 
     monkeypatch.setattr(ray, "init", no_ray)
-    audio = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    audio = write_pcm_wav(tmp_path / "a.wav", 16000)
     code, err = _run(capsys, "render", audio, "-o", tmp_path / "o.mp4", "--size", "64")
     assert code == 0 and err == [] and (tmp_path / "o.mp4").is_file()
 

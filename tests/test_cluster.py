@@ -18,7 +18,7 @@ import pytest
 
 from actorcast.cluster.local_cluster import LocalCluster, NodeSpec, can_hide_folders
 from tests.netcheck import non_loopback_listeners
-from tests.test_render import _write_audio
+from tests.helpers import write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 # A lost node is declared dead after about 3 missed 1-second health checks instead of Ray's default ~30 s.
@@ -98,7 +98,7 @@ def test_render_shards_off_the_driver_node_and_a_lost_node(cluster, driver_dir):
     """Shards run on the workers; the render outlives the node of one shard, frame-identical to a clean one."""
     # 40 s: on a quiet machine 64² renders at ~130 frames/s, and a lost node takes seconds to go; with 6 s of audio
     # the render finished before the node did (seen in CI).
-    audio = _write_audio(driver_dir / "talk.wav", 40.0, 16000, "mono")
+    audio = write_audio(driver_dir / "talk.wav", 40.0, 16000, "mono")
     clean = driver_dir / "clean.mp4"
     placed = _driver(cluster, f"""
 from actorcast.actors.engine import Engine
@@ -140,7 +140,7 @@ def test_batch_spreads_over_workers_and_outlives_a_lost_node(cluster, driver_dir
     """6 jobs whose inputs and outputs only the driver sees: spread over both workers, every one finished after
     worker2 is lost, each file identical to the same job's file from a run that lost nothing."""
     for i in range(6):
-        _write_audio(driver_dir / f"b{i}.wav", 2.0 + 0.2 * i, 16000, "mono")
+        write_audio(driver_dir / f"b{i}.wav", 2.0 + 0.2 * i, 16000, "mono")
     jobs = driver_dir / "jobs.jsonl"
     jobs.write_text("".join(json.dumps({"audio": f"b{i}.wav", "identity": i, "size": 64}) + "\n" for i in range(6)))
     clean = _cli("batch", str(jobs), "--out-dir", str(driver_dir / "clean"), "--address", cluster.address)
@@ -210,7 +210,7 @@ def test_a_node_with_another_actorcast_version_stops_the_job_at_start(tmp_path):
                                                                    "Version: 9.9.9\n")
     mine = installed_version()
     assert mine != "9.9.9"
-    audio = _write_audio(tmp_path / "talk.wav", 1.0, 16000, "mono")
+    audio = write_audio(tmp_path / "talk.wav", 1.0, 16000, "mono")
     out = tmp_path / "never.mp4"
     nodes = [NodeSpec("head", 1, head=True), NodeSpec("stale", 1, env={"PYTHONPATH": str(other)})]
     with LocalCluster(tmp_path / "cluster", nodes) as cluster:

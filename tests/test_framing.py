@@ -223,10 +223,10 @@ def test_paste_back_of_a_large_photo_is_scaled_to_1080p(astronaut):
 def _render_cli(capsys, tmp_path, *args) -> tuple[int, list[str], Path]:
     """(exit code, stderr lines without progress bars, output path) of `actorcast render` on 1 s of speech."""
     from actorcast.cluster.cli import main
-    from tests.test_render import _write_pcm_wav
+    from tests.helpers import write_pcm_wav
 
     out = tmp_path / "o.mp4"
-    wav = _write_pcm_wav(tmp_path / "a.wav", 16000)
+    wav = write_pcm_wav(tmp_path / "a.wav", 16000)
     try:
         code = main(["render", str(wav), "-o", str(out), "--in-process", "--size", "64", *map(str, args)])
     except SystemExit as e:  # argparse refused an argument
@@ -349,9 +349,9 @@ def test_batch_lines_with_bad_face_options_are_their_own_errors(tmp_path):
     import json
 
     from actorcast.cluster.batch import parse_jobs
-    from tests.test_render import _write_pcm_wav
+    from tests.helpers import write_pcm_wav
 
-    _write_pcm_wav(tmp_path / "a.wav", 16000)
+    write_pcm_wav(tmp_path / "a.wav", 16000)
     lines = [{"audio": "a.wav", "image": str(ASTRONAUT), "face": 1, "full_frame": False, "name": "ok"},
              {"audio": "a.wav", "image": str(ASTRONAUT), "face": 2, "name": "second_face"},
              {"audio": "a.wav", "image": str(ASTRONAUT), "full_frame": "yes", "name": "not_bool"},

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 from pathlib import Path
 
 import av
@@ -20,40 +19,9 @@ from actorcast.cluster.cli import main
 from actorcast.cluster.render import RenderJob, render
 from actorcast.cluster.render_mux import SegmentWriter
 from actorcast.models.errors import ActorcastError, InputError
-from tests.test_stages import _png_header_only
+from tests.helpers import png_header_only, write_audio, write_pcm_wav
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _write_audio(path: Path, seconds: float, rate: int = 44100, layout: str = "stereo", silent: bool = False):
-    t = np.arange(int(rate * seconds)) / rate
-    tone = 0.0 if silent else 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
-    channels = 2 if layout == "stereo" else 1
-    pcm = np.repeat(np.asarray(tone + 0 * t, np.float32)[None], channels, 0)
-    codec = "pcm_s16le" if path.suffix == ".wav" else "aac"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        fmt = "s16" if codec == "pcm_s16le" else "fltp"
-        for i in range(0, pcm.shape[1], 1024):
-            block = pcm[:, i:i + 1024]
-            data = (block * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" else np.ascontiguousarray(block)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
-            frame.sample_rate, frame.pts = rate, i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
-def _write_pcm_wav(path: Path, samples: int, keep_bytes: int | None = None) -> Path:
-    """A 16 kHz mono 16-bit WAV (44-byte header) of `samples` samples, cut after `keep_bytes` bytes if given."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.sin(np.arange(samples) / 5) * 8000).astype("<i2").tobytes())
-    if keep_bytes is not None:
-        path.write_bytes(path.read_bytes()[:keep_bytes])
-    return path
 
 
 def _within(seconds: float, fn):
@@ -85,7 +53,7 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def test_render_h264_aac_interleaved_original_audio(tmp_path):
-    audio = _write_audio(tmp_path / "in.m4a", 3.0)  # AAC stereo 44.1 kHz in
+    audio = write_audio(tmp_path / "in.m4a", 3.0)  # AAC stereo 44.1 kHz in
     out = tmp_path / "out.mp4"
     result = render(RenderJob(str(audio), str(out), identity=4, size=64, checkpoint_every=1.0), use_ray=False,
                     progress=False)
@@ -118,7 +86,7 @@ def _cli(tmp_path, *args):
                                   "bad_image", "bomb", "missing_dir", "address", "negative_identity",
                                   "weights_dir_without_weights"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
-    good = _write_audio(tmp_path / "good.wav", 1.0, 16000, "mono")
+    good = write_audio(tmp_path / "good.wav", 1.0, 16000, "mono")
     args: list = [good]
     if case == "corrupt":
         (tmp_path / "c.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + os.urandom(3000))
@@ -127,7 +95,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
         (tmp_path / "t.mp3").write_text("hello, not audio\n" * 50)
         args = [tmp_path / "t.mp3"]
     elif case == "truncated":
-        full = _write_audio(tmp_path / "f.m4a", 2.0)
+        full = write_audio(tmp_path / "f.m4a", 2.0)
         (tmp_path / "tr.m4a").write_bytes(full.read_bytes()[: full.stat().st_size // 3])
         args = [tmp_path / "tr.m4a"]
     elif case == "no_audio":
@@ -136,11 +104,11 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
         seg.close()
         args = [tmp_path / "v.mp4"]
     elif case == "empty":  # a valid WAV of 0 samples
-        args = [_write_pcm_wav(tmp_path / "e.wav", 0)]
+        args = [write_pcm_wav(tmp_path / "e.wav", 0)]
     elif case == "20ms":
-        args = [_write_pcm_wav(tmp_path / "s.wav", 320)]
+        args = [write_pcm_wav(tmp_path / "s.wav", 320)]
     elif case == "cut_after_60_bytes":  # the header promises 1 s, the file holds 8 samples
-        args = [_write_pcm_wav(tmp_path / "cut.wav", 16000, keep_bytes=60)]
+        args = [write_pcm_wav(tmp_path / "cut.wav", 16000, keep_bytes=60)]
     elif case == "negative_identity":
         args = [good, "--identity", "-5"]
     elif case == "weights_dir_without_weights":
@@ -151,7 +119,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
         (tmp_path / "i.png").write_bytes(os.urandom(500))
         args = [good, "--image", tmp_path / "i.png"]
     elif case == "bomb":
-        (tmp_path / "b.png").write_bytes(_png_header_only(9000, 9000))
+        (tmp_path / "b.png").write_bytes(png_header_only(9000, 9000))
         args = [good, "--image", tmp_path / "b.png"]
     if case == "missing_dir":
         with pytest.raises(SystemExit) as e:
@@ -207,7 +175,7 @@ def _failing_reader(point, error: Exception):
 ])
 def test_a_failing_feeder_ends_the_render_with_its_error(tmp_path, monkeypatch, engine64, point, error, message):
     """Any failure while the audio is read or fed ends the render with that error, never a wait for frames."""
-    audio = _write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
+    audio = write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
     monkeypatch.setattr(render_module, "iter_audio_blocks", _failing_reader(point, error))
     job = RenderJob(str(audio), str(tmp_path / "o.mp4"), size=64, checkpoint_every=0.16)
     with pytest.raises(ActorcastError) as e:
@@ -224,7 +192,7 @@ def test_a_failing_feeder_ends_the_render_with_its_error(tmp_path, monkeypatch, 
 def test_a_later_failure_keeps_a_resumable_work_folder_and_says_so(tmp_path, monkeypatch, engine64):
     """A render that fails after checkpoints keeps its work folder and names the frame a rerun resumes from;
     the rerun finishes the render and removes the folder."""
-    audio = _write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
+    audio = write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
     out, work = tmp_path / "o.mp4", tmp_path / ".o.mp4.work"
     job = RenderJob(str(audio), str(out), size=64, checkpoint_every=0.16)
     real_write = SegmentWriter.write
@@ -250,13 +218,13 @@ def test_work_dir_that_is_not_a_work_folder_is_refused_and_kept(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    code = main(["render", str(_write_pcm_wav(tmp_path / "a.wav", 16000)), "-o", str(tmp_path / "o.mp4"),
+    code = main(["render", str(write_pcm_wav(tmp_path / "a.wav", 16000)), "-o", str(tmp_path / "o.mp4"),
                  "--in-process", "--work-dir", str(mine)])
     assert code == 2 and (mine / "thesis.tex").read_text() == "precious"
 
 
 def test_silence_renders(tmp_path, capsys):
-    code, out = _cli(tmp_path, _write_audio(tmp_path / "s.wav", 1.0, 22050, "mono", silent=True))
+    code, out = _cli(tmp_path, write_audio(tmp_path / "s.wav", 1.0, 22050, "mono", silent=True))
     assert code == 0 and _decode(out).shape[0] == 25
 
 
@@ -267,7 +235,7 @@ def _cmd(audio, out, work):
 
 @pytest.mark.slow
 def test_killed_render_resumes_frame_identical(tmp_path):
-    audio = _write_audio(tmp_path / "a.wav", 24.0, 16000, "mono")
+    audio = write_audio(tmp_path / "a.wav", 24.0, 16000, "mono")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     clean = tmp_path / "clean.mp4"
     subprocess.run(_cmd(audio, clean, tmp_path / "w1"), check=True, env=env, cwd=ROOT, capture_output=True)
@@ -292,7 +260,7 @@ def test_killed_render_resumes_frame_identical(tmp_path):
 def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     import resource
 
-    audio = _write_audio(tmp_path / "a.wav", 10.0, 16000, "mono")
+    audio = write_audio(tmp_path / "a.wav", 10.0, 16000, "mono")
     out = tmp_path / "o.mp4"
 
     def small_disk():  # every file this process writes is capped at 30 kB: writes fail like on a full disk
@@ -336,7 +304,7 @@ def test_segment_encoding_is_repeatable(tmp_path):
 ])
 def test_ctrl_c_says_how_a_rerun_resumes(tmp_path, monkeypatch, capsys, stop_at_segment, expected):
     """Ctrl-C during a render names the frame that rerunning the same command resumes from."""
-    audio = _write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
+    audio = write_pcm_wav(tmp_path / "a.wav", 16000 * 2)
     out, work = tmp_path / "o.mp4", tmp_path / ".o.mp4.work"
     real_write = SegmentWriter.write
 

@@ -1,7 +1,5 @@
 """Frames-in/frames-out tests of the pipeline stages as plain classes (no Ray, no event loop)."""
 
-import struct
-import zlib
 
 import av
 import numpy as np
@@ -13,6 +11,7 @@ from actorcast.actors.reference import load_image, square_tensor, synthetic_port
 from actorcast.actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actorcast.models.errors import InputError
 from actorcast.models.timebase import SAMPLES_PER_FRAME
+from tests.helpers import png_header_only
 
 SIZE = 64
 
@@ -121,13 +120,6 @@ def test_frames_are_resized_as_uint8_within_a_level_of_the_float_resize():
         assert np.abs(resized.astype(float) - expected).max() <= 1.0
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def test_images_are_checked_cropped_and_bombs_rejected(tmp_path):
     img = np.zeros((90, 120, 3), np.uint8)
     img[:, 15:105] = 200  # the centre square is bright, the side bands dark
@@ -142,8 +134,8 @@ def test_images_are_checked_cropped_and_bombs_rejected(tmp_path):
     sq = square_tensor(loaded, 64)
     assert sq.shape == (1, 3, 64, 64) and float(sq.min()) > 0.7  # the side bands were cropped away
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_header_only(8000, 8000))
-    with pytest.raises(InputError, match="over the limit"):
+    bomb.write_bytes(png_header_only(8000, 8000))
+    with pytest.raises(InputError, match="too large: the limit is 40 Mpx"):
         load_image(bomb)
     text = tmp_path / "notes.png"
     text.write_text("not an image at all\n" * 10)

@@ -1,0 +1,50 @@
+"""Helpers shared by several test files: small input files."""
+
+import struct
+import wave
+import zlib
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def write_audio(path: Path, seconds: float, rate: int = 44100, layout: str = "stereo", silent: bool = False):
+    """A 220 Hz tone switched on and off twice a second (or silence) as 16-bit PCM (.wav) or AAC (other
+    suffixes), at `rate` Hz, mono or stereo; returns `path`."""
+    t = np.arange(int(rate * seconds)) / rate
+    tone = 0.0 if silent else 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+    channels = 2 if layout == "stereo" else 1
+    pcm = np.repeat(np.asarray(tone + 0 * t, np.float32)[None], channels, 0)
+    codec = "pcm_s16le" if path.suffix == ".wav" else "aac"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        fmt = "s16" if codec == "pcm_s16le" else "fltp"
+        for i in range(0, pcm.shape[1], 1024):
+            block = pcm[:, i:i + 1024]
+            data = (block * 32767).astype(np.int16).T.reshape(1, -1) if fmt == "s16" else np.ascontiguousarray(block)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+            frame.sample_rate, frame.pts = rate, i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def write_pcm_wav(path: Path, samples: int, keep_bytes: int | None = None) -> Path:
+    """A 16 kHz mono 16-bit WAV (44-byte header) of `samples` samples, cut after `keep_bytes` bytes if given."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(samples) / 5) * 8000).astype("<i2").tobytes())
+    if keep_bytes is not None:
+        path.write_bytes(path.read_bytes()[:keep_bytes])
+    return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels in its header but holds almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
