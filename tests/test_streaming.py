@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,11 +20,13 @@ from actorcast.actors.engine import Engine
 from actorcast.models.data.media import write_wav
 from actorcast.models.data.performance import generate_speech
 from actorcast.models.errors import ActorcastError
+from actorcast.models.timebase import SAMPLES_PER_FRAME
 from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
 from actorcast.streaming.client import LiveCaller
 from actorcast.streaming.figures import RECEIVER_FIGURES, SERVER_FIGURES
 from actorcast.streaming.ice import candidate_hosts, hosts_for, is_loopback
 from actorcast.streaming.tracks import VOICE_RATE, decode_audio_48k
+from tests.helpers import run_on_virtual_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,13 +57,12 @@ async def serving(engine, **config):
         await runner.cleanup()
 
 
-async def wait_for(predicate, timeout: float) -> float:
-    """Seconds until predicate() held; fails after timeout."""
+async def wait_for(predicate, timeout: float) -> None:
+    """Wait until predicate() holds; fails after timeout (a hang guard, not a measure of speed)."""
     t0 = time.monotonic()
     while not predicate():
         assert time.monotonic() - t0 < timeout, "condition not reached in time"
         await asyncio.sleep(0.05)
-    return time.monotonic() - t0
 
 
 def test_loopback_detection_and_candidate_scope():
@@ -111,7 +113,7 @@ async def test_token_bad_input_and_a_good_call(engine, speech_wav):
         assert sent == server.metrics.frames_sent > 0 and 'actorcast_frame_latency_ms_bucket{le="+Inf"}' in text
         assert metrics_type.startswith("text/plain") and "actorcast_sessions_active 1.0" in text
         assert health["status"] == "ok" and health["token_required"] is True
-        await wait_for(lambda: not server.calls, 5.0)
+        await wait_for(lambda: not server.calls, 30.0)
 
 
 @pytest.mark.asyncio
@@ -124,7 +126,7 @@ async def test_capacity_503_and_recovery(engine, speech_wav):
             await LiveCaller(url, pcm).start()
         await wait_for(lambda: len(first.rec.video) > 10, 60.0)  # the admitted call kept running (a hang guard)
         await first.stop()
-        await wait_for(lambda: not server.calls, 5.0)
+        await wait_for(lambda: not server.calls, 30.0)
         second = LiveCaller(url, pcm)
         await second.start()  # the freed slot admits the next caller
         await second.stop()
@@ -133,17 +135,27 @@ async def test_capacity_503_and_recovery(engine, speech_wav):
 
 @pytest.mark.asyncio
 async def test_interrupt_emotion_and_speak(engine, speech_wav):
-    pcm = decode_audio_48k(speech_wav.read_bytes())
     silence = np.zeros(VOICE_RATE * 10, np.int16)
     async with serving(engine) as (url, server):
         caller = LiveCaller(url, silence, source="agent")
         await caller.start()
         call = server.calls[caller.session_id]
+        at_interrupt = {}
+        interrupt = call.interrupt
+
+        def interrupt_and_look():  # what the call holds just before and just after the barge-in
+            pos = call.voice.pos
+            at_interrupt.update(shown=call.anchor[0], unplayed=call.content.read(pos, call.content.end - pos))
+            interrupt()
+            at_interrupt.update(frame=call.interrupts[-1]["frame"], fed=call.audio_in.fed,
+                                fed_ahead=call.speech.fed_ahead, after=call.content.read(pos, call.content.end - pos))
+
+        call.interrupt = interrupt_and_look
         with pytest.raises(ActorcastError, match="400: unknown emotion"):
             await caller.post(f"/calls/{caller.session_id}/emotion", json={"emotion": "bored"})
         await caller.post(f"/calls/{caller.session_id}/emotion", json={"emotion": "happy"})
         stream = engine.motion._obj.sessions.items[call.session.session_id]["stream"]
-        await wait_for(lambda: int(stream.emotion[0]) == 1, 3.0)  # EMOTIONS index of "happy" (applied in order
+        await wait_for(lambda: int(stream.emotion[0]) == 1, 30.0)  # EMOTIONS index of "happy" (applied in order
         #                                                              with the motion stage's work)
         queued = await caller.post(f"/calls/{caller.session_id}/speak", data=speech_wav.read_bytes())
         assert abs(queued["queued_s"] - 6.0) < 0.05
@@ -151,7 +163,7 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
         caller.send({"type": "emotion", "emotion": "sad"})
         caller.send({"type": "interrupt"})
         t_interrupt = time.time()
-        await wait_for(lambda: call.interrupts and call.interrupts[0]["idle_ms"] is not None, 3.0)
+        await wait_for(lambda: call.interrupts and call.interrupts[0]["idle_ms"] is not None, 30.0)
         await asyncio.sleep(1.0)
         caller.send({"type": "nonsense"})
         await asyncio.sleep(0.3)
@@ -160,19 +172,26 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
     assert [a["op"] for a in acks] == ["emotion", "interrupt"]
     assert any(m["type"] == "error" and "unknown control message" in m["error"] for m in caller.rec.messages)
     assert int(stream.emotion[0]) == 2  # "sad", switched over the data channel
-    # idle_ms: interrupt -> the first frame made only from silence is sent (the 200 ms target is measured by
-    # bench/live.py; this bound only says the pre-rolled silence reached the screen without a real-time wait)
-    assert not call.speech.queue and call.interrupts[0]["idle_ms"] < 650
-    assert call.speech.fed_ahead == 0  # the feeder has skipped the slots whose silence went in early
-    # the voice goes quiet: what arrives from 150 ms after the interrupt on is silence
-    after = [b for b, t in zip(caller.rec.voice, caller.rec.voice_t) if t > t_interrupt + 0.15]
-    before = [b for b, t in zip(caller.rec.voice, caller.rec.voice_t) if t_interrupt - 1.0 < t < t_interrupt]
-    assert after and np.abs(np.concatenate(after)).mean() < 5
-    assert np.abs(np.concatenate(before)).mean() > 100  # it was speaking before
+    # the first idle frame is a chunk start after what was on screen, and it was shown (idle_ms measured)
+    session = call.session
+    assert at_interrupt["frame"] % session.chunk_frames == 0 and at_interrupt["frame"] > at_interrupt["shown"]
+    assert call.interrupts[0]["idle_ms"] is not None and not call.speech.queue
+    # the silence that makes that frame went in at once, not in real time (bench/live.py measures how fast the
+    # avatar is idle); the feeder then skipped the 20 ms slots that silence had filled
+    needed = (at_interrupt["frame"] + session.chunk_frames + session.lookahead) * SAMPLES_PER_FRAME
+    assert at_interrupt["fed"] >= needed and at_interrupt["fed_ahead"] > 0
+    assert call.speech.fed_ahead == 0
+    # the voice goes quiet at once: the speech fed but not yet played became silence
+    assert np.abs(at_interrupt["unplayed"]).max() > 1000 and not at_interrupt["after"].any()
+    # and so the caller heard speech before the interrupt and silence at the end
+    before = [b for b, t in zip(caller.rec.voice, caller.rec.voice_t) if t < t_interrupt][-25:]
+    assert np.abs(np.concatenate(before)).mean() > 100
+    assert np.abs(np.concatenate(list(caller.rec.voice)[-25:])).mean() < 5
 
 
 @pytest.mark.asyncio
-async def test_vanished_peer_frees_session_and_actors(engine, speech_wav):
+async def test_vanished_peer_frees_session_and_actors(engine, speech_wav, caplog):
+    caplog.set_level(logging.INFO, logger="actorcast.streaming.peer")
     async with serving(engine) as (url, server):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", "call", url, "--audio", str(speech_wav),
@@ -184,11 +203,11 @@ async def test_vanished_peer_frees_session_and_actors(engine, speech_wav):
             sid = call.session.session_id
             assert engine.shards[0].submit("has_session", sid).result()
             proc.send_signal(signal.SIGKILL)  # no goodbye: like a closed laptop lid or a dropped network
-            freed_after = await wait_for(lambda: not server.calls, 6.0)
+            await wait_for(lambda: not server.calls, 60.0)  # a hang guard: freeing takes IDLE_TIMEOUT_S
         finally:
             proc.kill()
             proc.wait()
-        assert freed_after <= 5.0
+        assert "nothing from the caller" in caplog.text  # the watchdog noticed the silence and closed the call
         assert not engine.shards[0].submit("has_session", sid).result()
         assert sid not in engine.motion._obj.sessions.items
 
@@ -196,7 +215,8 @@ async def test_vanished_peer_frees_session_and_actors(engine, speech_wav):
 async def _play_chunks(late_s: dict[int, float], chunks: int, frames: int):
     """4-frame chunks put into an AvatarVideoTrack one every 160 ms, chunk k `late_s.get(k, 0)` s late, while
     `frames` frames are sent. Returns the track, each chunk's first-frame wait for its slot in ms (chunk -> ms)
-    and the track's repeat count just before each chunk was put."""
+    and the track's repeat count just before each chunk was put. Run it on a virtual clock (run_on_virtual_clock):
+    the waits are then those of the track's schedule alone, whatever else the machine does."""
     from actorcast.streaming.tracks import AvatarVideoTrack
 
     sent = []
@@ -221,25 +241,35 @@ async def _play_chunks(late_s: dict[int, float], chunks: int, frames: int):
     return track, waits, repeated_before
 
 
-@pytest.mark.asyncio
-async def test_video_track_schedule_follows_the_source_and_drains_back():
+def _play_on_virtual_clock(monkeypatch, late_s: dict[int, float], chunks: int, frames: int):
+    """_play_chunks with this test file's and the track's clocks on one virtual clock."""
+    from actorcast.streaming import tracks
+
+    return run_on_virtual_clock(lambda: _play_chunks(late_s, chunks, frames), monkeypatch,
+                                tracks, sys.modules[__name__])
+
+
+def test_video_track_schedule_follows_the_source_and_drains_back(monkeypatch):
     """A chunk that comes 150 ms late moves the 25 fps schedule later; once chunks are on time again the
     schedule drains back, so the first frame of each chunk stops waiting in the buffer for its slot."""
-    track, by_chunk, _ = await _play_chunks({3: 0.15}, chunks=25, frames=96)  # 4 s of chunks
+    track, by_chunk, _ = _play_on_virtual_clock(monkeypatch, {3: 0.15}, chunks=25, frames=96)  # 4 s of chunks
     waits = [by_chunk[k] for k in sorted(by_chunk)]
-    assert len(waits) >= 20 and track.repeated <= 6, (waits, track.repeated)
+    assert len(waits) >= 20 and track.repeated == 3, (waits, track.repeated)  # 150 ms late: 30 ms waited, then
+    #                                                                       one repeat per 40 ms slot missed
     assert max(waits[4:8]) > 60, waits  # behind after the late chunk: on-time chunks waited for their slots
     assert max(waits[-6:]) < 30, waits  # drained back: each chunk's first frame goes out soon after it comes
+    assert all(later <= earlier + 0.01 for earlier, later in zip(waits[4:], waits[5:])), waits  # draining: no
+    #                                                                 chunk waits longer than the one before it
 
 
-@pytest.mark.asyncio
-async def test_video_track_keeps_a_margin_that_rides_out_a_late_chunk():
-    """Once the schedule has drained back, each chunk's first frame waits about 15 ms for its slot, and a chunk that
-    then comes 35 ms late goes out without a repeated frame (the track waits up to 30 ms more). With the old 5 ms
-    margin and 20 ms wait, two calls on 2 cores repeated about one frame in 130 chunks."""
+def test_video_track_keeps_a_margin_that_rides_out_a_late_chunk(monkeypatch):
+    """Once the schedule has drained back, each chunk's first frame waits about 15 ms (target_wait_s) for its
+    slot, and a chunk that then comes 35 ms late goes out without a repeated frame (the track waits up to 30 ms
+    more)."""
     # chunk 1 comes 100 ms late (the schedule follows, then drains back), chunk 14 35 ms
-    track, waits, repeated_before = await _play_chunks({1: 0.1, 14: 0.035}, chunks=18, frames=70)
-    assert all(8 < waits[k] < 40 for k in (11, 12, 13)), waits  # drained to the margin, no further
+    track, waits, repeated_before = _play_on_virtual_clock(monkeypatch, {1: 0.1, 14: 0.035}, chunks=18, frames=70)
+    assert all(waits[k] == pytest.approx(15.0, abs=1.0) for k in (11, 12, 13)), waits  # drained to the margin,
+    #                                                                                      no further
     assert track.repeated == repeated_before[8], (track.repeated, repeated_before)  # none from chunk 8 on
 
 
