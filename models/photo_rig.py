@@ -8,11 +8,14 @@ A photo needs no new pixels except the inside of the opening mouth, so the rig m
 pixels instead, by a warp built from where Face Mesh puts its lips, eyelids, brows and chin, the same landmarks
 on any face. Each part is a layer of the photo cut along a curve fitted to the landmarks and moved on its own:
 
-- mouth: the inner-lip seam splits the photo into an upper layer (the upper lip rises a little with jaw_open) and
-  a lower one (lower lip, chin and jaw drop by JAW_DROP face heights at jaw_open = 1, fading out towards the
-  mouth corners and below the chin). Where neither layer lands, the opening mouth shows a dark interior with the
-  upper teeth, in colours taken from the photo's lips. lip_spread / lip_round move the corners out / in, smile
-  lifts them.
+- mouth: a seam between the lips splits the photo into an upper layer (the upper lip rises a little with
+  jaw_open) and a lower one (lower lip, chin and jaw drop by JAW_DROP face heights at jaw_open = 1, fading out
+  towards the mouth corners and below the chin). Shut lips split halfway between their inner lines; lips already
+  apart split along the lower one, so the teeth the photo shows stay with the upper lip. Where neither layer
+  lands, the opening mouth shows its inside, drawn procedurally (`_interior`): a dark throat, a tongue, the lower
+  teeth dropping with the jaw, the upper teeth staying with the skull (the photo's own where it shows them), with
+  the gaps and shading of real teeth, and the lips' darker inner edge, in colours taken from the photo's lips,
+  skin and teeth. lip_spread / lip_round move the corners out / in, smile lifts them.
 - eyes: each eye is a lid layer over an eyeball layer. A blink moves the upper lid's edge down along its own curve,
   with its lash line, until it meets the lower lid, which rises a little; the thin band of lid skin over the lash
   line unrolls to cover the eye, so the crease and brow above stay put. The gaze moves the photo's iris (the
@@ -87,7 +90,18 @@ HEAD_REGION = (1.45, 1.3, 0.12)  # the moving head: the face oval's half width a
                                  # hair), its centre raised by this many H; weight 1 inside
 HEAD_FEATHER = 0.55      # of the head region's radius: the weight falls to 0 over this much outside it
 HEAD_GRID = 4            # px: the head motion's inverse is found on a grid this fine and interpolated between
-TEETH = 0.035            # H: the height of the upper teeth under the upper lip
+UPPER_TEETH = 0.015      # H: the upper teeth's biting edge under the shut lips' seam (hidden behind the lower lip;
+                         # the opening mouth shows it, and more of the teeth as the upper lip rises)
+LOWER_TEETH = 0.03       # H: the lower teeth's biting edge over the lower lip's inner edge in the mouth's middle
+TOOTH_ARC = (0.3, 0.21)  # rad: one upper / lower tooth's share of the dental arch, seen from the front (below)
+ARCH = 1.15              # mouth half widths: the dental arch's radius; a tooth at angle a sits at s = ARCH sin(a),
+                         # so the teeth narrow towards the corners as the arch turns away (upper central incisors
+                         # ~0.34 of the mouth's half width, lower ones ~0.24)
+TOOTH_GAP = 0.005        # H: the soft dark line between neighbouring teeth (a Gaussian's width)
+TOOTH_CORNER = 0.012     # H: the radius of each tooth's rounded corners at its biting edge
+TONGUE = (0.35, 0.6)     # the tongue's top over the lower teeth's edge: this share of the jaw's drop; its half
+                         # width in mouth half widths
+RIM = 0.01               # H: the lips' inner edge, a darker, moist band this wide along the opening
 INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
 IRISES = (468, 473)      # refined Face Mesh: the iris centres, each followed by its 4 ring points (the 1st and 3rd
                          # on the iris's horizontal diameter, the others clipped by the lids)
@@ -106,7 +120,10 @@ MIN_MOUTH_WIDTH = 0.12   # H: a mouth seen narrower than this (a face in profile
 MIN_EYE_WIDTH = 0.04     # H: the same for the narrower eye (frontal faces: mouth ~0.4 H, eyes ~0.2 H wide)
 BOX_PAD = 0.15           # H around each layer's box: room for the head's motion (MAX_TURN, SHIFT_GAIN)
 PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo means its teeth already show
-THROAT = (0.42, 0.2, 0.2)  # the open mouth's dark inside, a share of the lips' colour per channel
+THROAT = ((0.45, 0.2, 0.2), (0.12, 0.04, 0.05))  # the open mouth's inside near the lips and cheeks, and deep in
+                                                   # the throat: shares of the lips' colour per channel
+TONGUE_RED = (0.7, 0.3, 0.32)    # a tongue's colour in a well-exposed photo, mixed 2:1 with the lips'
+OFF_WHITE = (0.93, 0.89, 0.8)    # teeth where the photo shows none, in a well-exposed photo
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
@@ -262,16 +279,14 @@ class PhotoRig:
         self.height = h = float(np.linalg.norm(m[CHIN] - m[FOREHEAD_TOP]))
         # mouth: s = +-1 at the outer corners, t in face heights; the seam halfway between the inner lip lines
         self.mouth = _Frame.between(m[MOUTH_CORNERS[0]], m[MOUTH_CORNERS[1]], h)
-        seam = (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
+        # lips already apart in the photo show its own teeth (in a smile, the upper row): the layers then split along
+        # the lower lip's inner line, so the upper layer carries those teeth whole and only the lower row is painted.
+        # Shut lips split halfway between their inner lines, and both rows are painted (`_interior`).
+        self.parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
+        seam = m[list(INNER_LOWER)] if self.parted else (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
         self.seam = _curve(self.mouth, seam)
         self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
-        self.lip_colour = self._mean_colour(m[list(OUTER_LIPS)])
-        # a photo whose lips are already apart shows its own teeth, which the two layers carry: no painted ones
-        parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
-        self.teeth_weight = 0.0 if parted else 0.9
-        self.throat = (self.lip_colour * torch.tensor(THROAT))[None, :, None, None]
-        self.teeth = ((1.6 * self.lip_colour.max()).clamp(0.6, 0.92) * torch.tensor([1.0, 0.97, 0.9]))[None, :, None,
-                                                                                                      None]
+        self._fit_interior(m)
         # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
         # (none where the photo's eyes are shut or hidden: `eyes_note` says why, and they stay as the photo has them)
         self.eyes_note = eyes_note(self.image, m)
@@ -564,18 +579,107 @@ class PhotoRig:
         at, still = base[:, rows, cols], plain[:, :, rows, cols]  # the box may reach the lids: add to `out`
         q_up = self._invert(at, lambda q: self._mouth_offset(q, prm, lower=False))
         q_lo = self._invert(at, lambda q: self._mouth_offset(q, prm, lower=True))
-        side_up = self._side(q_up, self.mouth, self.seam)
+        side_up, side_lo = self._side(q_up, self.mouth, self.seam), self._side(q_lo, self.mouth, self.seam)
         a_up = (0.5 - side_up).clamp(0, 1)
-        a_lo = (0.5 + self._side(q_lo, self.mouth, self.seam)).clamp(0, 1)
+        a_lo = (0.5 + side_lo).clamp(0, 1)
         gap = (1 - a_up - a_lo).clamp(0, 1)
         mouth = a_up * self._sample(q_up) + a_lo * self._sample(q_lo)
-        out[:, :, rows, cols] += mouth + gap * self._interior(side_up, q_up) - still * (a_up + a_lo + gap)
+        out[:, :, rows, cols] += mouth + gap * self._interior(at, side_up, side_lo, prm) - still * (a_up + a_lo + gap)
         return out.clamp(0, 1)
 
-    def _interior(self, side_up: torch.Tensor, q_up: torch.Tensor) -> torch.Tensor:
-        """The open mouth's inside (B, 3, R, R): upper teeth under the upper lip, then a dark throat."""
-        dark, teeth = self.throat, self.teeth
-        s, _ = self.mouth.st(q_up)
-        across = (1 - _smooth((s.abs() - 0.35) / 0.4))[:, None]              # teeth fade towards the corners
-        band = (1 - _smooth((side_up - TEETH * self.height) / (0.3 * TEETH * self.height + 1))) * across
-        return dark + band * (teeth - dark) * self.teeth_weight
+    def _fit_interior(self, m: np.ndarray) -> None:
+        """The open mouth's colours, from the photo: the lips', the skin's (the exposure) and, where the photo's lips
+        are apart, its own teeth's: the brighter half of the pixels between the inner lip lines across the middle
+        of the mouth, if they are brighter than the lips and nearly grey (teeth, not a dark open mouth). Otherwise
+        the teeth are OFF_WHITE at the photo's exposure."""
+        lips = self.lip_colour = self._mean_colour(m[list(OUTER_LIPS)])
+        skin = self._mean_colour(m[list(CHEEKS)])
+        exposure = float((skin * torch.tensor([0.299, 0.587, 0.114])).sum() / 0.6)
+        exposure = min(max(exposure, 0.5), 1.1)
+        teeth = torch.tensor(OFF_WHITE) * exposure
+        if self.parted:
+            up, low = _curve(self.mouth, m[list(INNER_UPPER)]), _curve(self.mouth, m[list(INNER_LOWER)])
+            s, v = torch.meshgrid(torch.linspace(-0.45, 0.45, 19), torch.linspace(0.2, 0.8, 7), indexing="ij")
+            top, bottom = _on_curve(up, s), _on_curve(low, s)
+            points = self.mouth.origin + self.mouth.offset(s, top + (bottom - top) * v)
+            colours = torch.stack([self._mean_colour(pt[None].numpy()) for pt in points.reshape(-1, 2)])  # (K, 3)
+            lum = colours @ torch.tensor([0.299, 0.587, 0.114])
+            bright = colours[lum >= lum.median()].mean(0)
+            grey = (bright.max() - bright.min()) / bright.max().clamp(min=1e-3)
+            if float(bright @ torch.tensor([0.299, 0.587, 0.114])) > 1.1 * float(lips @ torch.tensor(
+                    [0.299, 0.587, 0.114])) and grey < 0.35:
+                teeth = bright
+        self.teeth = teeth.clamp(0, 1)[None, :, None, None]
+        self.throat = [(lips * torch.tensor(c))[None, :, None, None] for c in THROAT]
+        self.tongue = ((lips + 2 * torch.tensor(TONGUE_RED) * exposure) / 3)[None, :, None, None]
+        self.rim = (lips * torch.tensor([0.78, 0.52, 0.54]))[None, :, None, None]
+
+    def _teeth_row(self, s: torch.Tensor, arc: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row of teeth across the mouth at mouth coordinate s (B, 1, h, w): how far (px) each tooth's biting
+        edge recedes from the row's line (its rounded corners), and its shading across (1 in a tooth's middle).
+
+        The teeth stand on a circular arch seen from the front: the tooth at arch angle a sits at s = ARCH sin(a),
+        each `arc` radians wide, so they narrow towards the corners, with the middle gap at s = 0. Each tooth's
+        biting corners are rounded (TOOTH_CORNER), which leaves small notches between neighbours; a soft darker
+        line (TOOTH_GAP) separates them; each is brightest in its middle (rounded enamel) and darker towards the
+        mouth corners (inside the cheeks)."""
+        px = self.height
+        angle = torch.asin((s / ARCH).clamp(-0.99, 0.99))
+        u = angle / arc
+        f = u - u.floor()
+        mid = torch.minimum(f, 1 - f)                                       # 0 at a gap, 0.5 in a tooth's middle
+        edge = mid * (arc * ARCH * self.mouth.s_unit) * angle.cos()        # px to the nearest gap
+        r = TOOTH_CORNER * px
+        corner = (r - edge).clamp(min=0)
+        recess = r - (r * r - corner.square()).clamp(min=0).sqrt()
+        line = torch.exp(-(edge / (TOOTH_GAP * px)).square())
+        shade = (1 - 0.22 * line) * (1 - 0.1 * (1 - 2 * mid).square()) * (1 - 0.6 * _smooth((s.abs() - 0.3) / 0.6))
+        return recess, shade
+
+    def _interior(self, at: torch.Tensor, side_up: torch.Tensor, side_lo: torch.Tensor,
+                  prm: torch.Tensor) -> torch.Tensor:
+        """The open mouth's inside (B, 3, h, w) at the head-moved points `at` (B, h, w, 2), `side_up` px under the
+        upper layer's edge and `-side_lo` px over the lower one's (B, 1, h, w).
+
+        Back to front: the throat, dark red by the lips and cheeks and darkest deep in the middle; the tongue, a
+        rounded reddish mound on the floor of the mouth behind the lower teeth, rising with the jaw (lit at the
+        front, darker towards its back and sides, a faint groove down its middle); the lower teeth, which drop
+        with the jaw whole (a rigid row: where the lip drops less, towards the corners, it hides them), their
+        edges LOWER_TEETH over the lip's middle; the upper teeth, which stay with the skull, their edges
+        UPPER_TEETH under the lips' seam (unless the photo's own show: the upper layer carries those); the lips'
+        inner edge, a darker moist band along the opening. Teeth shade darker towards the lip they grow from (the
+        gum line, in its shadow). All of it is placed in the still face's frame and from the parameters alone (the
+        rows do not stretch as the lips spread), so nothing flickers from frame to frame."""
+        px = self.height
+        s, t = self.mouth.st(at)
+        s, t = s[:, None], t[:, None]                                       # (B, 1, h, w)
+        seam = _on_curve(self.seam, s)
+        drop = JAW_DROP * prm[:, PARAM_INDEX["jaw_open"], None, None, None]
+        d_up, d_lo = side_up, -side_lo
+        opening = (d_up + d_lo).clamp(min=1.0)
+        v = (d_up / opening).clamp(0, 1)
+        near, far = self.throat
+        deep = (1 - _smooth((s.abs() - 0.1) / 0.7)) * 4 * v * (1 - v)
+        colour = near + deep * (far - near)
+        # the lower teeth's biting line, px: the row's line moves with the jaw
+        lower = (t - (seam + drop - LOWER_TEETH)) * px
+        across = (1 - (s / TONGUE[1]).square()).clamp(min=0)
+        floor = (t - (float(self.seam[0]) + drop - LOWER_TEETH)) * px       # the same line, level across the mouth
+        top = floor + TONGUE[0] * drop * px * across.sqrt()                  # px under the tongue's top
+        tongue = (top + 0.5).clamp(0, 1)
+        back = (1 - top / (TONGUE[0] * drop * px + 1.0)).clamp(0, 1)
+        groove = torch.exp(-(s * (self.mouth.s_unit / (0.012 * px))).square())
+        shade = (1 - 0.45 * back.square()) * (0.6 + 0.4 * across) * (1 - 0.15 * groove)
+        colour = colour + tongue * (self.tongue * shade - colour)
+        recess, shade = self._teeth_row(s, TOOTH_ARC[1])
+        cover = (lower - recess + 0.5).clamp(0, 1)
+        gum = 1 - 0.35 * (1 - _smooth(d_lo / (0.5 * LOWER_TEETH * px)))
+        colour = colour + cover * (0.9 * self.teeth * shade * gum - colour)
+        rim = 1 - _smooth(d_lo / (RIM * px))
+        if not self.parted:
+            recess, shade = self._teeth_row(s, TOOTH_ARC[0])
+            cover = ((seam + UPPER_TEETH - t) * px - recess + 0.5).clamp(0, 1)
+            gum = 1 - 0.35 * (1 - _smooth(d_up / (0.5 * UPPER_TEETH * px)))
+            colour = colour + cover * (self.teeth * shade * gum - colour)
+            rim = torch.maximum(rim, 1 - _smooth(d_up / (RIM * px)))
+        return colour + 0.8 * rim * (self.rim - colour)
