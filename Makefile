@@ -10,7 +10,7 @@ METER_REQS  := models/training/meter-requirements.txt
 # Ray binds and advertises 127.0.0.1 only (see cluster/ray_env.py); tests must never leave loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install meter demo test bench clean
+.PHONY: install meter demo test test-fast bench clean
 
 install: $(STAMP) $(METER_STAMP)
 
@@ -33,6 +33,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+# The tests not marked slow: a quicker check while working (`make test` and CI run them all).
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
 
 # Every benchmark, full size (each writes bench-out/NAME.json; figures go in the README).
 bench: install
