@@ -54,26 +54,3 @@ class VideoFrames:
     @property
     def n_frames(self) -> int:
         return int(self.frames.shape[0])
-
-
-@dataclass(frozen=True)
-class EndOfStream:
-    """The session has ended; `last_frame` is the index of its last frame (-1 if it had none)."""
-
-    session_id: str
-    last_frame: int
-
-
-@dataclass(frozen=True)
-class SetEmotion:
-    """Control: switch the session's emotion from the next generated chunk on."""
-
-    session_id: str
-    emotion: str
-
-
-@dataclass(frozen=True)
-class Interrupt:
-    """Control: drop queued speech (replaced by silence, so the time base stays whole) and return to idle."""
-
-    session_id: str
