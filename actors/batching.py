@@ -47,10 +47,6 @@ class Batched:
                 self._dispatch()
         return future
 
-    def mean_batch(self) -> float:
-        """Items per batch so far (1.0 = no batching happened)."""
-        return self.items / self.batches if self.batches else 0.0
-
     def _dispatch(self) -> None:
         """Send what is queued as one batch (called with the lock held, only when no batch is in flight)."""
         method = self._queue[0][0]
