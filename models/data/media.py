@@ -4,7 +4,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import av
 import numpy as np
@@ -152,12 +152,3 @@ class Mp4Writer:
                 os.replace(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
-
-
-def write_mp4(path: Path | str, chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]], size: int,
-              with_audio: bool = True) -> int:
-    """Write (frames, audio) chunks to an mp4 (see Mp4Writer); returns the number of frames written."""
-    with Mp4Writer(path, size, with_audio=with_audio) as writer:
-        for frames, audio in chunks:
-            writer.write(frames, audio)
-    return writer.frames_written
