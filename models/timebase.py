@@ -8,8 +8,3 @@ FPS = 25
 SAMPLE_RATE = 16_000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 assert SAMPLES_PER_FRAME * FPS == SAMPLE_RATE
-
-
-def frames_for_samples(n_samples: int) -> int:
-    """Number of whole video frames covered by `n_samples` audio samples."""
-    return n_samples // SAMPLES_PER_FRAME
