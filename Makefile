@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 METER_VENV  ?= .venv-meter
 METER_STAMP := $(METER_VENV)/.installed-stamp
 METER_REQS  := models/training/meter-requirements.txt
-# Ray binds and advertises 127.0.0.1 only (see cluster/ray_env.py); tests must never leave loopback.
+# Ray binds and advertises 127.0.0.1 only (see ensure_ray in actors/engine.py); tests must never leave loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: install meter demo test test-fast bench clean

@@ -141,7 +141,7 @@ def plot(curves: dict, path: Path) -> None:
 def main() -> None:
     args = parse_args("render", __doc__.splitlines()[0])
     from actorcast.actors.engine import Engine
-    from actorcast.cluster.ray_env import connect
+    from actorcast.actors.engine import ensure_ray
 
     tmp = args.out / "render_tmp"
     tmp.mkdir(exist_ok=True)
@@ -151,7 +151,7 @@ def main() -> None:
                     "audio_seconds": seconds}
     # before this process starts Ray, whose idle servers would share the CPU with the command
     result["cli_rtf"] = {str(s): cli_rtf(s, tmp) for s in CLI_SECONDS}
-    connect(num_cpus=2)
+    ensure_ray(num_cpus=2)
     per_chunk = {}
     for shards in (1, 2):
         with Engine(size=SIZE, shards=shards, use_ray=True) as engine:

@@ -140,7 +140,7 @@ def run_job(shipped: ShippedJob) -> dict:
 def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_per_job: float = 1.0) -> list[dict]:
     """Run every job of `jobs_file` as Ray tasks (Ray starts, or joins `address`, only when a job is left to
     run); returns one status row per job, in file order."""
-    from actorcast.cluster.ray_env import connect
+    from actorcast.actors.engine import ensure_ray
 
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = parse_jobs(jobs_file, out_dir)
@@ -155,7 +155,7 @@ def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_p
         else:
             todo.append((name, job))
     if todo:
-        connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
+        ensure_ray(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
         import ray
 
         remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=3, scheduling_strategy="SPREAD")

@@ -251,12 +251,12 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics.
 
     storage: where Ray Train keeps the run's checkpoints (default OUT/ray): a folder every node can reach."""
-    from actorcast.cluster.ray_env import connect
+    from actorcast.actors.engine import ensure_ray
 
     out = Path(cfg.out_dir).resolve()
     storage_path = Path(storage).resolve() if storage else out / "ray"
     check_inputs(cfg, resume, storage_path)  # the checkpoint to resume is found again by the workers
-    connect(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
+    ensure_ray(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
     import ray
     import ray.train
     from ray.util.queue import Queue

@@ -29,9 +29,9 @@ def ray_local():
     """A local Ray instance bound to 127.0.0.1, shared by the tests of one session."""
     import ray
 
-    from actorcast.cluster.ray_env import connect
+    from actorcast.actors.engine import ensure_ray
 
-    connect(num_cpus=2)
+    ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
