@@ -244,11 +244,11 @@ class LiveServer:
         try:
             framing = await self.frame(params)  # counted against capacity while the face is found
             options = dataclasses.replace(options, reference=framing.crop(), landmarks=framing.crop_landmarks())
-            return await self._admit(offer, options, params)
+            return await self._admit(offer, options)
         finally:
             self.admitting -= 1
 
-    async def _admit(self, offer: RTCSessionDescription, options: CallOptions, params: dict) -> web.Response:
+    async def _admit(self, offer: RTCSessionDescription, options: CallOptions) -> web.Response:
         session = await _maybe_await(self.engine.open_session(
             reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True,
             landmarks=options.landmarks))

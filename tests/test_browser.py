@@ -64,9 +64,9 @@ async def test_page_takes_any_identity_and_explains_the_microphone(tmp_path):
         offered = []
         real_admit = server._admit
 
-        async def admit(offer, options, params):
+        async def admit(offer, options):
             offered.append(options.identity_seed)
-            return await real_admit(offer, options, params)
+            return await real_admit(offer, options)
 
         server._admit = admit
         try:
@@ -126,9 +126,9 @@ async def test_page_uploads_a_photo_and_shows_a_no_face_error(tmp_path):
         offered = []
         real_admit = server._admit
 
-        async def admit(offer, options, params):
+        async def admit(offer, options):
             offered.append(options.reference.shape)
-            return await real_admit(offer, options, params)
+            return await real_admit(offer, options)
 
         server._admit = admit
         try:
