@@ -101,9 +101,11 @@ BLINK_CLOSED = 0.35          # a blink counts when the eye closes below this fra
 # corner-to-corner line, in eye widths.
 EYES = ((33, 133, 468), (362, 263, 473))
 SACCADE_JUMP = 0.05          # eye widths between two fixations' medians: about 7 deg of eye rotation (an eyeball
-                             # radius of 0.4 eye widths), above the meter's iris noise on a still photo
+                             # radius of 0.4 eye widths); the meter's iris moves under 0.035 from one frame to the
+                             # next on a rendered photo whose eyes hold still
 FIXATION_FRAMES = 3          # a fixation: this many frames (120 ms) ...
-FIXATION_RADIUS = 0.02       # ... within this many eye widths of their median
+FIXATION_RADIUS = 0.025      # ... within this many eye widths of their median (most still 3-frame windows of
+                             # the meter's iris are within 0.02)
 SACCADE_FRAMES = 3           # frames the jump between two fixations may take
 IDENTITY_STEP = 5            # every this many frames' faces are compared with the photo's
 SAME_PERSON = 0.6            # dlib's descriptor distance under which two faces are one person
