@@ -92,7 +92,7 @@ HEAD_FEATHER = 0.55      # of the head region's radius: the weight falls to 0 ov
 HEAD_GRID = 4            # px: the head motion's inverse is found on a grid this fine and interpolated between
 UPPER_TEETH = 0.015      # H: the upper teeth's biting edge under the shut lips' seam (hidden behind the lower lip;
                          # the opening mouth shows it, and more of the teeth as the upper lip rises)
-LOWER_TEETH = 0.03       # H: the lower teeth's biting edge over the lower lip's inner edge in the mouth's middle
+LOWER_TEETH = 0.035      # H: the lower teeth's biting edge over the lower lip's inner edge in the mouth's middle
 TOOTH_ARC = (0.3, 0.21)  # rad: one upper / lower tooth's share of the dental arch, seen from the front (below)
 ARCH = 1.15              # mouth half widths: the dental arch's radius; a tooth at angle a sits at s = ARCH sin(a),
                          # so the teeth narrow towards the corners as the arch turns away (upper central incisors
@@ -285,6 +285,7 @@ class PhotoRig:
         self.parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
         seam = m[list(INNER_LOWER)] if self.parted else (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
         self.seam = _curve(self.mouth, seam)
+        self.upper_inner = _curve(self.mouth, m[list(INNER_UPPER)]) if self.parted else self.seam
         self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
         self._fit_interior(m)
         # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
@@ -391,7 +392,10 @@ class PhotoRig:
             dt = drop * lateral * under_chin
         else:
             lateral = 1 - _smooth((s.abs() - 0.15) / 0.85)
-            dt = -UPPER_LIP_RISE * drop * lateral * (1 - _smooth(-below / 0.1))
+            # the rise is whole up to the upper lip's inner edge (the teeth the photo shows rise with it unsquashed)
+            # and fades out over 0.1 face heights above it
+            over = _on_curve(self.upper_inner, s) - t
+            dt = -UPPER_LIP_RISE * drop * lateral * (1 - _smooth(over / 0.1))
         # the corners: out with lip_spread, in with lip_round, up with smile
         near = (1 - _smooth((s.abs() - 1.0) / 0.8)) * (1 - _smooth((below.abs() - 0.05) / 0.15))
         spread = prm[:, PARAM_INDEX["lip_spread"], None, None]
@@ -673,8 +677,8 @@ class PhotoRig:
         colour = colour + tongue * (self.tongue * shade - colour)
         recess, shade = self._teeth_row(s, TOOTH_ARC[1])
         cover = (lower - recess + 0.5).clamp(0, 1)
-        gum = 1 - 0.35 * (1 - _smooth(d_lo / (0.5 * LOWER_TEETH * px)))
-        colour = colour + cover * (0.9 * self.teeth * shade * gum - colour)
+        gum = 1 - 0.25 * (1 - _smooth(d_lo / (0.5 * LOWER_TEETH * px)))
+        colour = colour + cover * (0.95 * self.teeth * shade * gum - colour)
         rim = 1 - _smooth(d_lo / (RIM * px))
         if not self.parted:
             recess, shade = self._teeth_row(s, TOOTH_ARC[0])

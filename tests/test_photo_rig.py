@@ -293,3 +293,82 @@ def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing)
     assert np.percentile(moving, 90) > 3 * still.mean() + 0.5, (moving, still)
     reading = FaceMeter().read(spoken)
     assert np.nanpercentile(reading.mouth_open, 95) - np.nanpercentile(reading.mouth_open, 5) > 0.04
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _middle_column(frame: torch.Tensor, x: float, top: float, bottom: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Luminance and red/green ratio of a frame (3, R, R) down the 5 columns around x, rows top..bottom (inclusive):
+    (n,) each, averaged across the columns."""
+    x, rows = int(round(x)), slice(int(np.floor(top)), int(np.ceil(bottom)) + 1)
+    column = frame[:, rows, x - 2:x + 3].mean(2)                               # (3, n)
+    return (column * _LUMA[:, None]).sum(0), column[0] / column[1].clamp(min=1e-3)
+
+
+def test_teeth_appear_only_inside_the_opened_mouth(framing, rig):
+    """jaw_open 0 renders the photo; with the jaw open (and the lips spread or narrowed) every pixel that changed
+    lies in the mouth and jaw region (from a quarter of a face height over the lips to a third under the chin,
+    within a tenth of a face height of the face's sides), and the teeth the photo shows stay whole with the upper
+    lip: down the mouth's middle column, the bright band from the upper lip to the dark inside holds as much
+    brightness over the lips' as the photo's teeth do (a seam through the teeth would drop their lower half with
+    the jaw; a lip rise that squashed them would thin them)."""
+    marks = framing.crop_landmarks(SIZE)
+    height = float(np.linalg.norm(marks[CHIN] - marks[FOREHEAD_TOP]))
+    assert torch.allclose(rig.render(_poses(jaw_open=[0.0]))[0], rig.image[0], atol=1e-5)
+    jaw, spread = np.meshgrid([0.3, 0.6, 1.0], [-0.5, 0.0, 0.5])
+    frames = rig.render(_poses(jaw_open=jaw.ravel().tolist(), lip_spread=spread.ravel().tolist()))
+    changed = ((frames - rig.image).abs().amax(1) > 1 / 255).any(0).numpy()
+    ys, xs = np.nonzero(changed)
+    lips_top = marks[[0, 13, *MOUTH_CORNERS], 1].min()
+    assert len(ys) > 500
+    assert ys.min() >= lips_top - 0.25 * height and ys.max() <= marks[CHIN][1] + 0.33 * height, (ys.min(), ys.max())
+    assert xs.min() >= marks[234][0] - 0.1 * height and xs.max() <= marks[454][0] + 0.1 * height
+
+    def teeth(frame: torch.Tensor, end: int | None = None) -> float:
+        """Brightness over the lips' (luminance 0.75) summed down the run from the upper lip's reddest row to the
+        first dark one (or the `end`th row)."""
+        lum, _ = _middle_column(frame, marks[13][0], marks[0][1] - 2, marks[0][1] + 0.3 * height)
+        run = lum[int(lum[:6].argmin()):end]
+        dark = torch.nonzero(run < 0.5)
+        run = run[:int(dark[0])] if len(dark) else run
+        return float((run - 0.75).clamp(min=0).sum())
+
+    photo = teeth(rig.image[0], int(marks[14][1] - marks[0][1]) + 4)     # down to the photo's lower lip
+    assert photo > 0.3, photo                                             # the astronaut's lips show her teeth
+    for frame in frames:
+        assert teeth(frame) > 0.85 * photo, (teeth(frame), photo)
+
+
+def test_the_open_mouth_shows_both_teeth_rows_and_a_tongue_before_a_darker_throat(rig):
+    """Down the middle column of the open mouth, between the inner lip points (13, 14) that the meter reads on the
+    frame: a bright, nearly grey band in the top quarter (upper teeth) and another in the bottom quarter (lower
+    teeth); between them a darker, redder inside: the throat, near black, and in front of it, lower down, the
+    tongue, a red clearly brighter than the throat."""
+    frames = rig.render(_poses(jaw_open=[0.6, 1.0, 1.0, 1.0], lip_spread=[0.0, 0.0, 0.5, -0.5]))
+    reading = FaceMeter().read(to_uint8(frames), static=True)
+    assert reading.found.all()
+    for frame, marks in zip(frames, reading.landmarks):
+        lum, red = _middle_column(frame, marks[13][0], marks[13][1] - 1, marks[14][1] + 1)
+        n = len(lum)
+        quarter = max(2, n // 4)
+        upper, lower = int(lum[:quarter].argmax()), n - quarter + int(lum[-quarter:].argmax())
+        assert lum[upper] > 0.75 and red[upper] < 1.25, (lum.tolist(), red.tolist())
+        assert lum[lower] > 0.65 and red[lower] < 1.25, (lum.tolist(), red.tolist())
+        inside = slice(upper + 1, lower)
+        deepest = upper + 1 + int(lum[inside].argmin())
+        assert lum[deepest] < 0.2 and red[deepest] > 2.0, (lum.tolist(), red.tolist())
+        front = slice(deepest + 1, lower)                                   # under the throat, over the lower teeth
+        tongue = (lum[front] > 3 * lum[deepest]) & (lum[front] < 0.7 * lum[lower]) & (red[front] > 1.6)
+        assert tongue.any(), (lum.tolist(), red.tolist())
+
+
+def test_the_mouth_is_the_same_for_the_same_parameters(rig):
+    """Nothing flickers: the frames are a function of the parameters alone (twice, alone or in a batch), and a
+    slow opening changes the mouth a little each frame, never in a jump."""
+    ramp = _poses(jaw_open=np.linspace(0.5, 0.7, 11).tolist(), lip_spread=np.linspace(-0.3, 0.3, 11).tolist())
+    frames = rig.render(ramp)
+    assert torch.equal(frames, rig.render(ramp))
+    assert torch.equal(frames[4:5], rig.render(ramp[4:5]))
+    steps = (frames[1:] - frames[:-1]).abs().mean((1, 2, 3)) * 255           # 8-bit levels per step
+    assert steps.amax() < 2 * steps.median() + 0.05, steps
