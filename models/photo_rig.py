@@ -588,7 +588,14 @@ class PhotoRig:
         a_lo = (0.5 + side_lo).clamp(0, 1)
         gap = (1 - a_up - a_lo).clamp(0, 1)
         mouth = a_up * self._sample(q_up) + a_lo * self._sample(q_lo)
-        out[:, :, rows, cols] += mouth + gap * self._interior(at, side_up, side_lo, prm) - still * (a_up + a_lo + gap)
+        # the inside is drawn only over the rows and columns where the mouth is open in some frame
+        inside = torch.zeros_like(mouth)
+        shown = gap.amax(dim=(0, 1)) > 0                                     # (h, w)
+        if shown.any():
+            r, c = torch.nonzero(shown.any(1))[:, 0], torch.nonzero(shown.any(0))[:, 0]
+            r, c = slice(int(r[0]), int(r[-1]) + 1), slice(int(c[0]), int(c[-1]) + 1)
+            inside[..., r, c] = self._interior(at[:, r, c], side_up[..., r, c], side_lo[..., r, c], prm)
+        out[:, :, rows, cols] += mouth + gap * inside - still * (a_up + a_lo + gap)
         return out.clamp(0, 1)
 
     def _fit_interior(self, m: np.ndarray) -> None:
@@ -606,7 +613,8 @@ class PhotoRig:
             s, v = torch.meshgrid(torch.linspace(-0.45, 0.45, 19), torch.linspace(0.2, 0.8, 7), indexing="ij")
             top, bottom = _on_curve(up, s), _on_curve(low, s)
             points = self.mouth.origin + self.mouth.offset(s, top + (bottom - top) * v)
-            colours = torch.stack([self._mean_colour(pt[None].numpy()) for pt in points.reshape(-1, 2)])  # (K, 3)
+            grid = points.reshape(1, 1, -1, 2) / self.size * 2 - 1
+            colours = F.grid_sample(self.image, grid, align_corners=False)[0, :, 0].T               # (K, 3)
             lum = colours @ torch.tensor([0.299, 0.587, 0.114])
             bright = colours[lum >= lum.median()].mean(0)
             grey = (bright.max() - bright.min()) / bright.max().clamp(min=1e-3)
