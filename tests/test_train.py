@@ -86,6 +86,27 @@ def test_bad_config_is_refused():
         TrainConfig(stage="probe", steps=0)
 
 
+@pytest.mark.parametrize("stage", ["decoder", "motion", "probe"])
+def test_each_preset_has_its_own_training_defaults(stage):
+    """base and large train with their own settings, not tiny's: fewer steps of bigger batches, a lower learning
+    rate the larger the model; each set makes a valid TrainConfig, and an unknown preset is a one-line error."""
+    from actorcast.models.training.stages import get_stage
+
+    defaults = {preset: get_stage(stage).defaults(preset) for preset in ("tiny", "base", "large")}
+    assert defaults["base"] != defaults["tiny"] and defaults["large"] != defaults["base"]
+    tiny, base, large = defaults["tiny"], defaults["base"], defaults["large"]
+    assert tiny["steps"] > base["steps"] > large["steps"]
+    assert tiny["batch_size"] < base["batch_size"] <= large["batch_size"]
+    assert tiny["lr"] > base["lr"] > large["lr"]
+    for preset, values in defaults.items():
+        assert TrainConfig(stage=stage, preset=preset, **values).steps == values["steps"]
+    mine = get_stage(stage).defaults("tiny")
+    mine["steps"] = 1  # the caller's copy: the table itself is untouched
+    assert get_stage(stage).defaults("tiny")["steps"] == tiny["steps"] > 1
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        get_stage(stage).defaults("huge")
+
+
 def test_latent_normalisation_fold_keeps_frames_and_whitens_z():
     from actorcast.models.training.decoder_stage import DecoderTrainer, fold_latent_normalisation, latent_statistics
 

@@ -12,10 +12,19 @@ import torch
 from actorcast.models.data.dataset import SPLITS, identity_seed, performance_seed
 from actorcast.models.data.params import N_PARAMS, PARAM_RANGES
 from actorcast.models.data.performance import generate_performance
+from actorcast.models.errors import ConfigError
+from actorcast.models.presets import PRESET_NAMES
 
 POOL_CLIPS, POOL_SECONDS = 12, 10.0  # motion parameters drawn from 12 performances of 10 s (3,000 frames)
 UNIFORM_SHARE = 0.1  # share of rows drawn uniformly over PARAM_RANGES, to cover poses performances rarely reach
 EVAL_BATCH = 16
+
+
+def preset_defaults(table: dict[str, dict], preset: str) -> dict:
+    """A copy of `table[preset]`, a stage's TrainConfig defaults for one preset; ConfigError for an unknown one."""
+    if preset not in PRESET_NAMES or preset not in table:
+        raise ConfigError(f"unknown preset {preset!r}; use one of {', '.join(PRESET_NAMES)}")
+    return dict(table[preset])
 
 
 def param_pool(split: str, seed: int) -> torch.Tensor:

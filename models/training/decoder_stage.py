@@ -25,7 +25,8 @@ from actorcast.models.data.params import N_PARAMS
 from actorcast.models.decoder import DECODER_PRESETS, VideoDecoder, decoder_loss, frame_loss, param_latent
 from actorcast.models.errors import ConfigError
 from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
-from actorcast.models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
+from actorcast.models.training.common import (EVAL_BATCH, draw_identities, draw_params, param_pool, preset_defaults,
+                                              step_rng, write_summary)
 
 NEW_PIXEL_THRESHOLD = 0.08  # colour difference (of 1) that marks a pixel as new content, not a warp of the portrait
 
@@ -87,9 +88,20 @@ class DecoderTrainer(nn.Module):
 class DecoderStage:
     """Motion autoencoder + decoder: the first training stage (docs/ARCHITECTURE.md "Training")."""
 
+    # base and large decode 512^2 frames (4x the pixels of tiny's 256^2) with 2-3x wider, deeper nets: a step
+    # costs far more, so they take fewer steps, each on twice the frames (a steadier gradient for a model with
+    # more to fit); and a lower learning rate, as Adam's per-weight steps add up to larger changes of a wider
+    # layer's output (halved from tiny to base, and again to large).
+    DEFAULTS = {
+        "tiny": {"steps": 3000, "batch_size": 8, "lr": 2e-3, "checkpoint_every": 250},
+        "base": {"steps": 2000, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 200},
+        "large": {"steps": 1500, "batch_size": 16, "lr": 5e-4, "checkpoint_every": 150},
+    }
+
     @staticmethod
     def defaults(preset: str) -> dict:
-        return {"steps": 3000, "batch_size": 8, "lr": 2e-3, "checkpoint_every": 250}
+        """TrainConfig steps, batch_size, lr and checkpoint_every for `preset`."""
+        return preset_defaults(DecoderStage.DEFAULTS, preset)
 
     @staticmethod
     def check(cfg) -> None:

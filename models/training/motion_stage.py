@@ -36,7 +36,7 @@ from actorcast.models.motion import MotionConfig, MotionGenerator, diffusion_for
 from actorcast.models.motion_ae import MotionAEConfig, MotionEncoder
 from actorcast.models.presets import get_preset
 from actorcast.models.sampling import SamplerConfig, generate
-from actorcast.models.training.common import write_summary
+from actorcast.models.training.common import preset_defaults, write_summary
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,20 @@ class MotionTrainer(nn.Module):
 class MotionStage:
     """Stage 2 of docs/ARCHITECTURE.md "Training"."""
 
+    # tiny's generator has ~1 M weights, base's ~100 M and large's ~500 M (models/motion.py): a step of those
+    # costs far more, so they take fewer steps, each on twice the windows (a steadier gradient); and a lower
+    # learning rate, a few 1e-4 as is usual for transformers of that width, halved again for large (wider
+    # layers: the same per-weight Adam step moves their output more).
+    DEFAULTS = {
+        "tiny": {"steps": 4000, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 500},
+        "base": {"steps": 3000, "batch_size": 32, "lr": 3e-4, "checkpoint_every": 250},
+        "large": {"steps": 2000, "batch_size": 32, "lr": 1.5e-4, "checkpoint_every": 200},
+    }
+
     @staticmethod
     def defaults(preset: str) -> dict:
-        return {"steps": 4000, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 500}
+        """TrainConfig steps, batch_size, lr and checkpoint_every for `preset`."""
+        return preset_defaults(MotionStage.DEFAULTS, preset)
 
     @staticmethod
     def check(cfg) -> None:

@@ -12,7 +12,8 @@ from actorcast.models.data.face import render, sample_identities
 from actorcast.models.decoder import DECODER_PRESETS
 from actorcast.models.errors import ConfigError
 from actorcast.models.probe import PROBE_PRESETS, Probe
-from actorcast.models.training.common import EVAL_BATCH, draw_identities, draw_params, param_pool, step_rng, write_summary
+from actorcast.models.training.common import (EVAL_BATCH, draw_identities, draw_params, param_pool, preset_defaults,
+                                              step_rng, write_summary)
 
 
 class ProbeTrainer(nn.Module):
@@ -32,9 +33,19 @@ class ProbeTrainer(nn.Module):
 class ProbeStage:
     """The evaluation probe: trained only on rendered frames with their ground-truth parameters."""
 
+    # base reads 128^2 renders as tiny does, large 256^2, through 2-3x wider and deeper nets (models/probe.py): a
+    # step costs more, so they take fewer steps, each on twice the frames (a steadier gradient), and a lower
+    # learning rate for the wider layers (halved from tiny to base, and again to large).
+    DEFAULTS = {
+        "tiny": {"steps": 3000, "batch_size": 16, "lr": 2e-3, "checkpoint_every": 500},
+        "base": {"steps": 2000, "batch_size": 32, "lr": 1e-3, "checkpoint_every": 250},
+        "large": {"steps": 1500, "batch_size": 32, "lr": 5e-4, "checkpoint_every": 250},
+    }
+
     @staticmethod
     def defaults(preset: str) -> dict:
-        return {"steps": 3000, "batch_size": 16, "lr": 2e-3, "checkpoint_every": 500}
+        """TrainConfig steps, batch_size, lr and checkpoint_every for `preset`."""
+        return preset_defaults(ProbeStage.DEFAULTS, preset)
 
     @staticmethod
     def check(cfg) -> None:
