@@ -15,7 +15,8 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   lands, the opening mouth shows its inside, drawn procedurally (`_interior`): a dark throat, a tongue, the lower
   teeth dropping with the jaw, the upper teeth staying with the skull (the photo's own where it shows them), with
   the gaps and shading of real teeth, and the lips' darker inner edge, in colours taken from the photo's lips,
-  skin and teeth. lip_spread / lip_round move the corners out / in, smile lifts them.
+  skin and teeth. lip_spread / lip_round move the corners out / in (and the lips thin as they spread), smile
+  lifts them.
 - eyes: each eye is a lid layer over an eyeball layer. A blink moves the upper lid's edge down along its own curve,
   with its lash line, until it meets the lower lid, which rises a little; the thin band of lid skin over the lash
   line unrolls to cover the eye, so the crease and brow above stay put. The gaze moves the photo's iris (the
@@ -74,6 +75,7 @@ N_LANDMARKS = 478
 JAW_DROP = 0.15          # H: the lower lip's drop at jaw_open = 1 (the meter reads ~0.2 H on a wide-open mouth)
 UPPER_LIP_RISE = 0.2     # of the drop: the upper lip rises with it
 SPREAD_GAIN = 0.12       # mouth half-widths: each corner moves out at lip_spread = 1
+LIP_THIN = 0.3           # of a lip's thickness: its outer border moves towards its inner edge at lip_spread = 1
 ROUND_GAIN = 0.2         # mouth half-widths: each corner moves in at lip_round = 1
 SMILE_GAIN = 0.025       # H: the corners rise at smile = 1
 BROW_GAIN = 0.03         # H: the brows rise at brow_raise = 1
@@ -286,6 +288,9 @@ class PhotoRig:
         seam = m[list(INNER_LOWER)] if self.parted else (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
         self.seam = _curve(self.mouth, seam)
         self.upper_inner = _curve(self.mouth, m[list(INNER_UPPER)]) if self.parted else self.seam
+        # the lips' red, inner edge and outer border of each (upper, lower): it thins as the lips spread
+        self.lip_edges = [(_curve(self.mouth, m[list(inner)]), _curve(self.mouth, m[[OUTER_LIPS[0], *outer]]))
+                          for inner, outer in ((INNER_UPPER, OUTER_LIPS[1:11]), (INNER_LOWER, OUTER_LIPS[10:]))]
         self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
         self._fit_interior(m)
         # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
@@ -401,6 +406,14 @@ class PhotoRig:
         spread = prm[:, PARAM_INDEX["lip_spread"], None, None]
         rnd = prm[:, PARAM_INDEX["lip_round"], None, None]
         ds = (SPREAD_GAIN * spread - ROUND_GAIN * rnd) * s.clamp(-1, 1) * near
+        # the lip thins as it spreads (thickens as it narrows): its outer border moves towards its inner edge by
+        # LIP_THIN of its thickness at lip_spread = 1, the inner edge stays, and the skin over (under) it follows,
+        # less and less over 1.5 lip thicknesses
+        inner, outer = (_on_curve(c, s) for c in self.lip_edges[int(lower)])
+        thick = (outer - inner).abs().clamp(min=1e-3)
+        f = (t - inner).abs() / thick * torch.where(((t - inner) * (outer - inner)) > 0, 1.0, 0.0)
+        g = torch.where(f < 1, f, 1 - _smooth((f - 1) / 1.5)) * (1 - _smooth((s.abs() - 0.5) / 0.6))
+        dt = dt + LIP_THIN * spread * (inner - outer) * g
         dt = dt - SMILE_GAIN * prm[:, PARAM_INDEX["smile"], None, None] * s.clamp(-1, 1).square() * near
         return self.mouth.offset(ds, dt)
 

@@ -372,3 +372,16 @@ def test_the_mouth_is_the_same_for_the_same_parameters(rig):
     assert torch.equal(frames[4:5], rig.render(ramp[4:5]))
     steps = (frames[1:] - frames[:-1]).abs().mean((1, 2, 3)) * 255           # 8-bit levels per step
     assert steps.amax() < 2 * steps.median() + 0.05, steps
+
+
+def test_the_lips_thin_as_they_spread(rig):
+    """lip_spread 1 widens the mouth and thins the lips: the meter's upper plus lower lip thickness down the middle
+    (outer border 0 to inner edge 13, inner edge 14 to outer border 17) falls by over a tenth; narrowed lips
+    (lip_spread -0.5) are no thinner than at rest."""
+    reading = FaceMeter().read(to_uint8(rig.render(_poses(lip_spread=[0.0, 1.0, -0.5]))), static=True)
+    assert reading.found.all()
+    marks = reading.landmarks
+    thickness = (marks[:, 13, 1] - marks[:, 0, 1]) + (marks[:, 17, 1] - marks[:, 14, 1])
+    width = marks[:, MOUTH_CORNERS[1], 0] - marks[:, MOUTH_CORNERS[0], 0]
+    assert width[1] > width[0] + 2, width
+    assert thickness[1] < 0.9 * thickness[0] and thickness[2] >= thickness[0] - 0.1, thickness
