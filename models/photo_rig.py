@@ -288,9 +288,14 @@ class PhotoRig:
         seam = m[list(INNER_LOWER)] if self.parted else (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
         self.seam = _curve(self.mouth, seam)
         self.upper_inner = _curve(self.mouth, m[list(INNER_UPPER)]) if self.parted else self.seam
-        # the lips' red, inner edge and outer border of each (upper, lower): it thins as the lips spread
-        self.lip_edges = [(_curve(self.mouth, m[list(inner)]), _curve(self.mouth, m[[OUTER_LIPS[0], *outer]]))
-                          for inner, outer in ((INNER_UPPER, OUTER_LIPS[1:11]), (INNER_LOWER, OUTER_LIPS[10:]))]
+        # each lip's red (upper, lower), which thins as the lips spread: its inner edge's offset from the seam and
+        # its thickness to the outer border (face heights, + down), in the mouth's middle
+        middle = torch.zeros(1)
+        self.lip_edges = []
+        for inner, outer in ((INNER_UPPER, OUTER_LIPS[1:11]), (INNER_LOWER, OUTER_LIPS[10:])):
+            edge = float(_on_curve(_curve(self.mouth, m[list(inner)]), middle))
+            border = float(_on_curve(_curve(self.mouth, m[[OUTER_LIPS[0], *outer]]), middle))
+            self.lip_edges.append((edge - float(self.seam[0]), border - edge))
         self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
         self._fit_interior(m)
         # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
@@ -402,18 +407,21 @@ class PhotoRig:
             over = _on_curve(self.upper_inner, s) - t
             dt = -UPPER_LIP_RISE * drop * lateral * (1 - _smooth(over / 0.1))
         # the corners: out with lip_spread, in with lip_round, up with smile
-        near = (1 - _smooth((s.abs() - 1.0) / 0.8)) * (1 - _smooth((below.abs() - 0.05) / 0.15))
+        sides = 1 - _smooth((s.abs() - 1.0) / 0.8)                            # 1 to the corners, 0 past 1.8
+        near = sides * (1 - _smooth((below.abs() - 0.05) / 0.15))
         spread = prm[:, PARAM_INDEX["lip_spread"], None, None]
         rnd = prm[:, PARAM_INDEX["lip_round"], None, None]
         ds = (SPREAD_GAIN * spread - ROUND_GAIN * rnd) * s.clamp(-1, 1) * near
         # the lip thins as it spreads (thickens as it narrows): its outer border moves towards its inner edge by
         # LIP_THIN of its thickness at lip_spread = 1, the inner edge stays, and the skin over (under) it follows,
-        # less and less over 1.5 lip thicknesses
-        inner, outer = (_on_curve(c, s) for c in self.lip_edges[int(lower)])
-        thick = (outer - inner).abs().clamp(min=1e-3)
-        f = (t - inner).abs() / thick * torch.where(((t - inner) * (outer - inner)) > 0, 1.0, 0.0)
-        g = torch.where(f < 1, f, 1 - _smooth((f - 1) / 1.5)) * (1 - _smooth((s.abs() - 0.5) / 0.6))
-        dt = dt + LIP_THIN * spread * (inner - outer) * g
+        # less and less over 1.5 lip thicknesses. The edge and border run along the seam at their offsets in the
+        # mouth's middle (cheaper than their own curves: this warp is evaluated at every step of both layers'
+        # inverses over the whole mouth box)
+        if bool((spread != 0).any()):
+            edge, thick = self.lip_edges[int(lower)]
+            x = (below - edge) / thick                                       # 0 at the inner edge, 1 at the border
+            grow = x.clamp(0, 1) - ((x - 1) / 1.5).clamp(0, 1)
+            dt = dt - (LIP_THIN * thick) * spread * grow * sides
         dt = dt - SMILE_GAIN * prm[:, PARAM_INDEX["smile"], None, None] * s.clamp(-1, 1).square() * near
         return self.mouth.offset(ds, dt)
 
