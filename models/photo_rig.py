@@ -103,7 +103,7 @@ TOOTH_GAP = 0.005        # H: the soft dark line between neighbouring teeth (a G
 TOOTH_CORNER = 0.012     # H: the radius of each tooth's rounded corners at its biting edge
 TONGUE = (0.35, 0.6)     # the tongue's top over the lower teeth's edge: this share of the jaw's drop; its half
                          # width in mouth half widths
-RIM = 0.01               # H: the lips' inner edge, a darker, moist band this wide along the opening
+RIM = 0.008              # H: the lips' inner edge, a darker, moist band this wide along the opening
 INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
 IRISES = (468, 473)      # refined Face Mesh: the iris centres, each followed by its 4 ring points (the 1st and 3rd
                          # on the iris's horizontal diameter, the others clipped by the lids)
@@ -125,7 +125,7 @@ PARTED_LIPS = 0.012      # H: an inner-lip gap (13-14) over this in the photo me
 THROAT = ((0.45, 0.2, 0.2), (0.12, 0.04, 0.05))  # the open mouth's inside near the lips and cheeks, and deep in
                                                    # the throat: shares of the lips' colour per channel
 TONGUE_RED = (0.7, 0.3, 0.32)    # a tongue's colour in a well-exposed photo, mixed 2:1 with the lips'
-OFF_WHITE = (0.93, 0.89, 0.8)    # teeth where the photo shows none, in a well-exposed photo
+OFF_WHITE = (0.9, 0.86, 0.77)    # teeth where the photo shows none, in a well-exposed photo
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
@@ -623,12 +623,13 @@ class PhotoRig:
         """The open mouth's colours, from the photo: the lips', the skin's (the exposure) and, where the photo's lips
         are apart, its own teeth's: the brighter half of the pixels between the inner lip lines across the middle
         of the mouth, if they are brighter than the lips and nearly grey (teeth, not a dark open mouth). Otherwise
-        the teeth are OFF_WHITE at the photo's exposure."""
+        the teeth are OFF_WHITE at the photo's exposure, tinted a little by its light (the skin's hue)."""
         lips = self.lip_colour = self._mean_colour(m[list(OUTER_LIPS)])
         skin = self._mean_colour(m[list(CHEEKS)])
         exposure = float((skin * torch.tensor([0.299, 0.587, 0.114])).sum() / 0.6)
-        exposure = min(max(exposure, 0.5), 1.1)
-        teeth = torch.tensor(OFF_WHITE) * exposure
+        exposure = min(max(exposure, 0.5), 1.0)                               # teeth never glare
+        # the photo's light: the skin's tint over its mean, a little of it (a warm photo has warm-white teeth)
+        teeth = torch.tensor(OFF_WHITE) * exposure * (skin / skin.mean().clamp(min=1e-3)).clamp(0.5, 2) ** 0.3
         if self.parted:
             up, low = _curve(self.mouth, m[list(INNER_UPPER)]), _curve(self.mouth, m[list(INNER_LOWER)])
             s, v = torch.meshgrid(torch.linspace(-0.45, 0.45, 19), torch.linspace(0.2, 0.8, 7), indexing="ij")
@@ -645,7 +646,7 @@ class PhotoRig:
         self.teeth = teeth.clamp(0, 1)[None, :, None, None]
         self.throat = [(lips * torch.tensor(c))[None, :, None, None] for c in THROAT]
         self.tongue = ((lips + 2 * torch.tensor(TONGUE_RED) * exposure) / 3)[None, :, None, None]
-        self.rim = (lips * torch.tensor([0.78, 0.52, 0.54]))[None, :, None, None]
+        self.rim = (lips * torch.tensor([0.82, 0.6, 0.62]))[None, :, None, None]
 
     def _teeth_row(self, s: torch.Tensor, arc: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One row of teeth across the mouth at mouth coordinate s (B, 1, h, w): how far (px) each tooth's biting
@@ -715,4 +716,4 @@ class PhotoRig:
             gum = 1 - 0.35 * (1 - _smooth(d_up / (0.5 * UPPER_TEETH * px)))
             colour = colour + cover * (self.teeth * shade * gum - colour)
             rim = torch.maximum(rim, 1 - _smooth(d_up / (RIM * px)))
-        return colour + 0.8 * rim * (self.rim - colour)
+        return colour + 0.7 * rim * (self.rim - colour)
