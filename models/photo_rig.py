@@ -295,7 +295,8 @@ class PhotoRig:
         for inner, outer in ((INNER_UPPER, OUTER_LIPS[1:11]), (INNER_LOWER, OUTER_LIPS[10:])):
             edge = float(_on_curve(_curve(self.mouth, m[list(inner)]), middle))
             border = float(_on_curve(_curve(self.mouth, m[[OUTER_LIPS[0], *outer]]), middle))
-            self.lip_edges.append((edge - float(self.seam[0]), border - edge))
+            thick = border - edge                                             # never 0: a lip of no red
+            self.lip_edges.append((edge - float(self.seam[0]), thick if abs(thick) > 1e-3 else 1e-3))
         self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
         self._fit_interior(m)
         # eyes: s = +-1 at the corners, t in face heights (down); the lid curves, the iris, the box they act in
