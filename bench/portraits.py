@@ -101,11 +101,11 @@ BLINK_CLOSED = 0.35          # a blink counts when the eye closes below this fra
 # corner-to-corner line, in eye widths.
 EYES = ((33, 133, 468), (362, 263, 473))
 SACCADE_JUMP = 0.05          # eye widths between two fixations' medians: about 7 deg of eye rotation (an eyeball
-                             # radius of 0.4 eye widths); the meter's iris moves under 0.035 from one frame to the
-                             # next on a rendered photo whose eyes hold still
-FIXATION_FRAMES = 3          # a fixation: this many frames (120 ms) ...
-FIXATION_RADIUS = 0.025      # ... within this many eye widths of their median (most still 3-frame windows of
-                             # the meter's iris are within 0.02)
+                             # radius of 0.4 eye widths)
+FIXATION_FRAMES = 5          # a fixation: this many frames (200 ms, a short human fixation) ...
+FIXATION_RADIUS = 0.03       # ... within this many eye widths of their median. The meter's iris wanders by 0.01-0.02
+                             # eye widths a frame on a face 100-130 px high whose eyes hold still; medians of 5
+                             # frames keep that under SACCADE_JUMP, medians of 3 do not
 SACCADE_FRAMES = 3           # frames the jump between two fixations may take
 IDENTITY_STEP = 5            # every this many frames' faces are compared with the photo's
 SAME_PERSON = 0.6            # dlib's descriptor distance under which two faces are one person
@@ -311,6 +311,17 @@ def saccades(position: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.asarray([a + int(np.argmax(step[a:b + gap])) for a, b in runs], int)
 
 
+def iris_noise(position: np.ndarray, valid: np.ndarray) -> float | None:
+    """The meter's frame-to-frame iris noise in an iris track (T, 2) (`iris_positions`), eye widths: the standard
+    deviation of one reading along the corner line, estimated robustly from the steps between valid neighbouring
+    frames (1.4826 MAD of the steps, over sqrt 2: a step holds two readings' noise); None under 10 steps."""
+    ok = np.asarray(valid, bool) & np.isfinite(position).all(1)
+    steps = np.diff(position[:, 0])[ok[1:] & ok[:-1]]
+    if len(steps) < 10:
+        return None
+    return float(1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2))
+
+
 def eyes_open(eye_open: np.ndarray, open_level: float) -> np.ndarray:
     """(T,) bool: the eye is at least half open (motion_measures' BLINK_DEPTH) there and in the frames either
     side, so the iris reading is not a lid's."""
@@ -424,7 +435,8 @@ def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, di
     eye = np.asarray(reading.eye_open, np.float64)
     level = float(np.nanmedian(eye)) if np.isfinite(eye).any() else float("nan")
     iris = iris_positions(reading.landmarks)
-    shifts = saccades(iris, eyes_open(eye, level))
+    steady = eyes_open(eye, level)
+    shifts = saccades(iris, steady)
     figures = {}
     for part, suffix in ((speech.spoken[:n], ""), (speech.in_tail[:n], "_silence")):
         frames = np.zeros(n, bool)
@@ -438,7 +450,8 @@ def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, di
         figures[f"blink_deepest_closure{suffix}"] = figure(f"blink_deepest_closure{suffix}", _round(b["deepest"], 3),
                                                            unit="fraction of the open level")
         figures[f"gaze_shifts{suffix}"] = figure(f"gaze_shifts{suffix}", int(frames[shifts].sum()),
-                                                 seconds=round(frames.sum() / FPS, 1))
+                                                 seconds=round(frames.sum() / FPS, 1),
+                                                 iris_noise_eye_widths=_round(iris_noise(iris, steady & frames), 4))
     return figures, {"pose": pose, "eye": eye, "open_level": level, "iris": iris, "shifts": shifts}
 
 

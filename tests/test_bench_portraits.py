@@ -18,6 +18,7 @@ from bench.portraits import (
     figure,
     head_pose,
     identity_distances,
+    iris_noise,
     iris_positions,
     kabsch,
     masked_ssim,
@@ -204,6 +205,17 @@ def test_saccades_are_jumps_between_held_fixations():
     jittery = track + np.random.default_rng(6).uniform(-3, 3, (100, 2)) * FIXATION_RADIUS
     assert saccades(jittery, valid).tolist() == []   # nothing is held, so nothing jumps from a fixation
     assert SACCADE_JUMP == 0.05
+
+
+def test_iris_noise_is_the_standard_deviation_of_one_reading():
+    rng = np.random.default_rng(8)
+    track = np.zeros((4000, 2))
+    track[:, 0] = 0.5 + rng.normal(0, 0.015, 4000)
+    track[2000:, 0] += 0.1                               # a gaze shift does not count as noise
+    valid = np.ones(4000, bool)
+    assert iris_noise(track, valid) == pytest.approx(0.015, rel=0.1)
+    valid[5:] = False
+    assert iris_noise(track, valid) is None               # 4 steps are too few
 
 
 # ------------------------------------------------------------------------------------------------ identity, strips
