@@ -408,18 +408,16 @@ def read_meter(squares: np.ndarray, tmp: Path):
         out.unlink(missing_ok=True)
 
 
-FACE_ID_WORKER = ROOT / "models" / "training" / "face_id_worker.py"
-
-
 def read_identity(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
     """dlib face descriptors (face_id_worker.py, in the meter's venv) of the photo's own square (side, side, 3)
     and of frames (n, side, side, 3): ((128,), (n, 128)); NaN rows where dlib found no face."""
-    from actorcast.models.training.meter import run_in_meter_env
+    from actorcast.models.training.meter import WORKER, run_in_meter_env
 
     frames, out = tmp / "id_frames.npy", tmp / "id_out.npz"
     np.save(frames, np.ascontiguousarray(np.concatenate([photo_square[None], squares])))
     try:
-        run_in_meter_env(FACE_ID_WORKER, [str(out), str(frames)], "the face identity worker (dlib)")
+        run_in_meter_env(WORKER.with_name("face_id_worker.py"), [str(out), str(frames)],
+                         "the face identity worker (dlib)")
         with np.load(out) as d:
             return d["descriptors"][0], d["descriptors"][1:]
     finally:
