@@ -37,8 +37,9 @@ part": the 20 s of speech with its pauses; "tail" (keys ending _silence): the 5 
 |                                   | fraction of open (motion_measures.blinks)                         |         |
 | blink_deepest_closure             | the lowest eye openness in the spoken part / the open level       | none    |
 | gaze_shifts                       | saccades in the spoken part: the irises (468, 473) placed between | >= 2    |
-|                                   | their eye corners, in eye widths, jump SACCADE_JUMP or more from  |         |
-|                                   | one fixation (FIXATION_FRAMES within FIXATION_RADIUS) to the next |         |
+|                                   | their eye corners, in eye widths, jump SACCADE_JUMP (or NOISE_JUMP|         |
+|                                   | times the face's iris noise, if more) from one fixation           |         |
+|                                   | (FIXATION_FRAMES within FIXATION_RADIUS) to the next              |         |
 | identity_distance_mean, _max      | dlib face-recognition descriptor distance (face_id_worker.py) of  | <= 0.35 |
 |                                   | every IDENTITY_STEP-th frame's face to the photo's own square;    | <= 0.45 |
 |                                   | mean and max over the frames dlib finds a face in (0.6: another   |         |
@@ -107,6 +108,8 @@ FIXATION_RADIUS = 0.03       # ... within this many eye widths of their median. 
                              # eye widths a frame on a face 100-130 px high whose eyes hold still; medians of 5
                              # frames keep that under SACCADE_JUMP, medians of 3 do not
 SACCADE_FRAMES = 3           # frames the jump between two fixations may take
+NOISE_JUMP = 4.0             # ... and the jump is at least this many times the face's own iris noise (`iris_noise`):
+                             # a small face's iris reading wanders further
 IDENTITY_STEP = 5            # every this many frames' faces are compared with the photo's
 SAME_PERSON = 0.6            # dlib's descriptor distance under which two faces are one person
 
@@ -281,13 +284,13 @@ def iris_positions(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([np.mean(along, 0), np.mean(across, 0)], 1).astype(np.float64)
 
 
-def saccades(position: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def saccades(position: np.ndarray, valid: np.ndarray, jump: float = SACCADE_JUMP) -> np.ndarray:
     """Frame indices of gaze shifts in an iris track (T, 2) (`iris_positions`), where `valid` (T,) bool.
 
     A shift: FIXATION_FRAMES valid frames held within FIXATION_RADIUS of their median, then within SACCADE_FRAMES
-    frames another such fixation whose median lies SACCADE_JUMP or more away. Every pair of windows that sees the
-    same jump is one shift, reported at its largest frame-to-frame step. Drift, noise and jumps out of or into
-    an unsteady stretch (a blink: leave it out of `valid`) are not shifts."""
+    frames another such fixation whose median lies `jump` (eye widths; `gaze_jump`) or more away. Every pair of
+    windows that sees the same jump is one shift, reported at its largest frame-to-frame step. Drift, noise and
+    jumps out of or into an unsteady stretch (a blink: leave it out of `valid`) are not shifts."""
     n, f, gap = len(position), FIXATION_FRAMES, SACCADE_FRAMES
     valid = np.asarray(valid, bool) & np.isfinite(position).all(1)
 
@@ -302,7 +305,7 @@ def saccades(position: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for t in range(f, n - gap - f + 1):
         before, after = held(t - f), held(t + gap)
         if before is not None and after is not None and valid[t:t + gap].all() \
-                and np.linalg.norm(after - before) >= SACCADE_JUMP:
+                and np.linalg.norm(after - before) >= jump:
             hits[t] = True
     step = np.r_[0.0, np.linalg.norm(np.diff(position, axis=0), axis=1)]   # step[i]: frame i - 1 to frame i
     step[~np.isfinite(step)] = 0.0
@@ -320,6 +323,12 @@ def iris_noise(position: np.ndarray, valid: np.ndarray) -> float | None:
     if len(steps) < 10:
         return None
     return float(1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2))
+
+
+def gaze_jump(noise: float | None) -> float:
+    """The jump a gaze shift needs on a face whose iris reading has `noise` (`iris_noise`): SACCADE_JUMP, or
+    NOISE_JUMP times the noise where that is more."""
+    return max(SACCADE_JUMP, NOISE_JUMP * noise) if noise is not None else SACCADE_JUMP
 
 
 def eyes_open(eye_open: np.ndarray, open_level: float) -> np.ndarray:
@@ -434,7 +443,9 @@ def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, di
     level = float(np.nanmedian(eye)) if np.isfinite(eye).any() else float("nan")
     iris = iris_positions(reading.landmarks)
     steady = eyes_open(eye, level)
-    shifts = saccades(iris, steady)
+    noise = iris_noise(iris, steady)
+    jump = gaze_jump(noise)
+    shifts = saccades(iris, steady, jump)
     figures = {}
     for part, suffix in ((speech.spoken[:n], ""), (speech.in_tail[:n], "_silence")):
         frames = np.zeros(n, bool)
@@ -449,7 +460,8 @@ def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, di
                                                            unit="fraction of the open level")
         figures[f"gaze_shifts{suffix}"] = figure(f"gaze_shifts{suffix}", int(frames[shifts].sum()),
                                                  seconds=round(frames.sum() / FPS, 1),
-                                                 iris_noise_eye_widths=_round(iris_noise(iris, steady & frames), 4))
+                                                 iris_noise_eye_widths=_round(noise, 4),
+                                                 jump_eye_widths=round(jump, 4))
     return figures, {"pose": pose, "eye": eye, "open_level": level, "iris": iris, "shifts": shifts}
 
 
@@ -755,8 +767,9 @@ def main() -> None:
         "measures": {"head": f"yaw and pitch of a Kabsch fit of {len(RIGID)} rigid Face Mesh points (x, y, z) to "
                              "the first frame's; standard deviation over the spoken part and over the tail",
                      "blinks": f"eye openness below {BLINK_CLOSED} of its open level (the video's median)",
-                     "gaze_shifts": f"iris jumps of >= {SACCADE_JUMP} eye widths between fixations held "
-                                    f"{FIXATION_FRAMES} frames within {FIXATION_RADIUS}",
+                     "gaze_shifts": f"iris jumps of >= {SACCADE_JUMP} eye widths (or {NOISE_JUMP}x the face's iris "
+                                    f"noise, if more) between fixations held {FIXATION_FRAMES} frames within "
+                                    f"{FIXATION_RADIUS}",
                      "identity": f"dlib descriptor distance of every {IDENTITY_STEP}th frame's face to the photo's "
                                  f"(same person below {SAME_PERSON})"},
         "targets": {k: None if v is None else f"{v[0]} {v[1]}" for k, v in TARGETS.items()},

@@ -16,6 +16,7 @@ from bench.portraits import (
     Speech,
     blink_figures,
     figure,
+    gaze_jump,
     head_pose,
     identity_distances,
     iris_noise,
@@ -202,9 +203,12 @@ def test_saccades_are_jumps_between_held_fixations():
     assert saccades(track, np.ones(100, bool)).tolist() == [10, 20, 78]
     track[:, 1] = np.where(np.arange(100) >= 90, 0.06, 0.0)   # a vertical jump counts too
     assert saccades(track, np.ones(100, bool)).tolist() == [10, 20, 78, 90]
+    assert saccades(track, np.ones(100, bool), jump=0.12).tolist() == [20]   # jumps of 0.1, 0.15, 0.1, 0.06
+    assert saccades(track, np.ones(100, bool), jump=0.09).tolist() == [10, 20, 78]
     jittery = track + np.random.default_rng(6).uniform(-3, 3, (100, 2)) * FIXATION_RADIUS
     assert saccades(jittery, valid).tolist() == []   # nothing is held, so nothing jumps from a fixation
     assert SACCADE_JUMP == 0.05
+    assert gaze_jump(0.01) == 0.05 and gaze_jump(0.02) == pytest.approx(0.08) and gaze_jump(None) == 0.05
 
 
 def test_iris_noise_is_the_standard_deviation_of_one_reading():
