@@ -1,7 +1,6 @@
 """Live calls over real aiortc peers on 127.0.0.1: auth, admission, bad input, control, vanished peers."""
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -14,19 +13,19 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 
 from actorcast.actors.engine import Engine
 from actorcast.models.data.media import write_wav
 from actorcast.models.data.performance import generate_speech
 from actorcast.models.errors import ActorcastError
 from actorcast.models.timebase import SAMPLES_PER_FRAME
-from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
+from actorcast.streaming.app import LIVE_STAGE_THREADS
 from actorcast.streaming.client import LiveCaller
 from actorcast.streaming.figures import RECEIVER_FIGURES, SERVER_FIGURES
 from actorcast.streaming.ice import candidate_hosts, hosts_for, is_loopback
 from actorcast.streaming.tracks import VOICE_RATE, decode_audio_48k
 from tests.helpers import run_on_virtual_clock
+from tests.live_server import serving, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,27 +41,6 @@ def speech_wav(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("live") / "speech.wav"
     write_wav(path, generate_speech(3, 6.0))
     return path
-
-
-@contextlib.asynccontextmanager
-async def serving(engine, **config):
-    app = create_app(engine, ServerConfig(**config))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER]
-    finally:
-        await runner.cleanup()
-
-
-async def wait_for(predicate, timeout: float) -> None:
-    """Wait until predicate() holds; fails after timeout (a hang guard, not a measure of speed)."""
-    t0 = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - t0 < timeout, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def test_loopback_detection_and_candidate_scope():
