@@ -5,8 +5,8 @@
 `ActorcastVideoService` sits after the TTS and before the output transport, where Pipecat's avatar services go.
 It takes the agent's speech (TTSAudioRawFrame, any sample rate and channel count) and sends on 25 pictures a
 second (OutputImageRawFrame) and the same speech, timed so that the transport plays each sound with its picture.
-It runs the live call's session machinery (streaming.tracks) around one Session, and paces its output with the
-voice as the clock (streaming.voice_clock), as a transport that is pushed to needs:
+It runs the live-audio core (streaming.live_audio, shared with the LiveKit avatar) around one Session, and paces
+its output with the voice as the clock (streaming.voice_clock), as a transport that is pushed to needs:
 
     speech -> 48 kHz mono -> SpeechFeed (20 ms per 20 ms; silence when the agent is quiet) -> AudioInput
         -> ContentAudio (the voice by content position) and Session.feed (16 kHz)
@@ -27,17 +27,16 @@ import logging
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
 from actorcast.actors.framing import Framing
-from actorcast.actors.reference import check_portrait, load_image
-from actorcast.models.data.params import EMOTIONS
-from actorcast.models.errors import ActorcastError, ConfigError
-from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
-from actorcast.streaming.app import LIVE_STAGE_THREADS
-from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
-from actorcast.streaming.voice_clock import Slot, VoiceClock
+from actorcast.models.errors import ActorcastError
+from actorcast.models.timebase import FPS
+from actorcast.streaming.live_audio import VOICE_LAG  # noqa: F401  (the voice's lag behind its picture)
+from actorcast.streaming.live_audio import LiveVoice, VoiceResampler, build_engine, engine_args, face_of, open_face
+from actorcast.streaming.live_audio import audio_problem as pcm_problem
+from actorcast.streaming.tracks import VOICE_RATE
+from actorcast.streaming.voice_clock import Slot
 
 
 class PipecatMissingError(ActorcastError, ImportError):
@@ -54,62 +53,12 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-MAX_CHANNELS = 8
-RATES = (4_000, 384_000)  # sample rates accepted, Hz
 END_GRACE_S = 10.0  # EndFrame: how long the speech still queued may take to come out, beyond its own length
-# A frame's sound goes out this long after its picture (voice_clock.py): a receiver decodes video later than
-# audio. With Pipecat's live video shown as it comes (output_params) the offset at an aiortc client on loopback
-# (voice - picture arrival) was -1 to -6 ms with 10 ms here, +19 to +20 ms with 30 ms.
-VOICE_LAG = VOICE_BLOCK // 2  # 10 ms in 48 kHz samples
-VOICE_LAG_S = VOICE_LAG / VOICE_RATE
-SLOT_S = 1.0 / FPS  # one picture and two 20 ms voice frames per slot
-HALF_S = VOICE_BLOCK / VOICE_RATE
 
 
 def audio_problem(frame: OutputAudioRawFrame) -> str | None:
     """What makes an audio frame unusable (None if it is usable): 16-bit PCM, interleaved, with its rate."""
-    audio, rate, channels = frame.audio, frame.sample_rate, frame.num_channels
-    if not isinstance(audio, (bytes, bytearray, memoryview)):
-        return f"its audio is {type(audio).__name__}, not bytes of 16-bit PCM"
-    if not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
-        return f"num_channels={channels!r}; give 1..{MAX_CHANNELS}"
-    if not isinstance(rate, int) or not RATES[0] <= rate <= RATES[1]:
-        return f"sample_rate={rate!r}; give the rate in Hz, {RATES[0]}..{RATES[1]}"
-    if not len(audio):
-        return "it is empty"
-    if len(audio) % (2 * channels):
-        return f"{len(audio)} bytes is not a whole number of 16-bit samples for {channels} channel(s)"
-    return None
-
-
-class VoiceResampler:
-    """Agent audio (16-bit PCM at any rate, interleaved channels) -> 48 kHz mono int16, one stream at a time."""
-
-    def __init__(self):
-        self.rate: int | None = None
-        self.resampler: av.AudioResampler | None = None
-
-    def __call__(self, audio: bytes, rate: int, channels: int) -> list[np.ndarray]:
-        """The 48 kHz blocks of one frame; a change of rate flushes the stream before it (the tail comes first)."""
-        out = self.flush() if rate != self.rate else []
-        if self.resampler is None:
-            self.rate, self.resampler = rate, av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
-        pcm = np.frombuffer(audio, np.int16).reshape(-1, channels)  # (samples, channels)
-        mono = pcm[:, 0] if channels == 1 else pcm.mean(axis=1).round().astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None]), format="s16", layout="mono")
-        frame.sample_rate = rate
-        return out + [o.to_ndarray().reshape(-1) for o in self.resampler.resample(frame)]
-
-    def flush(self) -> list[np.ndarray]:
-        """The samples the resampler still holds (end of an utterance); the next frame starts a new stream."""
-        if self.resampler is None:
-            return []
-        tail = [o.to_ndarray().reshape(-1) for o in self.resampler.resample(None)]
-        self.rate, self.resampler = None, None
-        return tail
-
-    def reset(self) -> None:
-        self.rate, self.resampler = None, None
+    return pcm_problem(frame.audio, frame.sample_rate, frame.num_channels)
 
 
 class ActorcastVideoService(FrameProcessor):
@@ -135,36 +84,31 @@ class ActorcastVideoService(FrameProcessor):
                  use_ray: bool = False, address: str | None = None, shards: int = 1, size: int = 256,
                  seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        if emotion not in EMOTIONS:
-            raise ConfigError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
-        if identity is not None and portrait is not None:
-            raise ConfigError("give an identity or a portrait, not both")
-        self.landmarks = None
-        if isinstance(portrait, Framing):
-            portrait, self.landmarks = portrait.crop(), portrait.crop_landmarks()
-        if isinstance(portrait, (str, Path)):
-            portrait = load_image(portrait)
-        self.portrait = None if portrait is None else check_portrait(portrait, "the portrait")
-        self.identity, self.emotion, self.seed = identity, emotion, seed
+        self.face = face_of(identity, portrait, emotion, seed)
         self.engine, self.own_engine = engine, engine is None
-        ray = use_ray or address is not None or shards > 1
-        self.engine_args = {"weights": weights, "preset": preset, "shards": shards, "use_ray": ray,
-                            "address": address, "size": size, "stage_threads": None if ray else LIVE_STAGE_THREADS}
+        self.engine_args = engine_args(weights, preset, use_ray, address, shards, size)
         self.size = engine.size if engine is not None else size
-        self.session = None
-        self.resample = VoiceResampler()
+        self.live = LiveVoice(on_mark=lambda pos, frame: self.events.append((pos, frame)))
         self.events: collections.deque[tuple[int, Frame]] = collections.deque()  # (content pos 48 kHz, frame)
         self.tasks: list[asyncio.Task] = []
-        self.pictures_sent = self.voice_frames = self.repeated_frames = self.degraded_frames = 0
-        self.bad_audio_frames = 0
-        self.voice_end = 0  # content position (48 kHz) after the last voice sent
-        self.speech_end = 0  # content position after the last speech fed
         self.context_id: str | None = None  # the utterance being sent (between TTSStarted and TTSStopped)
         self.speaking = False
-        self.interrupts: list[dict] = []
-        self.added_ms: collections.deque[float] = collections.deque(maxlen=1500)  # fed -> sent
-        self.input_ms: collections.deque[float] = collections.deque(maxlen=1500)  # handed over -> sent
         self.stopped = False
+
+    # the live core's state, by the names the service has always had
+    portrait = property(lambda self: self.face.portrait)
+    landmarks = property(lambda self: self.face.landmarks)
+    session = property(lambda self: self.live.session)
+    content = property(lambda self: self.live.content)
+    audio_in = property(lambda self: self.live.audio_in)
+    feed = property(lambda self: self.live.feed)
+    clock = property(lambda self: self.live.clock)
+    voice_end = property(lambda self: self.live.voice_end)
+    interrupts = property(lambda self: self.live.interrupts)
+    pictures_sent = property(lambda self: self.live.pictures_sent)
+    repeated_frames = property(lambda self: self.live.repeated_frames)
+    added_ms = property(lambda self: self.live.added_ms)
+    input_ms = property(lambda self: self.live.input_ms)
 
     def output_params(self) -> dict:
         """The output settings of Pipecat's TransportParams that this service's frames are made for.
@@ -186,18 +130,9 @@ class ActorcastVideoService(FrameProcessor):
         """Build the engine (when not given) and open the session: Pipecat's place for slow start-up."""
         await super().setup(setup)
         if self.engine is None:
-            from actorcast.actors.engine import Engine
-
-            args = self.engine_args
-            # Ray joins from this thread (it installs signal handlers); in-process stages load in a worker thread
-            self.engine = Engine(**args) if args["use_ray"] else await asyncio.to_thread(Engine, **args)
+            self.engine = await build_engine(self.engine_args)
             self.size = self.engine.size
-        self.session = await self.engine.open_session(reference=self.portrait, identity_seed=self.identity,
-                                                      emotion=self.emotion, seed=self.seed, landmarks=self.landmarks)
-        self.content = ContentAudio()
-        self.audio_in = AudioInput(self.session.feed, self.content)
-        self.feed = SpeechFeed(self.audio_in, on_mark=lambda pos, frame: self.events.append((pos, frame)))
-        self.clock = VoiceClock(self.content, self.audio_in.arrival, lag=VOICE_LAG)
+        self.live.attach(await open_face(self.engine, self.face))
 
     def _start(self) -> None:
         self.tasks = [self.create_task(self.feed.run(), "actorcast-feed"),
@@ -235,7 +170,7 @@ class ActorcastVideoService(FrameProcessor):
         elif isinstance(frame, TTSStartedFrame):
             self.feed.mark(frame)
         elif isinstance(frame, TTSStoppedFrame):
-            self._speak(self.resample.flush(), final=True)
+            self.live.end_speech()
             self.feed.mark(frame)
         elif isinstance(frame, InterruptionFrame):
             self.interrupt()
@@ -251,51 +186,28 @@ class ActorcastVideoService(FrameProcessor):
             await self.push_frame(frame, direction)
 
     def _take_audio(self, frame: OutputAudioRawFrame) -> None:
-        problem = audio_problem(frame)
+        problem = self.live.take(frame.audio, frame.sample_rate, frame.num_channels)
         if problem is not None:
-            self.bad_audio_frames += 1
             log.warning("actorcast: dropped an audio frame (%s): send 16-bit PCM bytes with their sample_rate and "
                         "num_channels", problem)
-            return
-        self._speak(self.resample(bytes(frame.audio), frame.sample_rate, frame.num_channels), final=False)
-
-    def _speak(self, blocks: list[np.ndarray], final: bool) -> None:
-        if blocks:
-            self.feed.speak(np.concatenate(blocks), final=False)
-        if final:
-            self.feed.flush()
 
     def interrupt(self) -> int:
         """Barge-in: drop the queued speech, silence the voice not yet sent, hold the picture until the first
         frame made from silence only (returned)."""
-        self.feed.clear()
-        self.resample.reset()
         self.events.clear()
         self.speaking, self.context_id = False, None
-        idle_from = self.session.interrupt()
-        self.clock.skip_until(idle_from)
-        self.content.silence_from(self.voice_end)
-        self.feed.preroll_silence((idle_from + self.session.chunk_frames + self.session.lookahead)
-                                  * SAMPLES_PER_FRAME)
-        self.interrupts.append({"frame": idle_from, "voice_at": self.voice_end, "pts": self.get_clock().get_time(),
-                                "t": time.time(), "idle_media_ms": None, "idle_wall_ms": None})
-        return idle_from
+        return self.live.interrupt(self.get_clock().get_time())
 
     async def _drain(self) -> None:
         """EndFrame: let the speech still queued come out (and its TTSStoppedFrame) before the pipeline ends."""
-        self._speak(self.resample.flush(), final=True)
+        self.live.end_speech()
         deadline = time.monotonic() + self.feed.queued_s() + END_GRACE_S
-        while (self.feed.queue or self.events or self.voice_end < self._speech_end()) and not self._failed():
+        while (self.feed.queue or self.events or self.voice_end < self.live.queued_speech_end()) \
+                and not self._failed():
             if time.monotonic() > deadline:
                 log.warning("actorcast: the pipeline ended with %.1f s of speech not sent", self.feed.queued_s())
                 return
             await asyncio.sleep(1.0 / FPS)
-
-    def _speech_end(self) -> int:
-        """The content position (48 kHz) after the last speech fed so far."""
-        if self.feed.received:
-            self.speech_end = max(self.speech_end, self.feed.received[-1][0] + VOICE_BLOCK)
-        return self.speech_end
 
     def _failed(self) -> bool:
         return any(task.done() for task in self.tasks)
@@ -305,27 +217,16 @@ class ActorcastVideoService(FrameProcessor):
     async def _pump_frames(self) -> None:
         """Session frames -> the voice clock; a failing session is reported upstream."""
         try:
-            async for vf in self.session.frames():
-                self.clock.put(vf.first_frame, vf.frames, vf.degraded)
+            await self.live.run_frames()
         except ActorcastError as e:
             await self.push_error(f"actorcast: {e}", exception=e, force_treat_as_permanent=True)
 
     async def _send(self) -> None:
         """Every 40 ms: a picture, then the voice around it in two 20 ms frames, on a steady clock."""
-        t0, k = time.monotonic(), 0
-        while True:
-            slot = self.clock.next_slot(self._no_marker_in)
-            if slot.image is not None:
+        async for slot, half in self.live.paced_slots(self._no_marker_in):
+            if not half and slot.image is not None:
                 await self._send_picture(slot)
-            for half, start in enumerate(slot.voice):
-                if half:
-                    await asyncio.sleep(max(0.0, t0 + k * SLOT_S + HALF_S - time.monotonic()))
-                await self._send_voice(start)
-            k += 1
-            delay = t0 + k * SLOT_S - time.monotonic()
-            if delay < -0.25:  # the loop stalled: restart the clock instead of bursting frames
-                t0, k = time.monotonic(), 0
-            await asyncio.sleep(max(0.0, delay))
+            await self._send_voice(slot.voice[half])
 
     def _no_marker_in(self, lo: int, hi: int) -> bool:
         """No TTS bracket waits in content [lo, hi): the voice clock may skip or wait over it."""
@@ -337,19 +238,14 @@ class ActorcastVideoService(FrameProcessor):
         picture.pts = self.get_clock().get_time()
         picture.metadata["actorcast"] = {"frame": slot.index, "degraded": slot.degraded}
         await self.push_frame(picture)
-        self.pictures_sent += 1
-        self.repeated_frames += int(slot.index is None)
-        self.degraded_frames += int(slot.degraded)
-        if slot.index is not None:
-            self._measure(slot.index, picture.pts)
+        self.live.picture_sent(slot, picture.pts)
 
     async def _send_voice(self, start: int | None) -> None:
         """One 20 ms voice frame with the TTS brackets where they fall: TTSAudioRawFrame inside an utterance,
         else OutputAudioRawFrame (silence too: a steady stream lets the transport's audio track catch up after a
         late write instead of inserting silence of its own)."""
-        block = np.zeros(VOICE_BLOCK, np.int16) if start is None else self.content.read(start, VOICE_BLOCK)
+        block = self.live.voice(start)
         if start is not None:
-            self.voice_end = start + len(block)
             await self._send_events(lambda pos, frame: pos <= start or (
                 pos < start + len(block) and isinstance(frame, TTSStartedFrame)))
         audio = (TTSAudioRawFrame if self.speaking else OutputAudioRawFrame)(block.tobytes(), VOICE_RATE, 1)
@@ -358,7 +254,7 @@ class ActorcastVideoService(FrameProcessor):
         audio.pts = self.get_clock().get_time()
         audio.metadata["actorcast"] = {"content": start}
         await self.push_frame(audio)
-        self.voice_frames += 1
+        self.live.voice_frames += 1
         if start is not None:
             await self._send_events(lambda pos, frame: pos <= self.voice_end and isinstance(frame, TTSStoppedFrame))
 
@@ -372,43 +268,12 @@ class ActorcastVideoService(FrameProcessor):
                 self.speaking, self.context_id = False, None
             await self.push_frame(frame)
 
-    def _measure(self, index: int, pts: int) -> None:
-        """Latencies of a picture, and the return to idle after each interrupt."""
-        start, now = index * VOICE_PER_FRAME, time.time()
-        self._speech_end()  # before the blocks already shown are let go
-        received = self.feed.received
-        while received and received[0][0] + VOICE_BLOCK <= start:
-            received.popleft()
-        if received and received[0][0] <= start:  # a picture of speech: since its TTS frame came
-            self.input_ms.append((now - received[0][1]) * 1000.0)
-        arrival = self.audio_in.arrival(index)
-        if arrival is not None:
-            self.added_ms.append((now - arrival) * 1000.0)
-        for event in self.interrupts:
-            if event["idle_media_ms"] is None and index >= event["frame"]:
-                event["idle_media_ms"] = (pts - event["pts"]) / 1e6
-                event["idle_wall_ms"] = (now - event["t"]) * 1000.0
-
     # ---- figures ------------------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """The service's figures so far. Latencies in ms, p50 and p95 over the last 1500 pictures:
-        added_latency_ms: from when a frame's sound was fed (due to be heard, were there no avatar) to its
-        picture sent; input_to_output_ms, over pictures of speech: from the TTS frame that brought the sound to
-        its picture sent (includes the wait in the real-time queue when the TTS is faster than real time).
-        interrupt_idle_media_ms: pipeline-clock time from each interruption to the first idle picture."""
-        def pct(values):
-            if not values:
-                return {"p50": None, "p95": None}
-            return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
-
-        return {"sent_frames": self.pictures_sent, "sent_voice_frames": self.voice_frames,
-                "repeated_frames": self.repeated_frames, "degraded_frames": self.degraded_frames,
-                "bad_audio_frames": self.bad_audio_frames,
-                "added_latency_ms": pct(self.added_ms), "input_to_output_ms": pct(self.input_ms),
-                "interrupt_idle_media_ms": [e["idle_media_ms"] for e in self.interrupts],
-                "queued_speech_s": self.feed.queued_s() if self.session is not None else 0.0}
-
+        """The service's figures so far (LiveVoice.stats): input_to_output_ms runs from the TTS frame that
+        brought a sound; interrupt_idle_media_ms is in pipeline-clock time."""
+        return self.live.stats()
 
 
 async def say_through(service: ActorcastVideoService, utterances: list[tuple[np.ndarray, int]],
