@@ -25,6 +25,7 @@ from actorcast.models.photo_rig import PhotoRig, params_of_latent
 from actorcast.models.data.params import EMOTION_INDEX, EMOTIONS
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.presets import get_preset
+from actorcast.models.free_motion import FreeMotionStream
 from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
@@ -146,13 +147,14 @@ class MotionStage:
         """The session's idle: the median motion parameters (N_PARAMS,) the generator makes for its reference from
         `seconds` of silence features (the audio stage's `open`), neutral, in a stream of its own with the session's
         seed, so the same reference and seed always give the same rest (a resumed render included). A photo's rig
-        draws the motion relative to it (models/photo_rig.py). The median, not the mean: the idle blinks and shifts
-        its gaze, and a blink in that second must not leave the rest pose half-shut. Only for a decoder trained on
+        draws the motion relative to it (models/photo_rig.py). The generator's own motion, without the free
+        motion's draws: the rest is where the head returns to, not where it wandered in that second. The median,
+        not the mean: a blink in that second must not leave the rest pose half-shut. Only for a decoder trained on
         the parameters."""
         s = self.sessions[session_id]
         p = next(self.generator.parameters())
         stream = MotionStream(self.generator, s["z_ref"], _emotion("neutral", p.device), s["cache"],
-                              SamplerConfig(s["steps"], seed=s["seed"]))
+                              SamplerConfig(s["steps"], seed=s["seed"]), free_motion=False)
         frames = max(self.chunk_frames, round(seconds * FPS))
         feats = torch.as_tensor(silence, dtype=p.dtype, device=p.device).expand(1, frames, -1)
         z = torch.cat([stream.push(feats), stream.flush()], dim=1)[0]  # (frames, d_motion)
@@ -226,6 +228,7 @@ class MotionStage:
         state = dict(vars(s["stream"]))
         state["model"] = None
         state["generator"] = s["stream"].generator.get_state()
+        state["free"] = None if s["stream"].free is None else s["stream"].free.export()
         return _dumps({"stream": state, "steps": s["steps"]})
 
     def restore(self, session_id: str, data: bytes) -> None:
@@ -234,6 +237,8 @@ class MotionStage:
         vars(stream).update(saved["stream"])
         stream.model = self.generator
         stream.generator = torch.Generator().set_state(saved["stream"]["generator"])
+        if saved["stream"]["free"] is not None:
+            stream.free = FreeMotionStream.restore(self.generator.free_motion, saved["stream"]["free"])
         self.sessions.items[session_id] = {"stream": stream, "steps": saved["steps"]}
 
     def close(self, session_id: str) -> None:

@@ -298,7 +298,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train one stage (DeepSpeed ZeRO, launched by Ray Train) and export "
                                    "safetensors + JSON to --out. Stages: decoder (motion autoencoder + video "
                                    "decoder), motion (audio encoder + diffusion-forcing generator; needs "
-                                   "--weights with a trained decoder), probe (the evaluation probe).")
+                                   "--weights with a trained decoder), probe (the evaluation probe), free (the free motion: blinks, "
+                                   "gaze, brows and head sampled beside the generator; needs --weights with a "
+                                   "decoder and a motion export, whose clips it reads).")
     p.add_argument("--stage", required=True, choices=STAGE_NAMES, help="what to train")
     p.add_argument("--preset", default="tiny", choices=("tiny", "base", "large"), help="model sizes (default tiny)")
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (default 1)")
@@ -312,7 +314,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where Ray Train keeps checkpoints (default OUT/ray): on a cluster, a folder every node "
                         "and this machine can reach (NFS, a shared disk); --resume reads it")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of talking-head mp4s")
-    p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export)")
+    p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export; free: "
+                                                     "decoder and motion export)")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="motion stage: start from the audio encoder and generator exported in DIR (fine-tune "
                         "them with the preset's training settings) instead of from scratch")
@@ -320,9 +323,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
     p.add_argument("--clips", type=positive_int, default=None,
-                   help="motion stage: training clips, their latents computed once (default 256)")
+                   help="motion and free stages: training clips, their latents computed once (default 256)")
     p.add_argument("--tts-share", type=float, default=None,
-                   help="motion stage: share of the clips spoken by espeak-ng, 0..1; the rest is formant babble "
+                   help="motion and free stages: share of the clips spoken by espeak-ng, 0..1; the rest is formant babble "
                         "(default 0.5)")
     p.add_argument("--latent", default="auto", choices=("auto", "params", "encoder"),
                    help="decoder stage: what drives the decoder while it learns. params: the true motion parameters "

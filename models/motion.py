@@ -4,6 +4,7 @@ docs/ARCHITECTURE.md "Motion generator" describes it."""
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -13,6 +14,9 @@ from actorcast.models.calibration import SpreadCalibration
 from actorcast.models.data.params import EMOTIONS
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.kv_cache import CacheConfig, CacheDims, KVCache, make_cache
+
+if TYPE_CHECKING:
+    from actorcast.models.free_motion import FreeMotion
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,19 @@ class MotionGenerator(nn.Module):
         self.norm_out = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(tok, c.d_motion)
         self.calibration: SpreadCalibration | None = None  # set from the export's meta by actors/loading.py
+        # The free-motion model exported beside it, if any (models/free_motion.py; set by actors/loading.py). Kept
+        # out of this module's parameters (a one-item tuple is not registered), so the generator's weights and
+        # state dict stay its own.
+        self._free_motion: tuple = ()
         self.initialize_weights()
+
+    @property
+    def free_motion(self) -> "FreeMotion | None":
+        return self._free_motion[0] if self._free_motion else None
+
+    def attach_free_motion(self, model: "FreeMotion | None") -> None:
+        """Sample brows, blinks, gaze and head with `model` (None: the generator's own)."""
+        self._free_motion = () if model is None else (model,)
 
     def initialize_weights(self) -> None:
         for m in self.modules():

@@ -7,6 +7,7 @@ import torch
 
 from actorcast.models.data.params import EMOTION_INDEX, EMOTIONS
 from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.free_motion import FreeMotionStream
 from actorcast.models.kv_cache import CacheConfig, KVCache
 from actorcast.models.motion import NULL_EMOTION, MotionGenerator, PastContext
 
@@ -173,11 +174,14 @@ class MotionStream:
     """One session's generation state (cache, RNG, audio buffer): push audio features, get motion chunks.
 
     Frame t needs audio features up to t + audio_future, so a chunk is generated as soon as its audio (and
-    that lookahead) has arrived; `flush` ends the stream, padding the missing lookahead with zeros.
+    that lookahead) has arrived; `flush` ends the stream, padding the missing lookahead with zeros. If the
+    generator's export has a free-motion model (models/free_motion.py) and `free_motion` is on, each chunk's
+    brows, blinks, gaze and head are drawn by it, from the stream's own seeded state.
     """
 
     def __init__(self, model: MotionGenerator, z_ref: torch.Tensor, emotion: str | torch.Tensor | None = None,
-                 cache: CacheConfig = CacheConfig(), sampler: SamplerConfig = SamplerConfig()):
+                 cache: CacheConfig = CacheConfig(), sampler: SamplerConfig = SamplerConfig(),
+                 free_motion: bool = True):
         mc = model.config
         if z_ref.dim() != 2 or z_ref.shape[1] != mc.d_motion:
             raise InputError(f"z_ref has shape {tuple(z_ref.shape)}; expected (B, {mc.d_motion})")
@@ -192,6 +196,8 @@ class MotionStream:
         self._audio = torch.zeros(self.batch, mc.audio_past, mc.d_audio, device=p.device, dtype=p.dtype)
         self.frames_done = 0
         self.ended = False
+        self.free = FreeMotionStream(model.free_motion, self.batch, sampler.seed) \
+            if free_motion and model.free_motion is not None else None
 
     @property
     def pending_frames(self) -> int:
@@ -239,8 +245,16 @@ class MotionStream:
         mc = self.model.config
         ctx = self._audio[:, : mc.audio_past + n_frames + mc.audio_future]
         z = generate_chunk(self.model, self.cache, ctx, self.emotion, self.generator, self.sampler)
+        return self._finish(calibrated(self.model, z), n_frames)
+
+    def _finish(self, z: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """The chunk z (B, n_frames, d_motion) as it leaves the stream (its free motion drawn), and the stream
+        moved past it."""
+        if self.free is not None:
+            first = self.model.config.audio_past  # the buffer's row of the chunk's first frame
+            z = self.free.apply(z, self._audio[:, first:first + n_frames], self.emotion)
         self._advance(n_frames)
-        return calibrated(self.model, z)
+        return z
 
     def _advance(self, n_frames: int) -> None:
         self._audio = self._audio[:, n_frames:]
@@ -278,8 +292,7 @@ def push_many(streams: list[MotionStream], audio_feats: list[torch.Tensor]) -> l
                 continue
             zs = generate_chunks(streams[0].model, [streams[i] for i in members], n)
             for i, z in zip(members, zs):
-                streams[i]._advance(n)
-                outs[i].append(z)
+                outs[i].append(streams[i]._finish(z, n))
     return [stream._cat(out) for stream, out in zip(streams, outs)]
 
 

@@ -5,10 +5,11 @@ start_step)` (a pure function of (seed, rank, step), so resumed runs see the sam
 
 from actorcast.models.errors import ConfigError
 from actorcast.models.training.decoder_stage import DecoderStage
+from actorcast.models.training.free_stage import FreeStage
 from actorcast.models.training.motion_stage import MotionStage
 from actorcast.models.training.probe_stage import ProbeStage
 
-STAGES = {"decoder": DecoderStage, "motion": MotionStage, "probe": ProbeStage}
+STAGES = {"decoder": DecoderStage, "motion": MotionStage, "probe": ProbeStage, "free": FreeStage}
 
 
 def get_stage(name: str):

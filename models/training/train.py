@@ -25,7 +25,7 @@ import torch
 from actorcast.models.errors import ConfigError
 
 log = logging.getLogger(__name__)
-STAGE_NAMES = ("decoder", "motion", "probe")
+STAGE_NAMES = ("decoder", "motion", "probe", "free")
 EXPORT_DIR = "export"  # inside the final checkpoint: safetensors + JSON of the trained models
 CLIENT_STATE = "actorcast_state"
 STATE_FILE = "actorcast_state.json"  # step + config, readable without DeepSpeed

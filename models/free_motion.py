@@ -1,0 +1,167 @@
+"""The free motion: brows, blinks, gaze and head, the parameters that the audio does not determine, sampled frame by
+frame from their own history (docs/ARCHITECTURE.md "Free motion").
+
+The motion generator's few-step sampler regresses these to their mean: blinks are rare, short events and nods,
+turns and gaze saccades are not fixed by the audio, so a flow sampler of 4 steps averages them away and the face
+freezes. This model draws them instead: a GRU reads, per frame, the previous frame's free parameters, the frame's
+audio feature and the emotion, and gives a mixture of Gaussians over the next frame's parameters (a mixture
+density network). Sampling it frame by frame keeps the data's rates and spreads: a blink starts when the
+mixture's "closing" component is drawn, and the recurrent state carries it through and spaces the next one;
+the head follows the speech (nods on accents in the data) because the audio feature is an input.
+
+The generator still makes the mouth (jaw, lips) and the smile: the free model replaces only `FREE_PARAMS` in the
+latents that leave the sampler, after the generator's cache has been written with its own output, so lip-sync is
+the generator's alone. Values live in the latent's normalised parameter scale ([-1, 1] per parameter,
+models/decoder.py `normalise_params`).
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, neutral_params
+from actorcast.models.decoder import normalise_params
+from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.motion import NULL_EMOTION
+
+FREE_PARAMS: tuple[str, ...] = ("brow_raise", "brow_furrow", "blink_l", "blink_r", "gaze_x", "gaze_y",
+                                "head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale")
+FREE_START = PARAM_INDEX[FREE_PARAMS[0]]
+FREE_SLICE = slice(FREE_START, FREE_START + len(FREE_PARAMS))  # contiguous in PARAM_NAMES
+N_FREE = len(FREE_PARAMS)
+FREE_GROUPS = ("brows", "blinks", "gaze", "head")  # of models/training/motion_measures.py MOTION_GROUPS
+GROUP_DIMS = ([0, 1], [2, 3], [4, 5], [6, 7, 8, 9, 10, 11])  # each group's indices in FREE_PARAMS
+
+
+@dataclass(frozen=True)
+class FreeMotionConfig:
+    """Sizes of the free-motion model and its training window."""
+
+    d_audio: int = 64       # the audio encoder's feature per frame
+    d_hidden: int = 128     # GRU state
+    n_layers: int = 2
+    n_mix: int = 8          # mixture components per frame
+    d_emotion: int = 16
+    min_std: float = 0.004  # floor of a component's standard deviation (normalised units): keeps the likelihood
+                            # finite where the data holds a value exactly (open eyes, blink = 0)
+    burn_in: int = 16       # training: frames at a window's start that warm the state up and are not scored
+
+    def __post_init__(self) -> None:
+        for name in ("d_audio", "d_hidden", "n_layers", "n_mix", "d_emotion"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"FreeMotionConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.min_std < 1.0 or self.burn_in < 0:
+            raise ConfigError(f"min_std={self.min_std} must be in (0, 1) and burn_in={self.burn_in} >= 0")
+
+
+def audio_encoder_digest(weights: str | Path) -> str:
+    """A short hash of DIR/audio_encoder.safetensors: the features a free-motion model was trained on (its export
+    records it; loading checks it)."""
+    return hashlib.sha256((Path(weights) / "audio_encoder.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def neutral_free() -> torch.Tensor:
+    """(N_FREE,) the neutral pose's free parameters, normalised: where a stream starts."""
+    return normalise_params(neutral_params(1))[0, FREE_SLICE]
+
+
+class FreeMotion(nn.Module):
+    """Autoregressive mixture-density GRU over the free parameters: p(x_t | x_<t, audio_<=t, emotion)."""
+
+    def __init__(self, config: FreeMotionConfig = FreeMotionConfig()):
+        super().__init__()
+        self.config = c = config
+        self.emotion_emb = nn.Embedding(len(EMOTIONS) + 1, c.d_emotion)  # last index: no emotion given
+        self.audio_norm = nn.LayerNorm(c.d_audio)
+        self.gru = nn.GRU(N_FREE + c.d_audio + c.d_emotion, c.d_hidden, c.n_layers, batch_first=True)
+        self.head = nn.Linear(c.d_hidden, c.n_mix * (len(GROUP_DIMS) + 2 * N_FREE))
+
+    def forward(self, prev: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
+                state: torch.Tensor | None = None) -> tuple[list, torch.Tensor]:
+        """prev (B, T, N_FREE): the frame before each frame; audio (B, T, d_audio); emotion (B,) indices.
+        Returns one mixture per group of GROUP_DIMS, (logits (B, T, M), means (B, T, M, n), log standard deviations
+        (B, T, M, n)), and the GRU state (n_layers, B, d_hidden). A mixture per group: a blink's component must not
+        also pick the head's (whose spread would then cover every blink state). Means are offsets from the
+        previous frame: most motion is slow."""
+        c = self.config
+        B, T, _ = prev.shape
+        emo = self.emotion_emb(emotion)[:, None].expand(B, T, c.d_emotion)
+        h, state = self.gru(torch.cat((prev, self.audio_norm(audio), emo), dim=-1), state)  # (B, T, H)
+        out = self.head(h)                                                   # (B, T, M * (G + 2 N_FREE))
+        logits = out[..., :c.n_mix * len(GROUP_DIMS)].reshape(B, T, len(GROUP_DIMS), c.n_mix)
+        mu, log_std = out[..., c.n_mix * len(GROUP_DIMS):].reshape(B, T, c.n_mix, 2, N_FREE).unbind(3)
+        mu = prev[:, :, None] + mu                                           # (B, T, M, N_FREE)
+        log_std = torch.log(c.min_std + F.softplus(log_std))
+        return [(logits[:, :, g], mu[..., dims], log_std[..., dims]) for g, dims in enumerate(GROUP_DIMS)], state
+
+    def nll(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood per frame and parameter of windows x (B, T, N_FREE) (true values,
+        normalised), teacher-forced, past the burn-in. The first frame's previous frame is itself."""
+        prev = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+        mixtures, _ = self(prev, audio, emotion)
+        total = 0.0
+        for (logits, mu, log_std), dims in zip(mixtures, GROUP_DIMS):
+            z = (x[:, :, None, dims] - mu) / log_std.exp()
+            log_comp = (-0.5 * z.square() - log_std - 0.9189385332).sum(-1)  # (B, T, M): log N(x; mu, std)
+            log_p = torch.logsumexp(F.log_softmax(logits, -1) + log_comp, dim=-1)  # (B, T)
+            total = total - log_p[:, self.config.burn_in:].mean()
+        return total / N_FREE
+
+
+class FreeMotionStream:
+    """One stream's free-motion state: GRU state, the last frame and its own seeded noise."""
+
+    def __init__(self, model: FreeMotion, batch: int, seed: int):
+        p = next(model.parameters())
+        self.model = model
+        self.last = neutral_free().to(p.device, p.dtype).expand(batch, N_FREE).clone()  # (B, N_FREE)
+        self.state: torch.Tensor | None = None
+        # its own generator: the generator's noise stream, and so its mouth, is the same with or without this model
+        self.generator = torch.Generator().manual_seed(seed + 0x5EED)
+
+    def export(self) -> dict:
+        """The stream's state as tensors (a render's snapshot), without the model."""
+        return {"state": self.state, "last": self.last, "generator": self.generator.get_state()}
+
+    @classmethod
+    def restore(cls, model: FreeMotion, saved: dict) -> "FreeMotionStream":
+        """The stream that `export` saved, on `model`."""
+        stream = cls.__new__(cls)
+        stream.model, stream.state, stream.last = model, saved["state"], saved["last"]
+        stream.generator = torch.Generator().set_state(saved["generator"])
+        return stream
+
+    @torch.no_grad()
+    def sample(self, audio: torch.Tensor, emotion: torch.Tensor | None = None) -> torch.Tensor:
+        """audio (B, T, d_audio), emotion (B,) indices or None -> the next T frames' free parameters
+        (B, T, N_FREE), normalised, in [-1, 1]."""
+        B, T, d = audio.shape
+        emotion = torch.full((B,), NULL_EMOTION, dtype=torch.long) if emotion is None else emotion
+        emotion = emotion.to(self.last.device)
+        if B != self.last.shape[0] or d != self.model.config.d_audio:
+            raise InputError(f"free motion got audio features {tuple(audio.shape)}; expected "
+                             f"({self.last.shape[0]}, T, {self.model.config.d_audio})")
+        out = []
+        for t in range(T):  # one frame at a time: each frame's draw is the next frame's input
+            mixtures, self.state = self.model(self.last[:, None], audio[:, t:t + 1].to(self.last), emotion,
+                                              self.state)
+            x = torch.empty_like(self.last)
+            for (logits, mu, log_std), dims in zip(mixtures, GROUP_DIMS):
+                k = torch.multinomial(torch.softmax(logits[:, 0].float().cpu(), -1), 1, generator=self.generator)
+                k = k[:, 0].to(mu.device)
+                rows = torch.arange(B, device=mu.device)
+                eps = torch.randn((B, len(dims)), generator=self.generator).to(mu)
+                x[:, dims] = mu[rows, 0, k] + log_std[rows, 0, k].exp() * eps
+            self.last = x.clamp(-1.0, 1.0)
+            out.append(self.last)
+        return torch.stack(out, dim=1)
+
+    def apply(self, z: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, T, d_motion) from the generator with the free parameters replaced by draws for `audio`."""
+        z = z.clone()
+        z[:, :, FREE_SLICE] = self.sample(audio, emotion).to(z)
+        return z

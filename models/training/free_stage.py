@@ -1,0 +1,162 @@
+"""Stage `free`: the free-motion model (models/free_motion.py) on the motion stage's clips, beside a trained
+audio encoder that stays frozen.
+
+It trains after the motion stage, on the same cached clip latents (models/training/motion_stage.py
+`latent_cache`): the clips' true free parameters, their audio through the exported audio encoder (computed once
+per rank), their emotion. Its export records which audio encoder it read, and loading refuses a pairing with
+another one (actors/loading.py).
+"""
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from actorcast.models.audio import AudioConfig, AudioEncoder
+from actorcast.models.checkpoint import load_weights, save_weights
+from actorcast.models.data.params import N_PARAMS, PARAM_INDEX
+from actorcast.models.decoder import denormalise_params
+from actorcast.models.errors import ConfigError
+from actorcast.models.free_motion import (FREE_GROUPS, FREE_SLICE, FreeMotion, FreeMotionConfig, FreeMotionStream,
+                                          audio_encoder_digest)
+from actorcast.models.training.common import preset_defaults, write_summary
+from actorcast.models.training.motion_measures import blink_rates, motion_spread, silent_frames
+from actorcast.models.training.motion_stage import EVAL_CLIPS, encoder_latent_kind, latent_cache
+from actorcast.models.timebase import SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+FEATURE_BATCH = 16  # clips through the audio encoder at once
+
+
+@torch.no_grad()
+def clip_features(weights: str, pcm: torch.Tensor) -> torch.Tensor:
+    """(N, T*640) clip audio -> (N, T, d_audio) features of the audio encoder exported in `weights`."""
+    audio, _ = load_weights(weights, "audio_encoder", AudioConfig, AudioEncoder)
+    audio.eval()
+    n_frames = pcm.shape[1] // SAMPLES_PER_FRAME
+    return torch.cat([audio(pcm[i:i + FEATURE_BATCH])[:, :n_frames] for i in range(0, len(pcm), FEATURE_BATCH)])
+
+
+def free_clips(cfg, rank: int, world_size: int, split: str = "train", n_clips: int | None = None) -> dict:
+    """This rank's clips as the free stage reads them: {'x': (N, T, N_FREE), 'audio': (N, T, d_audio),
+    'emotion': (N,), 'pcm': (N, T*640)}."""
+    data = latent_cache(cfg, rank, world_size, split, n_clips)
+    log.info("audio features of %d %s clips", len(data["pcm"]), split)
+    return {"x": data["z"][:, :, FREE_SLICE].float(), "audio": clip_features(cfg.weights, data["pcm"]),
+            "emotion": data["emotion"], "pcm": data["pcm"]}
+
+
+def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
+    """n random windows of `frames` frames (a quarter of them from a clip's first frame, where a stream starts)."""
+    total = data["x"].shape[1]
+    frames = min(frames, total)
+    clips = rng.integers(0, len(data["x"]), n)
+    starts = np.where(rng.random(n) < 0.25, 0, rng.integers(0, total - frames + 1, n))
+    return {"x": torch.stack([data["x"][c, s:s + frames] for c, s in zip(clips, starts)]),
+            "audio": torch.stack([data["audio"][c, s:s + frames] for c, s in zip(clips, starts)]),
+            "emotion": data["emotion"][clips]}
+
+
+class FreeMotionTrainer(nn.Module):
+    """The free-motion model with its likelihood loss."""
+
+    def __init__(self, config: FreeMotionConfig):
+        super().__init__()
+        self.config = config
+        self.model = FreeMotion(config)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self.model.nll(batch["x"], batch["audio"], batch["emotion"]), {}
+
+
+@torch.no_grad()
+def free_running(model: FreeMotion, data: dict, seed: int = 0) -> torch.Tensor:
+    """Every clip's free parameters sampled from its audio alone, as a stream does: (N, T, N_FREE)."""
+    out = []
+    for i in range(len(data["x"])):
+        stream = FreeMotionStream(model, 1, seed + i)
+        out.append(stream.sample(data["audio"][i:i + 1], data["emotion"][i:i + 1])[0])
+    return torch.stack(out)
+
+
+def spread_and_blinks(made: torch.Tensor, truth: torch.Tensor, pcm: torch.Tensor) -> dict:
+    """Spread per free group (models/training/motion_measures.py), in speech and silence, and blinks a minute
+    read off the lid parameters (an eye open to 1 - closure), of sampled against true free parameters
+    (N, T, N_FREE), normalised."""
+    def params(free: torch.Tensor) -> list[torch.Tensor]:
+        full = torch.zeros(*free.shape[:2], N_PARAMS, dtype=free.dtype)
+        full[:, :, FREE_SLICE] = free
+        return list(denormalise_params(full))
+
+    def eyes(p: list[torch.Tensor]) -> list[np.ndarray]:
+        lids = [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]
+        return [1.0 - clip[:, lids].mean(1).numpy() for clip in p]
+
+    gen, true = params(made), params(truth)
+    silent = [silent_frames(a, len(t)) for a, t in zip(pcm, true)]
+    spread, idle = motion_spread(gen, true), motion_spread(gen, true, silent)
+    out = {f"spread_{g}": spread[g] for g in FREE_GROUPS}
+    out.update({f"spread_{g}_idle": idle[g] for g in FREE_GROUPS})
+    return {**out, "blinks_per_min": blink_rates(eyes(gen)), "blinks_per_min_truth": blink_rates(eyes(true))}
+
+
+class FreeStage:
+    """Stage 3 of docs/ARCHITECTURE.md "Training": the free motion, after the motion stage."""
+
+    # One model size for every preset: what it learns (rates and spreads of 12 parameters) does not grow with the
+    # face's resolution. Windows of 6.4 s hold one or two blinks and several gaze saccades each.
+    DEFAULTS = {name: {"steps": 3000, "batch_size": 32, "lr": 2e-3, "checkpoint_every": 500, "window_frames": 160}
+                for name in ("tiny", "base", "large")}
+
+    @staticmethod
+    def defaults(preset: str) -> dict:
+        """TrainConfig steps, batch_size, lr, checkpoint_every and window_frames for `preset`."""
+        return preset_defaults(FreeStage.DEFAULTS, preset)
+
+    @staticmethod
+    def check(cfg) -> None:
+        if not cfg.weights:
+            raise ConfigError("the free stage needs --weights DIR with a trained decoder and motion export "
+                              "(e.g. the shipped models/weights/tiny)")
+        for name in ("motion_encoder", "audio_encoder"):
+            if not (Path(cfg.weights) / f"{name}.safetensors").is_file():
+                raise ConfigError(f"--weights {cfg.weights} holds no {name}.safetensors; give a directory with a "
+                                  "decoder-stage and a motion-stage export")
+        if encoder_latent_kind(cfg.weights) != "params":
+            raise ConfigError(f"--weights {cfg.weights}: the free motion needs a decoder trained on the motion "
+                              "parameters (`train --stage decoder --latent params`)")
+        if cfg.data != "synthetic" or cfg.init:
+            raise ConfigError("the free stage trains from scratch on the synthetic data set; drop --data and --init")
+
+    @staticmethod
+    def build(cfg) -> nn.Module:
+        return FreeMotionTrainer(FreeMotionConfig())
+
+    @staticmethod
+    def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
+        data = free_clips(cfg, rank, world_size)
+        for step in range(start_step + 1, 10 ** 12):
+            yield windows(data, np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size, cfg.window_frames)
+
+    @staticmethod
+    @torch.no_grad()
+    def evaluate(module: nn.Module, cfg) -> dict:
+        """Held-out likelihood, and each group's spread and the blink rate of free-running samples (parameter
+        space, against the same clips' truth): what the checkpoints are compared by."""
+        data = free_clips(cfg, 0, 1, split="heldout", n_clips=EVAL_CLIPS)
+        batch = windows(data, np.random.default_rng(3), 2 * EVAL_CLIPS, cfg.window_frames)
+        device = next(module.parameters()).device
+        nll = float(module({k: v.to(device) for k, v in batch.items()})[0])
+        made = free_running(module.model, {k: v.to(device) for k, v in data.items()})
+        return {"eval_nll": nll, **spread_and_blinks(made.cpu(), data["x"], data["pcm"])}
+
+    @staticmethod
+    def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
+        meta = {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights)}
+        save_weights(directory, "free_motion", module.model, module.config, meta)
+        write_summary(directory, cfg, metrics)
+
+

@@ -1,0 +1,152 @@
+"""The free motion (models/free_motion.py): brows, blinks, gaze and head drawn beside the generator, leaving the
+mouth to it; seeded, chunk-independent, batched like the generator, resumable, trained by `train --stage free`."""
+
+import numpy as np
+import pytest
+import torch
+
+from actorcast.models.checkpoint import save_weights
+from actorcast.models.errors import InputError
+from actorcast.models.free_motion import (FREE_SLICE, N_FREE, FreeMotion, FreeMotionConfig, FreeMotionStream,
+                                          audio_encoder_digest, neutral_free)
+from actorcast.models.motion import MotionConfig, MotionGenerator
+from actorcast.models.sampling import MotionStream, SamplerConfig, generate, push_many
+
+TINY = FreeMotionConfig(d_audio=8, d_hidden=16, n_layers=1, n_mix=3, d_emotion=4, burn_in=2)
+GEN = MotionConfig(d_motion=20, d_audio=8, d_model=32, n_layers=2, n_heads=2, chunk_frames=4)
+
+
+def _models(seed=0):
+    torch.manual_seed(seed)
+    generator = MotionGenerator(GEN).eval()
+    free = FreeMotion(TINY).eval()
+    with torch.no_grad():  # spread an untrained model's draws so that they are visible
+        free.head.bias.normal_(0.0, 0.5)
+    return generator, free
+
+
+def test_shapes_likelihood_and_seeded_draws():
+    _, free = _models()
+    x = torch.rand(2, 10, N_FREE) * 2 - 1
+    audio, emotion = torch.randn(2, 10, 8), torch.tensor([0, 5])
+    loss = free.nll(x, audio, emotion)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in free.parameters())
+    a = FreeMotionStream(free, 2, seed=3).sample(audio, emotion)
+    b = FreeMotionStream(free, 2, seed=3).sample(audio, emotion)
+    c = FreeMotionStream(free, 2, seed=4).sample(audio, emotion)
+    assert a.shape == (2, 10, N_FREE) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.abs().max() <= 1.0
+    # A stream starts from the neutral pose: eyes open (blink -1 normalised), head centred.
+    assert neutral_free()[2:4].tolist() == [-1.0, -1.0] and neutral_free()[6:].abs().max() == 0
+
+
+def test_free_motion_replaces_only_brows_eyes_and_head_and_leaves_the_mouth_to_the_generator():
+    generator, free = _models()
+    feats, z_ref = torch.randn(1, 24, 8), torch.randn(1, GEN.d_motion)
+    plain = generate(generator, feats, z_ref, "happy")
+    generator.attach_free_motion(free)
+    drawn = generate(generator, feats, z_ref, "happy")
+    assert "free_motion" not in dict(generator.named_modules())  # the generator's weights stay its own
+    assert not any(name.startswith("_free") for name in generator.state_dict())
+    outside = torch.ones(GEN.d_motion, dtype=torch.bool)
+    outside[FREE_SLICE] = False
+    assert torch.equal(plain[..., outside], drawn[..., outside])  # jaw, lips, smile: the generator's, bit for bit
+    assert (plain[..., FREE_SLICE] - drawn[..., FREE_SLICE]).abs().mean() > 0.05
+    # Without the model (free_motion=False), a stream is the generator's alone again.
+    stream = MotionStream(generator, z_ref, "happy", free_motion=False)
+    assert torch.equal(torch.cat((stream.push(feats), stream.flush()), 1), plain)
+
+
+def test_draws_do_not_depend_on_how_the_audio_arrives_or_on_batching():
+    generator, free = _models(1)
+    generator.attach_free_motion(free)
+    feats, z_ref = torch.randn(2, 20, 8), torch.randn(2, GEN.d_motion)
+    whole = generate(generator, feats[:1], z_ref[:1], sampler=SamplerConfig(seed=5))
+    stream = MotionStream(generator, z_ref[:1], sampler=SamplerConfig(seed=5))
+    pieces = [stream.push(feats[:1, i:i + 3]) for i in range(0, 20, 3)] + [stream.flush()]
+    assert torch.equal(torch.cat(pieces, 1), whole)
+    # Two sessions batched through the generator: each draws its own free motion, as it would alone.
+    solo = [generate(generator, feats[i:i + 1], z_ref[i:i + 1], sampler=SamplerConfig(seed=i)) for i in range(2)]
+    streams = [MotionStream(generator, z_ref[i:i + 1], sampler=SamplerConfig(seed=i)) for i in range(2)]
+    batched = push_many(streams, [feats[0:1], feats[1:2]])
+    for i in range(2):
+        assert torch.allclose(batched[i], solo[i][:, :20], atol=1e-4)
+
+
+def test_a_snapshot_resumes_the_free_motion_exactly():
+    """A resumed render (MotionStage snapshot/restore) continues the free motion's state and noise."""
+    from actorcast.actors.stages import MotionStage
+
+    stage = MotionStage("untrained")
+    torch.manual_seed(2)
+    free = FreeMotion(FreeMotionConfig(d_audio=stage.generator.config.d_audio, d_hidden=16, n_layers=1)).eval()
+    stage.generator.attach_free_motion(free)
+    from actorcast.actors.messages import FeatureChunk
+
+    d_audio = stage.generator.config.d_audio
+    feats = torch.randn(16, d_audio)
+    stage.open("a", np.zeros((64, 64, 3), np.uint8), seed=7)
+    first = stage.process(FeatureChunk("a", 0, feats[:8], None))
+    saved = stage.snapshot("a")
+    rest = stage.process(FeatureChunk("a", 8, feats[8:], None))
+    other = MotionStage("untrained")
+    other.generator.attach_free_motion(free)
+    other.restore("a", saved)
+    again = other.process(FeatureChunk("a", 8, feats[8:], None))
+    assert len(first) == 2 and len(rest) == len(again) == 2
+    for x, y in zip(rest, again):
+        assert torch.equal(x.z, y.z)
+
+
+def _weights_for_free_stage(directory):
+    from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
+    from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
+
+    torch.manual_seed(0)
+    save_weights(directory, "motion_encoder", MotionEncoder(MOTION_AE_PRESETS["tiny"]), MOTION_AE_PRESETS["tiny"],
+                 {"latent": "params"})
+    save_weights(directory, "audio_encoder", AudioEncoder(AUDIO_PRESETS["tiny"]), AUDIO_PRESETS["tiny"])
+
+
+def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_path):
+    from actorcast.actors.loading import load_free_motion
+    from actorcast.models.training.train import TrainConfig, run_local
+
+    weights = tmp_path / "weights"
+    _weights_for_free_stage(weights)
+    cfg = TrainConfig(stage="free", steps=40, batch_size=8, lr=3e-3, warmup_steps=3, size=64, log_every=1,
+                      checkpoint_every=1000, out_dir=str(tmp_path / "free"), device="cpu", weights=str(weights),
+                      clips=4, clip_seconds=2.0, window_frames=40)
+    losses = []
+    metrics = run_local(cfg, on_report=lambda m: losses.append(m["loss"]))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses
+    for key in ("eval_nll", "spread_head", "spread_blinks_idle", "blinks_per_min", "blinks_per_min_truth"):
+        assert key in metrics
+    out = tmp_path / "free"
+    assert (out / "free_motion.safetensors").is_file()
+    # Loading: beside the audio encoder it was trained with, it loads; beside another one it is refused.
+    for name in ("free_motion.json", "free_motion.safetensors"):
+        (weights / name).write_bytes((out / name).read_bytes())
+    assert isinstance(load_free_motion(weights), FreeMotion)
+    assert load_free_motion(tmp_path) is None  # no free motion in a directory: the generator's own motion
+    before = audio_encoder_digest(weights)
+    from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
+
+    torch.manual_seed(9)
+    save_weights(weights, "audio_encoder", AudioEncoder(AUDIO_PRESETS["tiny"]), AUDIO_PRESETS["tiny"])
+    assert audio_encoder_digest(weights) != before
+    with pytest.raises(InputError, match="another audio encoder"):
+        load_free_motion(weights)
+
+
+def test_free_stage_refuses_weights_without_a_parameter_decoder(tmp_path):
+    from actorcast.models.errors import ConfigError
+    from actorcast.models.training.stages import get_stage
+    from actorcast.models.training.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="needs --weights"):
+        get_stage("free").check(TrainConfig(stage="free"))
+    with pytest.raises(ConfigError, match="no motion_encoder"):
+        get_stage("free").check(TrainConfig(stage="free", weights=str(tmp_path)))
