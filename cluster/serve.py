@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--token-file", type=Path, metavar="PATH", help="read the token from this file (its first line)")
     p.add_argument("--max-sessions", type=positive_int, default=2, help="concurrent calls; more get HTTP 503")
     p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray)")
-    p.add_argument("--weights", type=Path, help="weights directory (default: the shipped ones, else untrained)")
+    p.add_argument("--weights", type=Path, help="weights directory written by `actorcast train` (default: the shipped tiny weights)")
     p.add_argument("--address", help="join this Ray cluster (host:port or auto) instead of running in-process")
     p.add_argument("--stun", help="STUN server URL for ICE, e.g. stun:stun.example.org:3478 (default: none)")
     p.add_argument("--audio-prefetch", type=positive_int, default=None,
