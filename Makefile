@@ -19,7 +19,7 @@ meter: $(METER_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,pipecat]'
+	$(PY) -m pip install --quiet -e '.[dev,pipecat,livekit]'
 	touch $(STAMP)
 
 # The same command a pip user runs, pointed at the checkout's folder; it rebuilds only when the requirements changed.
