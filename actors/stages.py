@@ -22,8 +22,8 @@ from actorcast.actors.reference import square_tensor, to_uint8
 from actorcast.models.audio import AudioStreamState
 from actorcast.models.decoder import IdentityFeatures
 from actorcast.models.photo_rig import PhotoRig, params_of_latent
-from actorcast.models.data.params import EMOTION_INDEX, EMOTIONS
-from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.data.params import emotion_index
+from actorcast.models.errors import InputError
 from actorcast.models.presets import get_preset
 from actorcast.models.free_motion import FreeMotionStream
 from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
@@ -263,9 +263,7 @@ class _SamplerSteps:
 
 
 def _emotion(name: str, device) -> torch.Tensor:
-    if name not in EMOTION_INDEX:
-        raise ConfigError(f"emotion {name!r} is unknown; valid: {', '.join(EMOTIONS)}")
-    return torch.full((1,), EMOTION_INDEX[name], dtype=torch.long, device=device)
+    return torch.full((1,), emotion_index(name), dtype=torch.long, device=device)
 
 
 DEFAULT_SIZE = 256  # pixels: the default side of output frames

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actorcast.models.data.params import EMOTION_INDEX, EMOTIONS
+from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.free_motion import FreeMotionStream
 from actorcast.models.kv_cache import CacheConfig, KVCache
@@ -165,9 +165,7 @@ def calibrated(model: MotionGenerator, z: torch.Tensor) -> torch.Tensor:
 def _emotion_index(emotion, batch: int, device) -> torch.Tensor | None:
     if emotion is None or torch.is_tensor(emotion):
         return emotion
-    if emotion not in EMOTION_INDEX:
-        raise ConfigError(f"emotion {emotion!r} is unknown; valid: {', '.join(EMOTIONS)}")
-    return torch.full((batch,), EMOTION_INDEX[emotion], dtype=torch.long, device=device)
+    return torch.full((batch,), emotion_index(emotion), dtype=torch.long, device=device)
 
 
 class MotionStream:

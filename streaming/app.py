@@ -39,7 +39,7 @@ from aiortc import RTCSessionDescription
 from actorcast.actors.framing import Framing, frame_reference
 from actorcast.actors.reference import MAX_SEED
 from actorcast.actors.reference import decode_image as decode_picture
-from actorcast.models.data.params import EMOTIONS
+from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import InputError, TooLargeError
 from actorcast.streaming.guard import error, guard, parse_json, read_body
 from actorcast.streaming.ice import hosts_for
@@ -136,8 +136,7 @@ def parse_offer(body: bytes) -> tuple[RTCSessionDescription, dict]:
 
 def call_options(params: dict) -> CallOptions:
     emotion = params.get("emotion", "neutral")
-    if emotion not in EMOTIONS:
-        raise InputError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
+    emotion_index(emotion, InputError)
     source = params.get("source", "mic")
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; choose mic or agent")

@@ -20,7 +20,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from actorcast.models.data.params import EMOTIONS
+from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import InputError, TooLargeError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.ice import rtc_configuration, set_local_description
@@ -212,8 +212,7 @@ class LiveCall:
     # ---- control ------------------------------------------------------------------------------------------
 
     def set_emotion(self, emotion: str) -> None:
-        if emotion not in EMOTIONS:
-            raise InputError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
+        emotion_index(emotion, InputError)
         self.session.set_emotion(emotion)
 
     def interrupt(self) -> None:

@@ -24,6 +24,8 @@ One row per video frame, `N_PARAMS` floats, in this order. Units and ranges:
 
 import torch
 
+from actorcast.models.errors import ConfigError
+
 PARAM_NAMES: tuple[str, ...] = (
     "jaw_open", "lip_spread", "lip_round", "smile", "brow_raise", "brow_furrow",
     "blink_l", "blink_r", "gaze_x", "gaze_y",
@@ -41,6 +43,14 @@ PARAM_RANGES: tuple[tuple[float, float], ...] = (
 
 EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised")
 EMOTION_INDEX: dict[str, int] = {name: i for i, name in enumerate(EMOTIONS)}
+
+
+def emotion_index(name, error: type[Exception] = ConfigError) -> int:
+    """The index of emotion `name` in EMOTIONS; `error` (the caller's kind: a bad setting or a bad request) with
+    the valid names otherwise. The one place an emotion name is checked."""
+    if not isinstance(name, str) or name not in EMOTION_INDEX:
+        raise error(f"unknown emotion {name!r}; choose one of {', '.join(EMOTIONS)}")
+    return EMOTION_INDEX[name]
 
 
 def neutral_params(n_frames: int = 1) -> torch.Tensor:

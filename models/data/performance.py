@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, clamp_params, neutral_params
+from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, clamp_params, emotion_index, neutral_params
 from actorcast.models.data.phonemes import Segment, random_utterance
 from actorcast.models.data.speech import EMOTION_VOICE, linear_recurrence, sample_speaker, smooth_noise, synthesize
 from actorcast.models.errors import ConfigError
@@ -116,8 +116,8 @@ def check_request(seed: int, seconds: float, emotion: str | None) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"seconds must be a finite number > 0, got {seconds!r}")
-    if emotion is not None and emotion not in EMOTIONS:
-        raise ConfigError(f"unknown emotion {emotion!r}; use one of {', '.join(EMOTIONS)}")
+    if emotion is not None:
+        emotion_index(emotion)
 
 
 def mouth_track(segs: list[Segment], times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
