@@ -230,9 +230,11 @@ class ActorcastVideoGenerator(VideoGenerator):
     async def _frames(self):
         await self.start()
         async for slot, half in self.live.paced_slots(self._idle_between):
-            failed = next((task for task in self.tasks if task.done()), None)
-            if failed is not None:
-                failed.result()  # the session's ActorcastError
+            stopped = next((task for task in self.tasks if task.done()), None)
+            if stopped is not None:
+                if self.closed:
+                    return
+                stopped.result()  # the session's ActorcastError
                 raise ActorcastError("the avatar's session ended")
             t, epoch = self.slots * SLOT_S + half * HALF_S, self.epoch
             if not half and slot.image is not None:
@@ -393,6 +395,8 @@ class ActorcastAvatarSession(AvatarSession):
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
+        if "--portrait" in self.worker_args:  # the picture handed to the worker (worker_args)
+            Path(self.worker_args[self.worker_args.index("--portrait") + 1]).unlink(missing_ok=True)
         if self.worker:
             await super().aclose()
 
@@ -447,9 +451,8 @@ async def run_worker(url: str, token: str, generator: ActorcastVideoGenerator, a
                              "is for this server") from None
     stop = asyncio.Event()
     room.on("disconnected", lambda *_: stop.set())
-    room.on("participant_disconnected",
-            lambda p: stop.set() if p.identity == agent or p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-            else None)
+    room.on("participant_disconnected", lambda p: stop.set() if (
+        p.identity == agent if agent else p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT) else None)
     runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room, sender_identity=agent),
                           video_gen=generator, options=generator.avatar_options())
     try:
