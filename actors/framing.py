@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.models.errors import InputError
+from actorcast.models.photo_pose import turn_note
 from actorcast.models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks, eyes_note
 from actorcast.models.training.meter import run_in_meter_env
 
@@ -208,9 +209,13 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
                          f"{MIN_FACE} px: use a larger or closer photo")
     framing = Framing(picture, square_for(chosen), chosen, index, len(faces), biggest)
     check_landmarks(framing.crop_landmarks(), framing.box[2])  # one line for a face in profile, before any render
-    note = eyes_note(torch.from_numpy(framing.crop()).permute(2, 0, 1)[None].float() / 255, framing.crop_landmarks())
-    if note:  # shut or hidden eyes: the photo rig animates the face without blinks or gaze (one line, once)
-        log.warning(note)
+    # what the photo rig leaves out for this face, each in one line, once: blinks and gaze for shut or hidden eyes,
+    # some of the head's turn for a face already turned away
+    marks = framing.crop_landmarks()
+    for note in (eyes_note(torch.from_numpy(framing.crop()).permute(2, 0, 1)[None].float() / 255, marks),
+                 turn_note(marks)):
+        if note:
+            log.warning(note)
     return framing
 
 

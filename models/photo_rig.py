@@ -25,7 +25,8 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
 - brows: brow_raise lifts the brow band.
 - head: the face is given depth (a rounded cap over its Face Mesh oval, with a nose, on a lower cap over the
   hair) and turns and nods in 3-D by the generator's angles (up to MAX_TURN): the nose moves most, the sides by
-  the ears hardly. Roll, shift and scale (SHIFT_GAIN of the synthetic heads') move the whole head region (face,
+  the ears hardly. A face the photo shows already turned away turns and nods less (models/photo_pose.py
+  `turn_gain`, said in one line by `turn_note`), so the warp never has to show the side the photo hides. Roll, shift and scale (SHIFT_GAIN of the synthetic heads') move the whole head region (face,
   hair, ears), its weight falling smoothly to 0 into the neck and background, so no seam shows and the square's
   corners stay the photo's.
 
@@ -55,6 +56,7 @@ from actorcast.models.data.params import (
 )
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import InputError
+from actorcast.models.photo_pose import photo_pose, turn_gain, turn_note
 
 # Face Mesh landmark indices (mediapipe face_mesh, refine_landmarks: 478 points). "Right" is the subject's.
 FOREHEAD_TOP, CHIN, NOSE_TIP = 10, 152, 1
@@ -331,6 +333,9 @@ class PhotoRig:
                   for a in (rows, cols))                                 # the box's first and last pixel centres
         self.head_grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)   # (h', w', 2) px
         self.pivot = torch.as_tensor(m[CHIN]) + 0.25 * h * self.mouth.down
+        # a face already turned away in the photo turns and nods less (`turn_note` says so; None: in full)
+        self.turn_gain = turn_gain(photo_pose(m))
+        self.turn_note = turn_note(m)
 
     def _span(self, lo: torch.Tensor, hi: torch.Tensor, pad: float | None = None) -> tuple[slice, slice]:
         """(rows, columns) of the pixels between corners lo and hi (x, y px), widened by `pad` px (BOX_PAD face
@@ -487,11 +492,12 @@ class PhotoRig:
 
     def _head_motion(self, prm: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The head's motion per frame, each (B, 1, 1): cos and sin of yaw, pitch and roll, scale, shift x, y (px).
-        Yaw and pitch are drawn at the generator's angles (up to MAX_TURN), roll at ROLL_GAIN of them, scale and
-        shift at SHIFT_GAIN of the synthetic heads'."""
+        Yaw and pitch are drawn at the generator's angles (up to MAX_TURN) times the photo's `turn_gain`, roll at
+        ROLL_GAIN of them, scale and shift at SHIFT_GAIN of the synthetic heads'."""
         def g(name: str) -> torch.Tensor:
             return prm[:, PARAM_INDEX[name], None, None]
-        yaw, pitch = g("head_yaw").clamp(-MAX_TURN, MAX_TURN), g("head_pitch").clamp(-MAX_TURN, MAX_TURN)
+        yaw = self.turn_gain * g("head_yaw").clamp(-MAX_TURN, MAX_TURN)
+        pitch = self.turn_gain * g("head_pitch").clamp(-MAX_TURN, MAX_TURN)
         roll = ROLL_GAIN * g("head_roll")
         return (yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin(),
                 1 + SHIFT_GAIN * (g("head_scale") - 1), SHIFT_GAIN * g("head_x") * self.size,

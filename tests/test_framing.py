@@ -6,6 +6,7 @@ scikit-image's data.lfw_subset() and insightface's bundled t1.jpg (six faces) co
 
 import dataclasses
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,19 @@ def test_several_faces_largest_by_default_and_face_n(group):
     assert first.note().startswith("6 faces found") and "(the largest)" not in first.note()
     with pytest.raises(InputError, match=r"^--face 7: the portrait has 6 faces \(numbered 1-6 from left to right\)$"):
         frame_reference(group, face=7)
+
+
+def test_a_face_turned_away_is_said_to_turn_less(group, caplog):
+    """Framing a face that the photo shows turned away (t1.jpg's face 5, about 50 degrees) says in one line that the
+    photo rig turns its head less; a face towards the camera (face 1) says nothing of the kind."""
+    said = {}
+    for face in (1, 5):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="actorcast.actors.framing"):
+            frame_reference(group, face=face)
+        said[face] = [r.getMessage() for r in caplog.records if "from the camera" in r.getMessage()]
+    assert said[1] == [], said[1]
+    assert len(said[5]) == 1 and "turned" in said[5][0] and "\n" not in said[5][0], said[5]
 
 
 def test_no_face_says_so():

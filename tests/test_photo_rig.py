@@ -29,6 +29,7 @@ from actorcast.models.photo_rig import (
     eyes_note,
     params_of_latent,
 )
+from actorcast.models.photo_pose import TURN_FLOOR, photo_pose
 from actorcast.models.training.meter import FaceMeter
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
@@ -191,6 +192,57 @@ def test_a_head_turn_moves_the_nose_more_than_the_ears_and_not_the_corners(rig):
     assert moved[:, SIZE // 2 - 20:SIZE // 2 + 20].amax() > 0.2
     for corner in (moved[:, :24, :24], moved[:, :24, -24:], moved[:, -24:, :24], moved[:, -24:, -24:]):
         assert corner.amax() == 0
+
+
+def _turned(points: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """Face Mesh points (478, 3) (px, depth px, smaller nearer the camera) turned in 3-D about their centre, seen
+    from the front: (478, 2) px. Yaw + turns the nose towards the image's right, pitch + nods it down."""
+    a, b = np.radians(yaw_deg), np.radians(pitch_deg)
+    turn = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]]) @ \
+        np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    centre = points.mean(0)
+    return ((points - centre) @ turn.T + centre)[:, :2].astype(np.float32)
+
+
+def _nose_travel(image: torch.Tensor, marks: np.ndarray, name: str) -> np.ndarray:
+    """(dx, dy) px that the nose tip of a rig of `image` with landmarks `marks` moves as `name` (head_yaw or
+    head_pitch) goes from -0.2 to 0.2: a green dot painted at the landmarks' nose tip (1), followed by its
+    centroid (the green over red and blue, in the 80 px around it)."""
+    nose = torch.as_tensor(marks[1], dtype=torch.float32)
+    coords = torch.arange(SIZE, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    dot = (3.5 - ((x - nose[0]).square() + (y - nose[1]).square()).sqrt()).clamp(0, 1)     # (R, R)
+    painted = image + dot * (torch.tensor([0.0, 1.0, 0.0])[:, None, None] - image)
+    frames = PhotoRig(painted, marks).render(_poses(**{name: [-0.2, 0.2]}))
+    (x0, y0), r = nose.int().tolist(), 40
+    window = (slice(y0 - r, y0 + r), slice(x0 - r, x0 + r))
+    green = (frames[:, 1] - torch.maximum(frames[:, 0], frames[:, 2])).clamp(min=0)[:, window[0], window[1]]
+    at = torch.stack([(green * x[window]).sum((1, 2)), (green * y[window]).sum((1, 2))], 1) / green.sum((1, 2))[:, None]
+    return (at[1] - at[0]).numpy()
+
+
+@pytest.mark.parametrize("yaw, pitch, name", [(40.0, 0.0, "head_yaw"), (0.0, 35.0, "head_pitch")])
+def test_a_face_turned_away_in_the_photo_turns_less_and_says_so(framing, rig, tmp_path, yaw, pitch, name):
+    """The photo's own landmarks turned in 3-D (by Face Mesh's own depth of them): the rig reads the turn, and the
+    generator's head turn (nod) moves the nose tip less than 40 % as far as on the photo facing the camera, but
+    still moves it; one line says so. Facing the camera: the turn in full, no line."""
+    from bench.portraits import read_meter
+
+    reading, depth = read_meter(to_uint8(rig.image), tmp_path)
+    assert reading.found.all()
+    marks = _turned(np.concatenate([reading.landmarks[0], depth[0][:, None]], 1), yaw, pitch)
+    pose, facing = photo_pose(marks), photo_pose(framing.crop_landmarks(SIZE))
+    assert abs(np.degrees(pose.yaw - facing.yaw) - yaw) < 6 and abs(np.degrees(pose.pitch - facing.pitch) - pitch) < 6
+    turned = PhotoRig(rig.image, marks)
+    assert rig.turn_gain == 1.0 and rig.turn_note is None
+    assert TURN_FLOOR <= turned.turn_gain < 0.4
+    assert "turned" in turned.turn_note and "degrees from the camera" in turned.turn_note
+    assert "\n" not in turned.turn_note
+    axis = 0 if name == "head_yaw" else 1
+    full = _nose_travel(rig.image, framing.crop_landmarks(SIZE), name)[axis]
+    less = _nose_travel(rig.image, marks, name)[axis]
+    assert full > 8.0, full                                                 # px: the nose turns with the head
+    assert 0.1 * full < less < 0.4 * full, (less, full)
 
 
 def test_the_rest_pose_is_the_photo_and_motion_is_drawn_from_it(framing, rig):
