@@ -32,8 +32,8 @@ import numpy as np
 from actorcast.actors.framing import Framing
 from actorcast.models.errors import ActorcastError
 from actorcast.models.timebase import FPS
-from actorcast.streaming.live_audio import VOICE_LAG  # noqa: F401  (the voice's lag behind its picture)
-from actorcast.streaming.live_audio import LiveVoice, VoiceResampler, build_engine, engine_args, face_of, open_face
+from actorcast.streaming.live_audio import VOICE_LAG, VoiceResampler  # noqa: F401  (as this module had them)
+from actorcast.streaming.live_audio import LiveVoice, build_engine, engine_args, face_of, open_face
 from actorcast.streaming.live_audio import audio_problem as pcm_problem
 from actorcast.streaming.tracks import VOICE_RATE
 from actorcast.streaming.voice_clock import Slot

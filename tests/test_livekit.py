@@ -176,7 +176,8 @@ async def test_speech_at_24k_and_48k_comes_out_as_25fps_pictures_and_the_same_vo
     assert np.allclose(np.diff([meta(p)["t"] for p in pics]), 0.04)
     assert all(p.width == SIZE and p.height == SIZE and p.type == rtc.VideoBufferType.RGB24 for p in pics)
     assert not audio_frames(out[:idle])  # no audio while the agent is quiet: the face idles alone, moving
-    assert len({meta(p)["frame"] for p in pictures(out[:idle])} - {None}) >= 20
+    assert len({meta(p)["frame"] for p in pictures(out[:idle])} - {None}) >= 8  # (the clock holds while it
+    #                                                                             builds its playout delay)
     # the voice: each utterance whole, in order, the same samples, then its AudioSegmentEnd
     start = 0
     for k, end in enumerate(ends(out)):
