@@ -45,6 +45,8 @@ VOICE_LAG_S = VOICE_LAG / VOICE_RATE
 SLOT_S = 1.0 / FPS  # one picture and two 20 ms voice frames per slot
 HALF_S = VOICE_BLOCK / VOICE_RATE
 KEEP_FIGURES = 1500  # latencies kept for the percentiles: the last minute of pictures
+MAX_WAITING_FRAMES = 2 * FPS  # frames generated and not sent that the voice clock keeps: past that, the oldest go
+#                               (a consumer that stopped taking them, as LiveKit's runner while it publishes)
 
 
 def audio_problem(audio, rate, channels) -> str | None:
@@ -244,6 +246,9 @@ class LiveVoice:
         """Session frames -> the voice clock, until the session ends (its ActorcastError, if it fails)."""
         async for vf in self.session.frames():
             self.clock.put(vf.first_frame, vf.frames, vf.degraded)
+            waiting = self.clock.frames
+            for index in sorted(waiting)[:max(0, len(waiting) - MAX_WAITING_FRAMES)]:
+                del waiting[index]
 
     async def paced_slots(self, may_move: Callable[[int, int], bool]) -> AsyncIterator[tuple[Slot, int]]:
         """Every 40 ms a slot of the voice clock, twice: (slot, 0) when its picture and first 20 ms of voice are
