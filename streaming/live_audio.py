@@ -28,7 +28,7 @@ import numpy as np
 
 from actorcast.actors.framing import Framing
 from actorcast.actors.reference import check_portrait, load_image
-from actorcast.models.data.params import EMOTIONS
+from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import ConfigError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.app import LIVE_STAGE_THREADS
@@ -129,8 +129,7 @@ def face_of(identity: int | None = None, portrait: "Framing | np.ndarray | str |
     portrait: a photo framed by actors.framing.frame_reference (animated by its own rig, models/photo_rig.py), or an
     (H, W, 3) uint8 picture or an image file, used as it is (with `landmarks`, in its pixels, when it was framed
     before: the rig animates it)."""
-    if emotion not in EMOTIONS:
-        raise ConfigError(f"unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}")
+    emotion_index(emotion)  # ConfigError naming the emotions
     if identity is not None and portrait is not None:
         raise ConfigError("give an identity or a portrait, not both")
     if isinstance(portrait, Framing):
