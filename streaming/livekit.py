@@ -403,10 +403,10 @@ class ActorcastAvatarSession(AvatarSession):
 
 def worker_args(*, identity: int | None = None, portrait=None, emotion: str = "neutral", weights=None,
                 preset: str = "tiny", use_ray: bool = False, address: str | None = None, shards: int = 1,
-                size: int = 256, seed: int = 0) -> list[str]:
+                size: int = 256, seed: int = 0, landmarks: np.ndarray | None = None) -> list[str]:
     """The worker's command-line options for these avatar options (checked here first). A portrait given as a
     picture or a framed photo travels as a .npz file (with its landmarks)."""
-    face = face_of(identity, portrait, emotion, seed)
+    face = face_of(identity, portrait, emotion, seed, landmarks)
     args = ["--emotion", emotion, "--preset", preset, "--shards", str(shards), "--size", str(size),
             "--seed", str(seed)]
     if identity is not None:
