@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT
-from bench.portraits import read_meter, t1_path
+from bench.portraits import t1_path
+from bench.portraits_readers import read_meter
 from actorcast.models.photo_pose import MIDLINE, PAIRS
 
 CHIN, FOREHEAD_TOP = 152, 10

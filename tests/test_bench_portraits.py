@@ -1,12 +1,13 @@
 """bench/portraits.py's measures on known inputs: pixel identity outside the mask, SSIM inside it, silence, head
 pose from a rotated point cloud, blinks from eye series with known dips, gaze shifts from iris tracks with known
-jumps, identity distances; and its two workers on a real photo."""
+jumps, identity distances; and its two workers on a real photo (bench/portraits_measures.py, _readers.py and
+_strips.py)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bench.portraits import (
+from bench.portraits_measures import (
     BLINK_CLOSED,
     EYES,
     FIXATION_RADIUS,
@@ -25,11 +26,11 @@ from bench.portraits import (
     masked_ssim,
     nan_std,
     outside_max_abs_diff,
-    read_identity,
     saccades,
-    write_strips,
     yaw_pitch,
 )
+from bench.portraits_readers import read_identity
+from bench.portraits_strips import write_strips
 from tests.conftest import ROOT
 
 
@@ -267,7 +268,7 @@ def test_dlib_finds_the_same_person_in_the_photo_and_its_mirror_and_no_one_in_gr
 
 
 def test_the_meter_worker_gives_depth_nearer_at_the_nose_than_at_the_cheeks(astronaut_square, tmp_path):
-    from bench.portraits import read_meter
+    from bench.portraits_readers import read_meter
 
     reading, depth = read_meter(astronaut_square[None], tmp_path)
     assert depth.shape == (1, 478) and reading.found.all()
@@ -277,7 +278,8 @@ def test_the_meter_worker_gives_depth_nearer_at_the_nose_than_at_the_cheeks(astr
 
 def test_a_still_photo_reads_as_still_and_as_itself(astronaut_square, tmp_path):
     """The noise floor: 12 copies of one photo, read as a video, move less than the targets ask of a live face."""
-    from bench.portraits import identity_figures, motion_figures, read_meter
+    from bench.portraits_measures import motion_figures
+    from bench.portraits_readers import identity_figures, read_meter
 
     frames = np.repeat(astronaut_square[None], 12, axis=0)
     reading, depth = read_meter(frames, tmp_path)

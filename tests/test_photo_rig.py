@@ -226,7 +226,7 @@ def test_a_face_turned_away_in_the_photo_turns_less_and_says_so(framing, rig, tm
     """The photo's own landmarks turned in 3-D (by Face Mesh's own depth of them): the rig reads the turn, and the
     generator's head turn (nod) moves the nose tip less than 40 % as far as on the photo facing the camera, but
     still moves it; one line says so. Facing the camera: the turn in full, no line."""
-    from bench.portraits import read_meter
+    from bench.portraits_readers import read_meter
 
     reading, depth = read_meter(to_uint8(rig.image), tmp_path)
     assert reading.found.all()
