@@ -193,7 +193,8 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
     `option` is what the user sets `face` with, as messages name it.
 
     InputError (one line, what to do) when there is no face, `face` is out of range, or the face is smaller
-    than MIN_FACE pixels from forehead to chin."""
+    than MIN_FACE pixels from forehead to chin. A warning line, once each, for what the photo rig will leave out
+    of this face (models/photo_eyes.py `eyes_note`, models/photo_pose.py `turn_note`)."""
     faces = find_faces(picture)
     if not faces:
         raise InputError(f"no face found in {what}: give a photo with a face seen from the front, at least "

@@ -2,10 +2,10 @@
 
     pose = photo_pose(landmarks)     # (478, 2) Face Mesh points -> HeadPose(yaw, pitch), radians
     gain = turn_gain(pose)           # 1 for a face towards the camera, down to TURN_FLOOR for a turned one
-    note = turn_note(landmarks)      # one line when the gain is under 1, else None
+    note = turn_note(landmarks)      # one line when the gain is under NOTE_UNDER, else None
 
 The photo rig (models/photo_rig.py) turns and nods a photo's head by warping its pixels over a rounded depth of the
-face. On a face that faces the camera that shows nothing the photo lacks; on a face already turned away, the same
+face. On a face towards the camera, that shows nothing the photo lacks; on a face already turned away, the same
 warp would have to show the side the photo hides (the far cheek, the ear, under the chin), and can only smear the
 silhouette's pixels across it. So the rig scales its turn and nod down by `turn_gain` as the photo's own turn grows.
 

@@ -29,7 +29,7 @@ from actorcast.models.photo_rig import (
     eyes_note,
     params_of_latent,
 )
-from actorcast.models.photo_pose import TURN_FLOOR, photo_pose
+from actorcast.models.photo_pose import MIDLINE, PAIRS, TURN_FLOOR, HeadPose, photo_pose, turn_gain
 from actorcast.models.training.meter import FaceMeter
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
@@ -219,6 +219,22 @@ def _nose_travel(image: torch.Tensor, marks: np.ndarray, name: str) -> np.ndarra
     green = (frames[:, 1] - torch.maximum(frames[:, 0], frames[:, 2])).clamp(min=0)[:, window[0], window[1]]
     at = torch.stack([(green * x[window]).sum((1, 2)), (green * y[window]).sum((1, 2))], 1) / green.sum((1, 2))[:, None]
     return (at[1] - at[0]).numpy()
+
+
+def test_the_pose_of_a_turned_mean_face_is_read_back_and_the_gain_falls_smoothly():
+    """The pose fit's own mean face, turned in 3-D and seen from the front, reads back as the turn; the turn gain
+    is 1 for a face towards the camera, falls steadily with the photo's own turn, and stops at TURN_FLOOR."""
+    points = np.zeros((478, 3))
+    for i, y, z in MIDLINE:
+        points[i] = (0.0, y, z)
+    for left, right, x, y, z in PAIRS:
+        points[left], points[right] = (-x, y, z), (x, y, z)
+    for yaw, pitch in ((0.0, 0.0), (30.0, 0.0), (-20.0, 15.0), (0.0, -35.0)):
+        pose = photo_pose(_turned(100 * points + 128, yaw, pitch))
+        assert np.degrees([pose.yaw, pose.pitch]) == pytest.approx([yaw, pitch], abs=0.01)
+    gains = [turn_gain(HeadPose(np.radians(d), 0.0)) for d in range(0, 90, 5)]
+    assert gains[:4] == [1.0] * 4 and gains[-5:] == [TURN_FLOOR] * 5                     # up to 15, from 45 deg
+    assert np.all(np.diff(gains) <= 0) and np.abs(np.diff(gains)).max() < 0.2
 
 
 @pytest.mark.parametrize("yaw, pitch, name", [(40.0, 0.0, "head_yaw"), (0.0, 35.0, "head_pitch")])
