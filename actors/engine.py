@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from actorcast.actors.batching import Batched
-from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources
+from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources, fit_resources, node_rooms
 from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, resolve_weights
 from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.actors.session import Session
@@ -79,6 +79,32 @@ def _ray_lines_to_file():
         ray_logger.propagate = False
 
 
+def _cluster_errors_to_file() -> None:
+    """Send what the cluster publishes to drivers (a lost node's last raylet log lines, dozens of lines of
+    scheduler state) to the `ray` logger, so to ray_driver_log(), instead of this process's stdout.
+
+    Ray prints those messages from a thread of its own, `ray._private.worker.listen_error_messages`, which runs
+    whatever `log_to_driver` says and has no switch; it looks up `print_to_stdstream` each time, and that is
+    what is replaced here (for messages from the raylet or the autoscaler only). actorcast's own lines say
+    what happened to the job, in one line each."""
+    import ray._private.worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "actorcast_to_file", False):
+        return
+    ray_logger = logging.getLogger("ray")
+
+    def to_file(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") not in ("raylet", "autoscaler"):
+            printer(data, ignore_prefix)
+            return
+        for line in data.get("lines", []):
+            ray_logger.warning("cluster message: %s", line)
+
+    to_file.actorcast_to_file = True
+    ray_worker.print_to_stdstream = to_file
+
+
 def ray_logs_note() -> str | None:
     """Where Ray's logs of this process are, when it joined Ray (for error messages); else None."""
     import sys
@@ -122,11 +148,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address is None:
         with _ray_lines_to_file():
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            _cluster_errors_to_file()
         return
     check_address(address)
     try:
         with _ray_lines_to_file():
             ray.init(address=address, log_to_driver=False, configure_logging=False)
+            _cluster_errors_to_file()
     except (ConnectionError, RuntimeError, ValueError) as e:
         text = str(e).strip()
         if "Version mismatch" in text:  # Ray's own check: another Ray or Python on the cluster
@@ -169,15 +197,20 @@ class Engine:
 
             res = {k: default_resources(k, shards, device) for k in ("audio", "motion", "decoder")}
             res.update(resources or {})
+            # What the stages ask for is fitted to what the nodes have free before anything is placed (a stage
+            # that fits no node would wait for ever), or the engine stops here with one line.
+            node = ray.get_runtime_context().get_node_id()
+            placement = fit_resources(res, shards, node_rooms(), node)
+            res = placement.resources
             # The weights travel through Ray's object store (kept alive by this engine), so a stage on any node
             # loads the driver's weights, whether or not that node sees the driver's disk.
-            node = ray.get_runtime_context().get_node_id()
             if self.weights != UNTRAINED:
                 args["weights"], self._holder = ShippedWeights.put(WeightsBundle.read(self.weights),
                                                                    f"actorcast-weights-{uuid.uuid4().hex[:12]}", node)
             # Audio and motion hold each session's state and are fed from here: on this node where it has room.
-            # The decoder shards spread over the nodes; one lost with its node is re-placed or done without.
-            here = NodeAffinitySchedulingStrategy(node, soft=True)
+            # The decoder shards spread over the nodes; one lost with its node is re-placed (RayStage) where
+            # there is room, or done without while it is away.
+            here = NodeAffinitySchedulingStrategy(placement.home, soft=True)
             strategy = {"audio": here, "motion": here, "decoder": "SPREAD"}
 
             def make(cls, name, kind, **kw):

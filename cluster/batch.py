@@ -158,6 +158,7 @@ def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_p
         ensure_ray(address)  # before Ray is imported here: a local start sets Ray's loopback-only switch first
         import ray
 
+        cpus_per_job = _fit_job_cpus(cpus_per_job)
         remote = ray.remote(run_job).options(num_cpus=cpus_per_job, max_retries=3, scheduling_strategy="SPREAD")
         pending = {remote.remote(ShippedJob.read(job)): (name, job) for name, job in todo}
     total = len(jobs)
@@ -181,6 +182,21 @@ def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_p
               + (f" ({row['error']})" if row["status"] == "failed" else f" ({row['seconds']:.1f} s video in "
                                                                          f"{row['wall_s']:.1f} s)"), flush=True)
     return [rows[name] for name, _, _ in jobs]
+
+
+def _fit_job_cpus(cpus_per_job: float) -> float:
+    """A job's CPUs, at most what the largest alive node has (a task asking for more would wait for ever); one
+    line when no node has a CPU at all. Jobs queue for their turn, so nodes are compared by size, not by what
+    other jobs leave free now."""
+    import ray
+
+    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
+    if largest <= 0:
+        raise ActorcastError("no node of the Ray cluster has a CPU for the jobs: add a node with CPUs "
+                             "(`ray start --num-cpus N`), or leave --address out to run them here")
+    if largest < cpus_per_job:
+        log.info("each job asks for %g CPU, the largest node's share (instead of %g)", largest, cpus_per_job)
+    return min(cpus_per_job, largest)
 
 
 def _fingerprint(job: RenderJob) -> str:

@@ -113,8 +113,9 @@ print(json.dumps({{"driver": ray.get_runtime_context().get_node_id(), "shards": 
     assert names[placed["driver"]] == "head"
     assert sorted(names[n] for n in placed["shards"]) == ["worker1", "worker2"]  # spread, off the driver's node
 
-    # Again by the CLI; worker1 is lost once the first second of video is saved. Its shard finds no room
-    # (worker2 and the head have less than a shard's 0.75 CPU left), so the render carries on with one shard.
+    # Again by the CLI; worker1 is lost once the first second of video is saved. Its shard finds no room for its
+    # 0.75 CPU (worker2 and the head have less left): the other shard takes its frames until a copy asking for
+    # what the head has left is placed there (actors/executor.py RayStage).
     out, work = driver_dir / "survivor.mp4", driver_dir / "survivor.work"
     proc = subprocess.Popen([sys.executable, "-m", "actorcast.cluster.cli", "render", str(audio), "-o", str(out),
                              "--shards", "2", "--size", "64", "--checkpoint-every", "1", "--work-dir", str(work),
