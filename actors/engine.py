@@ -165,6 +165,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     check_node_versions(address)
 
 
+def _ship_weights(bundle: WeightsBundle, node: str) -> tuple[ShippedWeights, object]:
+    """The weights' holder actor, pinned to the driver's node (`node`), and the ShippedWeights naming it.
+
+    Pinned, not preferred: placed by a soft affinity, the holder was seen on a worker node, and when that node
+    was lost no stage could load its weights again, so no lost shard came back. The driver's node lives as long as
+    the driver, and the holder asks for no CPU, so it always fits there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actorcast.actors.loading import _WeightsHolder
+
+    name = f"actorcast-weights-{uuid.uuid4().hex[:12]}"
+    handle = ray.remote(num_cpus=0)(_WeightsHolder).options(
+        name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(bundle)
+    return ShippedWeights(name), handle
+
+
 def _solo(stage):
     """The stage itself, without the batching in front of it."""
     return stage.stage if isinstance(stage, Batched) else stage
@@ -205,8 +222,7 @@ class Engine:
             # The weights travel through Ray's object store (kept alive by this engine), so a stage on any node
             # loads the driver's weights, whether or not that node sees the driver's disk.
             if self.weights != UNTRAINED:
-                args["weights"], self._holder = ShippedWeights.put(WeightsBundle.read(self.weights),
-                                                                   f"actorcast-weights-{uuid.uuid4().hex[:12]}", node)
+                args["weights"], self._holder = _ship_weights(WeightsBundle.read(self.weights), node)
             # Audio and motion hold each session's state and are fed from here: on this node where it has room.
             # The decoder shards spread over the nodes; one lost with its node is re-placed (RayStage) where
             # there is room, or done without while it is away.

@@ -283,11 +283,15 @@ class RayStage:
         with self._lock:
             if self.actor is not actor:
                 return True
-            if self._closed or not _waits_for_a_node(actor):
+            if self._closed:
                 return False
             rooms = node_rooms()
+            if not _waits_for_a_node(actor, {r.node_id for r in rooms}):
+                return False
             want = self.resources
             room = any(r.cpus >= want.num_cpus and r.gpus >= want.num_gpus for r in rooms)
+            log.debug("Ray actor %s waits for a node with %g CPU; free CPUs per node: %s", self.name, want.num_cpus,
+                      [r.cpus for r in rooms])
             if room and waited_s < STRANDED_AFTER_S:
                 return False  # Ray places it
             best = max((r for r in rooms if r.gpus >= want.num_gpus), key=lambda r: r.cpus, default=None)
@@ -315,10 +319,12 @@ class RayStage:
             ray.kill(self.actor, no_restart=True)
 
 
-def _waits_for_a_node(actor) -> bool:
+def _waits_for_a_node(actor, alive: set[str]) -> bool:
     """Whether Ray has `actor` waiting to be placed: being created or restarting, with no worker leased for it
-    yet (a worker that is starting up holds its node's resources, and must not be mistaken for one waiting). False
-    where Ray does not say (its actor table is a developer API)."""
+    yet, or held on a node that is no longer up (`alive`: the ids of those that are; a restart that races with
+    its node's death can be left there). A worker starting up on a node that is up holds that node's resources
+    and is not waiting. False where Ray does
+    not say (its actor table is a developer API)."""
     try:
         from ray._private.state import actors
 
@@ -326,4 +332,10 @@ def _waits_for_a_node(actor) -> bool:
     except Exception as e:  # noqa: BLE001 (another Ray version or a client connection: keep waiting as before)
         log.debug("actor table unavailable: %s", e)
         return False
-    return info.get("State") in ("PENDING_CREATION", "RESTARTING") and not info.get("Address", {}).get("IPAddress")
+    address = info.get("Address", {})
+    log.debug("Ray actor %s: %s, worker at %r on node %s", info.get("ActorID", "?")[:12], info.get("State"),
+              address.get("IPAddress"), str(address.get("NodeID"))[:12])
+    state = info.get("State")
+    if state in ("PENDING_CREATION", "RESTARTING") and not address.get("IPAddress"):
+        return True
+    return state in ("PENDING_CREATION", "RESTARTING", "ALIVE") and address.get("NodeID") not in alive

@@ -80,14 +80,14 @@ def test_too_many_shards_stop_with_one_line_before_anything_is_placed(small, tmp
     out = tmp_path / "never.mp4"
     code = f"""
 import sys
-from actorcast.actors import executor, loading
+from actorcast.actors import engine, executor
 from actorcast.cluster.cli import main
 
 def tripped(*args, **kwargs):
     raise AssertionError("a stage was placed before the resources were checked")
 
 executor.RayStage.__init__ = tripped
-loading.ShippedWeights.put = classmethod(tripped)
+engine._ship_weights = tripped
 sys.exit(main(["render", {str(audio)!r}, "-o", {str(out)!r}, "--shards", "40", "--size", "64",
                "--address", {small.address!r}]))
 """
