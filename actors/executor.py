@@ -75,8 +75,8 @@ def _shards_fitting(share: float, free: list[float]) -> int:
 
 
 def fit_resources(wanted: dict[str, Resources], shards: int, rooms: list[NodeRoom], driver_node: str) -> Placement:
-    """Shrink what the stages ask for until every one fits on some node, before anything is placed; or raise one
-    ActorcastError that says what is missing and what to pass.
+    """Shrink what the stages ask for until every one fits on some node, before anything is placed; or raise an
+    ActorcastError (ConfigError for --shards) whose one line says what is missing and what to pass.
 
     wanted: {"audio", "motion", "decoder"} -> Resources (default_resources, or the caller's). A stage asking for
     more CPUs than any node has free would wait for ever (Ray queues it as infeasible and says so only in its
@@ -109,9 +109,9 @@ def fit_resources(wanted: dict[str, Resources], shards: int, rooms: list[NodeRoo
     if share < MIN_SHARD_CPUS:
         most = _shards_fitting(MIN_SHARD_CPUS, left)
         raise ConfigError(f"--shards {shards} does not fit the Ray cluster: a decoder shard needs at least "
-                             f"{MIN_SHARD_CPUS:g} CPU on one node, and the nodes have {free} CPUs free (audio and "
-                             f"motion take {audio.num_cpus + motion.num_cpus:g}); pass --shards {max(most, 1)} or "
-                             "fewer, or add nodes")
+                          f"{MIN_SHARD_CPUS:g} CPU on one node, and the nodes have {free} CPUs free (audio and "
+                          f"motion take {audio.num_cpus + motion.num_cpus:g}); pass --shards {max(most, 1)} or "
+                          "fewer, or add nodes")
     # 3. whole GPUs
     gpus_needed = shards * decoder.num_gpus + motion.num_gpus + audio.num_gpus
     gpus_free = sum(math.floor(r.gpus + 1e-9) for r in rooms)
@@ -119,8 +119,8 @@ def fit_resources(wanted: dict[str, Resources], shards: int, rooms: list[NodeRoo
         per_shard = max(decoder.num_gpus, 1e-9)
         fits = int((gpus_free - motion.num_gpus - audio.num_gpus) // per_shard)
         raise ConfigError(f"--shards {shards} on the GPU needs {gpus_needed:g} GPUs (one per decoder shard and "
-                             f"one for the motion generator) and the Ray cluster has {gpus_free} free: "
-                             + (f"pass --shards {fits} or fewer" if fits >= 1 else "add GPU nodes or run on the CPU"))
+                          f"one for the motion generator) and the Ray cluster has {gpus_free} free: "
+                          + (f"pass --shards {fits} or fewer" if fits >= 1 else "add GPU nodes or run on the CPU"))
     fitted = {"audio": audio, "motion": motion, "decoder": replace(decoder, num_cpus=share)}
     if fitted != wanted:
         log.info("stage resources fitted to the nodes (free CPUs %s): %s", free, fitted)
