@@ -23,6 +23,7 @@ import numpy as np
 from actorcast.actors.batching import Batched
 from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources, fit_resources, node_rooms
 from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, resolve_weights
+from actorcast.actors.messages import PhotoFace
 from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.actors.session import Session
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
@@ -278,10 +279,10 @@ class Engine:
             call(self.audio, "open", sid, first),
             call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
             *(call(shard, "open", sid, reference) for shard in shards_now))
-        rest = None
+        photo = None
         if landmarks is not None:
-            rest = await call(self.motion, "rest_pose", sid, silence)
-            await asyncio.gather(*(call(shard, "open", sid, reference, landmarks, rest) for shard in self.shards))
+            photo = PhotoFace(landmarks, await call(self.motion, "rest_pose", sid, silence))
+            await asyncio.gather(*(call(shard, "open", sid, reference, photo) for shard in self.shards))
         if resume:
             await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
                                  call(self.motion, "restore", sid, resume.motion_state))
@@ -290,7 +291,7 @@ class Engine:
             motion, shards = _solo(motion), [_solo(shard) for shard in shards]
         return Session(sid, (self.audio, motion, shards), reference, self.size, config, silence,
                        self.lookahead, first_frame=first, samples=resume.samples if resume else 0,
-                       chunk_frames=self.chunk_frames, seniority=self.seniority, photo=(landmarks, rest))
+                       chunk_frames=self.chunk_frames, seniority=self.seniority, photo=photo)
 
     def live_config(self) -> SessionConfig:
         """Low-latency settings for live sessions.

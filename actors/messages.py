@@ -42,6 +42,14 @@ class MotionChunk:
 
 
 @dataclass(frozen=True)
+class PhotoFace:
+    """A photo's rig inputs: Face Mesh points (478, 2) in the reference's pixels; its rest pose's params (N_PARAMS,)."""
+
+    landmarks: np.ndarray
+    rest: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class VideoFrames:
     """frames (T, H, W, 3) uint8 from `first_frame`; audio_t_wall = wall time the audio of the first frame was fed."""
 

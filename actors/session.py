@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actorcast.actors.executor import project_error
-from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, VideoFrames
+from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, PhotoFace, VideoFrames
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
 from actorcast.models.errors import ActorcastError, InputError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
@@ -51,14 +51,14 @@ class Session:
 
     def __init__(self, session_id: str, stages, reference: np.ndarray, size: int, config: SessionConfig,
                  silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0, chunk_frames: int = 4,
-                 seniority: Seniority | None = None, photo: tuple = (None, None)):
+                 seniority: Seniority | None = None, photo: PhotoFace | None = None):
         self.session_id, self.size, self.config = session_id, size, config
         self._seniority = seniority if config.live else None
         if self._seniority is not None:
             self._seniority.join(session_id)
         self._audio, self._motion, self._shards = stages
         self._reference, self._silence = reference, silence
-        self._photo = photo  # (landmarks, rest pose) of a photo's rig (DecoderShard.open), else (None, None)
+        self._photo = photo  # a photo's rig inputs (DecoderShard.open), else None
         self.chunk_frames, self.lookahead = chunk_frames, lookahead
         self._feat_frontier = first_frame  # features of frames before this have reached the motion stage
         self._next_shard = 0
@@ -388,7 +388,7 @@ class Session:
         try:
             await asyncio.to_thread(shard.wait_ready, self.config.shard_return_s, self._stop)
             if not await self._call(shard, "has_session", self.session_id):
-                await self._call(shard, "open", self.session_id, self._reference, *self._photo)
+                await self._call(shard, "open", self.session_id, self._reference, self._photo)
         except (ActorcastError, *shard.retryable) as e:
             log.warning("decoder shard %s did not come back (%s); carrying on without it", shard.name, e)
             return False

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from actorcast.actors.loading import load_model, local_weights
-from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk
+from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, PhotoFace
 from actorcast.actors.reference import square_tensor, to_uint8
 from actorcast.models.audio import AudioStreamState
 from actorcast.models.decoder import IdentityFeatures
@@ -282,21 +282,20 @@ class DecoderShard:
         self.sessions = _Sessions("DecoderShard")
 
     @torch.no_grad()
-    def open(self, session_id: str, reference: np.ndarray, landmarks: np.ndarray | None = None,
-             rest: np.ndarray | None = None) -> None:
+    def open(self, session_id: str, reference: np.ndarray, photo: PhotoFace | None = None) -> None:
         """Encode the reference once into the identity pyramid this shard reuses for every frame.
 
-        landmarks: the Face Mesh points (478, 2) of a photo's face, in the reference's pixels (actors/framing.py
-        `Framing.crop_landmarks`). A photo is then animated by its own rig (models/photo_rig.py), driven by the
-        motion parameters of a params-trained decoder's latents; the decoder itself has only seen cartoons. rest: the
-        session's rest pose (MotionStage.rest_pose), the motion the photo itself shows."""
-        if landmarks is not None and self.decoder.latent == "params":
+        photo: the Face Mesh points (478, 2) of a photo's face, in the reference's pixels (actors/framing.py
+        `Framing.crop_landmarks`), and the session's rest pose (MotionStage.rest_pose), the motion the photo itself
+        shows. A photo is then animated by its own rig (models/photo_rig.py), driven by the motion parameters of a
+        params-trained decoder's latents; the decoder itself has only seen cartoons."""
+        if photo is not None and self.decoder.latent == "params":
             side = reference.shape[0]
             ref = square_tensor(reference, self.size)
-            marks = np.asarray(landmarks, np.float32) * (self.size / side)
-            self.sessions.items[session_id] = PhotoRig(ref, marks, rest)
+            marks = np.asarray(photo.landmarks, np.float32) * (self.size / side)
+            self.sessions.items[session_id] = PhotoRig(ref, marks, photo.rest)
             return
-        if landmarks is not None:
+        if photo is not None:
             log.warning("these decoder weights were not trained on motion parameters (`train --latent params`): "
                         "the photo is animated by the decoder, which has only seen cartoons")
         p = next(self.decoder.parameters())

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from actorcast.actors.engine import Engine
 from actorcast.actors.framing import frame_reference
+from actorcast.actors.messages import PhotoFace
 from actorcast.actors.reference import load_image, square_tensor, to_uint8
 from actorcast.actors.stages import DecoderShard
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
@@ -314,7 +315,7 @@ def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
     assert shard.decoder.latent == "params"
     crop, marks = framing.crop(), framing.crop_landmarks()
     rest = _poses(jaw_open=[0.2], head_yaw=[0.2], blink_l=[0.5])[0].numpy()
-    shard.open("photo", crop, marks, rest)
+    shard.open("photo", crop, PhotoFace(marks, rest))
     shard.open("cartoon-path", crop)
     z = param_latent(_poses(jaw_open=[0.2, 0.8], head_yaw=[0.2, 0.3], blink_l=[0.5, 0.5]), shard.decoder.config.d_motion)
     _, frames = shard.decode("photo", 0, z)
