@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from bench.common import write_json  # noqa: E402
 from actorcast.models.errors import ActorcastError, ConfigError  # noqa: E402
 from actorcast.models.timebase import FPS  # noqa: E402
+from actorcast.streaming.figures import percentile  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_speech.wav"
 TTS_RATE = 24_000  # Hz: what streaming TTS services commonly send (PCM at 24 kHz)
@@ -120,7 +121,9 @@ async def say_in_real_time(worker, pcm: np.ndarray, rate: int) -> list[float]:
 
 
 def pct(values, q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if len(values) else None
+    """The q-th percentile of `values` (ms) to 0.1 ms, as the JSON keeps it; None when empty."""
+    value = percentile(values, q)
+    return None if value is None else round(value, 1)
 
 
 async def measure(engine, seconds: float = 10.0, *, identity: int = 3, rate: int = TTS_RATE,

@@ -8,6 +8,8 @@ The server's per-call stats (the data channel's "stats" messages, `GET /calls/ID
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -56,6 +58,16 @@ SERVER_FIGURES = (
 )
 
 FIGURES = {f.key: f for f in RECEIVER_FIGURES + SERVER_FIGURES}
+
+
+def percentile(values, q: float) -> float | None:
+    """The q-th percentile (0..100, numpy's linear interpolation) of `values`, in their unit; None when empty."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+
+
+def percentiles(values) -> dict:
+    """A latency figure's `{p50, p95}` over `values` (each None when there are none)."""
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95)}
 
 
 def format_value(value) -> str:

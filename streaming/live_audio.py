@@ -32,6 +32,7 @@ from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import ConfigError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.app import LIVE_STAGE_THREADS
+from actorcast.streaming.figures import percentiles
 from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
 from actorcast.streaming.voice_clock import Slot, VoiceClock
 
@@ -160,12 +161,6 @@ async def build_engine(args: dict):
 async def open_face(engine, face: AvatarFace):
     return await engine.open_session(reference=face.portrait, identity_seed=face.identity, emotion=face.emotion,
                                      seed=face.seed, landmarks=face.landmarks)
-
-
-def percentiles(values) -> dict:
-    if not values:
-        return {"p50": None, "p95": None}
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
 
 
 class LiveVoice:

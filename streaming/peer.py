@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import InputError, TooLargeError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.streaming.figures import percentiles
 from actorcast.streaming.ice import rtc_configuration, set_local_description
 from actorcast.streaming.limits import CONNECT_TIMEOUT_S, MAX_QUEUED_SPEECH_S
 from actorcast.streaming.metrics import Metrics
@@ -54,10 +55,6 @@ class CallOptions:
     reference: np.ndarray | None = None  # (H, W, 3) uint8 portrait
     landmarks: np.ndarray | None = None  # a photo's Face Mesh points (478, 2) in the reference's pixels
     source: str = "mic"  # "mic": the caller's audio drives the avatar; "agent": audio given to speak()
-
-
-def percentile(values, q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -287,7 +284,7 @@ class LiveCall:
             "sent_degraded_after_startup_frames": self.degraded_after_startup,
             "repeated_frames": self.video.repeated, "skipped_frames": self.video.dropped,
             "generated_frames": session["frames_out"], "generated_degraded_frames": session["degraded_frames"],
-            "server_latency_ms": {"p50": percentile(self.latencies, 50), "p95": percentile(self.latencies, 95)},
+            "server_latency_ms": percentiles(self.latencies),
             "generation_latency_ms": session["latency_ms"],
             "sender_av_offset_ms": self.voice.offset_ms(), "voice_resyncs": self.voice.resyncs,
             "server_ttff_s": None if self.t_first_frame is None or self.t_answer is None

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from actorcast.streaming.figures import percentile
 from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, ContentAudio
 
 
@@ -76,7 +77,7 @@ class VoiceClock:
         """The playout delay to hold: how long after its sound was fed a frame goes out."""
         if not self.latencies:
             return None
-        return float(np.percentile(np.asarray(self.latencies), 95)) + self.margin_s
+        return percentile(self.latencies, 95) + self.margin_s
 
     def position(self) -> int | None:
         """Content position after the last voice sent (None before the first slot)."""

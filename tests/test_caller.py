@@ -12,6 +12,7 @@ import pytest
 from actorcast.actors.engine import Engine
 from actorcast.streaming.app import LIVE_STAGE_THREADS
 from actorcast.streaming.client import LiveCaller
+from actorcast.streaming.figures import percentile, percentiles
 from tests.live_server import ROOT, TOKEN, serving, wait_for
 
 
@@ -19,6 +20,13 @@ from tests.live_server import ROOT, TOKEN, serving, wait_for
 def engine():
     with Engine(stage_threads=LIVE_STAGE_THREADS) as e:
         yield e
+
+
+def test_latency_percentiles_interpolate_and_are_none_when_empty():
+    """The one percentile the call's, the Pipecat and LiveKit avatars' and the voice clock's figures share."""
+    assert percentiles([]) == {"p50": None, "p95": None}
+    assert percentiles([4.0, 1.0, 3.0, 2.0]) == {"p50": 2.5, "p95": pytest.approx(3.85)}
+    assert percentile((0.1, 0.2, 0.3), 50) == 0.2 and percentile((), 95) is None
 
 
 def test_av_offset_is_measured_as_it_goes_near_the_expected_position(monkeypatch):
