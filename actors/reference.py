@@ -12,17 +12,16 @@ import torch.nn.functional as F
 from actorcast.models.data.face import render
 from actorcast.models.data.face_identity import sample_identities
 from actorcast.models.data.params import neutral_params
+from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError, TooLargeError
 
 MAX_PIXELS = 40_000_000  # larger images are rejected before decoding (decompression bombs)
-MAX_SEED = 2**63 - 1  # identities and noise seeds: torch generators and sample_identities take [0, 2**63)
 MIN_SIDE = 32
 
 
 def synthetic_portrait(seed: int, size: int) -> np.ndarray:
     """The neutral portrait (size, size, 3) uint8 of synthetic identity `seed`."""
-    if not 0 <= seed <= MAX_SEED:
-        raise InputError(f"identity seed {seed} must be a whole number in 0..{MAX_SEED}")
+    check_seed(seed, f"identity seed {seed}", InputError)
     frame = render(sample_identities([seed]), neutral_params(1), size)  # (1, 3, size, size) in [0, 1]
     return to_uint8(frame)[0]
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from actorcast.actors.reference import MAX_SEED
+from actorcast.models.data.seeds import MAX_SEED
 
 
 def positive_seconds(text: str) -> float:

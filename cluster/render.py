@@ -28,12 +28,13 @@ from actorcast.actors.engine import Engine, check_address
 from actorcast.actors.framing import Framing, frame_reference
 from actorcast.actors.loading import resolve_weights
 from actorcast.actors.paste import PasteBack
-from actorcast.actors.reference import MAX_SEED, load_image
+from actorcast.actors.reference import load_image
 from actorcast.actors.session_config import SessionCheckpoint
 from actorcast.cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
 from actorcast.cluster.render_mux import SegmentWriter, mux_final, probe_audio
 from actorcast.models.data.media import iter_audio_blocks
 from actorcast.models.data.params import EMOTIONS
+from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError
 from actorcast.models.kv_cache import POLICY_NAMES
 from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -176,9 +177,9 @@ def check_job(job: RenderJob, address: str | None = None) -> Framing | None:
         raise InputError(f"full_frame {job.full_frame!r} must be true or false")
     if job.image:
         framing = frame_reference(load_image(job.image), face=job.face, what=str(job.image))
-    elif not (isinstance(job.identity, int) and 0 <= job.identity <= MAX_SEED):
-        raise InputError(f"identity {job.identity!r} must be a whole number in 0..{MAX_SEED}")
-    elif job.face is not None:
+    else:
+        check_seed(job.identity, f"identity {job.identity!r}", InputError)
+    if job.face is not None and not job.image:
         raise InputError(f"--face {job.face} picks a face in a photo: give --image too")
     if job.full_frame and not job.image:
         raise InputError("--full-frame pastes the animated face back into a photo: give --image too")

@@ -37,9 +37,9 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 
 from actorcast.actors.framing import Framing, frame_reference
-from actorcast.actors.reference import MAX_SEED
 from actorcast.actors.reference import decode_image as decode_picture
 from actorcast.models.data.params import emotion_index
+from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError, TooLargeError
 from actorcast.streaming.guard import error, guard, parse_json, read_body
 from actorcast.streaming.ice import hosts_for
@@ -150,9 +150,7 @@ def identity_of(params: dict) -> int | None:
     if len(given) == 2 and given["identity"] != given["identity_seed"]:
         raise InputError('"identity" and "identity_seed" name the same thing and differ: send only "identity"')
     for key, seed in given.items():
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-            raise InputError(f"{key} must be a whole number in 0..{MAX_SEED}")
-        return seed
+        return check_seed(seed, key, InputError)
     return None
 
 

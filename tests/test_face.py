@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ import actorcast.models.data.face as face
 from actorcast.models.data.face import Identity, feature_points, render, sample_identities
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, neutral_params
 from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.data.seeds import MAX_SEED, check_seed
 
 SCLERA = torch.tensor([0.96, 0.95, 0.92])
 INNER_MOUTH = torch.tensor([0.28, 0.06, 0.07])
@@ -81,6 +83,16 @@ def test_identity_helpers() -> None:
     for bad in ([], [-1], [1.5], 7):
         with pytest.raises(ConfigError):
             sample_identities(bad)
+
+
+def test_one_seed_rule_with_the_callers_error() -> None:
+    """Identities, performances, offers and renders share check_seed: a whole number in 0..MAX_SEED, no bool."""
+    assert check_seed(MAX_SEED) == MAX_SEED and type(check_seed(np.int64(7))) is int
+    for bad in (-1, MAX_SEED + 1, 1.5, True, "7", None):
+        with pytest.raises(ConfigError, match="seed must be a whole number"):
+            check_seed(bad)
+    with pytest.raises(InputError, match=r"^identity 1\.5 must be a whole number in 0\.\."):
+        check_seed(1.5, "identity 1.5", InputError)
 
 
 @pytest.mark.parametrize("size,min_open", [(64, 5), (128, 40)])

@@ -281,7 +281,7 @@ async def test_call_cli_names_every_figure_with_its_unit(engine, speech_wav):
 
 
 def test_offer_takes_any_identity_number():
-    from actorcast.actors.reference import MAX_SEED
+    from actorcast.models.data.seeds import MAX_SEED
     from actorcast.streaming.app import call_options
 
     assert call_options({"identity_seed": 123456789}).identity_seed == 123456789

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import ConfigError, InputError
 
 # Uniform ranges of the scalar parameters, in the field order of `Identity`.
@@ -203,7 +204,6 @@ def sample_identities(seeds: Sequence[int]) -> Identity:
     if isinstance(seeds, (int, str, bytes)) or len(seeds) == 0:
         raise ConfigError(f"seeds must be a non-empty sequence of non-negative integers, got {seeds!r}")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0 or s >= 2 ** 63:
-            raise ConfigError(f"identity seeds must be integers in [0, 2**63), got {s!r}")
+        check_seed(s, f"identity seed {s!r}")
     rows = [_sample_one(int(s)) for s in seeds]
     return Identity(**{f.name: torch.stack([r[f.name] for r in rows]) for f in dataclasses.fields(Identity)})

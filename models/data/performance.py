@@ -16,6 +16,7 @@ import torch
 
 from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, clamp_params, emotion_index, neutral_params
 from actorcast.models.data.phonemes import Segment, random_utterance
+from actorcast.models.data.seeds import check_seed
 from actorcast.models.data.speech import EMOTION_VOICE, linear_recurrence, sample_speaker, smooth_noise, synthesize
 from actorcast.models.errors import ConfigError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
@@ -111,9 +112,8 @@ def generate_speech(seed: int, seconds: float, emotion: str | None = None) -> to
 
 
 def check_request(seed: int, seconds: float, emotion: str | None) -> None:
-    """Raise ConfigError for a negative seed, non-positive or non-finite seconds, or an unknown emotion."""
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    """Raise ConfigError for a seed outside 0..MAX_SEED, non-positive or non-finite seconds, or an unknown emotion."""
+    check_seed(seed, f"seed {seed!r}")
     if not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"seconds must be a finite number > 0, got {seconds!r}")
     if emotion is not None:
