@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from actorcast.actors.reference import check_portrait, synthetic_portrait
+from actorcast.models.data.images import resize_images
 from actorcast.models.errors import InputError
 from actorcast.models.photo_pose import turn_note
 from actorcast.models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks, eyes_note
@@ -151,7 +152,7 @@ def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     if frames.shape[1:3] == (height, width):
         return frames
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32)  # (N, 3, H, W)
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    x = resize_images(x, height, width)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from actorcast.models.data.face import render
 from actorcast.models.data.face_identity import sample_identities
+from actorcast.models.data.images import square_image
 from actorcast.models.data.params import neutral_params
 from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError, TooLargeError
@@ -142,12 +143,4 @@ def check_portrait(image: np.ndarray, what: str = "reference") -> np.ndarray:
 
 def square_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """Centre-crop (H, W, 3) uint8 to a square and resize (antialiased) -> (1, 3, size, size) float in [0, 1]."""
-    image = check_portrait(image)
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side]))
-    x = crop.permute(2, 0, 1)[None].to(torch.float32) / 255.0  # (1, 3, side, side)
-    if side != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(0, 1)
+    return square_image(check_portrait(image), size)

@@ -27,11 +27,12 @@ if str(ROOT) not in sys.path:
 
 from bench.common import write_json  # noqa: E402
 from actorcast.models.data.dataset import HELDOUT_START, make_clip  # noqa: E402
+from actorcast.models.data.images import resize_images  # noqa: E402
 from actorcast.models.data.params import PARAM_INDEX  # noqa: E402
 from actorcast.models.errors import ActorcastError  # noqa: E402
 from actorcast.models.decoder import param_latent  # noqa: E402
 from actorcast.models.training.decoder_stage import DecoderTrainer  # noqa: E402
-from actorcast.models.training.evaluate import CLIP_STRIDE, pearson, resize, span  # noqa: E402
+from actorcast.models.training.evaluate import CLIP_STRIDE, pearson, span  # noqa: E402
 from actorcast.models.training.meter import FaceMeter  # noqa: E402
 from actorcast.models.training.train import TrainConfig  # noqa: E402
 
@@ -69,13 +70,13 @@ def measure(encoder, decoder, latent: str, clips: int, seconds: float, size: int
     truth, read, rows, psnr = [], {"ground_truth": [], "ceiling": [], "encoded": []}, [], []
     for i in range(clips):
         clip = make_clip(HELDOUT_START + CLIP_STRIDE * i, seconds, size=size)
-        identity = decoder.encode_reference(resize(clip.reference[None], res))
+        identity = decoder.encode_reference(resize_images(clip.reference[None], res))
 
         def decode(z: torch.Tensor) -> torch.Tensor:
-            return torch.cat([resize(decoder(identity, z[j:j + BATCH]), size)
+            return torch.cat([resize_images(decoder(identity, z[j:j + BATCH]), size)
                               for j in range(0, len(z), BATCH)]).clamp(0, 1)
 
-        encoded_z = torch.cat([encoder(resize(clip.frames[j:j + BATCH], encoder.config.input_size))
+        encoded_z = torch.cat([encoder(resize_images(clip.frames[j:j + BATCH], encoder.config.input_size))
                                for j in range(0, len(clip.frames), BATCH)])
         ceiling = decode(param_latent(clip.params, decoder.config.d_motion) if latent == "params" else encoded_z)
         psnr.append(float(-10 * torch.log10((ceiling - clip.frames).square().mean().clamp_min(1e-10))))

@@ -13,10 +13,10 @@ from typing import Iterator
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from actorcast.models.data.dataset import Clip
+from actorcast.models.data.images import square_image
 from actorcast.models.errors import InputError
 from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
@@ -37,14 +37,7 @@ def list_videos(folder: Path | str) -> list[Path]:
 
 def _square(frame: np.ndarray, size: int) -> torch.Tensor:
     """(H, W, 3) uint8 → centre-cropped, resized (3, size, size) float in [0, 1]."""
-    h, w, _ = frame.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    image = torch.from_numpy(np.ascontiguousarray(frame[top:top + side, left:left + side])).permute(2, 0, 1)
-    image = image.float().div_(255).unsqueeze(0)
-    if side != size:
-        image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return image[0].clamp_(0, 1)
+    return square_image(frame, size)[0]
 
 
 def read_video(path: Path | str, size: int) -> tuple[torch.Tensor, torch.Tensor]:

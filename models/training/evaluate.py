@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from actorcast.models.data.dataset import HELDOUT_START, identity_seed, make_clip
 from actorcast.models.data.face import render, sample_identities
+from actorcast.models.data.images import resize_images
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
 from actorcast.models.decoder import denormalise_params, param_latent
 from actorcast.models.kv_cache import POLICY_NAMES, CacheConfig
@@ -74,20 +74,13 @@ def span(values: np.ndarray) -> float:
     return float(np.percentile(values, 95) - np.percentile(values, 5)) if len(values) else 0.0
 
 
-def resize(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) → (B, 3, size, size), antialiased bilinear (as the runtime resizes references and frames)."""
-    if frames.shape[-1] == size:
-        return frames
-    return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
 @torch.no_grad()
 def decode(models: Models, reference: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """z (T, d) on one reference (3, H, W) → frames (T, 3, H, W) at the reference's size, in batches: the decoder
     sees the reference at its own resolution, and its frames are resized back, as `render` does."""
     size, resolution = reference.shape[-1], models.decoder.config.resolution
-    identity = models.decoder.encode_reference(resize(reference[None], resolution))
-    return torch.cat([resize(models.decoder(identity, z[i:i + DECODE_BATCH]), size)
+    identity = models.decoder.encode_reference(resize_images(reference[None], resolution))
+    return torch.cat([resize_images(models.decoder(identity, z[i:i + DECODE_BATCH]), size)
                       for i in range(0, len(z), DECODE_BATCH)]).clamp(0, 1)
 
 
