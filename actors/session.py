@@ -375,9 +375,9 @@ class Session:
             try:
                 return await self._call(shard, "decode", self.session_id, first, z)
             except shard.retryable as e:
-                log.warning("decoder shard %s lost on frames %d..%d (%s); the other shards take its frames while "
-                            "Ray restarts it", shard.name, first, first + len(z) - 1, e.__class__.__name__)
-                if shard.name not in self._down:
+                if shard.name not in self._down:  # once per loss, not once per part that was in flight on it
+                    log.warning("decoder shard %s lost on frames %d..%d (%s); the other shards take its frames "
+                                "while Ray restarts it", shard.name, first, first + len(z) - 1, e.__class__.__name__)
                     self._down[shard.name] = asyncio.create_task(self._bring_back(shard))
         raise ActorcastError(f"decoder shards failed {self.config.shard_retries + 1} times on frame {first}: "
                              "check the cluster (`ray status`) and rerun")

@@ -1,7 +1,9 @@
 """Sessions end to end: in-process and on Ray, sharded decoding in order, a killed shard, live degradation."""
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import logging
 import os
 import signal
 import time
@@ -86,6 +88,45 @@ def test_live_session_degrades_when_behind_and_interrupt_keeps_time_base():
     assert any(vf.degraded for vf in out) and not out[0].degraded
     assert stats["latency_ms"]["p95"] >= stats["latency_ms"]["p50"] > 0
     assert idx == list(range(50))
+
+
+class _LosesTwoParts:
+    """A shard whose process dies with two parts of the session in flight on it: both fail, once both have
+    arrived; after that (Ray has restarted it, with the session still open) it decodes as `stage` does."""
+
+    retryable = (ConnectionError,)
+
+    def __init__(self, stage):
+        self.stage, self.name, self.held = stage, "lossy", []
+
+    def submit(self, method: str, *args) -> concurrent.futures.Future:
+        if method != "decode" or self.held is None:
+            return self.stage.submit(method, *args)
+        future = concurrent.futures.Future()
+        self.held.append(future)
+        if len(self.held) == 2:
+            for held in self.held:
+                held.set_exception(ConnectionError("the shard's process died"))
+            self.held = None
+        return future
+
+    def wait_ready(self, timeout: float = 60.0, stop=None) -> None:
+        """Restarted at once."""
+
+
+def test_a_lost_shard_is_logged_once_and_its_parts_go_to_the_others(caplog):
+    """Two parts fail on the lost shard: one warning, the frames of a clean render."""
+    pcm = _pcm(2.5, seed=6)
+    caplog.set_level(logging.WARNING, logger="actorcast.actors.session")
+    with Engine(size=SIZE, shards=2) as engine:
+        clean_idx, clean, _ = asyncio.run(_render(engine, pcm))
+        lossy = engine.shards[0] = _LosesTwoParts(engine.shards[0])
+        idx, frames, _ = asyncio.run(_render(engine, pcm))
+    assert lossy.held is None                                               # two parts were lost
+    lost = [r.getMessage() for r in caplog.records if "lost on frames" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].startswith("decoder shard lossy lost on frames "), lost
+    assert "decoder shard lossy is back" in caplog.text
+    assert idx == clean_idx and np.array_equal(frames, clean)
 
 
 @pytest.mark.slow
