@@ -35,6 +35,7 @@ FREE_SLICE = slice(FREE_START, FREE_START + len(FREE_PARAMS))  # contiguous in P
 N_FREE = len(FREE_PARAMS)
 FREE_GROUPS = ("brows", "blinks", "gaze", "head")  # of models/training/motion_measures.py MOTION_GROUPS
 GROUP_DIMS = ([0, 1], [2, 3], [4, 5], [6, 7, 8, 9, 10, 11])  # each group's indices in FREE_PARAMS
+BOUND_EDGE = 1e-4  # a normalised value this close to -1 or 1 is at the bound (censored in the likelihood)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class FreeMotion(nn.Module):
         self.audio_norm = nn.LayerNorm(c.d_audio)
         self.gru = nn.GRU(N_FREE + c.d_audio + c.d_emotion, c.d_hidden, c.n_layers, batch_first=True)
         self.head = nn.Linear(c.d_hidden, c.n_mix * (len(GROUP_DIMS) + 2 * N_FREE))
+        # Per group, the factor on a drawn component's spread (`fit_temperature` in models/training/free_stage.py,
+        # kept in the export's meta): 1 draws the model as trained.
+        self.temperature: tuple[float, ...] = (1.0,) * len(GROUP_DIMS)
 
     def forward(self, prev: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
                 state: torch.Tensor | None = None) -> tuple[list, torch.Tensor]:
@@ -105,11 +109,39 @@ class FreeMotion(nn.Module):
         mixtures, _ = self(prev, audio, emotion)
         total = 0.0
         for (logits, mu, log_std), dims in zip(mixtures, GROUP_DIMS):
-            z = (x[:, :, None, dims] - mu) / log_std.exp()
-            log_comp = (-0.5 * z.square() - log_std - 0.9189385332).sum(-1)  # (B, T, M): log N(x; mu, std)
+            log_comp = censored_log_prob(x[:, :, None, dims], mu, log_std)  # (B, T, M)
             log_p = torch.logsumexp(F.log_softmax(logits, -1) + log_comp, dim=-1)  # (B, T)
             total = total - log_p[:, self.config.burn_in:].mean()
         return total / N_FREE
+
+
+def censored_log_prob(x: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log p(x) of each component (..., M), summed over the group's parameters, of a Gaussian censored at the
+    parameter range [-1, 1]: a value at a bound has the probability of every draw beyond it (which the clamp puts
+    there), a value inside has the density. Open eyes and resting brows sit exactly at a bound; scored by
+    density alone, the model would put its mean there and a draw would wander up from it (a squint), where
+    censored it puts its mean beyond the bound and the clamp holds the eye open."""
+    std = log_std.exp()
+    inside = -0.5 * ((x - mu) / std).square() - log_std - 0.9189385332  # log N(x; mu, std)
+    below = torch.special.log_ndtr((-1.0 - mu) / std)                    # log P(draw <= -1)
+    above = torch.special.log_ndtr((mu - 1.0) / std)                     # log P(draw >= 1)
+    log_p = torch.where(x <= -1.0 + BOUND_EDGE, below, torch.where(x >= 1.0 - BOUND_EDGE, above, inside))
+    return log_p.sum(-1)
+
+
+def draw(mixtures: list, generator: torch.Generator, temperature: tuple[float, ...]) -> torch.Tensor:
+    """One frame (B, N_FREE) from the per-group mixtures of `FreeMotion.forward` for a single frame: per group, a
+    component by its weight, then a Gaussian draw from it, at the group's temperature: the weights' logits divided by
+    it, the spread times it."""
+    groups = []
+    for (logits, mu, log_std), temp in zip(mixtures, temperature, strict=True):
+        B, n = mu.shape[0], mu.shape[-1]
+        k = torch.multinomial(torch.softmax(logits[:, 0].detach().float().cpu() / temp, -1), 1, generator=generator)
+        k = k[:, 0].to(mu.device)
+        rows = torch.arange(B, device=mu.device)
+        eps = torch.randn((B, n), generator=generator).to(mu)
+        groups.append(mu[rows, 0, k] + temp * log_std[rows, 0, k].exp() * eps)
+    return torch.cat(groups, dim=-1)  # GROUP_DIMS are consecutive and in order
 
 
 class FreeMotionStream:
@@ -149,14 +181,7 @@ class FreeMotionStream:
         for t in range(T):  # one frame at a time: each frame's draw is the next frame's input
             mixtures, self.state = self.model(self.last[:, None], audio[:, t:t + 1].to(self.last), emotion,
                                               self.state)
-            x = torch.empty_like(self.last)
-            for (logits, mu, log_std), dims in zip(mixtures, GROUP_DIMS):
-                k = torch.multinomial(torch.softmax(logits[:, 0].float().cpu(), -1), 1, generator=self.generator)
-                k = k[:, 0].to(mu.device)
-                rows = torch.arange(B, device=mu.device)
-                eps = torch.randn((B, len(dims)), generator=self.generator).to(mu)
-                x[:, dims] = mu[rows, 0, k] + log_std[rows, 0, k].exp() * eps
-            self.last = x.clamp(-1.0, 1.0)
+            self.last = draw(mixtures, self.generator, self.model.temperature).clamp(-1.0, 1.0)
             out.append(self.last)
         return torch.stack(out, dim=1)
 

@@ -8,7 +8,7 @@ import torch
 from actorcast.models.checkpoint import save_weights
 from actorcast.models.errors import InputError
 from actorcast.models.free_motion import (FREE_SLICE, N_FREE, FreeMotion, FreeMotionConfig, FreeMotionStream,
-                                          audio_encoder_digest, neutral_free)
+                                          audio_encoder_digest, censored_log_prob, neutral_free)
 from actorcast.models.motion import MotionConfig, MotionGenerator
 from actorcast.models.sampling import MotionStream, SamplerConfig, generate, push_many
 
@@ -40,6 +40,37 @@ def test_shapes_likelihood_and_seeded_draws():
     assert a.abs().max() <= 1.0
     # A stream starts from the neutral pose: eyes open (blink -1 normalised), head centred.
     assert neutral_free()[2:4].tolist() == [-1.0, -1.0] and neutral_free()[6:].abs().max() == 0
+
+
+def test_a_value_at_a_bound_is_scored_by_the_mass_beyond_it():
+    """Open eyes sit exactly at -1: censored, their likelihood is the chance of a draw at or below -1 (which the
+    clamp puts there), so a mean below the bound scores best and the draws stay exactly open; inside the range
+    the density scores as usual."""
+    log_std = torch.log(torch.full((1, 2, 1), 0.05))
+    at_bound = torch.tensor([[[-1.0]]])
+    below, on = censored_log_prob(at_bound, torch.tensor([[[-1.3], [-1.0]]]), log_std)[0]  # 2 components
+    assert float(below) > float(on) and abs(float(on) - np.log(0.5)) < 1e-4
+    inside = censored_log_prob(torch.tensor([[[0.2]]]), torch.tensor([[[0.2]]]), torch.log(torch.tensor([[[0.05]]])))
+    assert abs(float(inside) - (-np.log(0.05) - 0.5 * np.log(2 * np.pi))) < 1e-4
+
+
+def test_temperature_narrows_the_draws_of_an_over_dispersed_model():
+    """fit_temperature picks, per group but the lids, the factor whose draws' spread is closest to the truth's:
+    an over-dispersed model gets a lower one for its head, and the lids keep 1."""
+    from actorcast.models.training.free_stage import fit_temperature
+
+    _, free = _models(3)
+    T = 100
+    data = {"audio": torch.randn(6, T, 8), "emotion": torch.zeros(6, dtype=torch.long),
+            "pcm": torch.randn(6, T * 640) * 0.1}
+    x = neutral_free().expand(6, T, N_FREE).clone()
+    x[:, :, 6:] += 0.002 * torch.randn(6, T, 6).cumsum(1)  # a head that barely moves
+    x[:, :, 4:6] += 0.05 * torch.randn(6, T, 2)
+    x[:, :, :2] = x[:, :, :2] + 0.05 * torch.rand(6, T, 2)
+    data["x"] = x
+    temperature = fit_temperature(free, data)
+    assert temperature[1] == 1.0 and temperature[3] < 1.0
+    assert free.temperature == (1.0,) * 4  # the model is left as it was
 
 
 def test_free_motion_replaces_only_brows_eyes_and_head_and_leaves_the_mouth_to_the_generator():
@@ -150,3 +181,21 @@ def test_free_stage_refuses_weights_without_a_parameter_decoder(tmp_path):
         get_stage("free").check(TrainConfig(stage="free"))
     with pytest.raises(ConfigError, match="no motion_encoder"):
         get_stage("free").check(TrainConfig(stage="free", weights=str(tmp_path)))
+
+
+def _shipped_motion(pcm: torch.Tensor, free_motion: bool, seed: int) -> torch.Tensor:
+    """The shipped generator's motion parameters (T, N_PARAMS) for 16 kHz `pcm`, the demo identity's reference."""
+    from actorcast.actors.loading import load_model, resolve_weights
+    from actorcast.models.data.face import render, sample_identities
+    from actorcast.models.data.params import neutral_params
+    from actorcast.models.photo_rig import params_of_latent
+
+    weights = resolve_weights(None)
+    audio, generator = load_model("audio_encoder", weights), load_model("motion_generator", weights)
+    encoder = load_model("motion_encoder", weights)
+    with torch.no_grad():
+        z_ref = encoder(render(sample_identities([3]), neutral_params(1), encoder.config.input_size))
+        stream = MotionStream(generator, z_ref, "neutral", sampler=SamplerConfig(seed=seed), free_motion=free_motion)
+        feats = audio(pcm[None])
+        z = torch.cat((stream.push(feats), stream.flush()), dim=1)[0]
+    return params_of_latent(z)
