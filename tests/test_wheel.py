@@ -22,9 +22,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("models", "actors", "streaming", "cluster")  # the folders that become actorcast.<name>
-# The `pipecat` extra's package; and the workers (NAME_worker.py), which run in the MediaPipe venv that
+# The `pipecat` and `livekit` extras' packages; and the workers (NAME_worker.py), which run in the MediaPipe venv that
 # `actorcast setup` makes from meter-requirements.txt, not in the one the package is installed in.
-EXTRAS = {"pipecat"}
+EXTRAS = {"pipecat", "livekit"}
 IN_MEDIAPIPE_VENV = "*_worker.py"
 RUNTIME_FILES = [
     *(f"actorcast/models/weights/tiny/{m}.{ext}" for m in ("audio_encoder", "motion_encoder", "motion_generator",
