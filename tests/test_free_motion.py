@@ -199,3 +199,33 @@ def _shipped_motion(pcm: torch.Tensor, free_motion: bool, seed: int) -> torch.Te
         feats = audio(pcm[None])
         z = torch.cat((stream.push(feats), stream.flush()), dim=1)[0]
     return params_of_latent(z)
+
+
+@pytest.mark.slow
+def test_the_shipped_face_blinks_in_silence_and_moves_its_head_in_speech():
+    """The shipped weights, the demo identity, seeded: silence holds blinks (people blink 10-20 times a minute;
+    the data set 15-20) and head motion, and 20 s of speech turn the head by degrees; without the free motion the
+    same generator does neither (the lever this test guards)."""
+    from actorcast.models.data.performance import generate_speech
+    from actorcast.models.data.params import PARAM_INDEX
+    from actorcast.models.training.motion_measures import blinks
+
+    def blink_count(params: torch.Tensor) -> int:
+        lids = params[:, [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]].mean(1)
+        return len(blinks(1.0 - lids.numpy(), open_level=1.0))
+
+    def yaw_pitch_deg(params: torch.Tensor) -> tuple[float, float]:
+        return tuple(float(params[:, PARAM_INDEX[n]].std()) * 180 / np.pi for n in ("head_yaw", "head_pitch"))
+
+    silence, speech = torch.zeros(20 * 16000), generate_speech(123, 20.0)
+    blinks_in_silence = 0
+    for seed in (0, 1, 2):
+        alive = _shipped_motion(silence, True, seed)
+        blinks_in_silence += blink_count(alive)
+        assert min(yaw_pitch_deg(alive)) >= 0.5, seed  # silence does not freeze
+        assert float(alive[:, PARAM_INDEX["blink_l"]].median()) < 0.05, seed  # the eyes rest open: no squint
+        yaw, pitch = yaw_pitch_deg(_shipped_motion(speech, True, seed))
+        assert yaw >= 2.0 and pitch >= 1.0, seed
+    assert blinks_in_silence >= 6  # 60 s of silence over three seeds; the data set blinks 15-20 a minute
+    assert blink_count(_shipped_motion(silence, False, 0)) == 0
+    assert max(yaw_pitch_deg(_shipped_motion(speech, False, 0))) < 1.5
