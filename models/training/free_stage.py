@@ -7,7 +7,10 @@ per rank), their emotion. Its export records which audio encoder it read, and lo
 another one (actors/loading.py).
 """
 
+import argparse
+import json
 import logging
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +22,7 @@ from actorcast.models.audio import AudioConfig, AudioEncoder
 from actorcast.models.checkpoint import load_weights, save_weights
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX
 from actorcast.models.decoder import denormalise_params
-from actorcast.models.errors import ConfigError
+from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.free_motion import (FREE_GROUPS, FREE_SLICE, FreeMotion, FreeMotionConfig, FreeMotionStream,
                                           audio_encoder_digest)
 from actorcast.models.training.common import preset_defaults, write_summary
@@ -80,33 +83,34 @@ def free_running(model: FreeMotion, data: dict, seed: int = 0) -> torch.Tensor:
     return FreeMotionStream(model, len(data["x"]), seed).sample(data["audio"], data["emotion"])
 
 
-TEMPERATURES = np.round(np.arange(0.3, 1.301, 0.05), 2)
-CALIBRATED_GROUPS = ("brows", "gaze", "head")  # not the lids: a blink is an event the model draws, not a spread
+TEMPERATURES = np.round(np.arange(0.3, 2.001, 0.05), 2)
 
 
 @torch.no_grad()
 def fit_temperature(model: FreeMotion, data: dict) -> tuple[float, ...]:
-    """Per group, the temperature (TEMPERATURES) whose free-running draws on training clips have the spread
-    closest to the truth's (speech and silence pooled, as `spread_and_blinks` reads it); the lids keep 1.
+    """Per group, the temperature (TEMPERATURES) whose free-running draws on training clips come closest to the
+    truth: for brows, gaze and head in spread (speech and silence pooled, as `spread_and_blinks` reads it), for
+    the lids in blinks a minute.
 
     Why: drawn one frame at a time, a model whose per-frame spread is a little too wide wanders, and the head's
-    slow drift adds up over seconds to twice the data's spread; a per-group factor on the drawn spread, fitted
-    once at export, brings the whole-clip spread back. It does not make events: blinks, saccades and nods are
-    the mixture's components, drawn as trained."""
-    saved, groups = model.temperature, list(FREE_GROUPS)
-    spreads = []
+    drift adds up over seconds to twice the data's spread; a model whose blink component is a little too rare
+    blinks half as often as the data. A per-group factor, fitted once at export, brings the whole-clip figures
+    back. It does not make events: blinks, saccades and nods are the mixture's components, drawn as trained."""
+    saved = model.temperature
+    readings = []
     try:
         for t in TEMPERATURES:
-            model.temperature = tuple(float(t) if g in CALIBRATED_GROUPS else 1.0 for g in groups)
-            spreads.append(spread_and_blinks(free_running(model, data).cpu(), data["x"], data["pcm"]))
+            model.temperature = (float(t),) * len(FREE_GROUPS)
+            readings.append(spread_and_blinks(free_running(model, data).cpu(), data["x"], data["pcm"]))
     finally:
         model.temperature = saved
     best = []
-    for g in groups:
-        if g not in CALIBRATED_GROUPS:
-            best.append(1.0)
-            continue
-        error = [abs(np.log(max(s[f"spread_{g}"], 1e-6))) for s in spreads]
+    for g in FREE_GROUPS:
+        if g == "blinks":  # the rate, relative to the data's (at least one a minute, so no blinks is no ratio)
+            error = [abs(r["blinks_per_min"] - r["blinks_per_min_truth"]) / max(r["blinks_per_min_truth"], 1.0)
+                     for r in readings]
+        else:
+            error = [abs(np.log(max(r[f"spread_{g}"], 1e-6))) for r in readings]
         best.append(float(TEMPERATURES[int(np.argmin(error))]))
     return tuple(best)
 
@@ -184,15 +188,59 @@ class FreeStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
-        data = free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips))
-        temperature = fit_temperature(module.model, data)
+        temperature = fit_temperature(module.model, free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips)))
         log.info("free-motion temperature per group %s: %s", FREE_GROUPS, temperature)
         module.model.temperature = temperature
         metrics.update({f"temperature_{g}": t for g, t in zip(FREE_GROUPS, temperature)})
         metrics.update({f"calibrated_{k}": v for k, v in FreeStage.evaluate(module, cfg).items()})
-        meta = {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights),
-                "temperature": list(temperature)}
-        save_weights(directory, "free_motion", module.model, module.config, meta)
+        save_weights(directory, "free_motion", module.model, module.config, _meta(cfg, temperature))
         write_summary(directory, cfg, metrics)
+
+
+def _meta(cfg, temperature: tuple[float, ...]) -> dict:
+    return {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights), "temperature": list(temperature)}
+
+
+def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[float, ...]:
+    """Fit the temperature of the free-motion model exported in `directory` again (on the training clips of its
+    `free_train.json`, cached under that run's folder) and write it into its header."""
+    from actorcast.actors.loading import load_free_motion
+    from actorcast.models.training.train import TrainConfig
+
+    directory = Path(directory)
+    summary = directory / "free_train.json"
+    if not summary.is_file() or not (directory / "free_motion.safetensors").is_file():
+        raise ConfigError(f"{directory} holds no free_motion export with its free_train.json: give the folder "
+                          "of a free-stage run (or the shipped weights)")
+    cfg = TrainConfig(**{**json.loads(summary.read_text())["config"], "weights": str(directory)})
+    model = load_free_motion(directory)
+    temperature = fit_temperature(model, free_clips(cfg, 0, 1, n_clips=min(clips, cfg.clips)))
+    save_weights(directory, "free_motion", model, model.config, _meta(cfg, temperature))
+    return temperature
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m actorcast.models.training.free_stage",
+        description="Fit the per-group temperature of an exported free-motion model again (on training clips) and "
+                    "write it into DIR/free_motion.json; `actorcast train --stage free` does this itself at export.")
+    parser.add_argument("directory", type=Path, help="weights directory with free_motion, audio_encoder, "
+                                                      "motion_encoder and free_train.json")
+    parser.add_argument("--clips", type=int, default=TEMPERATURE_CLIPS,
+                        help=f"training clips to fit on (default {TEMPERATURE_CLIPS})")
+    args = parser.parse_args(argv)
+    try:
+        if args.clips < 2:
+            raise ConfigError(f"--clips {args.clips}: give at least 2")
+        temperature = refit_temperature(args.directory, args.clips)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(dict(zip(FREE_GROUPS, temperature))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
