@@ -9,7 +9,8 @@ degraded frames and the receiver's A/V offset; headless Chromium (if installed) 
 to idle; then 1, 2, 3 (4 if 3 held) concurrent calls (frames degraded in a call's first 2 s, while it warms up,
 do not count); `sessions`: those calls' degraded share and p95, and the cost per session of 1, 2 and 4 sessions
 at once as a ratio to 1, with and without continuous batching (actors/batching.py); `pipecat`: the Pipecat
-service's added latency (bench/pipecat_latency.py).
+service's added latency (bench/pipecat_latency.py); `livekit`: the same for the LiveKit avatar
+(bench/livekit_latency.py).
 """
 
 import asyncio
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actorcast.actors.engine import Engine  # noqa: E402
-from bench import pipecat_latency  # noqa: E402
+from bench import livekit_latency, pipecat_latency  # noqa: E402
 from bench.common import ROOT, parse_args, write_json  # noqa: E402
 from actorcast.models.data.media import write_wav  # noqa: E402
 from actorcast.models.data.performance import generate_speech  # noqa: E402
@@ -208,6 +209,7 @@ async def main_async(args) -> dict:
                 3), "p95_ms": max((r["p95_ms"] or 0) for r in reports)} for n, reports in scaling.items()},
             **await session_costs(engine, 6.0 if args.quick else 20.0)}
         result["pipecat"] = await pipecat_figures(engine, seconds)
+        result["livekit"] = await livekit_figures(engine, seconds)
     return result
 
 
@@ -216,6 +218,14 @@ async def pipecat_figures(engine, seconds: float) -> dict:
     try:
         return await pipecat_latency.measure(engine, seconds)
     except ImportError as e:  # streaming.pipecat.PipecatMissingError: the pipecat extra is not installed
+        return {"skipped": str(e)}
+
+
+async def livekit_figures(engine, seconds: float) -> dict:
+    """The LiveKit avatar's added latency (bench/livekit_latency.py), or why it was not measured."""
+    try:
+        return await livekit_latency.measure(engine, seconds)
+    except ImportError as e:  # streaming.livekit.LivekitMissingError: the livekit extra is not installed
         return {"skipped": str(e)}
 
 

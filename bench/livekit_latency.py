@@ -155,7 +155,7 @@ async def measure(engine, seconds: float = 10.0, *, identity: int = 3, rate: int
 
 
 async def run(args: argparse.Namespace) -> dict:
-    import streaming.livekit  # noqa: F401  (without the livekit extra: LivekitMissingError before the engine is built)
+    import actorcast.streaming.livekit  # noqa: F401  (without the livekit extra: LivekitMissingError before the engine is built)
     from actorcast.actors.engine import Engine
     from actorcast.streaming.app import LIVE_STAGE_THREADS
 
