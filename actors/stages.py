@@ -22,10 +22,10 @@ from actorcast.actors.reference import square_tensor, to_uint8
 from actorcast.models.audio import AudioStreamState
 from actorcast.models.decoder import IdentityFeatures
 from actorcast.models.photo_rig import PhotoRig, params_of_latent
-from actorcast.models.data.params import emotion_index
+from actorcast.models.data.params import emotion_index, neutral_params
 from actorcast.models.errors import InputError
 from actorcast.models.presets import get_preset
-from actorcast.models.free_motion import FreeMotionStream
+from actorcast.models.free_motion import FREE_SLICE, FreeMotionStream
 from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
@@ -148,8 +148,9 @@ class MotionStage:
         `seconds` of silence features (the audio stage's `open`), neutral, in a stream of its own with the session's
         seed, so the same reference and seed always give the same rest (a resumed render included). A photo's rig
         draws the motion relative to it (models/photo_rig.py). The generator's own motion, without the free
-        motion's draws: the rest is where the head returns to, not where it wandered in that second. The median,
-        not the mean: a blink in that second must not leave the rest pose half-shut. Only for a decoder trained on
+        motion's draws; where a free-motion model draws brows, lids, gaze and head, their rest is the neutral pose
+        it draws them about (the generator's reading of a photo there would be a steady offset from it). The
+        median, not the mean: a blink in that second must not leave the rest pose half-shut. Only for a decoder trained on
         the parameters."""
         s = self.sessions[session_id]
         p = next(self.generator.parameters())
@@ -158,7 +159,10 @@ class MotionStage:
         frames = max(self.chunk_frames, round(seconds * FPS))
         feats = torch.as_tensor(silence, dtype=p.dtype, device=p.device).expand(1, frames, -1)
         z = torch.cat([stream.push(feats), stream.flush()], dim=1)[0]  # (frames, d_motion)
-        return params_of_latent(z.float().cpu()).median(0).values.numpy()
+        rest = params_of_latent(z.float().cpu()).median(0).values
+        if self.generator.free_motion is not None:  # brows, lids, gaze and head are drawn about the neutral pose
+            rest[FREE_SLICE] = neutral_params(1)[0, FREE_SLICE]
+        return rest.numpy()
 
     def set_emotion(self, session_id: str, emotion: str) -> None:
         stream = self.sessions[session_id]["stream"]

@@ -170,15 +170,20 @@ class FreeMotionStream:
     @torch.no_grad()
     def sample(self, audio: torch.Tensor, emotion: torch.Tensor | None = None) -> torch.Tensor:
         """audio (B, T, d_audio), emotion (B,) indices or None -> the next T frames' free parameters
-        (B, T, N_FREE), normalised, in [-1, 1]."""
+        (B, T, N_FREE), normalised, in [-1, 1]. A new stream first warms its state on `burn_in` frames of the
+        neutral pose with the first frame's audio: training scores no window's first frames from a cold state,
+        and drawn from one the head jumped to a tilt of 14 degrees in the first second."""
         B, T, d = audio.shape
         emotion = torch.full((B,), NULL_EMOTION, dtype=torch.long) if emotion is None else emotion
         emotion = emotion.to(self.last.device)
         if B != self.last.shape[0] or d != self.model.config.d_audio:
             raise InputError(f"free motion got audio features {tuple(audio.shape)}; expected "
                              f"({self.last.shape[0]}, T, {self.model.config.d_audio})")
+        if self.state is None and T:  # 1. the state as training left it: after burn-in frames of a face held still
+            warm = self.last[:, None].expand(B, self.model.config.burn_in + 1, N_FREE)
+            _, self.state = self.model(warm, audio[:, :1].to(self.last).expand(B, warm.shape[1], d), emotion)
         out = []
-        for t in range(T):  # one frame at a time: each frame's draw is the next frame's input
+        for t in range(T):  # 2. one frame at a time: each frame's draw is the next frame's input
             mixtures, self.state = self.model(self.last[:, None], audio[:, t:t + 1].to(self.last), emotion,
                                               self.state)
             self.last = draw(mixtures, self.generator, self.model.temperature).clamp(-1.0, 1.0)

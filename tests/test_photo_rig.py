@@ -341,7 +341,7 @@ async def _photo_frames(engine, framing, pcm: np.ndarray) -> np.ndarray:
 
 def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing):
     """Through the engine (shipped weights, 2 shards): a second of silence renders the photo itself, up to the
-    generator's idle motion about its rest pose (the head's small turns, drawn in 3-D, move many pixels a little);
+    idle motion about its rest pose (the free motion's gaze and head drift, drawn in 3-D, move many pixels a little);
     speech opens the mouth. The rest pose is the same every time."""
     import asyncio
 
@@ -357,7 +357,7 @@ def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing)
     still = np.abs(silent.astype(int) - photo).mean(axis=(1, 2, 3))        # per frame, 8-bit levels
     moving = np.abs(spoken.astype(int) - photo).mean(axis=(1, 2, 3))
     offset = np.abs(np.median(silent, axis=0) - photo).mean()             # 8-bit levels
-    assert offset < 0.5, offset                                            # drawn from its rest pose: no offset
+    assert offset < 1.0, offset        # drawn from its rest pose: no offset beyond the idle's own gaze and head drift
     assert still.mean() < 1.5, still                                       # only small motion about it
     assert np.percentile(moving, 90) > 3 * still.mean() + 0.5, (moving, still)
     reading = FaceMeter().read(spoken)
