@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.common import write_json  # noqa: E402
-from bench.pipecat_latency import pct, tts_speech  # noqa: E402
+from bench.pipecat_latency import pct, tts_speech, wait_until  # noqa: E402
 from actorcast.models.errors import ActorcastError, ConfigError  # noqa: E402
 from actorcast.models.timebase import FPS  # noqa: E402
 
@@ -82,18 +82,6 @@ class Consumer:
         await self.video_source.aclose()
 
 
-async def wait_until(predicate, running: asyncio.Task, timeout_s: float, what: str) -> None:
-    """Poll `predicate` every 20 ms; ActorcastError if the consumer ends first or `timeout_s` passes."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if running.done():
-            await running  # its own error, if it failed
-            raise ActorcastError(f"the avatar stopped before {what}")
-        if time.monotonic() > deadline:
-            raise ActorcastError(f"no {what} within {timeout_s:.0f} s: is the machine overloaded?")
-        await asyncio.sleep(FRAME_S)
-
-
 async def say_in_real_time(generator, pcm: np.ndarray, rate: int) -> list[float]:
     """Push one utterance as 20 ms rtc.AudioFrames, frame k at t0 + 20 k ms, then its AudioSegmentEnd; returns
     how late each frame was (ms)."""
@@ -127,11 +115,13 @@ async def measure(engine, seconds: float = 10.0, *, identity: int = 3, rate: int
     running = asyncio.create_task(consumer.run())
     try:
         # 1. set up, then idle until the session makes pictures at its steady pace
-        await wait_until(lambda: generator.live.pictures_sent, running, START_TIMEOUT_S, "first picture")
+        await wait_until(lambda: generator.live.pictures_sent, running, START_TIMEOUT_S, "first picture",
+                         "the avatar")
         await asyncio.sleep(warmup_s)
         # 2. the utterance, in real time, and until all of it is out (its AudioSegmentEnd given)
         late = await say_in_real_time(generator, pcm, rate)
-        await wait_until(lambda: consumer.ended, running, DRAIN_TIMEOUT_S, "end of the speech given out")
+        await wait_until(lambda: consumer.ended, running, DRAIN_TIMEOUT_S, "end of the speech given out",
+                         "the avatar")
         stats = generator.stats()
         added = list(generator.live.input_ms)  # per picture of speech: audio frame pushed -> picture out, ms
         fed = list(generator.live.added_ms)  # per picture: its first sample fed -> picture out, ms

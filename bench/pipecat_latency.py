@@ -93,13 +93,14 @@ def speech_pictures(service):
     return SpeechPictures()
 
 
-async def wait_until(predicate, running: asyncio.Task, timeout_s: float, what: str) -> None:
-    """Poll `predicate` every 20 ms; ActorcastError if the pipeline ends first or `timeout_s` passes."""
+async def wait_until(predicate, running: asyncio.Task, timeout_s: float, what: str,
+                     who: str = "the Pipecat pipeline") -> None:
+    """Poll `predicate` every 20 ms; ActorcastError if `running` (`who`) ends first or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if running.done():
             await running  # its own error, if it failed
-            raise ActorcastError(f"the Pipecat pipeline ended before {what}")
+            raise ActorcastError(f"{who} ended before {what}")
         if time.monotonic() > deadline:
             raise ActorcastError(f"no {what} within {timeout_s:.0f} s: is the machine overloaded?")
         await asyncio.sleep(FRAME_S)
@@ -178,7 +179,7 @@ async def measure(engine, seconds: float = 10.0, *, identity: int = 3, rate: int
 
 
 async def run(args: argparse.Namespace) -> dict:
-    import streaming.pipecat  # noqa: F401  (without the pipecat extra: PipecatMissingError before the engine is built)
+    import actorcast.streaming.pipecat  # noqa: F401  (without the pipecat extra: PipecatMissingError before the engine is built)
     from actorcast.actors.engine import Engine
     from actorcast.streaming.app import LIVE_STAGE_THREADS
 
