@@ -141,7 +141,7 @@ def plot(curves: dict, path: Path) -> None:
 def main() -> None:
     args = parse_args("render", __doc__.splitlines()[0])
     from actorcast.actors.engine import Engine
-    from actorcast.actors.engine import ensure_ray
+    from actorcast.cluster.ray_connect import ensure_ray
 
     tmp = args.out / "render_tmp"
     tmp.mkdir(exist_ok=True)

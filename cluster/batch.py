@@ -140,7 +140,7 @@ def run_job(shipped: ShippedJob) -> dict:
 def run_batch(jobs_file: Path, out_dir: Path, address: str | None = None, cpus_per_job: float = 1.0) -> list[dict]:
     """Run every job of `jobs_file` as Ray tasks (Ray starts, or joins `address`, only when a job is left to
     run); returns one status row per job, in file order."""
-    from actorcast.actors.engine import ensure_ray
+    from actorcast.cluster.ray_connect import ensure_ray
 
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = parse_jobs(jobs_file, out_dir)
@@ -260,7 +260,7 @@ def add_parser(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from actorcast.actors.engine import check_address
+    from actorcast.cluster.ray_connect import check_address
 
     if not args.jobs.is_file():
         raise InputError(f"jobs file {args.jobs} does not exist: give a .jsonl file with one render per line")

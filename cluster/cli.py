@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from actorcast.actors.engine import ray_logs_note
+from actorcast.cluster.ray_connect import ray_logs_note
 from actorcast.actors.executor import project_error
 from actorcast.models.errors import ConfigError, InputError
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from actorcast.actors.versions import installed_version
+    from actorcast.cluster.ray_connect import installed_version
 
     return installed_version()
 

@@ -21,7 +21,7 @@ import sys
 import time
 
 # Before Ray is imported: Ray reads both once, at import. Token authentication, as `ray start --head` has by
-# default: drivers need RAY_AUTH_MODE=token too (actors/engine.py ensure_ray sets it when a token exists).
+# default: drivers need RAY_AUTH_MODE=token too (cluster/ray_connect.py ensure_ray sets it when a token exists).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 

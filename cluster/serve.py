@@ -138,8 +138,9 @@ def check_port(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from actorcast.actors.engine import Engine, check_address
+    from actorcast.actors.engine import Engine
     from actorcast.actors.loading import resolve_weights
+    from actorcast.cluster.ray_connect import check_address
     from actorcast.streaming.app import LIVE_STAGE_THREADS, ServerConfig
 
     if not 0 <= args.port <= 65535:

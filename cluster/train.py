@@ -251,7 +251,7 @@ def launch(cfg: TrainConfig, workers: int, resume: bool, address: str | None, st
     """Run the data-parallel Ray Train workers and publish the final export to cfg.out_dir; returns final metrics.
 
     storage: where Ray Train keeps the run's checkpoints (default OUT/ray): a folder every node can reach."""
-    from actorcast.actors.engine import ensure_ray
+    from actorcast.cluster.ray_connect import ensure_ray
 
     out = Path(cfg.out_dir).resolve()
     storage_path = Path(storage).resolve() if storage else out / "ray"

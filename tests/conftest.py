@@ -29,7 +29,7 @@ def ray_local():
     """A local Ray instance bound to 127.0.0.1, shared by the tests of one session."""
     import ray
 
-    from actorcast.actors.engine import ensure_ray
+    from actorcast.cluster.ray_connect import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield ray

@@ -197,7 +197,7 @@ def test_outputs_not_named_mp4_are_refused(tmp_path, capsys, nothing_may_start, 
 def test_errors_after_ray_started_name_its_logs_and_input_errors_do_not(ray_local, monkeypatch, capsys):
     import argparse
 
-    from actorcast.actors.engine import ray_driver_log
+    from actorcast.cluster.ray_connect import ray_driver_log
     from actorcast.models.errors import ActorcastError, InputError
 
     for error, named in ((ActorcastError("decoder shard decoder0 failed 4 times on frame 8"), True),

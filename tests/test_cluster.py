@@ -50,7 +50,7 @@ def _restore(cluster: LocalCluster, name: str) -> None:
 def _driver(cluster: LocalCluster, code: str, timeout: float = 600) -> dict:
     """Run `code` in a fresh driver joined to the cluster (`ray` and `address` are defined); its last stdout
     line is JSON."""
-    prelude = ("import json, sys\nsys.path.insert(0, %r)\nfrom actors.engine import ensure_ray\n"
+    prelude = ("import json, sys\nsys.path.insert(0, %r)\nfrom cluster.ray_connect import ensure_ray\n"
                "address = %r\nensure_ray(address)\nimport ray\n") % (str(ROOT), cluster.address)
     result = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True,
                             timeout=timeout)
@@ -203,7 +203,7 @@ def test_too_many_workers_for_the_cluster_is_one_line(cluster, driver_dir):
 def test_a_node_with_another_actorcast_version_stops_the_job_at_start(tmp_path):
     """A worker node whose Python finds actorcast 9.9.9 (a dist-info first on its PYTHONPATH, as an older or newer
     install would be found): a render sent to the cluster stops before any work, with one line naming both."""
-    from actorcast.actors.versions import installed_version
+    from actorcast.cluster.ray_connect import installed_version
 
     other = tmp_path / "other-install"
     (other / "actorcast-9.9.9.dist-info").mkdir(parents=True)

@@ -46,7 +46,7 @@ def test_a_local_start_binds_loopback_without_the_makefiles_environment():
     import sys
     from pathlib import Path
 
-    code = ("from actors.engine import ensure_ray; ensure_ray(num_cpus=1); import ray; "
+    code = ("from cluster.ray_connect import ensure_ray; ensure_ray(num_cpus=1); import ray; "
             "from ray._private import ray_constants; "
             "print(ray.util.get_node_ip_address(), ray_constants.ENABLE_RAY_CLUSTER); ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
