@@ -1,37 +1,36 @@
-"""The live-audio core of an agent framework's avatar: one Session driven by the agent's speech as it comes.
+"""The live-audio core of one Session, shared by every live path: the WebRTC call (streaming/peer.py `LiveCall`),
+Pipecat's ActorcastVideoService (streaming/pipecat.py) and LiveKit's ActorcastVideoGenerator
+(streaming/livekit_video.py); docs/ARCHITECTURE.md "A live call, through the files".
 
-Pipecat's ActorcastVideoService (streaming/pipecat.py) and LiveKit's ActorcastVideoGenerator (streaming/livekit.py)
-both run this; each adds its framework's frame types and what brackets an utterance (Pipecat's TTS frames,
-LiveKit's AudioSegmentEnd):
+`LiveAudio` is what they all do the same way:
 
-    speech (16-bit PCM, any rate and channels) -> VoiceResampler -> 48 kHz mono
-        -> SpeechFeed (20 ms per 20 ms; silence when the agent is quiet) -> AudioInput
-        -> ContentAudio (the voice by content position) and Session.feed (16 kHz)
+    audio in (the caller's microphone, or speech queued on the SpeechFeed: 20 ms per 20 ms, silence when the
+    agent is quiet) -> AudioInput -> ContentAudio (the voice by content position) and Session.feed (16 kHz)
+    interrupt: the queued speech dropped, the voice not yet sent silenced, the pictures skipped to the first
+        frame made from silence only (where the feed is the audio, that silence fed at once)
+    picture_sent: the counts, the latencies and each interrupt's return to idle
+
+What carries the pictures and the voice out differs. A WebRTC call's tracks are pulled by aiortc: AvatarVideoTrack
+schedules the pictures and VoiceTrack follows them (streaming/tracks.py). An agent framework pushes frames into its
+transport, so `LiveVoice` takes the agent's speech at any rate (VoiceResampler) and paces both with the voice as
+the clock (streaming/voice_clock.py):
+
     Session.frames() -> VoiceClock -> paced_slots: every 40 ms the picture of frame n and 20 ms of its voice,
                                        20 ms later the next 20 ms
 
 Time: session frame n shows the fed audio [640 n, 640 n + 640) at 16 kHz, [1920 n, 1920 n + 1920) at 48 kHz (the
-content position). Frame n's sound goes out VOICE_LAG after its picture (voice_clock.py). Between utterances the
-session is fed silence and the avatar idles, as on every other path. An interrupt drops the queued speech,
-silences the voice not yet sent, and the pictures hold until the first frame made from silence only.
+content position). Between utterances the session is fed silence and the avatar idles.
 """
 
 import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import av
 import numpy as np
 
-from actorcast.actors.framing import Framing
-from actorcast.actors.reference import check_portrait, load_image
-from actorcast.models.data.params import emotion_index
-from actorcast.models.errors import ConfigError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
-from actorcast.streaming.app import LIVE_STAGE_THREADS
 from actorcast.streaming.figures import percentiles
 from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
 from actorcast.streaming.voice_clock import Slot, VoiceClock
@@ -39,8 +38,7 @@ from actorcast.streaming.voice_clock import Slot, VoiceClock
 MAX_CHANNELS = 8
 RATES = (4_000, 384_000)  # sample rates accepted, Hz
 # A frame's sound goes out this long after its picture (voice_clock.py): a receiver decodes video later than
-# audio. With Pipecat's live video shown as it comes the offset at an aiortc client on loopback (voice - picture
-# arrival) was -1 to -6 ms with 10 ms here, +19 to +20 ms with 30 ms.
+# audio, and with 10 ms an aiortc client on loopback hears each sound within a few ms of its picture.
 VOICE_LAG = VOICE_BLOCK // 2  # 10 ms in 48 kHz samples
 VOICE_LAG_S = VOICE_LAG / VOICE_RATE
 SLOT_S = 1.0 / FPS  # one picture and two 20 ms voice frames per slot
@@ -112,73 +110,21 @@ class WatchedFeed(SpeechFeed):
         return block
 
 
-@dataclass(frozen=True)
-class AvatarFace:
-    """Who the avatar is: a built-in identity or a portrait (with its landmarks when framed), and how it feels."""
+class LiveAudio:
+    """One Session's live audio, whatever carries the pictures and the voice out (module docstring).
 
-    identity: int | None
-    portrait: np.ndarray | None  # (H, W, 3) uint8
-    landmarks: np.ndarray | None  # (478, 2) in the portrait's pixels, from actors.framing (the photo rig)
-    emotion: str
-    seed: int
-
-
-def face_of(identity: int | None = None, portrait: "Framing | np.ndarray | str | Path | None" = None,
-            emotion: str = "neutral", seed: int = 0, landmarks: np.ndarray | None = None) -> AvatarFace:
-    """Check the avatar's options (ConfigError or InputError saying what to give) before anything loads.
-
-    portrait: a photo framed by actors.framing.frame_reference (animated by its own rig, models/photo_rig.py), or an
-    (H, W, 3) uint8 picture or an image file, used as it is (with `landmarks`, in its pixels, when it was framed
-    before: the rig animates it)."""
-    emotion_index(emotion)  # ConfigError naming the emotions
-    if identity is not None and portrait is not None:
-        raise ConfigError("give an identity or a portrait, not both")
-    if isinstance(portrait, Framing):
-        portrait, landmarks = portrait.crop(), portrait.crop_landmarks()
-    if isinstance(portrait, (str, Path)):
-        portrait = load_image(portrait)
-    portrait = None if portrait is None else check_portrait(portrait, "the portrait")
-    return AvatarFace(identity, portrait, landmarks, emotion, seed)
-
-
-def engine_args(weights: str | Path | None = None, preset: str = "tiny", use_ray: bool = False,
-                address: str | None = None, shards: int = 1, size: int = 256) -> dict:
-    """The Engine an avatar builds when none is given: in-process with the live call's stage threads, or on Ray
-    (use_ray, address or shards > 1)."""
-    ray = use_ray or address is not None or shards > 1
-    return {"weights": weights, "preset": preset, "shards": shards, "use_ray": ray, "address": address,
-            "size": size, "stage_threads": None if ray else LIVE_STAGE_THREADS}
-
-
-async def build_engine(args: dict):
-    """An Engine from engine_args, built off the event loop when in-process."""
-    from actorcast.actors.engine import Engine
-
-    # Ray joins from this thread (it installs signal handlers); in-process stages load in a worker thread
-    return Engine(**args) if args["use_ray"] else await asyncio.to_thread(Engine, **args)
-
-
-async def open_face(engine, face: AvatarFace):
-    return await engine.open_session(reference=face.portrait, identity_seed=face.identity, emotion=face.emotion,
-                                     seed=face.seed, landmarks=face.landmarks)
-
-
-class LiveVoice:
-    """The agent's speech into one Session, and its pictures and voice out on the voice clock, with the figures.
-
-    `attach(session)` wires the session in; until then only the figures exist. on_mark(content position, marker):
-    markers queued between speech (`feed.mark`) as the feed reaches them; on_speech(content position): each 20 ms
-    block of speech as it is fed.
+    `attach(session)` wires the session in; until then only the figures exist. `pictures`: what sends the
+    session's frames (a VoiceClock, or a call's AvatarVideoTrack), told by `skip_until(frame)` where an interrupt
+    resumes. voice_at(): the content position (48 kHz) of the first voice not yet sent, None before any.
+    on_mark(content position, marker): markers queued between speech (`feed.mark`) as the feed reaches them;
+    on_speech(content position): each 20 ms block of speech as it is fed.
     """
 
-    def __init__(self, on_mark=None, on_speech: Callable[[int], None] | None = None, lag: int = VOICE_LAG):
-        self.on_mark, self.on_speech, self.lag = on_mark, on_speech, lag
-        self.session = self.content = self.audio_in = self.feed = self.clock = None
-        self.resample = VoiceResampler()
-        self.pictures_sent = self.voice_frames = self.repeated_frames = self.degraded_frames = 0
-        self.bad_audio_frames = 0
-        self.speech_queued = 0  # 48 kHz samples of speech handed to the feed so far
-        self.voice_end = 0  # content position (48 kHz) after the last voice read to send
+    def __init__(self, voice_at: Callable[[], int | None], on_mark=None,
+                 on_speech: Callable[[int], None] | None = None):
+        self.voice_at, self.on_mark, self.on_speech = voice_at, on_mark, on_speech
+        self.session = self.content = self.audio_in = self.feed = self.pictures = None
+        self.pictures_sent = self.repeated_frames = self.degraded_frames = 0
         self.speech_end = 0  # content position after the last speech fed
         self.interrupts: list[dict] = []
         self.added_ms: collections.deque[float] = collections.deque(maxlen=KEEP_FIGURES)  # fed -> sent
@@ -189,7 +135,80 @@ class LiveVoice:
         self.content = ContentAudio()
         self.audio_in = AudioInput(session.feed, self.content)
         self.feed = WatchedFeed(self.audio_in, on_mark=self.on_mark, on_speech=self.on_speech)
-        self.clock = VoiceClock(self.content, self.audio_in.arrival, lag=self.lag)
+
+    def interrupt(self, pts: int | None = None, preroll: bool = True) -> int:
+        """Barge-in: drop the queued speech, silence the voice not yet sent, hold the picture until the first
+        frame made from silence only (returned). pts: the media clock now in ns, for interrupt_idle_media_ms
+        (None: not measured). preroll: the feed is the session's audio, so the silence that follows is known and
+        enough of it to generate that first idle chunk is fed at once (SpeechFeed.preroll_silence) instead of in
+        real time; a caller's microphone keeps feeding as it comes."""
+        self.feed.clear()
+        idle_from = self.session.interrupt()
+        self.pictures.skip_until(idle_from)
+        voice_at = self.voice_at()
+        if voice_at is not None:
+            self.content.silence_from(voice_at)
+        if preroll:
+            self.feed.preroll_silence((idle_from + self.session.chunk_frames + self.session.lookahead)
+                                      * SAMPLES_PER_FRAME)
+        self.interrupts.append({"frame": idle_from, "voice_at": voice_at, "pts": pts, "t": time.time(),
+                                "idle_media_ms": None, "idle_wall_ms": None})
+        return idle_from
+
+    def queued_speech_end(self) -> int:
+        """The content position (48 kHz) after the last speech fed so far."""
+        if self.feed.received:
+            self.speech_end = max(self.speech_end, self.feed.received[-1][0] + VOICE_BLOCK)
+        return self.speech_end
+
+    def picture_sent(self, index: int | None, degraded: bool, pts: int | None = None,
+                     t: float | None = None) -> float | None:
+        """Count a picture sent (index None: the last one again) at media time `pts` (ns, or None) and wall time
+        `t` (now when None), and time it; returns its added latency in ms (None when not known)."""
+        self.pictures_sent += 1
+        self.repeated_frames += int(index is None)
+        self.degraded_frames += int(degraded)
+        return None if index is None else self._measure(index, pts, time.time() if t is None else t)
+
+    def _measure(self, index: int, pts: int | None, now: float) -> float | None:
+        """Latencies of a picture sent at wall time `now`, and the return to idle after each interrupt."""
+        start = index * VOICE_PER_FRAME
+        self.queued_speech_end()  # before the blocks already shown are let go
+        received = self.feed.received
+        while received and received[0][0] + VOICE_BLOCK <= start:
+            received.popleft()
+        if received and received[0][0] <= start:  # a picture of speech: since the frame that brought it came
+            self.input_ms.append((now - received[0][1]) * 1000.0)
+        added = None
+        arrival = self.audio_in.arrival(index)
+        if arrival is not None:
+            added = (now - arrival) * 1000.0
+            self.added_ms.append(added)
+        for event in self.interrupts:
+            if event["idle_wall_ms"] is None and index >= event["frame"]:
+                event["idle_wall_ms"] = (now - event["t"]) * 1000.0
+                if pts is not None and event["pts"] is not None:
+                    event["idle_media_ms"] = (pts - event["pts"]) / 1e6
+        return added
+
+
+class LiveVoice(LiveAudio):
+    """LiveAudio for an agent framework's transport, which is pushed to: the agent's speech at any rate in
+    (`take`), its pictures and voice out on the voice clock (`paced_slots`), frame n's sound `lag` (VOICE_LAG)
+    after its picture. `attach(session)` also starts the clock."""
+
+    def __init__(self, on_mark=None, on_speech: Callable[[int], None] | None = None, lag: int = VOICE_LAG):
+        super().__init__(lambda: self.voice_end, on_mark, on_speech)
+        self.lag = lag
+        self.clock = None
+        self.resample = VoiceResampler()
+        self.voice_frames = self.bad_audio_frames = 0
+        self.speech_queued = 0  # 48 kHz samples of speech handed to the feed so far
+        self.voice_end = 0  # content position (48 kHz) after the last voice read to send
+
+    def attach(self, session) -> None:
+        super().attach(session)
+        self.clock = self.pictures = VoiceClock(self.content, self.audio_in.arrival, lag=self.lag)
 
     # ---- speech in ----------------------------------------------------------------------------------------
 
@@ -214,25 +233,10 @@ class LiveVoice:
         """The utterance ends here: what the resampler holds and the last partial block go in."""
         self.speak(self.resample.flush(), final=True)
 
-    def interrupt(self, pts) -> int:
-        """Barge-in: drop the queued speech, silence the voice not yet sent, hold the picture until the first
-        frame made from silence only (returned). pts: the service's clock now, for interrupt_idle_media_ms."""
-        self.feed.clear()
+    def interrupt(self, pts: int | None = None, preroll: bool = True) -> int:
+        """LiveAudio.interrupt, with the resampler's held samples dropped too."""
         self.resample.reset()
-        idle_from = self.session.interrupt()
-        self.clock.skip_until(idle_from)
-        self.content.silence_from(self.voice_end)
-        self.feed.preroll_silence((idle_from + self.session.chunk_frames + self.session.lookahead)
-                                  * SAMPLES_PER_FRAME)
-        self.interrupts.append({"frame": idle_from, "voice_at": self.voice_end, "pts": pts, "t": time.time(),
-                                "idle_media_ms": None, "idle_wall_ms": None})
-        return idle_from
-
-    def queued_speech_end(self) -> int:
-        """The content position (48 kHz) after the last speech fed so far."""
-        if self.feed.received:
-            self.speech_end = max(self.speech_end, self.feed.received[-1][0] + VOICE_BLOCK)
-        return self.speech_end
+        return super().interrupt(pts, preroll)
 
     # ---- pictures and voice out ---------------------------------------------------------------------------
 
@@ -267,31 +271,6 @@ class LiveVoice:
         block = self.content.read(start, VOICE_BLOCK)
         self.voice_end = start + len(block)
         return block
-
-    def picture_sent(self, slot: Slot, pts) -> None:
-        """Count a picture sent at the service's clock time `pts`, and time it."""
-        self.pictures_sent += 1
-        self.repeated_frames += int(slot.index is None)
-        self.degraded_frames += int(slot.degraded)
-        if slot.index is not None:
-            self._measure(slot.index, pts)
-
-    def _measure(self, index: int, pts) -> None:
-        """Latencies of a picture, and the return to idle after each interrupt."""
-        start, now = index * VOICE_PER_FRAME, time.time()
-        self.queued_speech_end()  # before the blocks already shown are let go
-        received = self.feed.received
-        while received and received[0][0] + VOICE_BLOCK <= start:
-            received.popleft()
-        if received and received[0][0] <= start:  # a picture of speech: since the frame that brought it came
-            self.input_ms.append((now - received[0][1]) * 1000.0)
-        arrival = self.audio_in.arrival(index)
-        if arrival is not None:
-            self.added_ms.append((now - arrival) * 1000.0)
-        for event in self.interrupts:
-            if event["idle_media_ms"] is None and index >= event["frame"]:
-                event["idle_media_ms"] = (pts - event["pts"]) / 1e6
-                event["idle_wall_ms"] = (now - event["t"]) * 1000.0
 
     # ---- figures ------------------------------------------------------------------------------------------
 

@@ -43,8 +43,8 @@ import numpy as np
 from actorcast.actors.framing import Framing
 from actorcast.models.errors import ActorcastError, ConfigError
 from actorcast.models.timebase import FPS
-from actorcast.streaming.live_audio import (HALF_S, SLOT_S, LiveVoice, build_engine, engine_args, face_of,
-                                            open_face)
+from actorcast.streaming.agent_avatar import build_engine, engine_args, face_of, open_face
+from actorcast.streaming.live_audio import HALF_S, SLOT_S, LiveVoice
 from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE
 from actorcast.streaming.voice_clock import Slot
 
@@ -254,7 +254,7 @@ class ActorcastVideoGenerator(VideoGenerator):
     def _picture(self, slot: Slot) -> AvatarPicture:
         picture = AvatarPicture(slot.image, {"actorcast": {"frame": slot.index, "degraded": slot.degraded,
                                                            "t": self.slots * SLOT_S}})
-        self.live.picture_sent(slot, self._media_ns())
+        self.live.picture_sent(slot.index, slot.degraded, self._media_ns())
         if slot.index is not None:
             self.last_index = max(self.last_index, slot.index)
         return picture

@@ -22,21 +22,14 @@ from aiortc.mediastreams import MediaStreamError
 
 from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import InputError, TooLargeError
-from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
+from actorcast.models.timebase import FPS
 from actorcast.streaming.figures import percentiles
 from actorcast.streaming.ice import rtc_configuration, set_local_description
 from actorcast.streaming.limits import CONNECT_TIMEOUT_S, MAX_QUEUED_SPEECH_S
+from actorcast.streaming.live_audio import LiveAudio
 from actorcast.streaming.metrics import Metrics
 from actorcast.streaming.receiver import DEFAULT_PREFETCH, receiver_of, rtp_origin, set_audio_prefetch
-from actorcast.streaming.tracks import (
-    VOICE_RATE,
-    AudioInput,
-    AvatarVideoTrack,
-    ContentAudio,
-    SentFrame,
-    SpeechFeed,
-    VoiceTrack,
-)
+from actorcast.streaming.tracks import VOICE_RATE, AvatarVideoTrack, SentFrame, VoiceTrack
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +65,30 @@ class LiveCall:
         self.connect_timeout_s = connect_timeout_s
         self.audio_prefetch = audio_prefetch
         self.pc = RTCPeerConnection(rtc_configuration(stun))
-        self.content = ContentAudio()
-        self.audio_in = AudioInput(session.feed, self.content)
-        self.video = AvatarVideoTrack(self._frame_sent, chunk_frames=session.chunk_frames)
+        # the live-audio core (streaming/live_audio.py): the fed audio, the speech feed, interrupts and figures
+        self.live = LiveAudio(voice_at=lambda: self.voice.pos)
+        self.live.attach(session)
+        self.content, self.audio_in = self.live.content, self.live.audio_in
+        self.speech = self.live.feed  # agent mode: the speech queued by `speak`, fed in real time
+        self.video = self.live.pictures = AvatarVideoTrack(self._frame_sent, chunk_frames=session.chunk_frames)
         self.voice = VoiceTrack(self.content, lambda: self.anchor)
         self.anchor: tuple[int, float] | None = None  # (frame index, wall time sent) of the latest real frame
-        self.speech = SpeechFeed(self.audio_in)  # agent mode: the speech queued by `speak`, fed in real time
-        self.latencies: collections.deque[float] = collections.deque(maxlen=1500)
         self.sent_times: collections.deque[float] = collections.deque(maxlen=2 * FPS)
         self.pending_frames: list[list[float]] = []
-        self.frames_sent = self.degraded_frames = self.degraded_after_startup = 0
+        self.degraded_after_startup = 0
         self.t_answer: float | None = None
         self.t_answer_mono: float | None = None
         self.t_connected: float | None = None  # monotonic
         self.t_first_frame: float | None = None
-        self.interrupts: list[dict] = []
         self.last_activity = time.monotonic()
         self.channel = None
         self.tasks: list[asyncio.Task] = []
         self.closed = asyncio.Event()
         self._closing = False
+
+    # the live core's state, by the names the call has always had
+    frames_sent = property(lambda self: self.live.pictures_sent)
+    interrupts = property(lambda self: self.live.interrupts)
 
     # ---- set-up -------------------------------------------------------------------------------------------
 
@@ -183,18 +180,13 @@ class LiveCall:
         await self.close()
 
     def _frame_sent(self, sent: SentFrame) -> None:
-        latency = rtp = None
+        latency = self.live.picture_sent(sent.index, sent.degraded, t=sent.t_sent)  # audio arrival -> sent, ms
+        rtp = None
         if sent.index is not None:
             self.anchor = (sent.index, sent.t_sent)
-            arrival = self.audio_in.arrival(sent.index)
-            if arrival is not None:
-                latency = (sent.t_sent - arrival) * 1000.0
-                self.latencies.append(latency)
             rtp = self.audio_in.rtp_timestamp(sent.index)
         if self.t_first_frame is None:
             self.t_first_frame = sent.t_sent
-        self.frames_sent += 1
-        self.degraded_frames += int(sent.degraded)
         self.degraded_after_startup += int(sent.degraded and sent.t_sent - self.t_first_frame > STARTUP_S)
         self.sent_times.append(sent.t_sent)
         self.metrics.frame_sent(sent.degraded, latency)
@@ -202,9 +194,6 @@ class LiveCall:
         # stream or None]: the browser turns the last into its own capture time
         self.pending_frames.append([round(sent.t_sent * 1000.0, 1), None if latency is None else round(latency, 1),
                                     sent.index, int(sent.degraded), sent.pts, rtp])
-        for event in self.interrupts:
-            if event.get("idle_ms") is None and sent.index is not None and sent.index >= event["frame"]:
-                event["idle_ms"] = (sent.t_sent - event["t"]) * 1000.0
 
     # ---- control ------------------------------------------------------------------------------------------
 
@@ -213,21 +202,10 @@ class LiveCall:
         self.session.set_emotion(emotion)
 
     def interrupt(self) -> None:
-        """Barge-in: drop queued speech everywhere (agent queue, session, voice not yet played).
-
-        Frames before the session's first all-silence frame are skipped (the last one shown is held). In agent
-        mode the audio that follows is known to be silence, so enough of it to generate that first idle chunk
-        is fed at once, instead of waiting up to 7 frames for it to arrive in real time (SpeechFeed.preroll_silence).
-        """
-        self.speech.clear()
-        idle_from = self.session.interrupt()  # the first frame made from silence only
-        self.video.skip_until(idle_from)
-        if self.voice.pos is not None:
-            self.content.silence_from(self.voice.pos)
-        if self.options.source == "agent":
-            self.speech.preroll_silence((idle_from + self.session.chunk_frames + self.session.lookahead)
-                                        * SAMPLES_PER_FRAME)
-        self.interrupts.append({"t": time.time(), "frame": idle_from, "idle_ms": None})
+        """Barge-in (LiveAudio.interrupt): drop queued speech everywhere (agent queue, session, voice not yet
+        played); the video track holds the last frame shown until the session's first all-silence frame. In agent
+        mode the silence that follows is fed at once; a caller's microphone keeps feeding in real time."""
+        self.live.interrupt(preroll=self.options.source == "agent")
 
     def check_agent(self) -> None:
         """InputError unless this call takes its speech from `speak` (source "agent")."""
@@ -279,17 +257,17 @@ class LiveCall:
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         session = self.session.stats()
         return {
-            "session_id": self.call_id, "sent_frames": self.frames_sent, "sent_fps": round(fps, 2),
-            "sent_degraded_frames": self.degraded_frames,
+            "session_id": self.call_id, "sent_frames": self.live.pictures_sent, "sent_fps": round(fps, 2),
+            "sent_degraded_frames": self.live.degraded_frames,
             "sent_degraded_after_startup_frames": self.degraded_after_startup,
-            "repeated_frames": self.video.repeated, "skipped_frames": self.video.dropped,
+            "repeated_frames": self.live.repeated_frames, "skipped_frames": self.video.dropped,
             "generated_frames": session["frames_out"], "generated_degraded_frames": session["degraded_frames"],
-            "server_latency_ms": percentiles(self.latencies),
+            "server_latency_ms": percentiles(self.live.added_ms),
             "generation_latency_ms": session["latency_ms"],
             "sender_av_offset_ms": self.voice.offset_ms(), "voice_resyncs": self.voice.resyncs,
             "server_ttff_s": None if self.t_first_frame is None or self.t_answer is None
             else self.t_first_frame - self.t_answer,
-            "interrupt_idle_ms": [e["idle_ms"] for e in self.interrupts],
+            "interrupt_idle_ms": [e["idle_wall_ms"] for e in self.interrupts],
             "queued_speech_s": self.speech.queued_s(),
             "buffered_frames": len(self.video.queue),
         }

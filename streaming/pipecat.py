@@ -5,8 +5,9 @@
 `ActorcastVideoService` sits after the TTS and before the output transport, where Pipecat's avatar services go.
 It takes the agent's speech (TTSAudioRawFrame, any sample rate and channel count) and sends on 25 pictures a
 second (OutputImageRawFrame) and the same speech, timed so that the transport plays each sound with its picture.
-It runs the live-audio core (streaming.live_audio, shared with the LiveKit avatar) around one Session, and paces
-its output with the voice as the clock (streaming.voice_clock), as a transport that is pushed to needs:
+It runs the live-audio core (streaming.live_audio, shared with the LiveKit avatar and the WebRTC call) around one
+Session, and paces its output with the voice as the clock (streaming.voice_clock), as a transport that is pushed
+to needs:
 
     speech -> 48 kHz mono -> SpeechFeed (20 ms per 20 ms; silence when the agent is quiet) -> AudioInput
         -> ContentAudio (the voice by content position) and Session.feed (16 kHz)
@@ -32,11 +33,14 @@ import numpy as np
 from actorcast.actors.framing import Framing
 from actorcast.models.errors import ActorcastError
 from actorcast.models.timebase import FPS
-from actorcast.streaming.live_audio import VOICE_LAG, VoiceResampler  # noqa: F401  (as this module had them)
-from actorcast.streaming.live_audio import LiveVoice, build_engine, engine_args, face_of, open_face
+from actorcast.streaming.agent_avatar import build_engine, engine_args, face_of, open_face
+from actorcast.streaming.live_audio import VOICE_LAG, LiveVoice, VoiceResampler
 from actorcast.streaming.live_audio import audio_problem as pcm_problem
 from actorcast.streaming.tracks import VOICE_RATE
 from actorcast.streaming.voice_clock import Slot
+
+__all__ = ["VOICE_LAG", "ActorcastVideoService", "PipecatMissingError", "VoiceResampler", "audio_problem",
+           "say_through"]  # VOICE_LAG and VoiceResampler: as this module had them
 
 
 class PipecatMissingError(ActorcastError, ImportError):
@@ -238,7 +242,7 @@ class ActorcastVideoService(FrameProcessor):
         picture.pts = self.get_clock().get_time()
         picture.metadata["actorcast"] = {"frame": slot.index, "degraded": slot.degraded}
         await self.push_frame(picture)
-        self.live.picture_sent(slot, picture.pts)
+        self.live.picture_sent(slot.index, slot.degraded, picture.pts)
 
     async def _send_voice(self, start: int | None) -> None:
         """One 20 ms voice frame with the TTS brackets where they fall: TTSAudioRawFrame inside an utterance,

@@ -141,7 +141,7 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
         caller.send({"type": "emotion", "emotion": "sad"})
         caller.send({"type": "interrupt"})
         t_interrupt = time.time()
-        await wait_for(lambda: call.interrupts and call.interrupts[0]["idle_ms"] is not None, 30.0)
+        await wait_for(lambda: call.interrupts and call.interrupts[0]["idle_wall_ms"] is not None, 30.0)
         await asyncio.sleep(1.0)
         caller.send({"type": "nonsense"})
         await asyncio.sleep(0.3)
@@ -150,10 +150,10 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
     assert [a["op"] for a in acks] == ["emotion", "interrupt"]
     assert any(m["type"] == "error" and "unknown control message" in m["error"] for m in caller.rec.messages)
     assert int(stream.emotion[0]) == 2  # "sad", switched over the data channel
-    # the first idle frame is a chunk start after what was on screen, and it was shown (idle_ms measured)
+    # the first idle frame is a chunk start after what was on screen, and it was shown (idle_wall_ms measured)
     session = call.session
     assert at_interrupt["frame"] % session.chunk_frames == 0 and at_interrupt["frame"] > at_interrupt["shown"]
-    assert call.interrupts[0]["idle_ms"] is not None and not call.speech.queue
+    assert call.interrupts[0]["idle_wall_ms"] is not None and not call.speech.queue
     # the silence that makes that frame went in at once, not in real time (bench/live.py measures how fast the
     # avatar is idle); the feeder then skipped the 20 ms slots that silence had filled
     needed = (at_interrupt["frame"] + session.chunk_frames + session.lookahead) * SAMPLES_PER_FRAME
