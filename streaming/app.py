@@ -58,8 +58,8 @@ PREVIEW_SIDE = 192     # px, the framed square shown in the page
 
 
 # torch threads per in-process stage for a live server: with 1, the audio, motion and decoder stages and aiortc's
-# codec threads share 2 cores without oversubscription (measured on one call: p95 latency 294-310 -> 287-294 ms;
-# two calls: 27 % -> 21 % of frames degraded).
+# codec threads share 2 cores without oversubscription, which lowers both the latency and the share of degraded
+# frames (bench/live.py measures them).
 LIVE_STAGE_THREADS = 1
 
 

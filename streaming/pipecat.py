@@ -120,9 +120,8 @@ class ActorcastVideoService(FrameProcessor):
         The service paces its pictures itself, 25 a second. Pipecat's live video output paces them again at
         video_out_framerate, and once it has fallen more than 5 frames behind (its task held up on a busy
         machine) it restarts its clock with the pictures that piled up still queued: at 25 they would stay
-        queued, and the picture behind the voice by as much, for the rest of the call (a 300 ms hold-up: the
-        picture 190 ms behind at an aiortc client). At 50 it shows each picture as it comes and drains a backlog
-        in about as long as it took to build."""
+        queued, and the picture behind the voice by as much, for the rest of the call. At 50 it shows each
+        picture as it comes and drains a backlog in about as long as it took to build."""
         return {"audio_out_enabled": True, "audio_out_sample_rate": VOICE_RATE, "audio_out_10ms_chunks": 2,
                 "audio_out_auto_silence": False,
                 "video_out_enabled": True, "video_out_is_live": True, "video_out_width": self.size,

@@ -270,10 +270,8 @@ class AvatarVideoTrack(MediaStreamTrack):
     beyond two chunks drops the oldest frames, so latency stays bounded whatever the session does.
 
     The defaults hold a 15 ms margin and wait 30 ms more: once drained back, a chunk may come up to 45 ms later
-    than the schedule expects before a frame is repeated. Measured with two calls on 2 cores (4 x 2 calls of 20 s),
-    a chunk's first frame came later than the earliest of the 8 chunks before it (on the 160 ms cadence) by 7.5 ms
-    at the median, 21 ms at p99 and 35 ms at most; with a 5 ms margin and 20 ms of waiting, 9 frames in 10 such
-    calls were repeated, and none with these (about 10 ms more latency).
+    than the schedule expects before a frame is repeated. That covers how late a chunk comes against the 160 ms
+    cadence with two calls on two cores, for about 10 ms of latency; bench/live.py counts the repeats.
     """
 
     kind = "video"
