@@ -184,7 +184,7 @@ def test_photos(quick: bool, all_faces: bool, tmp: Path) -> list[Photo]:
 
 def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path, out: Path, tmp: Path) -> dict:
     """Render `photo` speaking `wav` full-frame with `engine`; measure it (see the module docstring)."""
-    from actorcast.cluster.render import RenderJob, check_job, paste_back_for, render
+    from actorcast.cluster.cli.render import RenderJob, check_job, paste_back_for, render
     from actorcast.models.errors import InputError
     from actorcast.actors.framing import Framing
     from actorcast.models.training.evaluate import lip_lag, pearson, span

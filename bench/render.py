@@ -49,7 +49,7 @@ def _long_audio(path: Path, minutes: float) -> Path:
 
 def _timed_render(audio: Path, out: Path, engine) -> tuple[float, list[float]]:
     """Wall seconds of one render and the time between successive chunks (ms)."""
-    from actorcast.cluster.render import RenderJob, render
+    from actorcast.cluster.cli.render import RenderJob, render
 
     stamps = []
     t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def _timed_render(audio: Path, out: Path, engine) -> tuple[float, list[float]]:
 def _longform_worker(minutes: float, tmp: str, queue) -> None:
     """Child process: render `minutes` of audio in-process; report chunk times and RSS along the way."""
     from actorcast.actors.engine import Engine
-    from actorcast.cluster.render import RenderJob, render
+    from actorcast.cluster.cli.render import RenderJob, render
 
     audio = _long_audio(Path(tmp) / f"long_{minutes}.wav", minutes)
     curve, last = [], [time.perf_counter()]

@@ -4,7 +4,7 @@ import json
 
 import av
 
-from actorcast.cluster.batch import parse_jobs, summary_table
+from actorcast.cluster.batch_job import parse_jobs, summary_table
 from actorcast.cluster.cli import main
 from tests.helpers import write_audio
 

@@ -235,7 +235,7 @@ def test_a_ray_render_prints_only_actorcast_lines(tmp_path):
 def test_render_runs_in_process_by_default_and_on_ray_only_when_asked(tmp_path, capsys, monkeypatch):
     import ray
 
-    from actorcast.cluster import render as render_module
+    from actorcast.cluster.cli import render as render_module
 
     def no_ray(*args, **kwargs):
         raise AssertionError("a plain render started Ray")

@@ -47,7 +47,7 @@ def test_a_jobs_file_without_jobs_is_an_error(tmp_path):
 
 
 def test_a_jobs_line_nested_too_deep_fails_that_job_only(tmp_path):
-    from actorcast.cluster.batch import parse_jobs
+    from actorcast.cluster.batch_job import parse_jobs
 
     (tmp_path / "jobs.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     jobs = parse_jobs(tmp_path / "jobs.jsonl", tmp_path)
@@ -56,7 +56,7 @@ def test_a_jobs_line_nested_too_deep_fails_that_job_only(tmp_path):
 
 def test_serve_help_states_the_limits_and_log_level_sets_the_servers_loggers():
     from actorcast.cluster.cli import build_parser
-    from actorcast.cluster.serve import set_log_level
+    from actorcast.cluster.cli.serve import set_log_level
 
     parser = build_parser()
     serve = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]
@@ -75,7 +75,7 @@ def test_serve_help_states_the_limits_and_log_level_sets_the_servers_loggers():
 
 
 def test_token_from_file_environment_or_flag(tmp_path):
-    from actorcast.cluster.serve import open_server_warning, resolve_token
+    from actorcast.cluster.cli.serve import open_server_warning, resolve_token
 
     path = tmp_path / "token"
     path.write_text("from-file\n")

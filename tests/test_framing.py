@@ -209,7 +209,7 @@ def test_paste_back_keeps_outside_mask_identical(astronaut_framing):
 def test_a_full_frame_photo_renders_at_its_face_square_unless_told(astronaut_framing):
     """Left open, the frame size of a photo pasted back is the side of its face's square (up to 16 px more, 256 to
     512): the animated face goes back into the photo without being blown up."""
-    from actorcast.cluster.render import RenderJob, frame_size_for
+    from actorcast.cluster.cli.render import RenderJob, frame_size_for
 
     job = RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT))
     side = astronaut_framing.box[2]                                   # 296 px
@@ -362,7 +362,7 @@ async def test_portrait_upload_is_framed_and_its_errors_come_back(tmp_path, astr
 def test_batch_lines_with_bad_face_options_are_their_own_errors(tmp_path):
     import json
 
-    from actorcast.cluster.batch import parse_jobs
+    from actorcast.cluster.batch_job import parse_jobs
     from tests.helpers import write_pcm_wav
 
     write_pcm_wav(tmp_path / "a.wav", 16000)

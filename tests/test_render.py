@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from actorcast.cluster import render as render_module
+from actorcast.cluster.cli import render as render_module
 from actorcast.cluster.cli import main
-from actorcast.cluster.render import RenderJob, render
+from actorcast.cluster.cli.render import RenderJob, render
 from actorcast.cluster.render_mux import SegmentWriter
 from actorcast.models.errors import ActorcastError, InputError
 from tests.helpers import png_header_only, write_audio, write_pcm_wav

@@ -31,7 +31,7 @@ RUNTIME_FILES = [
                                                             "decoder") for ext in ("json", "safetensors")),
     "actorcast/streaming/static/index.html", "actorcast/streaming/static/client.js",
     "actorcast/models/training/meter-requirements.txt", "actorcast/models/training/meter_worker.py",
-    "actorcast/actors/face_worker.py", "actorcast/cluster/cli.py",
+    "actorcast/actors/face_worker.py", "actorcast/cluster/cli/__init__.py",
 ]
 
 
@@ -144,6 +144,6 @@ def test_the_installed_wheel_runs_from_another_folder(built, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     found = json.loads(run.stdout)
     site = str(next((tmp_path / "venv" / "lib").glob("python3*/site-packages")))
-    assert found["cli"] == f"{site}/actorcast/cluster/cli.py"
+    assert found["cli"] == f"{site}/actorcast/cluster/cli/__init__.py"
     assert found["weights"] == f"{site}/actorcast/models/weights/tiny"
     assert found["page"] is True and found["others"] == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from actorcast.models.errors import ConfigError
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"  # cluster/cli/bench.py -> the checkout
 NAMES = ("data", "models", "cache", "render", "live", "portraits", "abuse")
 
 

@@ -3,7 +3,7 @@
 import argparse
 import logging
 
-from actorcast.cluster.cli_args import frame_size, mp4_file, output_file, positive_int, positive_seconds
+from actorcast.cluster.cli.args import frame_size, mp4_file, output_file, positive_int, positive_seconds
 from actorcast.models.data.params import EMOTIONS
 from actorcast.models.errors import ActorcastError
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from actorcast.cluster.cli_args import frame_size, output_file, positive_int, positive_seconds
+from actorcast.cluster.cli.args import frame_size, output_file, positive_int, positive_seconds
 from actorcast.models.errors import ActorcastError
 from actorcast.models.kv_cache import POLICY_NAMES
 

@@ -1,7 +1,12 @@
-"""The `actorcast` command line: one subcommand per job; user errors become one line and exit code 2."""
+"""The `actorcast` command line: one subcommand per job; user errors become one line and exit code 2.
+
+Each command is a module of this package named after it (`actorcast render` is cluster/cli/render.py) with an
+`add_parser(sub)` that registers it; the work itself lives in the runtime and cluster modules they call.
+"""
 
 import argparse
 import errno
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +16,8 @@ from actorcast.actors.executor import project_error
 from actorcast.models.errors import ConfigError, InputError
 
 EXIT_USER_ERROR = 2
+# The subcommands in the order `actorcast --help` lists them; each is the module of the same name here.
+COMMANDS = ("setup", "data", "train", "eval", "render", "batch", "serve", "call", "bench", "cluster")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,16 +29,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser; each job module adds its own subcommand."""
-    from actorcast.cluster import (batch, bench_cmd, call, data_cmd, eval_cmd, local_cluster, render, serve,
-                                   setup_cmd, train)
-
+    """The full parser; each command module adds its own subcommand."""
     parser = _Parser(prog="actorcast", description="Real-time talking avatars: data, training, rendering, live calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"actorcast {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (setup_cmd, data_cmd, train, eval_cmd, render, batch, serve, call, bench_cmd, local_cluster):
-        module.add_parser(sub)
+    for command in COMMANDS:
+        importlib.import_module(f"{__name__}.{command}").add_parser(sub)
     return parser
 
 
@@ -87,7 +91,3 @@ def _notes(*errors: BaseException) -> str:
     """What a job added to its error on the way out (e.g. how a rerun resumes), on the same line."""
     notes = dict.fromkeys(n for e in errors for n in getattr(e, "__notes__", ()))
     return "".join(f"; {note}" for note in notes)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,7 +30,7 @@ from actorcast.actors.loading import resolve_weights
 from actorcast.actors.paste import PasteBack
 from actorcast.actors.reference import load_image
 from actorcast.actors.session_config import SessionCheckpoint
-from actorcast.cluster.cli_args import frame_size, mp4_file, positive_int, positive_seconds, seed
+from actorcast.cluster.cli.args import frame_size, mp4_file, positive_int, positive_seconds, seed
 from actorcast.cluster.ray_connect import check_address
 from actorcast.cluster.render_mux import SegmentWriter, mux_final, probe_audio
 from actorcast.models.data.media import iter_audio_blocks

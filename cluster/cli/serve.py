@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from actorcast.cluster.cli_args import positive_int
+from actorcast.cluster.cli.args import positive_int
 from actorcast.models.errors import ActorcastError
 
 log = logging.getLogger(__name__)

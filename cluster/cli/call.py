@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from actorcast.cluster.cli_args import mp4_file, positive_seconds, seed
+from actorcast.cluster.cli.args import mp4_file, positive_seconds, seed
 from actorcast.models.data.params import EMOTIONS
 
 
