@@ -32,7 +32,8 @@ import numpy as np
 
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.figures import percentiles
-from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput, ContentAudio, SpeechFeed
+from actorcast.streaming.tracks import (STALL_S, VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput,
+                                        ContentAudio, SpeechFeed)
 from actorcast.streaming.voice_clock import Slot, VoiceClock
 
 MAX_CHANNELS = 8
@@ -260,7 +261,7 @@ class LiveVoice(LiveAudio):
             yield slot, 1
             k += 1
             delay = t0 + k * SLOT_S - time.monotonic()
-            if delay < -0.25:  # the loop stalled: restart the clock instead of bursting frames
+            if delay < -STALL_S:
                 t0, k = time.monotonic(), 0
             await asyncio.sleep(max(0.0, delay))
 

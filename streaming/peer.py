@@ -1,9 +1,13 @@
-"""One live call: an aiortc peer connection around one runtime Session.
+"""One live call: an aiortc peer connection around one runtime Session (docs/ARCHITECTURE.md "A live call,
+through the files").
 
 Inbound audio (the caller's microphone, or in "agent" mode audio handed to `speak`) is fed to the session
 in real time; the session's frames go out on the 25 fps avatar track and the same audio comes back on the
 voice track, aligned to the frame on screen. Control (emotion, interrupt, ping) arrives on a data channel
 named "control" or through the HTTP routes of app.py; stats go back on the data channel twice a second.
+The fed audio, the speech feed, interruption and the per-frame figures are the live-audio core's
+(streaming/live_audio.py `LiveAudio`, shared with the Pipecat and LiveKit avatars); this module keeps what is
+WebRTC's: the peer connection, its tracks, the data channel, the RTP timestamps and the call's lifecycle.
 """
 
 import asyncio

@@ -1,4 +1,5 @@
-"""Media of one call: inbound audio -> 16 kHz session feed, the 25 fps avatar track, the lip-synced voice track.
+"""Media of one call: inbound audio -> 16 kHz session feed, the 25 fps avatar track, the lip-synced voice track
+(docs/ARCHITECTURE.md "Time base", "A live call, through the files").
 
 Content time: the session numbers frames from the audio it is fed (frame n <-> fed 16 kHz samples
 [640 n, 640 n + 640)); interrupts replace queued speech with silence, so that mapping never shifts. The
@@ -32,6 +33,8 @@ VOICE_PER_FRAME = SAMPLES_PER_FRAME * VOICE_RATE // SAMPLE_RATE  # 1920 samples 
 VOICE_BLOCK = VOICE_RATE // 50  # 20 ms audio packets, as WebRTC peers send them
 RESYNC_SAMPLES = VOICE_RATE // 100  # re-align the voice when it is off by more than 10 ms (smoothed)
 RTP_AUDIO_CLOCK = 48_000  # Opus RTP timestamps count 48 kHz samples whatever the codec's rate
+STALL_S = 0.25  # a paced loop this far behind its clock (the event loop stalled) restarts the clock instead of
+#                 sending the frames it missed in a burst
 _MARK = object()  # tags a marker in SpeechFeed's queue
 
 
@@ -349,7 +352,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         delay = deadline - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        elif delay < -0.25:  # the loop stalled: restart the clock instead of bursting frames
+        elif delay < -STALL_S:
             self.t0 = time.monotonic() - self.n / FPS
         if not self.queue and self.last is not None and self.late_grace_s > 0:
             await self._wait_late_frame()
@@ -399,7 +402,7 @@ class VoiceTrack(MediaStreamTrack):
         delay = self.t0 + self.k * VOICE_BLOCK / VOICE_RATE - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        elif delay < -0.25:
+        elif delay < -STALL_S:
             self.t0 = time.monotonic() - self.k * VOICE_BLOCK / VOICE_RATE
         target = self._target()
         if target is None:
