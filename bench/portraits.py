@@ -4,7 +4,7 @@
 
 Each test photo (tests/data/astronaut.jpg; insightface's t1.jpg, its largest face, or each of its six with
 --all-faces; two of scikit-image's lfw_subset faces, as they come at 25 px and doubled to 50 px as
-tests/test_framing.py does) goes through `render` (cluster/render.py) with --full-frame, speaking 20 s of
+tests/test_framing.py does) goes through `render` (actors/render_job.py) with --full-frame, speaking 20 s of
 held-out espeak-ng speech (sentences with their pauses) and then 5 s of silence: the evaluation's 'tts' source
 (models/data/tts.py), whose phoneme-derived openness (`openness`, the jaw_open of the viseme timeline; 0 in the
 silent tail) is the truth lipsync_r_tts is scored against. A photo that framing refuses (no face, too small) is
@@ -184,7 +184,7 @@ def test_photos(quick: bool, all_faces: bool, tmp: Path) -> list[Photo]:
 
 def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path, out: Path, tmp: Path) -> dict:
     """Render `photo` speaking `wav` full-frame with `engine`; measure it (see the module docstring)."""
-    from actorcast.cluster.cli.render import RenderJob, check_job, paste_back_for, render
+    from actorcast.actors.render_job import RenderJob, check_job, paste_back_for, render
     from actorcast.models.errors import InputError
     from actorcast.actors.framing import Framing
     from actorcast.models.training.evaluate import lip_lag, pearson, span

@@ -49,7 +49,7 @@ def _long_audio(path: Path, minutes: float) -> Path:
 
 def _timed_render(audio: Path, out: Path, engine) -> tuple[float, list[float]]:
     """Wall seconds of one render and the time between successive chunks (ms)."""
-    from actorcast.cluster.cli.render import RenderJob, render
+    from actorcast.actors.render_job import RenderJob, render
 
     stamps = []
     t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def _timed_render(audio: Path, out: Path, engine) -> tuple[float, list[float]]:
 def _longform_worker(minutes: float, tmp: str, queue) -> None:
     """Child process: render `minutes` of audio in-process; report chunk times and RSS along the way."""
     from actorcast.actors.engine import Engine
-    from actorcast.cluster.cli.render import RenderJob, render
+    from actorcast.actors.render_job import RenderJob, render
 
     audio = _long_audio(Path(tmp) / f"long_{minutes}.wav", minutes)
     curve, last = [], [time.perf_counter()]
@@ -108,7 +108,7 @@ def encode_only(frames_file: Path, tmp: Path) -> float:
     import av
     import numpy as np
 
-    from actorcast.cluster.render_mux import SegmentWriter
+    from actorcast.actors.render_mux import SegmentWriter
 
     with av.open(str(frames_file)) as c:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from actorcast.actors.executor import project_error
 from actorcast.actors.loading import WeightsBundle, local_weights
-from actorcast.cluster.cli.render import RenderJob, check_job, render
+from actorcast.actors.render_job import RenderJob, check_job, render
 from actorcast.models.errors import ActorcastError, InputError
 
 log = logging.getLogger(__name__)

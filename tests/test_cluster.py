@@ -102,7 +102,7 @@ def test_render_shards_off_the_driver_node_and_a_lost_node(cluster, driver_dir):
     clean = driver_dir / "clean.mp4"
     placed = _driver(cluster, f"""
 from actorcast.actors.engine import Engine
-from actorcast.cluster.cli.render import RenderJob, render
+from actorcast.actors.render_job import RenderJob, render
 with Engine(shards=2, use_ray=True, address=address, size=64) as engine:
     where = [s.node_id() for s in engine.shards]
     render(RenderJob({str(audio)!r}, {str(clean)!r}, shards=2, size=64, checkpoint_every=1.0), engine=engine,

@@ -209,7 +209,7 @@ def test_paste_back_keeps_outside_mask_identical(astronaut_framing):
 def test_a_full_frame_photo_renders_at_its_face_square_unless_told(astronaut_framing):
     """Left open, the frame size of a photo pasted back is the side of its face's square (up to 16 px more, 256 to
     512): the animated face goes back into the photo without being blown up."""
-    from actorcast.cluster.cli.render import RenderJob, frame_size_for
+    from actorcast.actors.render_job import RenderJob, frame_size_for
 
     job = RenderJob("a.wav", "o.mp4", image=str(ASTRONAUT))
     side = astronaut_framing.box[2]                                   # 296 px

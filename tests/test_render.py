@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from actorcast.cluster.cli import render as render_module
+from actorcast.actors import render_job as render_module
+from actorcast.actors.render_job import RenderJob, render
+from actorcast.actors.render_mux import SegmentWriter
 from actorcast.cluster.cli import main
-from actorcast.cluster.cli.render import RenderJob, render
-from actorcast.cluster.render_mux import SegmentWriter
 from actorcast.models.errors import ActorcastError, InputError
 from tests.helpers import png_header_only, write_audio, write_pcm_wav
 
@@ -288,7 +288,7 @@ def test_segment_encoding_is_repeatable(tmp_path):
     shard = DecoderShard(size=64)
     shard.open("s", synthetic_portrait(0, 256))
     z = torch.randn(20, shard.decoder.config.d_motion, generator=torch.Generator().manual_seed(0)) * 0.5
-    frames = shard.decode("s", 0, z)[1]
+    frames = shard.decode("s", 0, z).frames
     digests = set()
     for i in range(150):
         writer = SegmentWriter(tmp_path / "s.mp4", 64)
