@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from actorcast.models.data.images import resize_images
 from actorcast.models.errors import ConfigError, InputError
 
 RANGE_TOLERANCE = 1e-3  # frames may overshoot [0, 1] by resampling round-off, no more
@@ -87,9 +88,7 @@ class MotionEncoder(nn.Module):
         """(B, 3, H, W) in [0, 1], any H, W >= 32 -> z (B, d_motion)."""
         check_frames(frame, "frame")
         s = self.config.input_size
-        x = frame
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        x = resize_images(frame, s)  # (B, 3, s, s)
         h = self.net(x * 2 - 1)  # (B, C, s / 2^n, s / 2^n)
         h = F.adaptive_avg_pool2d(h, self.config.pool_size)  # (B, C, p, p)
         return self.head(h.flatten(1))  # (B, d_motion)

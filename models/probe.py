@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from actorcast.models.data.images import resize_images
 from actorcast.models.data.params import N_PARAMS, PARAM_RANGES
 from actorcast.models.errors import ConfigError
 
@@ -63,9 +63,7 @@ class Probe(nn.Module):
 
     def forward_normalised(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, 16) normalised parameters."""
-        size = self.config.input_size
-        if frames.shape[-1] != size:
-            frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        frames = resize_images(frames, self.config.input_size)  # (B, 3, s, s)
         return self.head(self.convs(frames * 2 - 1))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
