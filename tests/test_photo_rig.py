@@ -1,5 +1,6 @@
 """The photo rig (models/photo_rig.py) on a real photo: its own landmarks (MediaPipe in .venv-meter) drive the
-warp, and the meter, an instrument the rig never saw, reads the mouth and eyes it renders."""
+warp, and the meter, an instrument the rig never saw, reads the mouth and eyes it renders. Its head and rest pose:
+test_photo_rig_pose.py."""
 
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 from actorcast.actors.engine import Engine
 from actorcast.actors.framing import frame_reference
 from actorcast.actors.messages import PhotoFace
-from actorcast.actors.reference import load_image, square_tensor, to_uint8
+from actorcast.actors.reference import square_tensor, to_uint8
 from actorcast.actors.stages import DecoderShard
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
 from actorcast.models.decoder import param_latent
@@ -30,32 +31,21 @@ from actorcast.models.photo_rig import (
     eyes_note,
     params_of_latent,
 )
-from actorcast.models.photo_pose import MIDLINE, PAIRS, TURN_FLOOR, HeadPose, photo_pose, turn_gain
 from actorcast.models.training.meter import FaceMeter
+from tests.photo_rig_helpers import SIZE, astronaut_framing, astronaut_rig, poses
 
-ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SIZE = 256
 
 
 @pytest.fixture(scope="module")
 def framing():
-    return frame_reference(load_image(ASTRONAUT))
+    return astronaut_framing()
 
 
 @pytest.fixture(scope="module")
 def rig(framing):
-    return PhotoRig(square_tensor(framing.crop(), SIZE), framing.crop_landmarks(SIZE))
-
-
-def _poses(**columns) -> torch.Tensor:
-    """Neutral rows, one per value of the given parameters' lists (all lists the same length)."""
-    n = len(next(iter(columns.values())))
-    p = neutral_params(n)
-    for name, values in columns.items():
-        p[:, PARAM_INDEX[name]] = torch.tensor(values, dtype=torch.float32)
-    return p
+    return astronaut_rig(framing)
 
 
 def test_at_rest_the_photo_renders_as_itself(rig):
@@ -66,7 +56,7 @@ def test_at_rest_the_photo_renders_as_itself(rig):
 def test_the_mouth_opens_with_jaw_open_as_the_meter_reads_it(rig):
     """Stills of rising jaw_open: the meter's inner-lip gap rises in step, and the widest one is clearly open."""
     jaw = [0.0, 0.4, 0.7, 1.0]
-    reading = FaceMeter().read(to_uint8(rig.render(_poses(jaw_open=jaw))), static=True)
+    reading = FaceMeter().read(to_uint8(rig.render(poses(jaw_open=jaw))), static=True)
     assert reading.found.all()
     opening = reading.mouth_open
     assert np.all(np.diff(opening) > 0.005), opening
@@ -74,11 +64,11 @@ def test_the_mouth_opens_with_jaw_open_as_the_meter_reads_it(rig):
 
 
 def test_blinks_close_the_eyes_and_only_the_mouth_moves_for_speech(rig):
-    frames = rig.render(_poses(blink_l=[0.0, 1.0], blink_r=[0.0, 1.0]))
+    frames = rig.render(poses(blink_l=[0.0, 1.0], blink_r=[0.0, 1.0]))
     reading = FaceMeter().read(to_uint8(frames), static=True)
     assert reading.eye_open[1] < 0.6 * reading.eye_open[0], reading.eye_open
     # speech moves the mouth and chin, not the eyes or forehead: the rows above the nose stay the photo's
-    spoken = rig.render(_poses(jaw_open=[0.9], lip_spread=[0.8], smile=[0.5]))
+    spoken = rig.render(poses(jaw_open=[0.9], lip_spread=[0.8], smile=[0.5]))
     nose_y = int(rig.mouth.origin[1] - 0.25 * rig.height)
     assert torch.allclose(spoken[..., :nose_y, :], rig.image[..., :nose_y, :], atol=1e-5)
     assert (spoken - rig.image).abs().amax() > 0.3
@@ -97,11 +87,11 @@ def _eye_mask(marks: np.ndarray, grow: int) -> torch.Tensor:
 def test_a_blink_closes_the_eye_with_the_lid_and_leaves_the_skin_above_it(framing, rig):
     """blink 1: the meter reads each eye below 35 % of its open reading, and the upper lid, not the skin above it,
     came down: the skin more than 1.2 eye openings over the upper lid (the crease, the brow) is the photo's."""
-    reading = FaceMeter().read(to_uint8(rig.render(_poses(blink_l=[0.0, 1.0], blink_r=[0.0, 1.0]))), static=True)
+    reading = FaceMeter().read(to_uint8(rig.render(poses(blink_l=[0.0, 1.0], blink_r=[0.0, 1.0]))), static=True)
     assert reading.found.all()
     for side in (reading.eye_open_l, reading.eye_open_r):
         assert side[1] < 0.35 * side[0], side
-    closed = rig.render(_poses(blink_l=[1.0], blink_r=[1.0]))[0]
+    closed = rig.render(poses(blink_l=[1.0], blink_r=[1.0]))[0]
     moved = (closed - rig.image[0]).abs().amax(0)                          # (R, R)
     marks = framing.crop_landmarks(SIZE)
     for left, right, upper, lower in EYES:
@@ -116,7 +106,7 @@ def test_a_blink_closes_the_eye_with_the_lid_and_leaves_the_skin_above_it(framin
 def test_gaze_moves_the_irises_and_nothing_outside_the_eyes(framing, rig):
     """gaze_x -1 and +1: the meter's iris centres (refined landmarks) move left and right by over 2 px, not up or
     down; every pixel outside the eyes' outlines (grown by 2 px) is the photo's."""
-    frames = rig.render(_poses(gaze_x=[-1.0, 1.0, 0.0, 0.0], gaze_y=[0.0, 0.0, -1.0, 1.0]))
+    frames = rig.render(poses(gaze_x=[-1.0, 1.0, 0.0, 0.0], gaze_y=[0.0, 0.0, -1.0, 1.0]))
     marks = framing.crop_landmarks(SIZE)
     outside = ~_eye_mask(marks, 2)
     assert (frames - rig.image).abs().amax(1)[:, outside].amax() < 1e-5
@@ -137,7 +127,7 @@ def test_paste_back_takes_every_pixel_the_head_moves(framing):
 
     x0, y0, side = framing.box
     rig = PhotoRig(square_tensor(framing.crop(), side), framing.crop_landmarks(side))
-    moves = _poses(head_yaw=[0.6, -0.6], head_pitch=[0.5, -0.5], head_roll=[0.5, -0.5], head_x=[0.2, -0.2],
+    moves = poses(head_yaw=[0.6, -0.6], head_pitch=[0.5, -0.5], head_roll=[0.5, -0.5], head_x=[0.2, -0.2],
                    head_y=[-0.2, 0.2], head_scale=[1.2, 0.8], jaw_open=[1.0, 1.0])
     changed = ((rig.render(moves) - rig.image).abs().amax(1) > 1 / 255).any(0).numpy()   # (side, side)
     ys, xs = np.nonzero(changed)
@@ -154,11 +144,11 @@ def test_shut_or_hidden_eyes_are_left_as_they_are_and_said_so_in_one_line(framin
     marks = framing.crop_landmarks(SIZE)
     lenses = _eye_mask(marks, 4)
     shaded = torch.where(lenses, torch.tensor([0.05, 0.06, 0.08])[:, None, None], rig.image[0])[None]
-    closed = to_uint8(rig.render(_poses(blink_l=[1.0], blink_r=[1.0])))
+    closed = to_uint8(rig.render(poses(blink_l=[1.0], blink_r=[1.0])))
     reading = FaceMeter().read(closed, static=True)
     assert reading.found.all()
     shut = torch.from_numpy(closed[0]).permute(2, 0, 1)[None].float() / 255
-    looks = _poses(blink_l=[1.0], blink_r=[1.0], gaze_x=[1.0], gaze_y=[1.0])
+    looks = poses(blink_l=[1.0], blink_r=[1.0], gaze_x=[1.0], gaze_y=[1.0])
     for image, landmarks, why in ((shaded, marks, "hidden"), (shut, reading.landmarks[0], "closed")):
         still = PhotoRig(image, landmarks)
         assert why in still.eyes_note and "\n" not in still.eyes_note, still.eyes_note
@@ -178,110 +168,8 @@ def test_shut_or_hidden_eyes_are_left_as_they_are_and_said_so_in_one_line(framin
     assert len(warned) == 1 and "without blinks or gaze" in warned[0], warned
 
 
-def test_a_head_turn_moves_the_nose_more_than_the_ears_and_not_the_corners(rig):
-    """A yaw of 5 degrees turns the head in depth: the meter sees the nose tip (1) move over 1.5 px and over twice
-    as far as the sides of the face by the ears (234, 454). Head motion, however large, keeps the corners of the
-    square the photo's."""
-    turned = rig.render(_poses(head_yaw=[0.0, np.deg2rad(5.0)]))
-    reading = FaceMeter().read(to_uint8(turned), static=True)
-    assert reading.found.all()
-    dx = reading.landmarks[1, :, 0] - reading.landmarks[0, :, 0]
-    assert dx[1] > 1.5 and dx[1] > 2 * max(abs(dx[234]), abs(dx[454])), dx[[1, 234, 454]]
-    frames = torch.cat([turned, rig.render(_poses(head_roll=[0.5], head_x=[0.2], head_y=[0.2], head_yaw=[0.6],
-                                                  head_pitch=[0.5], head_scale=[1.2]))])
-    moved = (frames - rig.image).abs().amax(1)                                # (B, R, R)
-    assert moved[:, SIZE // 2 - 20:SIZE // 2 + 20].amax() > 0.2
-    for corner in (moved[:, :24, :24], moved[:, :24, -24:], moved[:, -24:, :24], moved[:, -24:, -24:]):
-        assert corner.amax() == 0
-
-
-def _turned(points: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
-    """Face Mesh points (478, 3) (px, depth px, smaller nearer the camera) turned in 3-D about their centre, seen
-    from the front: (478, 2) px. Yaw + turns the nose towards the image's right, pitch + nods it down."""
-    a, b = np.radians(yaw_deg), np.radians(pitch_deg)
-    turn = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]]) @ \
-        np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    centre = points.mean(0)
-    return ((points - centre) @ turn.T + centre)[:, :2].astype(np.float32)
-
-
-def _nose_travel(image: torch.Tensor, marks: np.ndarray, name: str) -> np.ndarray:
-    """(dx, dy) px that the nose tip of a rig of `image` with landmarks `marks` moves as `name` (head_yaw or
-    head_pitch) goes from -0.2 to 0.2: a green dot painted at the landmarks' nose tip (1), followed by its
-    centroid (the green over red and blue, in the 80 px around it)."""
-    nose = torch.as_tensor(marks[1], dtype=torch.float32)
-    coords = torch.arange(SIZE, dtype=torch.float32) + 0.5
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
-    dot = (3.5 - ((x - nose[0]).square() + (y - nose[1]).square()).sqrt()).clamp(0, 1)     # (R, R)
-    painted = image + dot * (torch.tensor([0.0, 1.0, 0.0])[:, None, None] - image)
-    frames = PhotoRig(painted, marks).render(_poses(**{name: [-0.2, 0.2]}))
-    (x0, y0), r = nose.int().tolist(), 40
-    window = (slice(y0 - r, y0 + r), slice(x0 - r, x0 + r))
-    green = (frames[:, 1] - torch.maximum(frames[:, 0], frames[:, 2])).clamp(min=0)[:, window[0], window[1]]
-    at = torch.stack([(green * x[window]).sum((1, 2)), (green * y[window]).sum((1, 2))], 1) / green.sum((1, 2))[:, None]
-    return (at[1] - at[0]).numpy()
-
-
-def test_the_pose_of_a_turned_mean_face_is_read_back_and_the_gain_falls_smoothly():
-    """The pose fit's own mean face, turned in 3-D and seen from the front, reads back as the turn; the turn gain
-    is 1 for a face towards the camera, falls steadily with the photo's own turn, and stops at TURN_FLOOR."""
-    points = np.zeros((478, 3))
-    for i, y, z in MIDLINE:
-        points[i] = (0.0, y, z)
-    for left, right, x, y, z in PAIRS:
-        points[left], points[right] = (-x, y, z), (x, y, z)
-    for yaw, pitch in ((0.0, 0.0), (30.0, 0.0), (-20.0, 15.0), (0.0, -35.0)):
-        pose = photo_pose(_turned(100 * points + 128, yaw, pitch))
-        assert np.degrees([pose.yaw, pose.pitch]) == pytest.approx([yaw, pitch], abs=0.01)
-    gains = [turn_gain(HeadPose(np.radians(d), 0.0)) for d in range(0, 90, 5)]
-    assert gains[:4] == [1.0] * 4 and gains[-5:] == [TURN_FLOOR] * 5                     # up to 15, from 45 deg
-    assert np.all(np.diff(gains) <= 0) and np.abs(np.diff(gains)).max() < 0.2
-
-
-@pytest.mark.parametrize("yaw, pitch, name", [(40.0, 0.0, "head_yaw"), (0.0, 35.0, "head_pitch")])
-def test_a_face_turned_away_in_the_photo_turns_less_and_says_so(framing, rig, tmp_path, yaw, pitch, name):
-    """The photo's own landmarks turned in 3-D (by Face Mesh's own depth of them): the rig reads the turn, and the
-    generator's head turn (nod) moves the nose tip less than 40 % as far as on the photo facing the camera, but
-    still moves it; one line says so. Facing the camera: the turn in full, no line."""
-    from bench.portraits_readers import read_meter
-
-    reading, depth = read_meter(to_uint8(rig.image), tmp_path)
-    assert reading.found.all()
-    marks = _turned(np.concatenate([reading.landmarks[0], depth[0][:, None]], 1), yaw, pitch)
-    pose, facing = photo_pose(marks), photo_pose(framing.crop_landmarks(SIZE))
-    assert abs(np.degrees(pose.yaw - facing.yaw) - yaw) < 6 and abs(np.degrees(pose.pitch - facing.pitch) - pitch) < 6
-    turned = PhotoRig(rig.image, marks)
-    assert rig.turn_gain == 1.0 and rig.turn_note is None
-    assert TURN_FLOOR <= turned.turn_gain < 0.4
-    assert "turned" in turned.turn_note and "degrees from the camera" in turned.turn_note
-    assert "\n" not in turned.turn_note
-    axis = 0 if name == "head_yaw" else 1
-    full = _nose_travel(rig.image, framing.crop_landmarks(SIZE), name)[axis]
-    less = _nose_travel(rig.image, marks, name)[axis]
-    assert full > 8.0, full                                                 # px: the nose turns with the head
-    assert 0.1 * full < less < 0.4 * full, (less, full)
-
-
-def test_the_rest_pose_is_the_photo_and_motion_is_drawn_from_it(framing, rig):
-    """The generator's idle for a photo (a steady yaw, a half-shut eye, a parted jaw) renders as the photo itself;
-    motion away from it is drawn as the same motion away from neutral would be."""
-    rest = _poses(jaw_open=[0.2], head_yaw=[0.2], head_x=[0.05], head_scale=[0.95], blink_l=[0.5], smile=[0.3])[0]
-    rested = PhotoRig(rig.image, framing.crop_landmarks(SIZE), rest.numpy())
-    assert torch.allclose(rested.render(rest[None]), rig.image, atol=1e-5)
-    moved = rest.clone()
-    moved[PARAM_INDEX["head_yaw"]] += 0.1
-    moved[PARAM_INDEX["smile"]] += 0.4
-    away = _poses(head_yaw=[0.1], smile=[0.4])
-    assert torch.allclose(rested.render(moved[None]), rig.render(away), atol=1e-4)
-    # jaw and blinks: the share of the way from the rest to 1 (nothing under the rest)
-    assert torch.allclose(rested.relative(_poses(jaw_open=[0.1, 0.6], blink_l=[0.0, 0.75]))[:, [0, 6]],
-                          torch.tensor([[0.0, 0.0], [0.5, 0.5]]), atol=1e-6)
-    with pytest.raises(InputError, match="rest pose must be"):
-        PhotoRig(rig.image, framing.crop_landmarks(SIZE), np.zeros(3))
-
-
 def test_latents_map_back_to_parameters():
-    p = _poses(jaw_open=[0.0, 0.7], lip_spread=[-0.5, 0.4], head_scale=[0.9, 1.1], head_roll=[0.2, -0.1])
+    p = poses(jaw_open=[0.0, 0.7], lip_spread=[-0.5, 0.4], head_scale=[0.9, 1.1], head_roll=[0.2, -0.1])
     assert torch.allclose(params_of_latent(param_latent(p, 32)), p, atol=1e-6)
     assert params_of_latent(torch.full((1, 32), 5.0))[0, PARAM_INDEX["jaw_open"]] == 1.0   # clamped to the range
 
@@ -314,10 +202,10 @@ def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
     shard = DecoderShard(SHIPPED, size=SIZE)
     assert shard.decoder.latent == "params"
     crop, marks = framing.crop(), framing.crop_landmarks()
-    rest = _poses(jaw_open=[0.2], head_yaw=[0.2], blink_l=[0.5])[0].numpy()
+    rest = poses(jaw_open=[0.2], head_yaw=[0.2], blink_l=[0.5])[0].numpy()
     shard.open("photo", crop, PhotoFace(marks, rest))
     shard.open("cartoon-path", crop)
-    z = param_latent(_poses(jaw_open=[0.2, 0.8], head_yaw=[0.2, 0.3], blink_l=[0.5, 0.5]), shard.decoder.config.d_motion)
+    z = param_latent(poses(jaw_open=[0.2, 0.8], head_yaw=[0.2, 0.3], blink_l=[0.5, 0.5]), shard.decoder.config.d_motion)
     _, frames = shard.decode("photo", 0, z)
     expected = PhotoRig(square_tensor(crop, SIZE), marks * (SIZE / crop.shape[0]), rest).render(params_of_latent(z))
     assert np.array_equal(frames, to_uint8(expected))
@@ -384,9 +272,9 @@ def test_teeth_appear_only_inside_the_opened_mouth(framing, rig):
     the jaw; a lip rise that squashed them would thin them)."""
     marks = framing.crop_landmarks(SIZE)
     height = float(np.linalg.norm(marks[CHIN] - marks[FOREHEAD_TOP]))
-    assert torch.allclose(rig.render(_poses(jaw_open=[0.0]))[0], rig.image[0], atol=1e-5)
+    assert torch.allclose(rig.render(poses(jaw_open=[0.0]))[0], rig.image[0], atol=1e-5)
     jaw, spread = np.meshgrid([0.3, 0.6, 1.0], [-0.5, 0.0, 0.5])
-    frames = rig.render(_poses(jaw_open=jaw.ravel().tolist(), lip_spread=spread.ravel().tolist()))
+    frames = rig.render(poses(jaw_open=jaw.ravel().tolist(), lip_spread=spread.ravel().tolist()))
     changed = ((frames - rig.image).abs().amax(1) > 1 / 255).any(0).numpy()
     ys, xs = np.nonzero(changed)
     lips_top = marks[[0, 13, *MOUTH_CORNERS], 1].min()
@@ -414,7 +302,7 @@ def test_the_open_mouth_shows_both_teeth_rows_and_a_tongue_before_a_darker_throa
     frame: a bright, nearly grey band in the top quarter (upper teeth) and another in the bottom quarter (lower
     teeth); between them a darker, redder inside: the throat, near black, and in front of it, lower down, the
     tongue, a red clearly brighter than the throat."""
-    frames = rig.render(_poses(jaw_open=[0.6, 1.0, 1.0, 1.0], lip_spread=[0.0, 0.0, 0.5, -0.5]))
+    frames = rig.render(poses(jaw_open=[0.6, 1.0, 1.0, 1.0], lip_spread=[0.0, 0.0, 0.5, -0.5]))
     reading = FaceMeter().read(to_uint8(frames), static=True)
     assert reading.found.all()
     for frame, marks in zip(frames, reading.landmarks):
@@ -435,7 +323,7 @@ def test_the_open_mouth_shows_both_teeth_rows_and_a_tongue_before_a_darker_throa
 def test_the_mouth_is_the_same_for_the_same_parameters(rig):
     """Nothing flickers: the frames are a function of the parameters alone (twice, alone or in a batch), and a
     slow opening changes the mouth a little each frame, never in a jump."""
-    ramp = _poses(jaw_open=np.linspace(0.5, 0.7, 11).tolist(), lip_spread=np.linspace(-0.3, 0.3, 11).tolist())
+    ramp = poses(jaw_open=np.linspace(0.5, 0.7, 11).tolist(), lip_spread=np.linspace(-0.3, 0.3, 11).tolist())
     frames = rig.render(ramp)
     assert torch.equal(frames, rig.render(ramp))
     assert torch.equal(frames[4:5], rig.render(ramp[4:5]))
@@ -447,7 +335,7 @@ def test_the_lips_thin_as_they_spread(rig):
     """lip_spread 1 widens the mouth and thins the lips: the meter's upper plus lower lip thickness down the middle
     (outer border 0 to inner edge 13, inner edge 14 to outer border 17) falls by over a tenth; narrowed lips
     (lip_spread -0.5) are no thinner than at rest."""
-    reading = FaceMeter().read(to_uint8(rig.render(_poses(lip_spread=[0.0, 1.0, -0.5]))), static=True)
+    reading = FaceMeter().read(to_uint8(rig.render(poses(lip_spread=[0.0, 1.0, -0.5]))), static=True)
     assert reading.found.all()
     marks = reading.landmarks
     thickness = (marks[:, 13, 1] - marks[:, 0, 1]) + (marks[:, 17, 1] - marks[:, 14, 1])
