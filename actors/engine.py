@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actorcast.actors.batching import Batched
+from actorcast.actors.clients import AudioClient, MotionClient, ShardClient, StageClients
 from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources, fit_resources, node_rooms
 from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, resolve_weights
 from actorcast.actors.messages import PhotoFace
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 def _ship_weights(bundle: WeightsBundle, node: str) -> tuple[ShippedWeights, object]:
     """The weights' holder actor, pinned to the driver's node (`node`), and the ShippedWeights naming it.
 
-    Pinned, not preferred: placed by a soft affinity, the holder was seen on a worker node, and when that node
-    was lost no stage could load its weights again, so no lost shard came back. The driver's node lives as long as
-    the driver, and the holder asks for no CPU, so it always fits there."""
+    Pinned, not preferred: a holder on a worker node would go with that node, and then no stage could load its
+    weights again, so no lost shard could come back. The driver's node lives as long as the driver, and the holder
+    asks for no CPU, so it always fits there."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -47,11 +47,6 @@ def _ship_weights(bundle: WeightsBundle, node: str) -> tuple[ShippedWeights, obj
     return ShippedWeights(name), handle
 
 
-def _solo(stage):
-    """The stage itself, without the batching in front of it."""
-    return stage.stage if isinstance(stage, Batched) else stage
-
-
 class Engine:
     """AudioEncoderStage -> MotionStage -> DecoderShard x `shards`, built once and shared by sessions.
 
@@ -59,6 +54,10 @@ class Engine:
     streaming.app.LIVE_STAGE_THREADS): the stages then run side by side instead of fighting over the cores.
     batching: the sessions' motion chunks and frames are gathered and run as one batch per tick (continuous
     batching, actors/batching.py); False sends each session's calls on their own.
+
+    The stages' handles (`audio`, `motion`, `shards`: actors/executor.py) are called through typed clients
+    (actors/clients.py), built twice over the same stages: `solo` sends each call alone, `batched` gathers the
+    motion and decoder calls of the sessions that share it (the same as `solo` when batching is off).
     """
 
     def __init__(self, weights: str | Path | None = None, preset: str = "tiny", shards: int = 1, use_ray: bool = False,
@@ -102,11 +101,13 @@ class Engine:
         self.audio = make(AudioEncoderStage, "audio", "audio")
         self.motion = make(MotionStage, "motion", "motion")
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
-        if batching:  # one generator pass and one decoder batch per tick serve every session (actors/batching.py)
-            self.motion = Batched(self.motion, {"process": "process_many"}, key=lambda args: args[0].session_id)
-            self.shards = [Batched(shard, {"decode": "decode_many"}) for shard in self.shards]
+        audio = AudioClient(self.audio)
+        self.solo = StageClients(audio, MotionClient.solo(self.motion), [ShardClient.solo(s) for s in self.shards])
+        # One generator pass and one decoder batch per tick serve every session that shares them.
+        self.batched = StageClients(audio, MotionClient.batched(self.motion),
+                                    [ShardClient.batched(s) for s in self.shards]) if batching else self.solo
         self.seniority = Seniority()
-        self.size = int(self.shards[0].submit("output_size").result())  # --size, else the decoder's own
+        self.size = int(self.solo.shards[0].output_size().result())  # --size, else the decoder's own
         self.lookahead = get_preset(preset).audio.lookahead
         self.chunk_frames = get_preset(preset).motion.chunk_frames
         self._closed = False
@@ -134,26 +135,24 @@ class Engine:
         reference = check_portrait(reference)
         config = config or (self.live_config() if live else SessionConfig(live=False))
         sid = resume.session_id if resume else uuid.uuid4().hex[:12]
-        call = self._call
         first = resume.next_frame if resume else 0
+        clients = self.batched if (config.live if batched is None else batched) else self.solo
+        wait = asyncio.wrap_future
         # A photo's shards wait for its rest pose: the rig draws the motion relative to the generator's idle for
         # it (models/photo_rig.py), which needs the audio stage's silence and the motion stage's session.
-        shards_now = self.shards if landmarks is None else []
+        shards_now = clients.shards if landmarks is None else []
         silence, *_ = await asyncio.gather(
-            call(self.audio, "open", sid, first),
-            call(self.motion, "open", sid, reference, emotion, cache_policy, seed, steps),
-            *(call(shard, "open", sid, reference) for shard in shards_now))
+            wait(clients.audio.open(sid, first)),
+            wait(clients.motion.open(sid, reference, emotion, cache_policy, seed, steps)),
+            *(wait(shard.open(sid, reference)) for shard in shards_now))
         photo = None
         if landmarks is not None:
-            photo = PhotoFace(landmarks, await call(self.motion, "rest_pose", sid, silence))
-            await asyncio.gather(*(call(shard, "open", sid, reference, photo) for shard in self.shards))
+            photo = PhotoFace(landmarks, await wait(clients.motion.rest_pose(sid, silence)))
+            await asyncio.gather(*(wait(shard.open(sid, reference, photo)) for shard in clients.shards))
         if resume:
-            await asyncio.gather(call(self.audio, "restore", sid, resume.audio_state),
-                                 call(self.motion, "restore", sid, resume.motion_state))
-        motion, shards = self.motion, self.shards
-        if not (config.live if batched is None else batched):
-            motion, shards = _solo(motion), [_solo(shard) for shard in shards]
-        return Session(sid, (self.audio, motion, shards), reference, self.size, config, silence,
+            await asyncio.gather(wait(clients.audio.restore(sid, resume.audio_state)),
+                                 wait(clients.motion.restore(sid, resume.motion_state)))
+        return Session(sid, clients, reference, self.size, config, silence,
                        self.lookahead, first_frame=first, samples=resume.samples if resume else 0,
                        chunk_frames=self.chunk_frames, seniority=self.seniority, photo=photo)
 
@@ -163,15 +162,11 @@ class Engine:
         A chunk of C frames can be generated once the audio through its last frame plus the encoder's lookahead
         has arrived. Audio blocks of gcd(C, lookahead) frames end exactly there (C=4, lookahead 2: blocks of 2
         frames, not 4, which would wait 80 ms longer for the same chunk). Chunks are decoded a frame at a time,
-        so the first frame goes out before the rest of its chunk is decoded (measured: about 10 ms less latency
-        than 2-frame pieces; the decoder then does about 40 % more work per frame on a CPU).
+        so the first frame goes out before the rest of its chunk is decoded, at the price of more decoder work per
+        frame than larger pieces.
         """
         return SessionConfig(live=True, block_frames=math.gcd(self.chunk_frames, self.lookahead) or self.chunk_frames,
                              decode_piece_frames=1)
-
-    @staticmethod
-    async def _call(stage, method, *args):
-        return await asyncio.wrap_future(stage.submit(method, *args))
 
     def close(self) -> None:
         """Stop every stage (and its actor, with Ray)."""

@@ -1,7 +1,8 @@
 """Where stages run: in this process (one worker thread per stage) or as Ray actors with declared resources.
 
-Both give a handle with `submit(method, *args) -> concurrent.futures.Future`, so the session code is the same:
-async code awaits `asyncio.wrap_future(...)`, the event loop never runs inference
+Both give a `StageHandle`: `submit(method, *args) -> concurrent.futures.Future` runs one of the stage object's
+methods. Only the typed clients of actors/clients.py call `submit`; sessions and the engine call the clients, and
+async code awaits `asyncio.wrap_future(...)`, so the event loop never runs inference
 (docs/ARCHITECTURE.md "Stages and executors").
 """
 
@@ -11,6 +12,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from actorcast.models.errors import ActorcastError, ConfigError
 
@@ -167,6 +169,19 @@ def project_error(error: BaseException) -> BaseException | None:
             return e
         stack.extend(reversed([x for x in inner if isinstance(x, BaseException)]))
     return None
+
+
+class StageHandle(Protocol):
+    """Where one stage object runs (LocalStage, RayStage): its methods called by name, in order."""
+
+    name: str
+    retryable: tuple[type[BaseException], ...]  # errors after which the stage may come back (a restarted actor)
+
+    def submit(self, method: str, *args) -> concurrent.futures.Future: ...
+
+    def wait_ready(self, timeout: float = 60.0, stop: threading.Event | None = None) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 def _bind_torch_threads(n: int) -> None:

@@ -1,29 +1,27 @@
 """A session: audio in (`feed`), video frames out (`async for vf in frames()`), stages pipelined with bounded queues.
 
-Four asyncio tasks move messages between the stages; each awaits its stage's future, so inference runs in the
-stage's worker thread or Ray actor, never on the event loop:
+Four asyncio tasks move messages between the stages through their typed clients (actors/clients.py); each
+awaits its stage's future, so inference runs in the stage's worker thread or Ray actor, never on the event loop:
 
     feed -> inbox -> [audio task] -q_feat-> [motion task] -q_motion-> [decode task] -q_pending-> [emit task] -> out
 
 Audio enters the encoder in fixed blocks of `block_frames` frames, so the stages see the same calls however the
 caller slices its audio (streaming results are then bit-identical, which resuming relies on). The decode task
-splits each chunk's frames across the N decoder shards and reassembles them in order. A shard that dies (its
-process, or its node with it) is set aside: its frames go to the shards that are up at once, each part as the
-same batch it would have been (so the frames are identical), while Ray restarts it where there is room; once it
-answers again it gets the session's reference and takes its turn again. If it never comes back, the session
-carries on with the others.
+splits each chunk's frames across the N decoder shards and reassembles them in order; a lost shard's parts go
+to the others while it is away (actors/failover.py `ShardSet`).
 """
 
 import asyncio
 import collections
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from actorcast.actors.clients import ShardClient, StageClients
 from actorcast.actors.executor import project_error
+from actorcast.actors.failover import ShardSet
 from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, PhotoFace, VideoFrames
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
 from actorcast.models.errors import ActorcastError, InputError
@@ -40,6 +38,14 @@ class _Marker:
     next_frame: int = 0
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """Frames of a chunk decoded as one job, split over `shards`."""
+
+    chunk: MotionChunk
+    shards: list[ShardClient]
+
+
 _END = object()
 
 
@@ -49,19 +55,20 @@ class Session:
     `feed`, `end`, `set_emotion`, `interrupt` are non-blocking and must be called from the event loop's thread.
     """
 
-    def __init__(self, session_id: str, stages, reference: np.ndarray, size: int, config: SessionConfig,
+    def __init__(self, session_id: str, stages: StageClients, reference: np.ndarray, size: int, config: SessionConfig,
                  silence: np.ndarray, lookahead: int, first_frame: int = 0, samples: int = 0, chunk_frames: int = 4,
                  seniority: Seniority | None = None, photo: PhotoFace | None = None):
         self.session_id, self.size, self.config = session_id, size, config
         self._seniority = seniority if config.live else None
         if self._seniority is not None:
             self._seniority.join(session_id)
-        self._audio, self._motion, self._shards = stages
-        self._reference, self._silence = reference, silence
-        self._photo = photo  # a photo's rig inputs (DecoderShard.open), else None
+        self._audio, self._motion = stages.audio, stages.motion
+        # photo: a photo's rig inputs (DecoderShard.open), else None
+        self._shards = ShardSet(session_id, stages.shards, reference, photo, config.shard_retries,
+                                config.shard_return_s)
+        self._silence = silence
         self.chunk_frames, self.lookahead = chunk_frames, lookahead
         self._feat_frontier = first_frame  # features of frames before this have reached the motion stage
-        self._next_shard = 0
         self._block = config.block_frames * SAMPLES_PER_FRAME
         self._inbox: collections.deque = collections.deque()  # (pcm, t_wall) or _Marker
         self._inbox_samples, self._samples_in = 0, samples
@@ -80,8 +87,6 @@ class Session:
                        (self._audio_task(), self._motion_task(), self._decode_task(), self._emit_task())]
         self._producers: list[asyncio.Task] = []  # tasks that feed this session (see `produce`)
         self._jobs: set[asyncio.Future] = set()  # decode jobs not finished yet
-        self._down: dict[str, asyncio.Task] = {}  # lost shard's name -> the task that waits for it to come back
-        self._stop = threading.Event()  # tells those waits (in threads) that the session is closing
         self._closed = False
 
     # ---- input -----------------------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ class Session:
 
     def set_emotion(self, emotion: str) -> None:
         """Switch emotion from the next generated chunk on (a control call: it jumps the queues)."""
-        self._motion.submit("set_emotion", self.session_id, emotion)
+        self._motion.set_emotion(self.session_id, emotion)
 
     def interrupt(self) -> int:
         """Blank the queued speech (replaced by silence of the same length, so frame indices stay whole) and
@@ -142,7 +147,7 @@ class Session:
         idle_from = -(-self._feat_frontier // self.chunk_frames) * self.chunk_frames
         self._inbox = collections.deque(item if isinstance(item, _Marker) else (np.zeros_like(item[0]), item[1])
                                         for item in self._inbox)
-        self._audio.submit("reset", self.session_id)
+        self._audio.reset(self.session_id)
         blanked = collections.deque()
         while not self._q_feat.empty():
             blanked.append(self._blank(self._q_feat.get_nowait()))
@@ -182,26 +187,22 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
         if self._seniority is not None:
             self._seniority.leave(self.session_id)
-        tasks = self._tasks + self._producers + list(self._down.values()) + list(self._jobs)
+        tasks = self._tasks + self._producers + self._shards.stop() + list(self._jobs)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for stage in (self._audio, self._motion, *self._shards):
+        for client in (self._audio, self._motion, *self._shards.shards):
             try:
-                await asyncio.wrap_future(stage.submit("close", self.session_id))
+                await asyncio.wrap_future(client.close(self.session_id))
             except Exception as e:  # a dead actor has nothing left to free
-                log.debug("closing %s on %s: %s", self.session_id, stage.name, e)
+                log.debug("closing %s on %s: %s", self.session_id, client.name, e)
 
     # ---- pipeline tasks --------------------------------------------------------------------------------------
 
     def _failed(self) -> bool:
         return any(t.done() for t in self._tasks)
-
-    async def _call(self, stage, method: str, *args):
-        return await asyncio.wrap_future(stage.submit(method, *args))
 
     def _take(self, n: int) -> tuple[np.ndarray, float]:
         """Pop exactly n queued samples (n <= queued, no marker in between) and the feed time of the first."""
@@ -254,16 +255,16 @@ class Session:
             ready = self._ready()
             if self._inbox and isinstance(self._inbox[0], _Marker):
                 marker = self._inbox.popleft()
-                state = await self._call(self._audio, "snapshot", self.session_id)
+                state = await asyncio.wrap_future(self._audio.snapshot(self.session_id))
                 await self._q_feat.put(_Marker(marker.samples, audio_state=state))
             elif ready >= self._block or (ready and self._ended):  # a whole block, or the last partial one
                 first = self._samples_in // SAMPLES_PER_FRAME
                 pcm, t_wall = self._take(min(self._block, ready))
                 seen = self._interrupts
-                fc = await self._call(self._audio, "process", AudioChunk(self.session_id, first, pcm, t_wall))
+                fc = await asyncio.wrap_future(self._audio.process(AudioChunk(self.session_id, first, pcm, t_wall)))
                 await self._q_feat.put(self._blank(fc) if seen != self._interrupts else fc)
             elif self._ended and not self._inbox:
-                await self._q_feat.put(await self._call(self._audio, "end", self.session_id))
+                await self._q_feat.put(await asyncio.wrap_future(self._audio.end(self.session_id)))
                 await self._q_feat.put(_END)
                 return
             else:
@@ -293,19 +294,19 @@ class Session:
         while True:
             item = await self._q_feat.get()
             if item is _END:
-                for mc in await self._call(self._motion, "end", self.session_id):
+                for mc in await asyncio.wrap_future(self._motion.end(self.session_id)):
                     await self._q_motion.put((mc, False))
                 await self._q_motion.put(_END)
                 return
             if isinstance(item, _Marker):
-                state = await self._call(self._motion, "snapshot", self.session_id)
+                state = await asyncio.wrap_future(self._motion.snapshot(self.session_id))
                 await self._q_motion.put(_Marker(item.samples, item.audio_state, state))
                 continue
             self._feat_frontier = item.first_frame + item.feats.shape[0]
             lag = self._lag(item.t_wall) / self._slack()
             steps = self.config.degraded_steps if lag > self.config.degrade_after_s else None
             repeat = lag > self.config.repeat_after_s
-            for mc in await self._call(self._motion, "process", item, steps):
+            for mc in await asyncio.wrap_future(self._motion.process(item, steps)):
                 await self._q_motion.put((mc, repeat))
 
     async def _decode_task(self):
@@ -321,17 +322,17 @@ class Session:
                     return
                 continue
             mc, repeat = item
-            for piece, shards in self._pieces(mc):
+            for piece in self._pieces(mc):
                 if self.config.live:
                     await self._one_waiting_per_shard(inflight)
                 # behind by now (the decoders are the bottleneck): repeat rather than queue more latency
-                late = repeat or self._lag(piece.t_wall) / self._slack() > self.config.repeat_after_s
-                job = None if late else self._start_decode(piece, shards)
+                late = repeat or self._lag(piece.chunk.t_wall) / self._slack() > self.config.repeat_after_s
+                job = None if late else self._start_decode(piece.chunk, piece.shards)
                 if job is not None and self.config.live:
                     inflight.append(job)
-                await self._q_pending.put((piece, job))
+                await self._q_pending.put((piece.chunk, job))
 
-    def _start_decode(self, piece: MotionChunk, shards: list) -> asyncio.Future:
+    def _start_decode(self, piece: MotionChunk, shards: list[ShardClient]) -> asyncio.Future:
         """A decode job, kept until done so that `close` can cancel it: with batching, a job may still wait in a
         shard's queue when the session closes, and its shard no longer knows the session."""
         job = asyncio.ensure_future(self._decode(piece, shards))
@@ -346,70 +347,24 @@ class Session:
         if len(inflight) > len(self._shards):
             await asyncio.wait([inflight.popleft()])
 
-    def _pieces(self, mc: MotionChunk) -> list[tuple[MotionChunk, list]]:
+    def _pieces(self, mc: MotionChunk) -> list[_Piece]:
         """The chunk as one job over all shards, or in `decode_piece_frames` pieces that take turns on them."""
         n, k = mc.z.shape[0], self.config.decode_piece_frames
         if k <= 0 or k >= n:
-            return [(mc, self._shards)]
-        out = []
-        for a in range(0, n, k):
-            shard = self._shards[self._next_shard % len(self._shards)]
-            self._next_shard += 1
-            out.append((MotionChunk(mc.session_id, mc.first_frame + a, mc.z[a:a + k], mc.degraded, mc.t_wall),
-                        [shard]))
-        return out
+            return [_Piece(mc, self._shards.shards)]
+        return [_Piece(MotionChunk(mc.session_id, mc.first_frame + a, mc.z[a:a + k], mc.degraded, mc.t_wall),
+                       [self._shards.next_in_turn()])
+                for a in range(0, n, k)]
 
-    async def _decode(self, mc: MotionChunk, shards: list) -> np.ndarray:
+    async def _decode(self, mc: MotionChunk, shards: list[ShardClient]) -> np.ndarray:
+        """The chunk's frames, split in contiguous parts over `shards` and put back in order."""
         n = mc.z.shape[0]
         bounds = np.linspace(0, n, min(len(shards), n) + 1).round().astype(int)
-        parts = await asyncio.gather(*(self._decode_part(shard, mc.first_frame + a, mc.z[a:b])
+        parts = await asyncio.gather(*(self._shards.decode(shard, mc.first_frame + a, mc.z[a:b])
                                        for shard, a, b in zip(shards, bounds[:-1], bounds[1:])))
-        firsts = [p[0] for p in parts]
+        firsts = [p.first_frame for p in parts]
         assert firsts == sorted(firsts) and firsts[0] == mc.first_frame, "shard results out of order"
-        return np.concatenate([p[1] for p in parts])
-
-    async def _decode_part(self, shard, first: int, z):
-        """Frames first.. of one part, as one batch, on `shard` or (it is down) on another that is up."""
-        for _ in range(self.config.shard_retries + 1):
-            shard = await self._up_shard(shard)
-            try:
-                return await self._call(shard, "decode", self.session_id, first, z)
-            except shard.retryable as e:
-                if shard.name not in self._down:  # once per loss, not once per part that was in flight on it
-                    log.warning("decoder shard %s lost on frames %d..%d (%s); the other shards take its frames "
-                                "while Ray restarts it", shard.name, first, first + len(z) - 1, e.__class__.__name__)
-                    self._down[shard.name] = asyncio.create_task(self._bring_back(shard))
-        raise ActorcastError(f"decoder shards failed {self.config.shard_retries + 1} times on frame {first}: "
-                             "check the cluster (`ray status`) and rerun")
-
-    async def _bring_back(self, shard) -> bool:
-        """Wait for Ray to restart a lost shard, then give it the session's reference: it is up again. False
-        (it stays down for this session) if it does not answer within `shard_return_s`."""
-        try:
-            await asyncio.to_thread(shard.wait_ready, self.config.shard_return_s, self._stop)
-            if not await self._call(shard, "has_session", self.session_id):
-                await self._call(shard, "open", self.session_id, self._reference, self._photo)
-        except (ActorcastError, *shard.retryable) as e:
-            log.warning("decoder shard %s did not come back (%s); carrying on without it", shard.name, e)
-            return False
-        log.warning("decoder shard %s is back", shard.name)
-        del self._down[shard.name]
-        return True
-
-    async def _up_shard(self, shard):
-        """`shard` if it is up, else the next shard that is (in turn); waits for one to come back if none is."""
-        while shard.name in self._down:
-            up = [s for s in self._shards if s.name not in self._down]
-            if up:
-                self._next_shard += 1
-                return up[self._next_shard % len(up)]
-            waiting = [t for t in self._down.values() if not t.done()]
-            if not waiting:
-                raise ActorcastError("every decoder shard was lost and none came back: check the cluster "
-                                     "(`ray status`) and rerun")
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            shard = next((s for s in self._shards if s.name not in self._down), shard)
-        return shard
+        return np.concatenate([p.frames for p in parts])
 
     async def _emit_task(self):
         await self._run(self._emit_body)

@@ -5,10 +5,16 @@ docs/ARCHITECTURE.md "Stages and executors" follows them through a call.
 They know nothing about Ray or asyncio: the executors (actors/executor.py) run them in a worker thread or as
 Ray actors. State a session needs to resume (audio buffers, KV cache, RNG) is exported by `snapshot` and
 re-imported by `restore`, as bytes, so it can cross processes and be written to disk.
+
+The motion generator and the decoder shards do their work in list methods (`process_many`, `decode_many`) that
+take the requests of several sessions and answer each with its own `Outcome`; the one-item methods (`process`,
+`decode`) are the case n = 1 of them, so there is one code path whether a session's calls are batched or not
+(actors/batching.py).
 """
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 import io
 import logging
 import os
@@ -16,6 +22,7 @@ import os
 import numpy as np
 import torch
 
+from actorcast.actors.batching import Outcome
 from actorcast.actors.loading import load_model, local_weights
 from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, PhotoFace
 from actorcast.actors.reference import square_tensor, to_uint8
@@ -43,6 +50,31 @@ def _loads(data: bytes):
     # Our own snapshots (written by `snapshot`), never files from elsewhere: full unpickling is needed for the
     # cache object.
     return torch.load(io.BytesIO(data), weights_only=False)
+
+
+@dataclass(frozen=True)
+class MotionRequest:
+    """One session's features for the motion generator; `steps` below the session's own degrades (marked)."""
+
+    chunk: FeatureChunk
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """Motion latents z (n, d_motion) of frames first_frame.. of one session, for a decoder shard."""
+
+    session_id: str
+    first_frame: int
+    z: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DecodedFrames:
+    """Frames first_frame.. of one session: (n, size, size, 3) uint8."""
+
+    first_frame: int
+    frames: np.ndarray
 
 
 class _Sessions:
@@ -169,25 +201,20 @@ class MotionStage:
         stream.emotion = _emotion(emotion, next(self.generator.parameters()).device)
 
     def process(self, chunk: FeatureChunk, steps: int | None = None) -> list[MotionChunk]:
-        """Every chunk the new features complete; `steps` < the session's steps degrades (marked)."""
-        stream = self.sessions[chunk.session_id]["stream"]
-        if chunk.first_frame != stream.frames_done + stream.pending_frames:
-            raise InputError(f"features start at frame {chunk.first_frame}, the stream expects "
-                             f"{stream.frames_done + stream.pending_frames}: chunks lost or reordered")
-        with self._steps(chunk.session_id, steps) as degraded:
-            first = stream.frames_done
-            z = stream.push(chunk.feats[None].to(torch.float32))[0]
-        return self._split(chunk.session_id, first, z, degraded, chunk.t_wall)
+        """Every chunk the new features complete; `steps` < the session's steps degrades (marked). The case
+        n = 1 of `process_many`."""
+        return self.process_many([MotionRequest(chunk, steps)])[0].unwrap()
 
-    def process_many(self, items: list[tuple[FeatureChunk, int | None]]) -> list[tuple[bool, object]]:
-        """`process` for several sessions' chunks at once (continuous batching; actors/batching.py): the chunks
-        they complete go through the generator together, each session with its own cache, noise and steps.
+    def process_many(self, requests: list[MotionRequest]) -> list[Outcome[list[MotionChunk]]]:
+        """Several sessions' features at once (continuous batching; actors/batching.py): the chunks they complete
+        go through the generator together, each session with its own cache, noise and steps.
 
-        Returns, per item, (True, its list of MotionChunks) or (False, the error that item alone raised): one
-        session's bad chunk never fails the others."""
-        results: list[tuple[bool, object]] = [(False, None)] * len(items)
+        Returns, per request, its list of MotionChunks or the error that request alone raised: one session's bad
+        chunk never fails the others."""
+        results: list[Outcome[list[MotionChunk]]] = [Outcome()] * len(requests)
         live, sessions = [], set()
-        for i, (chunk, steps) in enumerate(items):
+        for i, request in enumerate(requests):
+            chunk = request.chunk
             try:
                 if chunk.session_id in sessions:
                     raise InputError(f"session {chunk.session_id!r} sent two chunks in one batch")
@@ -196,21 +223,22 @@ class MotionStage:
                     raise InputError(f"features start at frame {chunk.first_frame}, the stream expects "
                                      f"{stream.frames_done + stream.pending_frames}: chunks lost or reordered")
                 sessions.add(chunk.session_id)
-                live.append((i, chunk, steps, stream))
-            except Exception as e:  # noqa: BLE001 - returned to the item's caller
-                results[i] = (False, e)
+                live.append((i, request, stream))
+            except Exception as e:  # noqa: BLE001 - returned to the request's caller
+                results[i] = Outcome(error=e)
         with contextlib.ExitStack() as stack, torch.no_grad():
-            degraded = {i: stack.enter_context(self._steps(chunk.session_id, steps)) for i, chunk, steps, _ in live}
-            firsts = {i: stream.frames_done for i, _, _, stream in live}
+            degraded = {i: stack.enter_context(self._steps(r.chunk.session_id, r.steps)) for i, r, _ in live}
+            firsts = {i: stream.frames_done for i, _, stream in live}
             try:
                 zs = push_many([stream for *_, stream in live],
-                               [chunk.feats[None].to(torch.float32) for _, chunk, _, _ in live])
-            except Exception as e:  # noqa: BLE001 - the batch itself failed: every item gets the error
+                               [r.chunk.feats[None].to(torch.float32) for _, r, _ in live])
+            except Exception as e:  # noqa: BLE001 - the batch itself failed: every request gets the error
                 for i, *_ in live:
-                    results[i] = (False, e)
+                    results[i] = Outcome(error=e)
                 return results
-        for (i, chunk, _, _), z in zip(live, zs):
-            results[i] = (True, self._split(chunk.session_id, firsts[i], z[0], degraded[i], chunk.t_wall))
+        for (i, request, _), z in zip(live, zs):
+            chunk = request.chunk
+            results[i] = Outcome(self._split(chunk.session_id, firsts[i], z[0], degraded[i], chunk.t_wall))
         return results
 
     def end(self, session_id: str) -> list[MotionChunk]:
@@ -312,54 +340,52 @@ class DecoderShard:
     def has_session(self, session_id: str) -> bool:
         return session_id in self.sessions.items
 
-    @torch.no_grad()
-    def decode(self, session_id: str, first_frame: int, z: torch.Tensor) -> tuple[int, np.ndarray]:
-        """z (n, d_motion) -> (first_frame, frames (n, size, size, 3) uint8)."""
-        identity = self.sessions[session_id]
-        if isinstance(identity, PhotoRig):
-            return first_frame, to_uint8(identity.render(params_of_latent(z.float().cpu())))
-        p = next(self.decoder.parameters())
-        return first_frame, self._frames(identity, z.to(p.device, p.dtype))
+    def decode(self, session_id: str, first_frame: int, z: torch.Tensor) -> DecodedFrames:
+        """z (n, d_motion) -> frames first_frame.. (n, size, size, 3) uint8. The case n = 1 of `decode_many`."""
+        return self.decode_many([DecodeRequest(session_id, first_frame, z)])[0].unwrap()
 
     @torch.no_grad()
-    def decode_many(self, items: list[tuple[str, int, torch.Tensor]]) -> list[tuple[bool, object]]:
-        """`decode` for several sessions' frames at once (continuous batching; actors/batching.py): one decoder
-        batch, each frame with its own session's cached reference. Returns, per item, (True, (first_frame,
-        frames)) or (False, the error that item alone raised)."""
-        results: list[tuple[bool, object]] = [(False, None)] * len(items)
+    def decode_many(self, requests: list[DecodeRequest]) -> list[Outcome[DecodedFrames]]:
+        """Several sessions' frames at once (continuous batching; actors/batching.py): one decoder batch, each
+        frame with its own session's cached reference. Returns, per request, its DecodedFrames or the error that
+        request alone raised."""
+        results: list[Outcome[DecodedFrames]] = [Outcome()] * len(requests)
         good = []
-        for i, (session_id, first, z) in enumerate(items):
+        for i, request in enumerate(requests):
             try:
-                identity = self.sessions[session_id]
+                identity = self.sessions[request.session_id]
                 if isinstance(identity, PhotoRig):  # a photo's rig renders its own frames (no decoder batch)
-                    results[i] = (True, self.decode(session_id, first, z))
+                    frames = to_uint8(identity.render(params_of_latent(request.z.float().cpu())))
+                    results[i] = Outcome(DecodedFrames(request.first_frame, frames))
                 else:
-                    good.append((i, first, identity, z))
-            except Exception as e:  # noqa: BLE001 - returned to the item's caller
-                results[i] = (False, e)
-        if len(good) == 1:
-            i, first, _, z = good[0]
-            results[i] = (True, self.decode(items[i][0], first, z))
-            return results
+                    good.append((i, request, identity))
+            except Exception as e:  # noqa: BLE001 - returned to the request's caller
+                results[i] = Outcome(error=e)
         if not good:
             return results
         p = next(self.decoder.parameters())
-        sizes = [len(z) for *_, z in good]
-        ids = [ident for _, _, ident, _ in good]
-        identity = IdentityFeatures(
-            levels=tuple(torch.cat([ident.levels[j].expand(n, -1, -1, -1) for ident, n in zip(ids, sizes)])
-                         for j in range(len(ids[0].levels))),
-            resolution=ids[0].resolution,
-            image=torch.cat([ident.image.expand(n, -1, -1, -1) for ident, n in zip(ids, sizes)]))
+        if len(good) == 1:  # alone: the reference's features as they are, no batch to assemble
+            i, request, identity = good[0]
+            z = request.z
+        else:
+            sizes = [len(r.z) for _, r, _ in good]
+            ids = [ident for *_, ident in good]
+            identity = IdentityFeatures(
+                levels=tuple(torch.cat([ident.levels[j].expand(n, -1, -1, -1) for ident, n in zip(ids, sizes)])
+                             for j in range(len(ids[0].levels))),
+                resolution=ids[0].resolution,
+                image=torch.cat([ident.image.expand(n, -1, -1, -1) for ident, n in zip(ids, sizes)]))
+            z = torch.cat([r.z for _, r, _ in good])
         try:
-            frames = self._frames(identity, torch.cat([z for *_, z in good]).to(p.device, p.dtype))
-        except Exception as e:  # noqa: BLE001 - the batch itself failed: every item gets the error
+            frames = self._frames(identity, z.to(p.device, p.dtype))
+        except Exception as e:  # noqa: BLE001 - the batch itself failed: every request gets the error
             for i, *_ in good:
-                results[i] = (False, e)
+                results[i] = Outcome(error=e)
             return results
         r = 0
-        for (i, first, _, _), n in zip(good, sizes):
-            results[i] = (True, (first, frames[r:r + n]))
+        for i, request, _ in good:
+            n = len(request.z)
+            results[i] = Outcome(DecodedFrames(request.first_frame, frames[r:r + n]))
             r += n
         return results
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import actorcast.models.sampling as sampling
-from actorcast.actors.batching import Batched
+from actorcast.actors.batching import Batched, Outcome
 from actorcast.actors.engine import Engine
 from actorcast.actors.executor import LocalStage
 from actorcast.actors.loading import load_model, resolve_weights
 from actorcast.actors.messages import FeatureChunk
 from actorcast.actors.reference import synthetic_portrait
 from actorcast.actors.session_config import Seniority
-from actorcast.actors.stages import DecoderShard, MotionStage
+from actorcast.actors.stages import DecodeRequest, DecoderShard, MotionRequest, MotionStage
 from actorcast.models.errors import InputError
 from actorcast.models.kv_cache import CacheConfig
 from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
@@ -84,20 +84,21 @@ def test_decode_many_equals_decode_and_keeps_errors_apart(shard):
     for i in range(3):
         shard.open(f"s{i}", synthetic_portrait(i, 256))
     zs = [torch.randn(n, d, generator=torch.Generator().manual_seed(n)) * 0.5 for n in (1, 3, 2)]
-    items = [("s0", 10, zs[0]), ("nobody", 0, zs[0]), ("s1", 4, zs[1]), ("s2", 7, zs[2])]
-    results = shard.decode_many(items)
-    assert [ok for ok, _ in results] == [True, False, True, True]
-    assert isinstance(results[1][1], InputError) and "nobody" in str(results[1][1])
-    for (sid, first, z), (ok, value) in zip(items, results):
-        if not ok:
+    requests = [DecodeRequest("s0", 10, zs[0]), DecodeRequest("nobody", 0, zs[0]), DecodeRequest("s1", 4, zs[1]),
+                DecodeRequest("s2", 7, zs[2])]
+    results = shard.decode_many(requests)
+    assert [r.error is None for r in results] == [True, False, True, True]
+    assert isinstance(results[1].error, InputError) and "nobody" in str(results[1].error)
+    for request, result in zip(requests, results):
+        if result.error is not None:
             continue
-        got_first, frames = value
-        _, alone = shard.decode(sid, first, z)
-        assert got_first == first and frames.shape == (len(z), SIZE, SIZE, 3)
-        assert np.abs(frames.astype(int) - alone).max() <= FRAME_TOLERANCE
+        alone = shard.decode(request.session_id, request.first_frame, request.z)
+        assert result.value.first_frame == request.first_frame == alone.first_frame
+        assert result.value.frames.shape == (len(request.z), SIZE, SIZE, 3)
+        assert np.abs(result.value.frames.astype(int) - alone.frames).max() <= FRAME_TOLERANCE
     # each frame was drawn with its own session's reference: s0's latent through s1's portrait looks different
-    _, other = shard.decode("s1", 0, zs[0])
-    assert np.abs(results[0][1][1].astype(int) - other).mean() > 5
+    other = shard.decode("s1", 0, zs[0]).frames
+    assert np.abs(results[0].value.frames.astype(int) - other).mean() > 5
 
 
 def test_process_many_keeps_a_bad_chunk_to_its_session():
@@ -106,12 +107,14 @@ def test_process_many_keeps_a_bad_chunk_to_its_session():
     for sid in ("a", "b"):
         stage.open(sid, synthetic_portrait(0, 256))
     feats = torch.randn(6, d)
-    results = stage.process_many([(FeatureChunk("a", 0, feats, None), None),
-                                  (FeatureChunk("b", 3, feats, None), None),  # b expects frame 0: reordered
-                                  (FeatureChunk("ghost", 0, feats, None), None)])
-    assert results[0][0] and [mc.first_frame for mc in results[0][1]] == [0]
-    assert not results[1][0] and "expects 0" in str(results[1][1])
-    assert not results[2][0] and "ghost" in str(results[2][1])
+    results = stage.process_many([MotionRequest(FeatureChunk("a", 0, feats, None)),
+                                  MotionRequest(FeatureChunk("b", 3, feats, None)),  # b expects frame 0: reordered
+                                  MotionRequest(FeatureChunk("ghost", 0, feats, None))])
+    assert results[0].error is None and [mc.first_frame for mc in results[0].value] == [0]
+    assert "expects 0" in str(results[1].error)
+    assert "ghost" in str(results[2].error)
+    with pytest.raises(InputError, match="expects 0"):  # the one-item call is the same code, its error raised
+        stage.process(FeatureChunk("b", 3, feats, None))
 
 
 class _Slow:
@@ -123,22 +126,18 @@ class _Slow:
     def twice_many(self, items):
         self.calls.append(len(items))
         time.sleep(0.05)
-        return [(True, 2 * x) if x >= 0 else (False, ValueError(f"negative {x}")) for (x,) in items]
-
-    def name(self):
-        return "slow"
+        return [Outcome(2 * x) if x >= 0 else Outcome(error=ValueError(f"negative {x}")) for x in items]
 
 
 def test_batched_gathers_calls_while_the_stage_is_busy():
     stage = LocalStage(_Slow, name="slow")
-    batched = Batched(stage, {"twice": "twice_many"}, max_batch=4)
-    futures = [batched.submit("twice", x) for x in [1, 2, -3, 4, 5, 6, 7]]
+    batched = Batched(lambda items: stage.submit("twice_many", items), max_batch=4)
+    futures = [batched.submit(x) for x in [1, 2, -3, 4, 5, 6, 7]]
     assert [f.exception() is None and f.result() for f in futures[:2]] == [2, 4]
     assert "negative -3" in str(futures[2].exception())
     assert [f.result() for f in futures[3:]] == [8, 10, 12, 14]
     calls = stage._obj.calls
     assert calls[0] == 1 and sum(calls) == 7 and max(calls) == 4  # the first ran alone, the rest gathered
-    assert batched.submit("name").result() == "slow"  # other methods pass straight through
     stage.shutdown()
 
 
@@ -195,10 +194,11 @@ def test_sessions_batched_equal_alone_and_a_late_joiner_changes_nothing():
         # Whether two sessions' chunks meet in the generator's queue is a matter of timing (each session has one
         # chunk in flight, so once out of step they alternate). Make one meeting certain: once b is about to
         # open, the first batch that would go out with one session's chunk only waits for the other's next.
-        batcher, real_dispatch, waited = engine.motion, engine.motion._dispatch, []
+        batcher = engine.batched.motion.lane
+        real_dispatch, waited = batcher._dispatch, []
 
         def dispatch_once_paired():
-            if not waited and len({args[0].session_id for _, args, _ in batcher._queue}) < 2:
+            if not waited and len({queued.request.chunk.session_id for queued in batcher._queue}) < 2:
                 waited.append(True)
                 return  # stays queued, not busy: the other session's next submit dispatches both
             real_dispatch()

@@ -16,7 +16,7 @@ from actorcast.actors.engine import Engine
 from actorcast.actors.framing import frame_reference
 from actorcast.actors.messages import PhotoFace
 from actorcast.actors.reference import square_tensor, to_uint8
-from actorcast.actors.stages import DecoderShard
+from actorcast.actors.stages import DecodeRequest, DecoderShard
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
 from actorcast.models.decoder import param_latent
 from actorcast.models.errors import InputError
@@ -206,16 +206,16 @@ def test_the_decoder_shard_animates_a_photo_with_its_rig(framing):
     shard.open("photo", crop, PhotoFace(marks, rest))
     shard.open("cartoon-path", crop)
     z = param_latent(poses(jaw_open=[0.2, 0.8], head_yaw=[0.2, 0.3], blink_l=[0.5, 0.5]), shard.decoder.config.d_motion)
-    _, frames = shard.decode("photo", 0, z)
+    frames = shard.decode("photo", 0, z).frames
     expected = PhotoRig(square_tensor(crop, SIZE), marks * (SIZE / crop.shape[0]), rest).render(params_of_latent(z))
     assert np.array_equal(frames, to_uint8(expected))
     assert np.abs(frames[0].astype(int) - to_uint8(square_tensor(crop, SIZE))[0]).max() <= 1   # at rest: the photo
     assert np.abs(frames[1].astype(int) - frames[0]).max() > 80                                 # away from it: moved
-    _, decoded = shard.decode("cartoon-path", 0, z)
+    decoded = shard.decode("cartoon-path", 0, z).frames
     assert not np.array_equal(decoded, frames)
-    batched = shard.decode_many([("photo", 0, z), ("cartoon-path", 0, z), ("gone", 0, z)])
-    assert np.array_equal(batched[0][1][1], frames)
-    assert batched[1][0] and not batched[2][0]
+    batched = shard.decode_many([DecodeRequest(sid, 0, z) for sid in ("photo", "cartoon-path", "gone")])
+    assert np.array_equal(batched[0].value.frames, frames)
+    assert batched[1].error is None and batched[2].error is not None
 
 
 async def _photo_frames(engine, framing, pcm: np.ndarray) -> np.ndarray:

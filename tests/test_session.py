@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from actorcast.actors.clients import ShardClient
 from actorcast.actors.engine import Engine
 from actorcast.actors.session_config import SessionConfig
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
@@ -100,7 +101,7 @@ class _LosesTwoParts:
         self.stage, self.name, self.held = stage, "lossy", []
 
     def submit(self, method: str, *args) -> concurrent.futures.Future:
-        if method != "decode" or self.held is None:
+        if method != "decode_many" or self.held is None:
             return self.stage.submit(method, *args)
         future = concurrent.futures.Future()
         self.held.append(future)
@@ -117,10 +118,11 @@ class _LosesTwoParts:
 def test_a_lost_shard_is_logged_once_and_its_parts_go_to_the_others(caplog):
     """Two parts fail on the lost shard: one warning, the frames of a clean render."""
     pcm = _pcm(2.5, seed=6)
-    caplog.set_level(logging.WARNING, logger="actorcast.actors.session")
+    caplog.set_level(logging.WARNING, logger="actorcast.actors.failover")
     with Engine(size=SIZE, shards=2) as engine:
         clean_idx, clean, _ = asyncio.run(_render(engine, pcm))
-        lossy = engine.shards[0] = _LosesTwoParts(engine.shards[0])
+        lossy = _LosesTwoParts(engine.shards[0])
+        engine.solo.shards[0] = ShardClient.solo(lossy)  # offline sessions decode through the solo clients
         idx, frames, _ = asyncio.run(_render(engine, pcm))
     assert lossy.held is None                                               # two parts were lost
     lost = [r.getMessage() for r in caplog.records if "lost on frames" in r.getMessage()]
@@ -202,9 +204,9 @@ def test_live_session_repeats_frames_when_the_decoder_is_too_slow():
         decode_many = shard.decode_many  # a live session's frames go through the batched call
         frame_s = 0.06
 
-        def slow_decode_many(items):
-            time.sleep(frame_s * sum(len(z) for *_, z in items))
-            return decode_many(items)
+        def slow_decode_many(requests):
+            time.sleep(frame_s * sum(len(r.z) for r in requests))
+            return decode_many(requests)
 
         shard.decode_many = slow_decode_many
 

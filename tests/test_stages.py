@@ -90,10 +90,11 @@ def test_decoder_shards_split_equals_whole(portrait):
     for shard in (a, b):
         shard.open("x", portrait)
     z = torch.randn(6, 32, generator=torch.Generator().manual_seed(0))
-    first, whole = a.decode("x", 10, z)
-    assert first == 10 and whole.shape == (6, SIZE, SIZE, 3) and whole.dtype == np.uint8
-    _, p1 = a.decode("x", 10, z[:3])
-    _, p2 = b.decode("x", 13, z[3:])
+    decoded = a.decode("x", 10, z)
+    whole = decoded.frames
+    assert decoded.first_frame == 10 and whole.shape == (6, SIZE, SIZE, 3) and whole.dtype == np.uint8
+    p1 = a.decode("x", 10, z[:3]).frames
+    p2 = b.decode("x", 13, z[3:]).frames
     assert np.abs(np.concatenate([p1, p2]).astype(int) - whole).max() <= 1
     with pytest.raises(InputError, match="open it first"):
         a.decode("nope", 0, z)
