@@ -98,6 +98,9 @@ SMILE_GAIN = 0.025       # H: the corners rise at smile = 1
 BROW_GAIN = 0.03         # H: the brows rise at brow_raise = 1
 MAX_TURN = 0.3           # rad: head_yaw / head_pitch are drawn as they are up to this (a warp of one photo shows
                          # no new side of the head; the cartoons turn up to 0.6)
+YAW_GAIN = 1.7           # the warp's turn is drawn at this times head_yaw: a turn drawn at its own angle reads 0.58 of
+                         # it to a rigid 3-D fit of Face Mesh (the warp leaves the face's rim where a real head turns
+                         # about its neck, behind it); nods read as drawn
 ROLL_GAIN = 0.5          # of head_roll: the head tilts about the neck
 SHIFT_GAIN = 0.1         # of head_x, head_y and head_scale - 1: a photo's head shifts and grows a tenth as far as the
                          # synthetic heads do (they float in an empty frame; a photo's head sits on its shoulders)
@@ -253,11 +256,11 @@ class PhotoRig:
 
     def _head_motion(self, prm: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The head's motion per frame, each (B, 1, 1): cos and sin of yaw, pitch and roll, scale, shift x, y (px).
-        Yaw and pitch are drawn at the generator's angles (up to MAX_TURN) times the photo's `turn_gain`, roll at
-        ROLL_GAIN of them, scale and shift at SHIFT_GAIN of the synthetic heads'."""
+        Yaw and pitch are drawn at the generator's angles (yaw at YAW_GAIN of it; both up to MAX_TURN) times the
+        photo's `turn_gain`, roll at ROLL_GAIN of them, scale and shift at SHIFT_GAIN of the synthetic heads'."""
         def g(name: str) -> torch.Tensor:
             return prm[:, PARAM_INDEX[name], None, None]
-        yaw = self.turn_gain * g("head_yaw").clamp(-MAX_TURN, MAX_TURN)
+        yaw = self.turn_gain * (YAW_GAIN * g("head_yaw")).clamp(-MAX_TURN, MAX_TURN)
         pitch = self.turn_gain * g("head_pitch").clamp(-MAX_TURN, MAX_TURN)
         roll = ROLL_GAIN * g("head_roll")
         return (yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin(),
