@@ -39,6 +39,30 @@ class _Marker:
 
 
 @dataclass(frozen=True)
+class _Audio:
+    """Samples in the inbox, with the time the first of them was fed (time.monotonic())."""
+
+    pcm: np.ndarray
+    t_wall: float
+
+
+@dataclass(frozen=True)
+class _Generated:
+    """A motion chunk on its way to the decoders; `repeat`: show the last frame again instead (live, behind)."""
+
+    chunk: MotionChunk
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """A chunk or piece on its way out, with the job decoding it (None: it repeats the last frame)."""
+
+    chunk: MotionChunk
+    job: asyncio.Future | None
+
+
+@dataclass(frozen=True)
 class _Piece:
     """Frames of a chunk decoded as one job, split over `shards`."""
 
@@ -70,7 +94,7 @@ class Session:
         self.chunk_frames, self.lookahead = chunk_frames, lookahead
         self._feat_frontier = first_frame  # features of frames before this have reached the motion stage
         self._block = config.block_frames * SAMPLES_PER_FRAME
-        self._inbox: collections.deque = collections.deque()  # (pcm, t_wall) or _Marker
+        self._inbox: collections.deque[_Audio | _Marker] = collections.deque()
         self._inbox_samples, self._samples_in = 0, samples
         self._wake, self._space = asyncio.Event(), asyncio.Event()
         self._ended = False
@@ -99,7 +123,7 @@ class Session:
         if not np.isfinite(pcm).all():
             raise InputError("audio contains NaN or inf samples; clean or re-decode the input")
         if pcm.size:
-            self._inbox.append((pcm, time.monotonic()))
+            self._inbox.append(_Audio(pcm, time.monotonic()))
             self._inbox_samples += pcm.size
             self._wake.set()
 
@@ -145,8 +169,8 @@ class Session:
         had reached the motion stage (frames before it may still show the interrupted speech)."""
         self._interrupts += 1
         idle_from = -(-self._feat_frontier // self.chunk_frames) * self.chunk_frames
-        self._inbox = collections.deque(item if isinstance(item, _Marker) else (np.zeros_like(item[0]), item[1])
-                                        for item in self._inbox)
+        self._inbox = collections.deque(
+            item if isinstance(item, _Marker) else _Audio(np.zeros_like(item.pcm), item.t_wall) for item in self._inbox)
         self._audio.reset(self.session_id)
         blanked = collections.deque()
         while not self._q_feat.empty():
@@ -204,13 +228,14 @@ class Session:
     def _failed(self) -> bool:
         return any(t.done() for t in self._tasks)
 
-    def _take(self, n: int) -> tuple[np.ndarray, float]:
-        """Pop exactly n queued samples (n <= queued, no marker in between) and the feed time of the first."""
-        parts, t_first = [], self._inbox[0][1]
+    def _take(self, n: int) -> _Audio:
+        """Pop exactly n queued samples (n <= queued, no marker in between), with the feed time of the first."""
+        parts, t_first = [], self._inbox[0].t_wall
         while n:
-            pcm, t = self._inbox.popleft()
+            item = self._inbox.popleft()
+            pcm = item.pcm
             if pcm.size > n:
-                self._inbox.appendleft((pcm[n:], t))
+                self._inbox.appendleft(_Audio(pcm[n:], item.t_wall))
                 pcm = pcm[:n]
             parts.append(pcm)
             n -= pcm.size
@@ -218,7 +243,7 @@ class Session:
         self._inbox_samples -= pcm.size
         self._samples_in += pcm.size
         self._space.set()
-        return pcm, t_first
+        return _Audio(pcm, t_first)
 
     def _ready(self) -> int:
         """Samples queued before the first marker."""
@@ -226,7 +251,7 @@ class Session:
         for item in self._inbox:
             if isinstance(item, _Marker):
                 break
-            n += item[0].size
+            n += item.pcm.size
         return n
 
     async def _run(self, body, what: str = "the pipeline"):
@@ -259,9 +284,10 @@ class Session:
                 await self._q_feat.put(_Marker(marker.samples, audio_state=state))
             elif ready >= self._block or (ready and self._ended):  # a whole block, or the last partial one
                 first = self._samples_in // SAMPLES_PER_FRAME
-                pcm, t_wall = self._take(min(self._block, ready))
+                block = self._take(min(self._block, ready))
                 seen = self._interrupts
-                fc = await asyncio.wrap_future(self._audio.process(AudioChunk(self.session_id, first, pcm, t_wall)))
+                chunk = AudioChunk(self.session_id, first, block.pcm, block.t_wall)
+                fc = await asyncio.wrap_future(self._audio.process(chunk))
                 await self._q_feat.put(self._blank(fc) if seen != self._interrupts else fc)
             elif self._ended and not self._inbox:
                 await self._q_feat.put(await asyncio.wrap_future(self._audio.end(self.session_id)))
@@ -295,7 +321,7 @@ class Session:
             item = await self._q_feat.get()
             if item is _END:
                 for mc in await asyncio.wrap_future(self._motion.end(self.session_id)):
-                    await self._q_motion.put((mc, False))
+                    await self._q_motion.put(_Generated(mc))
                 await self._q_motion.put(_END)
                 return
             if isinstance(item, _Marker):
@@ -307,7 +333,7 @@ class Session:
             steps = self.config.degraded_steps if lag > self.config.degrade_after_s else None
             repeat = lag > self.config.repeat_after_s
             for mc in await asyncio.wrap_future(self._motion.process(item, steps)):
-                await self._q_motion.put((mc, repeat))
+                await self._q_motion.put(_Generated(mc, repeat))
 
     async def _decode_task(self):
         await self._run(self._decode_body)
@@ -321,16 +347,15 @@ class Session:
                 if item is _END:
                     return
                 continue
-            mc, repeat = item
-            for piece in self._pieces(mc):
+            for piece in self._pieces(item.chunk):
                 if self.config.live:
                     await self._one_waiting_per_shard(inflight)
                 # behind by now (the decoders are the bottleneck): repeat rather than queue more latency
-                late = repeat or self._lag(piece.chunk.t_wall) / self._slack() > self.config.repeat_after_s
+                late = item.repeat or self._lag(piece.chunk.t_wall) / self._slack() > self.config.repeat_after_s
                 job = None if late else self._start_decode(piece.chunk, piece.shards)
                 if job is not None and self.config.live:
                     inflight.append(job)
-                await self._q_pending.put((piece.chunk, job))
+                await self._q_pending.put(_Decoding(piece.chunk, job))
 
     def _start_decode(self, piece: MotionChunk, shards: list[ShardClient]) -> asyncio.Future:
         """A decode job, kept until done so that `close` can cancel it: with batching, a job may still wait in a
@@ -379,12 +404,12 @@ class Session:
                 await self._out.put(SessionCheckpoint(self.session_id, item.samples, self._next_out,
                                                       item.audio_state, item.motion_state))
                 continue
-            mc, job = item
-            if job is None:
+            mc = item.chunk
+            if item.job is None:
                 frames = self._repeat(mc.z.shape[0])
             else:
-                frames = await job
-            degraded = mc.degraded or job is None
+                frames = await item.job
+            degraded = mc.degraded or item.job is None
             assert mc.first_frame == self._next_out, f"frame {mc.first_frame} after {self._next_out - 1}"
             self._last_frame = frames[-1]
             self._next_out += len(frames)
