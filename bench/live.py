@@ -1,4 +1,4 @@
-"""Live-call benchmark: `python bench/live.py --out DIR [--quick]` -> DIR/live.json (its keys:
+"""Live-call benchmark: `python bench/live.py --out DIR [--quick] [--max-calls N]` -> DIR/live.json (its keys:
 docs/ARCHITECTURE.md "Benchmarks").
 
 One process runs the server on 127.0.0.1 (tiny preset, 256^2); the Python aiortc callers that measure calls run
@@ -6,13 +6,20 @@ in another (bench/callers.py), so that their H.264 and audio decoding does not s
 GIL, as callers on other machines would not. A first call gives time to first frame, server latency, fps,
 degraded frames and the receiver's A/V offset; headless Chromium (if installed) the latency the page measures
 (capture -> presented); an agent-mode caller that interrupts (barge-in), in the server's process, the time back
-to idle; then 1, 2, 3 (4 if 3 held) concurrent calls (frames degraded in a call's first 2 s, while it warms up,
-do not count); `sessions`: those calls' degraded share and p95, and the cost per session of 1, 2 and 4 sessions
-at once as a ratio to 1, with and without continuous batching (actors/batching.py); `pipecat`: the Pipecat
-service's added latency (bench/pipecat_latency.py); `livekit`: the same for the LiveKit avatar
-(bench/livekit_latency.py).
+to idle; then 1, 2, 3 concurrent calls, and more while they hold, up to --max-calls (frames degraded in a call's
+first 2 s, while it warms up, do not count): `max_sessions_at_25fps` (at most 1 % degraded) and `scaling`; the
+same with photo calls, each caller uploading tests/data/astronaut.jpg to POST /portrait and calling with it as its
+face: `max_photo_sessions_at_25fps` (at most 0.5 % degraded), `photo_scaling`, `photo_sessions` (or
+`photo_skipped`: why the server refused the photo). `core_seconds_per_call_second` {builtin, photo}: the server's
+CPU seconds (its process and children, bench/live_capacity.py) per second of one call, past its start-up;
+`calls_per_16_cores` what 16 cores hold at that rate; `core_seconds_by_calls` the same per call at each number of
+calls tried; `calls_plot`: DIR/live_calls.png, p95 and degraded share against calls at once, both kinds.
+`sessions`: the built-in calls' degraded share and p95, and the cost per session of 1, 2 and 4 sessions at once
+as a ratio to 1, with and without continuous batching (actors/batching.py); `pipecat`: the Pipecat service's
+added latency (bench/pipecat_latency.py); `livekit`: the same for the LiveKit avatar (bench/livekit_latency.py).
 """
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -26,18 +33,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actorcast.actors.engine import Engine  # noqa: E402
 from bench import livekit_latency, pipecat_latency  # noqa: E402
-from bench.common import ROOT, parse_args, write_json  # noqa: E402
+from bench.callers import portrait_data  # noqa: E402
+from bench.common import ROOT, run_record, write_json  # noqa: E402
+from bench.live_capacity import (PLANNING_CORES, CpuSampler, calls_per_cores, calls_summary,  # noqa: E402
+                                 core_seconds_per_call_second, holds_25fps, plot_calls, scaling_entry,
+                                 search_capacity)
 from actorcast.models.data.media import write_wav  # noqa: E402
 from actorcast.models.data.performance import generate_speech  # noqa: E402
-from actorcast.streaming.app import LIVE_STAGE_THREADS, ServerConfig, create_app  # noqa: E402
+from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, LiveServer, ServerConfig, create_app  # noqa: E402
 from actorcast.streaming.client import LiveCaller  # noqa: E402
 from actorcast.streaming.tracks import VOICE_RATE  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
+PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"  # the photo calls' portrait
+MOST_CALLS = 12  # the capacity searches go on while the calls hold, up to this many at once
+BUILTIN_MAX_DEGRADED = 0.01  # a call holds with at most this share of its frames degraded after start-up,
+PHOTO_MAX_DEGRADED = 0.005  # a photo call with at most this share
 
 
 def chromium_flags(wav: Path) -> list[str]:
@@ -69,23 +85,37 @@ async def browser_call(url: str, wav: Path, seconds: float, screenshot: Path | N
     return stats
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """The benchmark's server: its URL, and its `LiveServer` (the calls in progress are `server.calls`)."""
+
+    url: str
+    server: LiveServer
+
+
 @contextlib.asynccontextmanager
 async def serving(engine, max_sessions: int):
-    runner = web.AppRunner(create_app(engine, ServerConfig(max_sessions=max_sessions)))
+    app = create_app(engine, ServerConfig(max_sessions=max_sessions))
+    runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield Served(f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER])
     finally:
         await runner.cleanup()
 
 
-async def concurrent_calls(url: str, wav: Path, n: int, seconds: float) -> list[dict]:
-    """`n` calls at once, each sending `wav` for `seconds`, made by bench/callers.py in a process of its own;
-    the callers' reports (`LiveCaller.report`)."""
+async def concurrent_calls(url: str, wav: Path, n: int, seconds: float, portrait: Path | None = None,
+                           callers_pids: set[int] | None = None) -> list[dict]:
+    """`n` calls at once, each sending `wav` for `seconds` (with `portrait` as its face, if given), made by
+    bench/callers.py in a process of its own, whose pid goes into `callers_pids`; the callers' reports
+    (`LiveCaller.report`)."""
+    photo = ["--portrait", str(portrait)] if portrait is not None else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.callers", url, str(wav), "--calls", str(n), "--seconds", str(seconds),
+        sys.executable, "-m", "bench.callers", url, str(wav), "--calls", str(n), "--seconds", str(seconds), *photo,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    if callers_pids is not None:
+        callers_pids.add(proc.pid)
     limit = seconds + 120.0  # start-up (imports) and stopping the calls take seconds beyond the calls themselves
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit)
@@ -161,11 +191,70 @@ async def session_costs(engine, seconds: float) -> dict:
     return out
 
 
-def holds_25fps(report: dict) -> bool:
-    """25 fps at the receiver and no more than 1% of the frames degraded once the call has started (the first
-    2 s, while the pipeline warms up, are not held against it)."""
-    return report["received_fps"] >= 24.0 and (report["sent_degraded_after_startup_frames"] or 0) <= \
-        0.01 * max(1, report["sent_frames"] or 0)
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """One capacity search: the most calls at once that held, what each try kept of its calls' reports
+    (`scaling_entry`) and the server's CPU seconds per second of call, by calls at once."""
+
+    best: int
+    scaling: dict[int, list[dict]]
+    core_s: dict[int, float | None]
+
+
+async def capacity(served: Served, wav: Path, seconds: float, most: int, portrait: Path | None = None) -> Capacity:
+    """Calls at once of one kind, tried as `search_capacity` does (1 to 3 always, then on while they hold, up to
+    `most`): built-in faces, or `portrait` uploaded by each caller. Built-in calls hold with at most 1 % of their
+    frames degraded after start-up, photo calls with at most 0.5 %."""
+    share = BUILTIN_MAX_DEGRADED if portrait is None else PHOTO_MAX_DEGRADED
+    callers_pids: set[int] = set()
+    core_s: dict[int, float | None] = {}
+
+    async def try_calls(n: int) -> list[dict]:
+        async with CpuSampler(lambda: len(served.server.calls), callers_pids) as sampler:
+            reports = await concurrent_calls(served.url, wav, n, seconds, portrait, callers_pids)
+        cores = core_seconds_per_call_second(sampler.samples, n)
+        core_s[n] = None if cores is None else round(cores, 3)
+        return reports
+
+    best, tried = await search_capacity(try_calls, lambda r: holds_25fps(r, share), most=most)
+    return Capacity(best, {n: [scaling_entry(r) for r in reports] for n, reports in tried.items()}, core_s)
+
+
+async def portrait_refusal(url: str, photo: Path) -> str | None:
+    """Why the server will not take `photo` as a face (POST /portrait), or None when it frames it."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/portrait", json={"portrait": portrait_data(photo)}) as resp:
+            return None if resp.status == 200 else f"POST /portrait answered {resp.status}: {await resp.text()}"
+
+
+def photo_figures(builtin: Capacity, photo: Capacity | None, refusal: str | None) -> dict:
+    """The photo calls' capacity and the CPU figures of both kinds of call (one call at once; by calls at once in
+    `core_seconds_by_calls`), or, when the server refused the photo, why."""
+    one = {"builtin": builtin.core_s.get(1), "photo": photo.core_s.get(1) if photo else None}
+    out = {"max_photo_sessions_at_25fps": photo.best if photo else None,
+           "core_seconds_per_call_second": one,
+           f"calls_per_{PLANNING_CORES}_cores": {kind: calls_per_cores(c) for kind, c in one.items()},
+           "core_seconds_by_calls": {"builtin": builtin.core_s, "photo": photo.core_s if photo else {}}}
+    if photo is None:
+        return {**out, "photo_skipped": refusal}
+    return {**out, "photo_scaling": photo.scaling,
+            "photo_sessions": {"max_photo_sessions_at_25fps": photo.best,
+                               **{f"calls_{n}": calls_summary(e) for n, e in photo.scaling.items()}}}
+
+
+async def calls_figures(served: Served, wav: Path, seconds: float, args) -> dict:
+    """Both capacity searches (built-in faces, then the photo) with calls of `seconds`, the CPU figures, and the
+    plot of latency and degraded frames against calls at once (args.out/live_calls.png)."""
+    builtin = await capacity(served, wav, seconds, args.max_calls)
+    refusal = await portrait_refusal(served.url, PHOTO)
+    photo = await capacity(served, wav, seconds, args.max_calls, PHOTO) if refusal is None else None
+    machine = run_record("live")["machine"]
+    by_kind = {"built-in": builtin, **({"photo": photo} if photo else {})}
+    plot = plot_calls(args.out / "live_calls.png", {
+        kind: {n: calls_summary(e) for n, e in c.scaling.items()} for kind, c in by_kind.items()},
+        machine["cpu"], machine["cores"])
+    return {"max_sessions_at_25fps": builtin.best, "scaling": builtin.scaling,
+            **photo_figures(builtin, photo, refusal), "calls_plot": plot.name}
 
 
 async def main_async(args) -> dict:
@@ -175,7 +264,8 @@ async def main_async(args) -> dict:
     write_wav(wav, generate_speech(11, seconds + 2))
     result: dict = {"seconds": seconds, "preset": "tiny", "size": 256}
     with Engine(stage_threads=LIVE_STAGE_THREADS) as engine:
-        async with serving(engine, max_sessions=8) as url:
+        async with serving(engine, max_sessions=max(8, args.max_calls)) as served:
+            url = served.url
             one = (await concurrent_calls(url, wav, 1, seconds))[0]
             result.update(ttff_s=one["ttff_s"], fps=one["received_fps"], degraded_frames=one["sent_degraded_frames"],
                           degraded_after_startup=one["sent_degraded_after_startup_frames"],
@@ -190,23 +280,11 @@ async def main_async(args) -> dict:
             idle = await interrupt_idle(url, wav, 3 if args.quick else 8)
             result.update(interrupt_idle_ms={"median": statistics.median(idle) if idle else None,
                                              "max": max(idle, default=None), "all": idle})
-            scaling, best = {}, 0
-            for n in range(1, 5):  # 1 to 3 calls always, 4 if 3 held
-                reports = await concurrent_calls(url, wav, n, 8.0 if args.quick else 20.0)
-                scaling[n] = [{"fps": r["received_fps"], "degraded": r["sent_degraded_frames"],
-                               "degraded_after_startup": r["sent_degraded_after_startup_frames"],
-                               "sent": r["sent_frames"], "p95_ms": (r["server_latency_ms"] or {}).get("p95")}
-                              for r in reports]
-                holds = all(holds_25fps(r) for r in reports)
-                best = n if holds and best == n - 1 else best
-                if not holds and n >= 3:
-                    break
-            result.update(max_sessions_at_25fps=best, scaling=scaling)
+            result.update(await calls_figures(served, wav, 8.0 if args.quick else 20.0, args))
+        best, scaling = result["max_sessions_at_25fps"], result["scaling"]
         result["sessions"] = {
             "max_sessions_at_25fps": best,
-            **{f"calls_{n}": {"degraded_after_startup_share": round(
-                sum(r["degraded_after_startup"] or 0 for r in reports) / max(1, sum(r["sent"] or 0 for r in reports)),
-                3), "p95_ms": max((r["p95_ms"] or 0) for r in reports)} for n, reports in scaling.items()},
+            **{f"calls_{n}": calls_summary(entries) for n, entries in scaling.items()},
             **await session_costs(engine, 6.0 if args.quick else 20.0)}
         result["pipecat"] = await pipecat_figures(engine, seconds)
         result["livekit"] = await livekit_figures(engine, seconds)
@@ -229,8 +307,23 @@ async def livekit_figures(engine, seconds: float) -> dict:
         return {"skipped": str(e)}
 
 
+def parse_args() -> argparse.Namespace:
+    """The common `--out DIR [--quick]` (bench/common.py), and a cap on the calls the capacity searches try."""
+    parser = argparse.ArgumentParser(prog="bench/live.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="directory for live.json and live_calls.png")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, for CI")
+    parser.add_argument("--max-calls", type=int, default=MOST_CALLS,
+                        help=f"the most calls at once the capacity searches try (default {MOST_CALLS}); a smaller "
+                             "number makes a short check")
+    args = parser.parse_args()
+    if args.max_calls < 1:
+        parser.error("--max-calls must be at least 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def main() -> None:
-    args = parse_args("live", __doc__.splitlines()[0])
+    args = parse_args()
     result = asyncio.run(main_async(args))
     path = write_json(Path(args.out), "live", result)
     print(json.dumps(result, indent=1, default=float))
