@@ -161,8 +161,9 @@ def load_free_motion(directory: Path, device: str = "cpu") -> FreeMotion | None:
                          "directory: retrain it (`actorcast train --stage free --weights DIR`) or remove "
                          "free_motion.json and free_motion.safetensors")
     module, _ = load_weights(directory, "free_motion", FreeMotionConfig, FreeMotion)
-    module.temperature = tuple(float(t) for t in read_header(directory, "free_motion")["meta"].get(
-        "temperature", module.temperature))
+    meta = read_header(directory, "free_motion")["meta"]
+    module.temperature = tuple(float(t) for t in meta.get("temperature", module.temperature))
+    module.blink_profile = torch.tensor(meta.get("blink_profile", []), dtype=torch.float32).reshape(-1, 2)
     return module.to(device).eval().requires_grad_(False)
 
 

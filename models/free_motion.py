@@ -36,6 +36,8 @@ N_FREE = len(FREE_PARAMS)
 FREE_GROUPS = ("brows", "blinks", "gaze", "head")  # of models/training/motion_measures.py MOTION_GROUPS
 GROUP_DIMS = ([0, 1], [2, 3], [4, 5], [6, 7, 8, 9, 10, 11])  # each group's indices in FREE_PARAMS
 BOUND_EDGE = 1e-4  # a normalised value this close to -1 or 1 is at the bound (censored in the likelihood)
+LIDS = slice(GROUP_DIMS[1][0], GROUP_DIMS[1][-1] + 1)  # blink_l, blink_r in FREE_PARAMS
+BLINK_ONSET = 0.5  # a blink starts where the lids' mean closure first reaches this (the measures' BLINK_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class FreeMotion(nn.Module):
         # Per group, the factor on a drawn component's spread (`fit_temperature` in models/training/free_stage.py,
         # kept in the export's meta): 1 draws the model as trained.
         self.temperature: tuple[float, ...] = (1.0,) * len(GROUP_DIMS)
+        # The data's mean blink from its onset, (frames, 2) lid closures in [0, 1] (`blink_profile` in
+        # models/training/free_stage.py, kept in the export's meta); empty: blinks are drawn frame by frame.
+        self.blink_profile: torch.Tensor = torch.zeros(0, 2)
 
     def forward(self, prev: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
                 state: torch.Tensor | None = None) -> tuple[list, torch.Tensor]:
@@ -152,12 +157,14 @@ class FreeMotionStream:
         self.model = model
         self.last = neutral_free().to(p.device, p.dtype).expand(batch, N_FREE).clone()  # (B, N_FREE)
         self.state: torch.Tensor | None = None
+        self.blink_at = torch.full((batch,), -1, dtype=torch.long)  # frame of the blink profile each row is at
         # its own generator: the generator's noise stream, and so its mouth, is the same with or without this model
         self.generator = torch.Generator().manual_seed(seed + 0x5EED)
 
     def export(self) -> dict:
         """The stream's state as tensors (a render's snapshot), without the model."""
-        return {"state": self.state, "last": self.last, "generator": self.generator.get_state()}
+        return {"state": self.state, "last": self.last, "generator": self.generator.get_state(),
+                "blink_at": self.blink_at}
 
     @classmethod
     def restore(cls, model: FreeMotion, saved: dict) -> "FreeMotionStream":
@@ -165,6 +172,7 @@ class FreeMotionStream:
         stream = cls.__new__(cls)
         stream.model, stream.state, stream.last = model, saved["state"], saved["last"]
         stream.generator = torch.Generator().set_state(saved["generator"])
+        stream.blink_at = saved.get("blink_at", torch.full((stream.last.shape[0],), -1, dtype=torch.long))
         return stream
 
     @torch.no_grad()
@@ -186,9 +194,34 @@ class FreeMotionStream:
         for t in range(T):  # 2. one frame at a time: each frame's draw is the next frame's input
             mixtures, self.state = self.model(self.last[:, None], audio[:, t:t + 1].to(self.last), emotion,
                                               self.state)
-            self.last = draw(mixtures, self.generator, self.model.temperature).clamp(-1.0, 1.0)
+            drawn = draw(mixtures, self.generator, self.model.temperature).clamp(-1.0, 1.0)
+            self.last = self._complete_blinks(drawn, self.last)
             out.append(self.last)
         return torch.stack(out, dim=1)
+
+    def _complete_blinks(self, drawn: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """`drawn` (B, N_FREE) with each blink that starts or goes on in it following the data's mean blink
+        (`FreeMotion.blink_profile`) to its end. The mixture decides when a blink starts (the lids cross
+        BLINK_ONSET from open); drawn one frame at a time, what follows was a one-frame flicker that closed the
+        eye two-thirds of the way, where the data's blinks close it fully for two or three frames and open more
+        slowly than they shut. The completed blink is the next frame's input, so the state sees a whole blink
+        and spaces the next one."""
+        profile = self.model.blink_profile
+        if not len(profile):
+            return drawn
+        closure = (drawn[:, LIDS] + 1.0) / 2.0                                  # [0, 1] per lid
+        was_open = (prev[:, LIDS] + 1.0).mean(-1) / 2.0 < BLINK_ONSET
+        going_on = torch.where(self.blink_at >= 0, self.blink_at + 1, -1)
+        going_on = torch.where(going_on >= len(profile), -1, going_on)       # a blink whose profile ended
+        start = (going_on < 0) & was_open & (closure.mean(-1) >= BLINK_ONSET)
+        self.blink_at = torch.where(start, 0, going_on)
+        blinking = self.blink_at >= 0
+        if not blinking.any():
+            return drawn
+        lids = profile.to(drawn)[self.blink_at.clamp(min=0)] * 2.0 - 1.0       # (B, 2) normalised
+        out = drawn.clone()
+        out[:, LIDS] = torch.where(blinking[:, None], lids, drawn[:, LIDS])
+        return out
 
     def apply(self, z: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, T, d_motion) from the generator with the free parameters replaced by draws for `audio`."""

@@ -131,6 +131,49 @@ def test_a_snapshot_resumes_the_free_motion_exactly():
         assert torch.equal(x.z, y.z)
 
 
+def test_a_blink_that_starts_follows_the_profile_to_its_end():
+    """Once the drawn lids cross the onset from open, the next frames are the blink profile's, whatever the
+    mixture draws, and the completed blink is the model's next input; without a profile the draws pass as
+    they are (the lever: drawn frame by frame, blinks were one-frame flickers closing the eye two-thirds)."""
+    from actorcast.models.free_motion import BLINK_ONSET, LIDS
+
+    _, free = _models()
+    with torch.no_grad():  # lids drawn near half closed, so that blinks start often
+        free.head.bias.zero_()
+    audio, emotion = torch.randn(3, 60, 8), torch.tensor([0, 1, 2])
+    plain = FreeMotionStream(free, 3, seed=1).sample(audio, emotion)
+    free.blink_profile = torch.tensor([[0.8, 0.9], [1.0, 1.0], [0.6, 0.5], [0.2, 0.2]])
+    out = FreeMotionStream(free, 3, seed=1).sample(audio, emotion)
+    closure = (out[:, :, LIDS] + 1) / 2
+    starts = 0
+    for row in closure:
+        t = 1
+        while t < len(row) - 4:
+            if row[t - 1].mean() < BLINK_ONSET <= row[t].mean():
+                assert torch.allclose(row[t:t + 4], free.blink_profile, atol=1e-6), (t, row[t:t + 4])
+                starts += 1
+                t += 4
+            else:
+                t += 1
+    assert starts >= 3
+    plain_closure = (plain[:, :, LIDS] + 1) / 2
+    assert not any(torch.allclose(plain_closure[r, t:t + 4], free.blink_profile, atol=1e-3)
+                   for r in range(3) for t in range(56))
+
+
+def test_the_blink_profile_is_the_datas_mean_blink_from_its_onset():
+    from actorcast.models.free_motion import LIDS
+    from actorcast.models.training.free_stage import blink_profile
+
+    x = neutral_free().expand(4, 50, N_FREE).clone()
+    shapes = ([0.6, 1.0, 1.0, 0.4, 0.0], [0.8, 1.0, 0.6, 0.2, 0.0])
+    for i, (clip, start) in enumerate(((0, 10), (1, 30), (2, 12), (3, 20))):
+        x[clip, start:start + 5, LIDS] = torch.tensor(shapes[i % 2])[:, None] * 2 - 1
+    profile = blink_profile(x)
+    assert torch.allclose(profile, torch.tensor([[0.7, 0.7], [1.0, 1.0], [0.8, 0.8], [0.3, 0.3]]), atol=1e-6)
+    assert len(blink_profile(neutral_free().expand(2, 50, N_FREE))) == 0  # no blinks, no profile
+
+
 def _weights_for_free_stage(directory):
     from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
     from actorcast.models.motion_ae import MOTION_AE_PRESETS, MotionEncoder
@@ -212,7 +255,10 @@ def test_the_shipped_face_blinks_in_silence_and_moves_its_head_in_speech():
 
     def blink_count(params: torch.Tensor) -> int:
         lids = params[:, [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]].mean(1)
-        return len(blinks(1.0 - lids.numpy(), open_level=1.0))
+        found = blinks(1.0 - lids.numpy(), open_level=1.0)
+        # whole blinks, as in the data: the eye shuts (under a tenth open) for at least two frames under half
+        assert all(b.bottom < 0.1 and b.end - b.start >= 2 for b in found), found
+        return len(found)
 
     def yaw_pitch_deg(params: torch.Tensor) -> tuple[float, float]:
         return tuple(float(params[:, PARAM_INDEX[n]].std()) * 180 / np.pi for n in ("head_yaw", "head_pitch"))

@@ -23,10 +23,10 @@ from actorcast.models.checkpoint import load_weights, save_weights
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import ConfigError, InputError
-from actorcast.models.free_motion import (FREE_GROUPS, FREE_SLICE, FreeMotion, FreeMotionConfig, FreeMotionStream,
-                                          audio_encoder_digest)
+from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, FreeMotion, FreeMotionConfig,
+                                          FreeMotionStream, audio_encoder_digest)
 from actorcast.models.training.common import preset_defaults, write_summary
-from actorcast.models.training.motion_measures import blink_rates, motion_spread, silent_frames
+from actorcast.models.training.motion_measures import blink_rates, blinks, motion_spread, silent_frames
 from actorcast.models.training.motion_stage import EVAL_CLIPS, encoder_latent_kind, latent_cache
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
@@ -81,6 +81,27 @@ def free_running(model: FreeMotion, data: dict, seed: int = 0) -> torch.Tensor:
     """Every clip's free parameters sampled from its audio alone, as a stream does (all clips as one batch):
     (N, T, N_FREE)."""
     return FreeMotionStream(model, len(data["x"]), seed).sample(data["audio"], data["emotion"])
+
+
+BLINK_FRAMES = 12  # the longest blink profile, frames from the onset
+BLINK_OPEN = 0.05  # a profile ends where the lids' mean closure is back under this
+
+
+def blink_profile(x: torch.Tensor) -> torch.Tensor:
+    """The data's mean blink: every blink in the true free parameters x (N, T, N_FREE), normalised, aligned at
+    its onset (the first frame at BLINK_ONSET closure), averaged per lid over BLINK_FRAMES, and cut where the eyes
+    are open again. (frames, 2) closures in [0, 1]; empty if the clips hold no whole blink."""
+    closure = ((x[:, :, LIDS].double() + 1.0) / 2.0).numpy()                  # (N, T, 2)
+    aligned = [clip[b.start:b.start + BLINK_FRAMES] for clip in closure
+               for b in blinks(1.0 - clip.mean(-1), depth=BLINK_ONSET, open_level=1.0)
+               if b.start + BLINK_FRAMES <= len(clip) and (b.start == 0 or clip[b.start - 1].mean() < BLINK_ONSET)]
+    if not aligned:
+        return torch.zeros(0, 2)
+    mean = np.mean(aligned, axis=0)                                           # (BLINK_FRAMES, 2)
+    peak = int(np.argmax(mean.mean(-1)))
+    reopened = np.flatnonzero(mean[peak:].mean(-1) < BLINK_OPEN)
+    end = peak + int(reopened[0]) if len(reopened) else BLINK_FRAMES
+    return torch.from_numpy(mean[:end]).float()
 
 
 TEMPERATURES = np.round(np.arange(0.3, 2.001, 0.05), 2)
@@ -188,22 +209,33 @@ class FreeStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
-        temperature = fit_temperature(module.model, free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips)))
-        log.info("free-motion temperature per group %s: %s", FREE_GROUPS, temperature)
-        module.model.temperature = temperature
+        temperature = fit_drawing(module.model, free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips)))
         metrics.update({f"temperature_{g}": t for g, t in zip(FREE_GROUPS, temperature)})
+        metrics["blink_profile_frames"] = len(module.model.blink_profile)
         metrics.update({f"calibrated_{k}": v for k, v in FreeStage.evaluate(module, cfg).items()})
-        save_weights(directory, "free_motion", module.model, module.config, _meta(cfg, temperature))
+        save_weights(directory, "free_motion", module.model, module.config, _meta(cfg, module.model))
         write_summary(directory, cfg, metrics)
 
 
-def _meta(cfg, temperature: tuple[float, ...]) -> dict:
-    return {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights), "temperature": list(temperature)}
+def fit_drawing(model: FreeMotion, data: dict) -> tuple[float, ...]:
+    """Set what the export fits on training clips `data`, in order: the blink profile (from the data alone), then
+    the temperature (drawn with that profile, which shapes every blink). Returns the temperature."""
+    model.blink_profile = blink_profile(data["x"])
+    log.info("free-motion blink profile (%d frames): %s", len(model.blink_profile),
+             model.blink_profile.mean(-1).round(decimals=2).tolist())
+    model.temperature = fit_temperature(model, data)
+    log.info("free-motion temperature per group %s: %s", FREE_GROUPS, model.temperature)
+    return model.temperature
+
+
+def _meta(cfg, model: FreeMotion) -> dict:
+    return {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights),
+            "temperature": list(model.temperature), "blink_profile": model.blink_profile.tolist()}
 
 
 def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[float, ...]:
-    """Fit the temperature of the free-motion model exported in `directory` again (on the training clips of its
-    `free_train.json`, cached under that run's folder) and write it into its header."""
+    """Fit the blink profile and the temperature of the free-motion model exported in `directory` again (on the
+    training clips of its `free_train.json`, cached under that run's folder) and write them into its header."""
     from actorcast.actors.loading import load_free_motion
     from actorcast.models.training.train import TrainConfig
 
@@ -214,16 +246,17 @@ def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[
                           "of a free-stage run (or the shipped weights)")
     cfg = TrainConfig(**{**json.loads(summary.read_text())["config"], "weights": str(directory)})
     model = load_free_motion(directory)
-    temperature = fit_temperature(model, free_clips(cfg, 0, 1, n_clips=min(clips, cfg.clips)))
-    save_weights(directory, "free_motion", model, model.config, _meta(cfg, temperature))
+    temperature = fit_drawing(model, free_clips(cfg, 0, 1, n_clips=min(clips, cfg.clips)))
+    save_weights(directory, "free_motion", model, model.config, _meta(cfg, model))
     return temperature
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m actorcast.models.training.free_stage",
-        description="Fit the per-group temperature of an exported free-motion model again (on training clips) and "
-                    "write it into DIR/free_motion.json; `actorcast train --stage free` does this itself at export.")
+        description="Fit the blink profile and the per-group temperature of an exported free-motion model again (on "
+                    "training clips) and write them into DIR/free_motion.json; `actorcast train --stage free` does "
+                    "this itself at export.")
     parser.add_argument("directory", type=Path, help="weights directory with free_motion, audio_encoder, "
                                                       "motion_encoder and free_train.json")
     parser.add_argument("--clips", type=int, default=TEMPERATURE_CLIPS,
