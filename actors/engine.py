@@ -19,12 +19,12 @@ from actorcast.actors.clients import AudioClient, MotionClient, ShardClient, Sta
 from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources, fit_resources, node_rooms
 from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, resolve_weights
 from actorcast.actors.messages import PhotoFace
-from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.actors.session import Session
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
 from actorcast.actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actorcast.cluster.ray_connect import ensure_ray
 from actorcast.models.errors import ActorcastError, ConfigError
+from actorcast.models.photo.reference import check_portrait, synthetic_portrait
 from actorcast.models.presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Engine:
         live sessions do and offline ones do not, so that a render's frames never depend on what else ran
         beside it (batches round floats differently; resumed renders must match bit for bit).
         landmarks: a photo's Face Mesh points (478, 2) in `reference`'s pixels (`Framing.crop_landmarks()`):
-        the photo is then animated by its rig (models/photo_rig.py) instead of the cartoon-trained decoder.
+        the photo is then animated by its rig (models/photo/rig.py) instead of the cartoon-trained decoder.
         """
         if self._closed:
             raise ActorcastError("the engine is closed; create a new Engine")
@@ -139,7 +139,7 @@ class Engine:
         clients = self.batched if (config.live if batched is None else batched) else self.solo
         wait = asyncio.wrap_future
         # A photo's shards wait for its rest pose: the rig draws the motion relative to the generator's idle for
-        # it (models/photo_rig.py), which needs the audio stage's silence and the motion stage's session.
+        # it (models/photo/rig.py), which needs the audio stage's silence and the motion stage's session.
         shards_now = clients.shards if landmarks is None else []
         silence, *_ = await asyncio.gather(
             wait(clients.audio.open(sid, first)),

@@ -24,10 +24,7 @@ import torch
 from tqdm import tqdm
 
 from actorcast.actors.engine import Engine
-from actorcast.actors.framing import Framing, frame_reference
 from actorcast.actors.loading import resolve_weights
-from actorcast.actors.paste import PasteBack
-from actorcast.actors.reference import load_image
 from actorcast.actors.render_mux import SegmentWriter, mux_final, probe_audio
 from actorcast.actors.session_config import SessionCheckpoint
 from actorcast.cluster.ray_connect import check_address
@@ -36,6 +33,9 @@ from actorcast.models.data.params import EMOTIONS
 from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError
 from actorcast.models.kv_cache import POLICY_NAMES
+from actorcast.models.photo.framing import Framing, frame_reference
+from actorcast.models.photo.paste import PasteBack
+from actorcast.models.photo.reference import load_image
 from actorcast.models.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)

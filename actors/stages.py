@@ -25,14 +25,14 @@ import torch
 from actorcast.actors.batching import Outcome
 from actorcast.actors.loading import load_model, local_weights
 from actorcast.actors.messages import AudioChunk, FeatureChunk, MotionChunk, PhotoFace
-from actorcast.actors.reference import square_tensor, to_uint8
 from actorcast.models.audio import AudioStreamState
-from actorcast.models.decoder import IdentityFeatures
-from actorcast.models.photo_rig import PhotoRig, params_of_latent
 from actorcast.models.data.params import emotion_index, neutral_params
+from actorcast.models.decoder import IdentityFeatures
 from actorcast.models.errors import InputError
-from actorcast.models.presets import get_preset
 from actorcast.models.free_motion import FREE_SLICE, FreeMotionStream
+from actorcast.models.photo.reference import square_tensor, to_uint8
+from actorcast.models.photo.rig import PhotoRig, params_of_latent
+from actorcast.models.presets import get_preset
 from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
@@ -179,7 +179,7 @@ class MotionStage:
         """The session's idle: the median motion parameters (N_PARAMS,) the generator makes for its reference from
         `seconds` of silence features (the audio stage's `open`), neutral, in a stream of its own with the session's
         seed, so the same reference and seed always give the same rest (a resumed render included). A photo's rig
-        draws the motion relative to it (models/photo_rig.py). The generator's own motion, without the free
+        draws the motion relative to it (models/photo/rig.py). The generator's own motion, without the free
         motion's draws; where a free-motion model draws brows, lids, gaze and head, their rest is the neutral pose
         it draws them about (the generator's reading of a photo there would be a steady offset from it). The
         median, not the mean: a blink in that second must not leave the rest pose half-shut. Only for a decoder trained on
@@ -317,9 +317,9 @@ class DecoderShard:
     def open(self, session_id: str, reference: np.ndarray, photo: PhotoFace | None = None) -> None:
         """Encode the reference once into the identity pyramid this shard reuses for every frame.
 
-        photo: the Face Mesh points (478, 2) of a photo's face, in the reference's pixels (actors/framing.py
+        photo: the Face Mesh points (478, 2) of a photo's face, in the reference's pixels (models/photo/framing.py
         `Framing.crop_landmarks`), and the session's rest pose (MotionStage.rest_pose), the motion the photo itself
-        shows. A photo is then animated by its own rig (models/photo_rig.py), driven by the motion parameters of a
+        shows. A photo is then animated by its own rig (models/photo/rig.py), driven by the motion parameters of a
         params-trained decoder's latents; the decoder itself has only seen cartoons."""
         if photo is not None and self.decoder.latent == "params":
             side = reference.shape[0]

@@ -16,10 +16,10 @@ from common import ROOT, median_seconds, parse_args, write_json  # noqa: E402  (
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from actorcast.actors.reference import to_uint8
 from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
 from actorcast.models.decoder import DECODER_PRESETS, VideoDecoder
 from actorcast.models.motion import MOTION_PRESETS, MotionGenerator
+from actorcast.models.photo.reference import to_uint8
 from actorcast.models.sampling import MotionStream, SamplerConfig
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 

@@ -9,7 +9,7 @@ held-out espeak-ng speech (sentences with their pauses) and then 5 s of silence:
 (models/data/tts.py), whose phoneme-derived openness (`openness`, the jaw_open of the viseme timeline; 0 in the
 silent tail) is the truth lipsync_r_tts is scored against. A photo that framing refuses (no face, too small) is
 recorded with its message instead of a render. With weights trained on the motion parameters (the shipped ones),
-the photo is animated by its rig (models/photo_rig.py), as render does.
+the photo is animated by its rig (models/photo/rig.py), as render does.
 
 Measured per photo (DIR/portraits.json, under "photos"; each figure is {"value", "target", "met"}). "Spoken
 part": the 20 s of speech with its pauses; "tail" (keys ending _silence): the 5 s of silence after it.
@@ -170,8 +170,8 @@ def test_photos(quick: bool, all_faces: bool, tmp: Path) -> list[Photo]:
     if quick:
         return [astronaut]
     if all_faces:
-        from actorcast.actors.framing import find_faces, fit_output
-        from actorcast.actors.reference import load_image
+        from actorcast.models.photo.framing import find_faces, fit_output
+        from actorcast.models.photo.reference import load_image
 
         n = len(find_faces(fit_output(load_image(t1_path()))))
         group = [Photo(f"t1_face{i}", t1_path(), "insightface data/images/t1.jpg", face=i) for i in range(1, n + 1)]
@@ -186,7 +186,7 @@ def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path,
     """Render `photo` speaking `wav` full-frame with `engine`; measure it (see the module docstring)."""
     from actorcast.actors.render_job import RenderJob, check_job, paste_back_for, render
     from actorcast.models.errors import InputError
-    from actorcast.actors.framing import Framing
+    from actorcast.models.photo.framing import Framing
     from actorcast.models.training.evaluate import lip_lag, pearson, span
 
     video = out / f"portraits_{photo.name}.mp4"

@@ -1,4 +1,4 @@
-"""The mean face that models/photo_pose.py fits to a photo's landmarks to read its head pose, measured.
+"""The mean face that models/photo/pose.py fits to a photo's landmarks to read its head pose, measured.
 
     python bench/portraits_face_model.py
 
@@ -7,7 +7,7 @@ framed faces of tests/data/astronaut.jpg and of insightface's t1.jpg (six faces,
 Each face is turned to face the camera by its own symmetry: x along the mean of its mirrored pairs' right - left,
 y along forehead top (10) to chin (152) made square to x, z away from the camera; then scaled to face heights,
 centred on its midline points, averaged over the faces, and each mirrored pair made symmetric. Printed as the
-MIDLINE and PAIRS tables of models/photo_pose.py.
+MIDLINE and PAIRS tables of models/photo/pose.py.
 """
 
 import sys
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT
 from bench.portraits import t1_path
 from bench.portraits_readers import read_meter
-from actorcast.models.photo_pose import MIDLINE, PAIRS
+from actorcast.models.photo.pose import MIDLINE, PAIRS
 
 CHIN, FOREHEAD_TOP = 152, 10
 
@@ -40,8 +40,8 @@ def frontal(points: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    from actorcast.actors.framing import find_faces, fit_output, frame_reference
-    from actorcast.actors.reference import load_image
+    from actorcast.models.photo.framing import find_faces, fit_output, frame_reference
+    from actorcast.models.photo.reference import load_image
 
     group = load_image(t1_path())
     crops = [frame_reference(load_image(ROOT / "tests" / "data" / "astronaut.jpg")).crop(256)]

@@ -32,7 +32,7 @@ class FrameChecks:
 
     def add(self, frames: np.ndarray) -> None:
         """The next (n, H, W, 3) uint8 frames of the video."""
-        from actorcast.actors.framing import Framing
+        from actorcast.models.photo.framing import Framing
 
         if frames.shape[1:] != self.picture.shape:
             raise ValueError(f"frames {frames.shape[1:]} are not the photo's {self.picture.shape}")

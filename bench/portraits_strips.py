@@ -38,7 +38,7 @@ def write_strips(out: Path, name: str, squares: np.ndarray, landmarks: np.ndarra
     right then down, STRIP_PER_ROW a row (the silent tail starts a row at the default lengths); DIR/mouth_<name>.png:
     the mouth every MOUTH_EVERY frames of the first MOUTH_SECONDS, cut from the same squares at the photo's own
     resolution (bench/sheet.py's `mouth_crops`, half a tenth of the square's side)."""
-    from actorcast.actors.framing import resize
+    from actorcast.models.photo.framing import resize
 
     side = squares.shape[1]
     faces = list(resize(squares[::STRIP_EVERY], min(side, STRIP_FACE), min(side, STRIP_FACE)))
@@ -58,7 +58,7 @@ def draw_sheet(path: Path, name: str, entry: dict, speech: Speech, reading, squa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from actorcast.actors.framing import resize
+    from actorcast.models.photo.framing import resize
 
     n = len(squares)
     faces = list(resize(squares[::10], 96, 96))

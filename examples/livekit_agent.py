@@ -55,8 +55,8 @@ def avatar_options() -> dict:
                      "address": os.environ.get("ACTORCAST_RAY_ADDRESS")}
     portrait = os.environ.get("ACTORCAST_PORTRAIT")
     if portrait:
-        from actorcast.actors.framing import frame_reference
-        from actorcast.actors.reference import load_image
+        from actorcast.models.photo.framing import frame_reference
+        from actorcast.models.photo.reference import load_image
 
         options["portrait"] = frame_reference(load_image(portrait))
     else:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from actorcast.actors.framing import Framing
-from actorcast.actors.reference import check_portrait, load_image
 from actorcast.models.data.params import emotion_index
 from actorcast.models.errors import ConfigError
+from actorcast.models.photo.framing import Framing
+from actorcast.models.photo.reference import check_portrait, load_image
 from actorcast.streaming.app import LIVE_STAGE_THREADS
 
 
@@ -33,8 +33,8 @@ def face_of(identity: int | None = None, portrait: "Framing | np.ndarray | str |
             emotion: str = "neutral", seed: int = 0, landmarks: np.ndarray | None = None) -> AvatarFace:
     """Check the avatar's options (ConfigError or InputError saying what to give) before anything loads.
 
-    portrait: a photo framed by actors.framing.frame_reference (animated by its own rig, models/photo_rig.py), or an
-    (H, W, 3) uint8 picture or an image file, used as it is (with `landmarks`, in its pixels, when it was framed
+    portrait: a photo framed by models.photo.framing.frame_reference (animated by its own rig, models/photo/rig.py), or
+    an (H, W, 3) uint8 picture or an image file, used as it is (with `landmarks`, in its pixels, when it was framed
     before: the rig animates it)."""
     emotion_index(emotion)  # ConfigError naming the emotions
     if identity is not None and portrait is not None:

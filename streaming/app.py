@@ -36,16 +36,16 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
-from actorcast.actors.framing import Framing, frame_reference
-from actorcast.actors.reference import decode_image as decode_picture
 from actorcast.models.data.params import emotion_index
 from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError, TooLargeError
+from actorcast.models.photo.framing import Framing, frame_reference
+from actorcast.models.photo.reference import decode_image as decode_picture
 from actorcast.streaming.guard import error, guard, parse_json, read_body
 from actorcast.streaming.ice import hosts_for
+from actorcast.streaming.limits import CONNECT_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY, MAX_QUEUED_SPEECH_S
 from actorcast.streaming.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from actorcast.streaming.metrics import Metrics
-from actorcast.streaming.limits import CONNECT_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY, MAX_QUEUED_SPEECH_S
 from actorcast.streaming.peer import SOURCES, CallOptions, LiveCall, _maybe_await
 from actorcast.streaming.receiver import audio_prefetch_for
 from actorcast.streaming.tracks import decode_audio_48k
@@ -192,7 +192,7 @@ class LiveServer:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def frame(self, params: dict) -> Framing:
-        """The call's reference, framed (actors/framing.py) off the event loop: the uploaded photo's face, or
+        """The call's reference, framed (models/photo/framing.py) off the event loop: the uploaded photo's face, or
         the built-in identity. Uploads are remembered by content, so a /portrait check and its call frame once."""
         face = face_number(params)
         if not params.get("portrait"):

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actorcast.actors.framing import Framing
 from actorcast.models.errors import ActorcastError
+from actorcast.models.photo.framing import Framing
 from actorcast.models.timebase import FPS
 from actorcast.streaming.agent_avatar import build_engine, engine_args, face_of, open_face
 from actorcast.streaming.live_audio import HALF_S, SLOT_S, LiveVoice
@@ -83,7 +83,7 @@ class ActorcastVideoGenerator(VideoGenerator):
 
     engine: an actors.engine.Engine to open the session on (shared between calls); else one is built from
     weights/preset/size (in-process, or on Ray with use_ray, address or shards > 1) and closed by `aclose`.
-    identity: a built-in identity; portrait: a photo framed by actors.framing.frame_reference (its rig animates
+    identity: a built-in identity; portrait: a photo framed by models.photo.framing.frame_reference (its rig animates
     it), or an (H, W, 3) uint8 picture or image file used as it is. emotion: one of EMOTIONS. size: the
     pictures' side. The models load in `start` (or at the first push or iteration).
     """

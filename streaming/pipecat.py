@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actorcast.actors.framing import Framing
 from actorcast.models.errors import ActorcastError
+from actorcast.models.photo.framing import Framing
 from actorcast.models.timebase import FPS
 from actorcast.streaming.agent_avatar import build_engine, engine_args, face_of, open_face
 from actorcast.streaming.live_audio import VOICE_LAG, LiveVoice, VoiceResampler
@@ -71,7 +71,7 @@ class ActorcastVideoService(FrameProcessor):
     engine: an actors.engine.Engine to open the session on (share one between the calls of a server); else one
     is built from weights/preset/size (in-process, or on Ray with use_ray, address or shards > 1) and closed
     with the pipeline. identity: a built-in identity number; portrait: a photo framed by
-    actors.framing.frame_reference (animated by its own rig, models/photo_rig.py), or an (H, W, 3) uint8
+    models.photo.framing.frame_reference (animated by its own rig, models/photo/rig.py), or an (H, W, 3) uint8
     picture or an image file, used as it is. emotion: one of EMOTIONS.
     size: the side of the pictures sent.
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from actorcast.actors.framing import Framing, frame_reference
-from actorcast.actors.reference import load_image, square_tensor
 from actorcast.models.data.params import PARAM_INDEX, neutral_params
-from actorcast.models.photo_rig import PhotoRig
+from actorcast.models.photo.framing import Framing, frame_reference
+from actorcast.models.photo.reference import load_image, square_tensor
+from actorcast.models.photo.rig import PhotoRig
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
 SIZE = 256

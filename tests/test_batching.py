@@ -15,11 +15,11 @@ from actorcast.actors.engine import Engine
 from actorcast.actors.executor import LocalStage
 from actorcast.actors.loading import load_model, resolve_weights
 from actorcast.actors.messages import FeatureChunk
-from actorcast.actors.reference import synthetic_portrait
 from actorcast.actors.session_config import Seniority
 from actorcast.actors.stages import DecodeRequest, DecoderShard, MotionRequest, MotionStage
 from actorcast.models.errors import InputError
 from actorcast.models.kv_cache import CacheConfig
+from actorcast.models.photo.reference import synthetic_portrait
 from actorcast.models.sampling import MotionStream, SamplerConfig, push_many
 
 SIZE = 64

@@ -22,7 +22,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_a_picture_pyav_cannot_decode_is_a_one_line_error(tmp_path):
     """An --image in a format PyAV demuxes but cannot decode (svg) was an AttributeError traceback."""
-    from actorcast.actors.reference import check_portrait, decode_image
+    from actorcast.models.photo.reference import check_portrait, decode_image
     from actorcast.models.errors import InputError, TooLargeError
 
     svg = tmp_path / "face.svg"

@@ -11,9 +11,9 @@ import torch
 from actorcast.actors.clients import AudioClient, MotionClient, ShardClient
 from actorcast.actors.executor import LocalStage
 from actorcast.actors.messages import AudioChunk
-from actorcast.actors.reference import synthetic_portrait
 from actorcast.actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actorcast.models.errors import InputError
+from actorcast.models.photo.reference import synthetic_portrait
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 SIZE = 64

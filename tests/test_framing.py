@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actorcast.actors.framing import EYE_LINE, FACE_HEIGHT, FOREHEAD, MIN_FACE, fit_output, frame_face, frame_reference, resize
-from actorcast.actors.paste import PasteBack
-from actorcast.actors.reference import load_image, synthetic_portrait
 from actorcast.models.errors import InputError
+from actorcast.models.photo.framing import (EYE_LINE, FACE_HEIGHT, FOREHEAD, MIN_FACE, fit_output, frame_face,
+                                            frame_reference, resize)
+from actorcast.models.photo.paste import PasteBack
+from actorcast.models.photo.reference import load_image, synthetic_portrait
 
 DATA = Path(__file__).parent / "data"
 ASTRONAUT = DATA / "astronaut.jpg"
@@ -125,7 +126,7 @@ def test_a_face_turned_away_is_said_to_turn_less(group, caplog):
     said = {}
     for face in (1, 5):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="actorcast.actors.framing"):
+        with caplog.at_level(logging.WARNING, logger="actorcast.models.photo.framing"):
             frame_reference(group, face=face)
         said[face] = [r.getMessage() for r in caplog.records if "from the camera" in r.getMessage()]
     assert said[1] == [], said[1]

@@ -231,7 +231,7 @@ def _shipped_motion(pcm: torch.Tensor, free_motion: bool, seed: int) -> torch.Te
     from actorcast.actors.loading import load_model, resolve_weights
     from actorcast.models.data.face import render, sample_identities
     from actorcast.models.data.params import neutral_params
-    from actorcast.models.photo_rig import params_of_latent
+    from actorcast.models.photo.rig import params_of_latent
 
     weights = resolve_weights(None)
     audio, generator = load_model("audio_encoder", weights), load_model("motion_generator", weights)

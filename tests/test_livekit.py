@@ -57,7 +57,7 @@ class FakeEngine:
 
 @pytest.mark.asyncio
 async def test_a_framed_photo_reaches_the_session_with_its_landmarks_in_process_and_in_a_worker(tmp_path):
-    from actorcast.actors.framing import Face, Framing
+    from actorcast.models.photo.framing import Face, Framing
 
     picture = np.random.default_rng(3).integers(0, 256, (120, 160, 3), np.uint8)
     marks = np.random.default_rng(4).uniform(40, 100, (478, 2)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The photo rig (models/photo_rig.py) on a real photo: its own landmarks (MediaPipe in .venv-meter) drive the
+"""The photo rig (models/photo/rig.py) on a real photo: its own landmarks (MediaPipe in .venv-meter) drive the
 warp, and the meter, an instrument the rig never saw, reads the mouth and eyes it renders. Its head and rest pose:
 test_photo_rig_pose.py."""
 
@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from actorcast.actors.engine import Engine
-from actorcast.actors.framing import frame_reference
 from actorcast.actors.messages import PhotoFace
-from actorcast.actors.reference import square_tensor, to_uint8
 from actorcast.actors.stages import DecodeRequest, DecoderShard
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, neutral_params
 from actorcast.models.decoder import param_latent
 from actorcast.models.errors import InputError
-from actorcast.models.photo_rig import (
+from actorcast.models.photo.framing import frame_reference
+from actorcast.models.photo.reference import square_tensor, to_uint8
+from actorcast.models.photo.rig import (
     CHIN,
     EYES,
     FOREHEAD_TOP,
@@ -123,7 +123,7 @@ def test_paste_back_takes_every_pixel_the_head_moves(framing):
     """No seam in a full-frame render: wherever the rig changes the square (the head turned, rolled and shifted as
     far as it goes, the jaw wide open), the paste-back's mask is 1, so the still photo takes over only where the
     square is the photo again."""
-    from actorcast.actors.paste import PasteBack
+    from actorcast.models.photo.paste import PasteBack
 
     x0, y0, side = framing.box
     rig = PhotoRig(square_tensor(framing.crop(), side), framing.crop_landmarks(side))
@@ -162,9 +162,9 @@ def test_shut_or_hidden_eyes_are_left_as_they_are_and_said_so_in_one_line(framin
     region = eyes[top:top + picture.shape[0] - max(0, y0), left:left + picture.shape[1] - max(0, x0)]
     window = picture[max(0, y0):max(0, y0) + region.shape[0], max(0, x0):max(0, x0) + region.shape[1]]
     window[region] = (13, 15, 20)
-    with caplog.at_level(logging.WARNING, logger="actorcast.actors.framing"):
+    with caplog.at_level(logging.WARNING, logger="actorcast.models.photo.framing"):
         frame_reference(picture)
-    warned = [r.getMessage() for r in caplog.records if r.name == "actorcast.actors.framing"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "actorcast.models.photo.framing"]
     assert len(warned) == 1 and "without blinks or gaze" in warned[0], warned
 
 

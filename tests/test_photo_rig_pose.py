@@ -1,15 +1,15 @@
-"""The photo rig's head (models/photo_rig.py, models/photo_pose.py) on a real photo: a turn moves the face in
+"""The photo rig's head (models/photo/rig.py, models/photo/pose.py) on a real photo: a turn moves the face in
 depth, a photo's own turn is read from its landmarks and damps the generator's, and the rest pose is the photo."""
 
 import numpy as np
 import pytest
 import torch
 
-from actorcast.actors.reference import to_uint8
 from actorcast.models.data.params import PARAM_INDEX
 from actorcast.models.errors import InputError
-from actorcast.models.photo_pose import MIDLINE, PAIRS, TURN_FLOOR, HeadPose, photo_pose, turn_gain
-from actorcast.models.photo_rig import PhotoRig
+from actorcast.models.photo.pose import MIDLINE, PAIRS, TURN_FLOOR, HeadPose, photo_pose, turn_gain
+from actorcast.models.photo.reference import to_uint8
+from actorcast.models.photo.rig import PhotoRig
 from actorcast.models.training.meter import FaceMeter
 from tests.photo_rig_helpers import SIZE, astronaut_framing, astronaut_rig, poses
 

@@ -402,7 +402,7 @@ def test_bad_options_are_refused_with_what_to_do(tmp_path):
 
 def test_a_framed_photo_goes_to_the_session_with_its_landmarks():
     """portrait=Framing: the session gets the framed square and the face's landmarks in its pixels (the photo rig)."""
-    from actorcast.actors.framing import Face, Framing
+    from actorcast.models.photo.framing import Face, Framing
 
     picture = np.random.default_rng(3).integers(0, 256, (120, 160, 3), np.uint8)
     marks = np.random.default_rng(4).uniform(40, 100, (478, 2)).astype(np.float32)

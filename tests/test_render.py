@@ -282,7 +282,7 @@ def test_segment_encoding_is_repeatable(tmp_path):
     YUV inside `encode` gave up to 11 different files over 24 encodes of these decoder frames; a threaded
     `reformat`, 1 in 150. (CRF rate control also varied, but only inside whole renders:
     test_killed_render_resumes_frame_identical covers that.)"""
-    from actorcast.actors.reference import synthetic_portrait
+    from actorcast.models.photo.reference import synthetic_portrait
     from actorcast.actors.stages import DecoderShard
 
     shard = DecoderShard(size=64)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from actorcast.actors.messages import AudioChunk, FeatureChunk
-from actorcast.actors.reference import load_image, square_tensor, synthetic_portrait
 from actorcast.actors.stages import AudioEncoderStage, DecoderShard, MotionStage
 from actorcast.models.errors import InputError
+from actorcast.models.photo.reference import load_image, square_tensor, synthetic_portrait
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 from tests.helpers import png_header_only
 
@@ -105,7 +105,7 @@ def test_frames_are_resized_as_uint8_within_a_level_of_the_float_resize():
     floats and rounding after, up or down; no size, or the frames' own, leaves them as they are."""
     import torch.nn.functional as F
 
-    from actorcast.actors.reference import to_uint8
+    from actorcast.models.photo.reference import to_uint8
 
     frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1  # some out of [0, 1]
     plain = to_uint8(frames)

@@ -31,7 +31,7 @@ RUNTIME_FILES = [
                                                             "decoder") for ext in ("json", "safetensors")),
     "actorcast/streaming/static/index.html", "actorcast/streaming/static/client.js",
     "actorcast/models/training/meter-requirements.txt", "actorcast/models/training/meter_worker.py",
-    "actorcast/actors/face_worker.py", "actorcast/cluster/cli/__init__.py",
+    "actorcast/models/photo/face_worker.py", "actorcast/cluster/cli/__init__.py",
 ]
 
 

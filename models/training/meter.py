@@ -61,7 +61,7 @@ class MeterReading:
 
 
 def run_in_meter_env(script: Path, args: list[str], what: str) -> None:
-    """Run `script args` with the meter venv's python (also actors/face_worker.py, which finds faces in
+    """Run `script args` with the meter venv's python (also models/photo/face_worker.py, which finds faces in
     portraits); MeterUnavailable (meter_env.py) without that venv; MeterError "`what` failed: <last line of its
     stderr>" if it exits non-zero."""
     cmd = [str(meter_python()), str(script), *args]

@@ -4,7 +4,7 @@ python (made by `actorcast setup`; see models/training/meter_env.py):
     METER_VENV/bin/python face_worker.py OUT.npz IMAGE.npy
 
 IMAGE.npy holds one uint8 RGB picture (H, W, 3). The same environment and bundled models as the lip-sync
-meter (models/training/meter.py); actors/framing.py runs this file. Steps:
+meter (models/training/meter.py); models/photo/framing.py runs this file. Steps:
 
 1. Both bundled detectors (short range: faces that fill the picture; full range: small faces in a group photo)
    run on the whole picture and on overlapping tiles of half its size (small faces in a group photo); their

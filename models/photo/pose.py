@@ -4,7 +4,7 @@
     gain = turn_gain(pose)           # 1 for a face towards the camera, down to TURN_FLOOR for a turned one
     note = turn_note(landmarks)      # one line when the gain is under NOTE_UNDER, else None
 
-The photo rig (models/photo_rig.py) turns and nods a photo's head by warping its pixels over a rounded depth of the
+The photo rig (models/photo/rig.py) turns and nods a photo's head by warping its pixels over a rounded depth of the
 face. On a face towards the camera, that shows nothing the photo lacks; on a face already turned away, the same
 warp would have to show the side the photo hides (the far cheek, the ear, under the chin), and can only smear the
 silhouette's pixels across it. So the rig scales its turn and nod down by `turn_gain` as the photo's own turn grows.
@@ -76,7 +76,7 @@ def _mean_face() -> tuple[list[int], np.ndarray]:
 
 
 def photo_pose(landmarks) -> HeadPose:
-    """The head pose of a face from its (478, 2) Face Mesh points (px; checked by photo_rig.check_landmarks).
+    """The head pose of a face from its (478, 2) Face Mesh points (px; checked by rig.check_landmarks).
 
     Weak perspective: the least-squares linear map (2, 3) from the centred mean face to the centred points, made
     the nearest scaled pair of orthonormal rows (its SVD with the singular values evened), completed to a rotation

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from actorcast.models.data.params import PARAM_INDEX
-from actorcast.models.photo_geometry import (
+from actorcast.models.photo.geometry import (
     CHEEKS,
     EYES,
     IRISES,
@@ -47,7 +47,7 @@ class Eye:
     """One eye of the photo: its frame (s = +-1 at the corners, t in face heights), lid curves, iris and box."""
 
     frame: Frame
-    upper: tuple[float, float, float]   # upper lid curve (photo_geometry.curve)
+    upper: tuple[float, float, float]   # upper lid curve (geometry.curve)
     lower: tuple[float, float, float]   # lower lid curve
     opening: float                      # face heights: the widest gap between the lids
     iris: torch.Tensor                  # (2,) px: the iris centre

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actorcast.models.photo_geometry import (
+from actorcast.models.photo.geometry import (
     CHEEKS,
     INNER_LOWER,
     INNER_UPPER,

@@ -12,7 +12,7 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   jaw_open) and a lower one (lower lip, chin and jaw drop by JAW_DROP face heights at jaw_open = 1, fading out
   towards the mouth corners and below the chin). Shut lips split halfway between their inner lines; lips already
   apart split along the lower one, so the teeth the photo shows stay with the upper lip. Where neither layer
-  lands, the opening mouth shows its inside, drawn procedurally (models/photo_mouth.py): a dark throat, a tongue,
+  lands, the opening mouth shows its inside, drawn procedurally (models/photo/mouth.py): a dark throat, a tongue,
   the lower teeth dropping with the jaw, the upper teeth staying with the skull (the photo's own where it shows
   them), with the gaps and shading of real teeth, and the lips' darker inner edge, in colours taken from the
   photo's lips, skin and teeth. lip_spread / lip_round move the corners out / in (and the lips thin as they
@@ -21,16 +21,16 @@ on any face. Each part is a layer of the photo cut along a curve fitted to the l
   with its lash line, until it meets the lower lid, which rises a little; the thin band of lid skin over the lash
   line unrolls to cover the eye, so the crease and brow above stay put. The gaze moves the photo's iris (the
   refined landmarks' iris centre and ring) inside the opening, over the sclera painted where the iris was, and
-  the lids cut it off (models/photo_eyes.py).
+  the lids cut it off (models/photo/eyes.py).
 - brows: brow_raise lifts the brow band.
 - head: the face is given depth (a rounded cap over its Face Mesh oval, with a nose, on a lower cap over the
   hair) and turns and nods in 3-D by the generator's angles (up to MAX_TURN): the nose moves most, the sides by
-  the ears hardly. A face the photo shows already turned away turns and nods less (models/photo_pose.py
+  the ears hardly. A face the photo shows already turned away turns and nods less (models/photo/pose.py
   `turn_gain`, said in one line by `turn_note`), so the warp never has to show the side the photo hides. Roll,
   shift and scale (SHIFT_GAIN of the synthetic heads') move the whole head region (face, hair, ears), its weight
   falling smoothly to 0 into the neck and background, so no seam shows and the square's corners stay the photo's.
 
-The landmark indices, local frames and curves the layers are cut along are in models/photo_geometry.py.
+The landmark indices, local frames and curves the layers are cut along are in models/photo/geometry.py.
 
 Every layer is sampled straight from the photo (`grid_sample` at the inverse warp: found by a few fixed-point steps,
 or in closed form for the lids, which move along the eye's own axis only), so with all parameters at rest the photo
@@ -56,8 +56,8 @@ from actorcast.models.data.params import (
 )
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import InputError
-from actorcast.models.photo_eyes import EyeLayers, eyes_note
-from actorcast.models.photo_geometry import (
+from actorcast.models.photo.eyes import EyeLayers, eyes_note
+from actorcast.models.photo.geometry import (
     BOX_PAD,
     BROWS,
     CHIN,
@@ -80,10 +80,10 @@ from actorcast.models.photo_geometry import (
     smooth,
     span,
 )
-from actorcast.models.photo_mouth import MouthInterior
-from actorcast.models.photo_pose import photo_pose, turn_gain, turn_note
+from actorcast.models.photo.mouth import MouthInterior
+from actorcast.models.photo.pose import photo_pose, turn_gain, turn_note
 
-# the rig's public names, several of them defined in the modules it is built from (photo_geometry, photo_eyes)
+# the rig's public names, several of them defined in the modules it is built from (geometry, eyes)
 __all__ = ["CHIN", "EYES", "FACE_OVAL", "FOREHEAD_TOP", "HEAD_FEATHER", "HEAD_REGION", "IRISES", "MAX_TURN",
            "MOUTH_CORNERS", "N_LANDMARKS", "PhotoRig", "check_landmarks", "check_rest", "eyes_note",
            "params_of_latent"]
@@ -167,7 +167,7 @@ class PhotoRig:
         self.mouth = Frame.between(m[MOUTH_CORNERS[0]], m[MOUTH_CORNERS[1]], h)
         # lips already apart in the photo show its own teeth (in a smile, the upper row): the layers then split along
         # the lower lip's inner line, so the upper layer carries those teeth whole and only the lower row is painted.
-        # Shut lips split halfway between their inner lines, and both rows are painted (photo_mouth.py).
+        # Shut lips split halfway between their inner lines, and both rows are painted (mouth.py).
         self.parted = float(np.linalg.norm(m[14] - m[13])) / h > PARTED_LIPS
         seam = m[list(INNER_LOWER)] if self.parted else (m[list(INNER_UPPER)] + m[list(INNER_LOWER)]) / 2
         self.seam = curve(self.mouth, seam)
@@ -353,7 +353,7 @@ class PhotoRig:
         if params.dim() != 2 or params.shape[1] != N_PARAMS or not torch.isfinite(params).all():
             raise InputError(f"params must be finite (B, {N_PARAMS}), got {tuple(params.shape)}")
         prm = self.relative(params.float())
-        # Each layer's warp is zero outside its box (photo_geometry.box): it is evaluated there only, on the
+        # Each layer's warp is zero outside its box (geometry.box): it is evaluated there only, on the
         # head-moved points.
         base = self._head_inverse(prm)                                       # (B, R, R, 2)
         rows, cols = self.brow_box

@@ -1,7 +1,7 @@
 """Face framing: find the face in a user's photo and cut the square the built-in identities are framed in.
 
     picture = fit_output(photo)                 # at most 1080p, even sides: the full-frame output's size
-    framing = frame_face(picture, face=None)    # MediaPipe in .venv-meter (actors/face_worker.py)
+    framing = frame_face(picture, face=None)    # MediaPipe in .venv-meter (models/photo/face_worker.py)
     reference = framing.crop()                  # (side, side, 3) uint8, edges blurred outwards past the picture
 
 The target framing was measured on built-in identities 0-23 (models/data/face.py, neutral, 256²) with the
@@ -17,7 +17,7 @@ same Face Mesh landmarks this module uses; all ratios are of the square's side:
 Face height and eye line fix the square's side and height; the eye midpoint centres it; the margin above the
 head then follows (FOREHEAD is checked by the tests, not imposed). The square is kept as it is where it runs
 past the picture (`box` may start below 0): its outside continues the picture's edges, blurred
-(`fill_past_edges`), so the face stays where the decoder expects it and the box pastes back exactly (actors/paste.py).
+(`fill_past_edges`), so the face stays where the decoder expects it and the box pastes back exactly (paste.py).
 """
 
 import logging
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actorcast.actors.reference import check_portrait, synthetic_portrait
 from actorcast.models.data.images import resize_images
 from actorcast.models.errors import InputError
-from actorcast.models.photo_pose import turn_note
-from actorcast.models.photo_rig import CHIN, FOREHEAD_TOP, check_landmarks, eyes_note
+from actorcast.models.photo.pose import turn_note
+from actorcast.models.photo.reference import check_portrait, synthetic_portrait
+from actorcast.models.photo.rig import CHIN, FOREHEAD_TOP, check_landmarks, eyes_note
 from actorcast.models.training.meter import run_in_meter_env
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def frame_face(picture: np.ndarray, face: int | None = None, what: str = "the po
 
     InputError (one line, what to do) when there is no face, `face` is out of range, or the face is smaller
     than MIN_FACE pixels from forehead to chin. A warning line, once each, for what the photo rig will leave out
-    of this face (models/photo_eyes.py `eyes_note`, models/photo_pose.py `turn_note`)."""
+    of this face (models/photo/eyes.py `eyes_note`, models/photo/pose.py `turn_note`)."""
     faces = find_faces(picture)
     if not faces:
         raise InputError(f"no face found in {what}: give a photo with a face seen from the front, at least "

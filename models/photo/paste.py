@@ -1,6 +1,6 @@
 """Paste-back: the animated square goes back into the picture it was cut from, under a feathered face mask.
 
-    paste = PasteBack(framing)                    # framing: actors/framing.py, on the fit_output picture
+    paste = PasteBack(framing)                    # framing: models/photo/framing.py, on the fit_output picture
     full = paste.composite(frames)                # (N, s, s, 3) -> (N, H, W, 3) uint8
 
 The mask is the union of two ellipses, at weight 1 inside and falling to 0 past them. One is around the face's
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actorcast.actors.framing import Framing
 from actorcast.models.errors import InputError
-from actorcast.models.photo_rig import (  # Face Mesh's face oval, forehead top (10) round to the chin (152)
+from actorcast.models.photo.framing import Framing
+from actorcast.models.photo.rig import (  # Face Mesh's face oval, forehead top (10) round to the chin (152)
     CHIN,
     FACE_OVAL,
     FOREHEAD_TOP,
@@ -72,7 +72,7 @@ class PasteBack:
         xs = np.arange(self.cols.start, self.cols.stop, dtype=np.float64)[None, :] + 0.5
         r = np.sqrt(((xs - cx) / half[0]) ** 2 + ((ys - cy) / half[1]) ** 2)
         weight = np.clip((1.0 + FEATHER - r) / FEATHER, 0.0, 1.0)
-        # the head region (models/photo_rig.py PhotoRig: centre raised, half-axes grown), out to where it stops
+        # the head region (models/photo/rig.py PhotoRig: centre raised, half-axes grown), out to where it stops
         grow_x, grow_y, lift = HEAD_REGION
         face_height = float(np.linalg.norm(landmarks[CHIN] - landmarks[FOREHEAD_TOP]))
         hx, hy = (lo + hi) / 2 - (0.0, lift * face_height)

@@ -1,6 +1,6 @@
 """The photo rig's shared geometry: Face Mesh's landmark indices and the check of a photo's landmarks, local frames
-along a feature, curves fitted in them, pixel boxes, and sampling the photo. models/photo_rig.py (the head, brows
-and mouth), models/photo_mouth.py (the open mouth's inside) and models/photo_eyes.py (lids and irises) build on it."""
+along a feature, curves fitted in them, pixel boxes, and sampling the photo. models/photo/rig.py (the head, brows
+and mouth), models/photo/mouth.py (the open mouth's inside) and models/photo/eyes.py (lids and irises) build on it."""
 
 from dataclasses import dataclass
 
@@ -121,7 +121,7 @@ def check_landmarks(landmarks, size: int) -> np.ndarray:
     height = float(np.linalg.norm(marks[CHIN] - marks[FOREHEAD_TOP]))
     if height < 8 or not (np.abs(marks - size / 2) < size).all():
         raise InputError("landmarks do not describe a face inside the reference: frame the photo first "
-                         "(actors.framing.frame_reference)")
+                         "(models.photo.framing.frame_reference)")
     mouth = float(np.linalg.norm(marks[MOUTH_CORNERS[1]] - marks[MOUTH_CORNERS[0]])) / height
     eyes = min(float(np.linalg.norm(marks[right] - marks[left])) for left, right, *_ in EYES) / height
     if mouth < MIN_MOUTH_WIDTH or eyes < MIN_EYE_WIDTH:
