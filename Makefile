@@ -3,10 +3,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 # The lip-sync meter and photo framing (MediaPipe) live in their own venv: mediapipe 0.10.21 needs numpy<2 and the
-# project needs numpy 2. `actorcast setup` makes it (models/training/meter_env.py); in a checkout it goes here.
+# project needs numpy 2. `actorcast setup` makes it (models/mediapipe_env.py); in a checkout it goes here.
 METER_VENV  ?= .venv-meter
 METER_STAMP := $(METER_VENV)/.installed-stamp
-METER_REQS  := models/training/meter-requirements.txt
+METER_REQS  := models/meter-requirements.txt
 # Ray binds and advertises 127.0.0.1 only (see ensure_ray in actors/engine.py); tests must never leave loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 

@@ -68,12 +68,13 @@ def read_meter(squares: np.ndarray, tmp: Path):
     """The meter's reading of (T, side, side, 3) uint8 frames as one tracked sequence, and the (T, 478) depths
     of its landmarks that MeterReading does not carry: (MeterReading, landmarks_z). The meter worker run as
     FaceMeter runs it (models/training/meter.py)."""
-    from actorcast.models.training.meter import WORKER, MeterReading, run_in_meter_env
+    from actorcast.models.mediapipe_env import run_in_mediapipe_env
+    from actorcast.models.training.meter import WORKER, MeterReading
 
     frames, out = tmp / "meter_frames.npy", tmp / "meter_out.npz"
     np.save(frames, np.ascontiguousarray(squares))
     try:
-        run_in_meter_env(WORKER, [str(out), str(frames)], "the lip-sync meter")
+        run_in_mediapipe_env(WORKER, [str(out), str(frames)], "the lip-sync meter")
         with np.load(out) as d:
             left, right = d["eye_open_l"], d["eye_open_r"]
             reading = MeterReading(mouth_open=d["mouth_open"], eye_open=(left + right) / 2, eye_open_l=left,
@@ -87,13 +88,14 @@ def read_meter(squares: np.ndarray, tmp: Path):
 def read_identity(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
     """dlib face descriptors (face_id_worker.py, in the meter's venv) of the photo's own square (side, side, 3)
     and of frames (n, side, side, 3): ((128,), (n, 128)); NaN rows where dlib found no face."""
-    from actorcast.models.training.meter import WORKER, run_in_meter_env
+    from actorcast.models.mediapipe_env import run_in_mediapipe_env
+    from actorcast.models.training.meter import WORKER
 
     frames, out = tmp / "id_frames.npy", tmp / "id_out.npz"
     np.save(frames, np.ascontiguousarray(np.concatenate([photo_square[None], squares])))
     try:
-        run_in_meter_env(WORKER.with_name("face_id_worker.py"), [str(out), str(frames)],
-                         "the face identity worker (dlib)")
+        run_in_mediapipe_env(WORKER.with_name("face_id_worker.py"), [str(out), str(frames)],
+                             "the face identity worker (dlib)")
         with np.load(out) as d:
             return d["descriptors"][0], d["descriptors"][1:]
     finally:

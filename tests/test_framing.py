@@ -7,6 +7,7 @@ scikit-image's data.lfw_subset() and insightface's bundled t1.jpg (six faces) co
 import dataclasses
 import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ import pytest
 from PIL import Image
 
 from actorcast.models.errors import InputError
+from actorcast.models.mediapipe_env import PYTHON_ENV, MediaPipeError
 from actorcast.models.photo.framing import (EYE_LINE, FACE_HEIGHT, FOREHEAD, MIN_FACE, fit_output, frame_face,
                                             frame_reference, resize)
 from actorcast.models.photo.paste import PasteBack
 from actorcast.models.photo.reference import load_image, synthetic_portrait
+from actorcast.models.training.meter import MeterError
 
 DATA = Path(__file__).parent / "data"
 ASTRONAUT = DATA / "astronaut.jpg"
@@ -146,6 +149,16 @@ def test_tiny_face_says_how_big_it_must_be():
     said = str(err.value)   # 16 LFW faces doubled to 50 px: the largest is about 47 px from forehead to chin
     assert said.startswith("the face in the portrait is 4") and said.endswith(
         f" px from forehead to chin; it must be at least {MIN_FACE} px: use a larger or closer photo")
+
+
+def test_a_failed_face_finder_is_a_mediapipe_error_not_the_meters(monkeypatch, astronaut):
+    # The project's own python has no mediapipe: the face worker dies on import.
+    monkeypatch.setenv(PYTHON_ENV, sys.executable)
+    with pytest.raises(MediaPipeError) as err:
+        frame_reference(astronaut)
+    msg = str(err.value)
+    assert not isinstance(err.value, MeterError)
+    assert msg.startswith("face detection failed: ") and "\n" not in msg and "mediapipe" in msg
 
 
 def test_face_without_photo_is_refused():

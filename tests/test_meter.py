@@ -10,8 +10,8 @@ from actorcast.models.data.face import render
 from actorcast.models.data.face_identity import sample_identities
 from actorcast.models.data.params import PARAM_INDEX, neutral_params
 from actorcast.models.errors import ActorcastError
+from actorcast.models.mediapipe_env import PYTHON_ENV, MediaPipeUnavailable
 from actorcast.models.training.meter import FaceMeter, MeterError
-from actorcast.models.training.meter_env import PYTHON_ENV, MeterUnavailable
 
 IDENTITIES = [0, 1, 2, 3, 4, 5]
 # (jaw_open, blink) per row; blink closes both eyes.
@@ -72,7 +72,7 @@ def test_blank_frame_counts_as_missing_not_dropped():
 
 def test_missing_environment_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv(PYTHON_ENV, str(tmp_path / "no-venv" / "bin" / "python"))
-    with pytest.raises(MeterUnavailable) as err:
+    with pytest.raises(MediaPipeUnavailable) as err:
         FaceMeter()
     assert isinstance(err.value, ActorcastError)
     msg = str(err.value)

@@ -30,7 +30,7 @@ RUNTIME_FILES = [
     *(f"actorcast/models/weights/tiny/{m}.{ext}" for m in ("audio_encoder", "motion_encoder", "motion_generator",
                                                             "decoder") for ext in ("json", "safetensors")),
     "actorcast/streaming/static/index.html", "actorcast/streaming/static/client.js",
-    "actorcast/models/training/meter-requirements.txt", "actorcast/models/training/meter_worker.py",
+    "actorcast/models/meter-requirements.txt", "actorcast/models/training/meter_worker.py",
     "actorcast/models/photo/face_worker.py", "actorcast/cluster/cli/__init__.py",
 ]
 

@@ -1,5 +1,5 @@
 """Face finder for portrait framing: MediaPipe face detection + Face Mesh on one still, run by the MediaPipe venv's
-python (made by `actorcast setup`; see models/training/meter_env.py):
+python (made by `actorcast setup`; see models/mediapipe_env.py):
 
     METER_VENV/bin/python face_worker.py OUT.npz IMAGE.npy
 

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from actorcast.models.data.images import resize_images
 from actorcast.models.errors import InputError
+from actorcast.models.mediapipe_env import run_in_mediapipe_env
 from actorcast.models.photo.pose import turn_note
 from actorcast.models.photo.reference import check_portrait, synthetic_portrait
 from actorcast.models.photo.rig import CHIN, FOREHEAD_TOP, check_landmarks, eyes_note
-from actorcast.models.training.meter import run_in_meter_env
 
 log = logging.getLogger(__name__)
 WORKER = Path(__file__).with_name("face_worker.py")
@@ -173,7 +173,7 @@ def find_faces(picture: np.ndarray) -> list[Face]:
     with tempfile.TemporaryDirectory(prefix="actorcast-faces-") as tmp:
         path, out = str(Path(tmp) / "picture.npy"), str(Path(tmp) / "faces.npz")
         np.save(path, np.ascontiguousarray(picture))
-        run_in_meter_env(WORKER, [out, path], "face detection")
+        run_in_mediapipe_env(WORKER, [out, path], "face detection")
         with np.load(out) as d:
             boxes, scores, marks = d["boxes"], d["scores"], d["landmarks"]
     faces = [Face(tuple(float(v) for v in b), float(s), m) for b, s, m in zip(boxes, scores, marks)

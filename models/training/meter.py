@@ -1,7 +1,7 @@
 """The lip-sync meter: MediaPipe Face Mesh reading mouth and eye opening off frames (DESIGN.md, "Measures").
 
 Nobody here trained it, so it is an independent reader of generated frames. mediapipe 0.10.21 needs numpy<2,
-so it runs in its own venv (made by `actorcast setup`; found as models/training/meter_env.py says) as a
+so it runs in its own venv (made by `actorcast setup`; found and run by models/mediapipe_env.py) as a
 subprocess:
 
     frames (N, H, W, 3) uint8 --np.save--> tmp/chunk_*.npy --meter venv's python meter_worker.py-->
@@ -12,8 +12,6 @@ in chunks of CHUNK_FRAMES so a float tensor is converted to uint8 a piece at a t
 (start-up, import, model load) plus the per-frame cost noted at `FaceMeter`.
 """
 
-import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actorcast.models.errors import ActorcastError, InputError
-from actorcast.models.training.meter_env import meter_python
+from actorcast.models.errors import InputError
+from actorcast.models.mediapipe_env import MediaPipeError, mediapipe_python, run_in_mediapipe_env
 
 WORKER = Path(__file__).with_name("meter_worker.py")
 CHUNK_FRAMES = 2000                                      # frames per .npy handed to the worker (~390 MB at 256²)
 
 
-class MeterError(ActorcastError):
+class MeterError(MediaPipeError):
     """The lip-sync meter's worker failed; the message carries the last line of its stderr."""
 
 
@@ -60,21 +58,6 @@ class MeterReading:
         return len(self.found)
 
 
-def run_in_meter_env(script: Path, args: list[str], what: str) -> None:
-    """Run `script args` with the meter venv's python (also models/photo/face_worker.py, which finds faces in
-    portraits); MeterUnavailable (meter_env.py) without that venv; MeterError "`what` failed: <last line of its
-    stderr>" if it exits non-zero."""
-    cmd = [str(meter_python()), str(script), *args]
-    # GLOG_minloglevel=2 keeps MediaPipe's start-up chatter out of stderr, so its last line is the error.
-    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise MeterError(f"{what} failed: {last}")
-
-
 def _uint8_chunks(frames: np.ndarray | torch.Tensor):
     """Yield uint8 (n, H, W, 3) pieces of at most CHUNK_FRAMES frames of `frames` (see FaceMeter.read)."""
     if isinstance(frames, torch.Tensor):
@@ -94,14 +77,14 @@ def _uint8_chunks(frames: np.ndarray | torch.Tensor):
 
 
 class FaceMeter:
-    """Reads mouth and eye opening off frames with MediaPipe Face Mesh in the meter's venv (meter_env.py).
+    """Reads mouth and eye opening off frames with MediaPipe Face Mesh in the MediaPipe venv (mediapipe_env.py).
 
     Measured on 256² cartoons, CPU, sharing the cores with other jobs (2026-11-29): 6-14 ms per frame
     tracking, ~24 ms per frame with static=True (detection on every frame); plus the per-call start-up.
     """
 
     def __init__(self) -> None:
-        self.python = meter_python()  # MeterUnavailable now, not at the first read
+        self.python = mediapipe_python()  # MediaPipeUnavailable now, not at the first read
 
     def read(self, frames: np.ndarray | torch.Tensor, static: bool = False) -> MeterReading:
         """Read N frames as one video sequence.
@@ -118,7 +101,10 @@ class FaceMeter:
                 paths.append(str(Path(tmp) / f"chunk_{i:05d}.npy"))
                 np.save(paths[-1], chunk)
             out = str(Path(tmp) / "out.npz")
-            run_in_meter_env(WORKER, [*(["--static"] if static else []), out, *paths], "the lip-sync meter")
+            try:
+                run_in_mediapipe_env(WORKER, [*(["--static"] if static else []), out, *paths], "the lip-sync meter")
+            except MediaPipeError as e:  # the meter's own type, so a failed read is told from a failed framing
+                raise MeterError(str(e)) from None
             with np.load(out) as d:
                 left, right = d["eye_open_l"], d["eye_open_r"]
                 return MeterReading(mouth_open=d["mouth_open"], eye_open=(left + right) / 2, eye_open_l=left,

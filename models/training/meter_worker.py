@@ -1,5 +1,5 @@
 """The lip-sync meter's worker: MediaPipe Face Mesh over a sequence of frames, run by the MediaPipe venv's python
-(made by `actorcast setup`; see meter_env.py):
+(made by `actorcast setup`; see models/mediapipe_env.py):
 
     METER_VENV/bin/python meter_worker.py [--static] OUT.npz FRAMES.npy [FRAMES.npy ...]
 

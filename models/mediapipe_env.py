@@ -1,8 +1,10 @@
-"""The MediaPipe environment that the lip-sync meter and face framing run in: where it is, and how it is made.
+"""The MediaPipe environment that the lip-sync meter and photo framing run in: where it is, how it is made, and
+running a worker script in it (docs/ARCHITECTURE.md "Layers").
 
 mediapipe 0.10.21 (the last release that bundles its face models) needs numpy<2 and the project needs numpy 2,
-so MediaPipe lives in a venv of its own and is run as a subprocess (models/training/meter.py). That venv is
-looked for, in this order:
+so MediaPipe lives in a venv of its own and its workers run as subprocesses (`run_in_mediapipe_env`: the meter's
+models/training/meter_worker.py, photo framing's models/photo/face_worker.py). That venv is looked for, in this
+order:
 
     1. $ACTORCAST_METER_PYTHON      a python that has mediapipe (used as it is)
     2. $ACTORCAST_METER_VENV        a venv made by `actorcast setup`
@@ -12,7 +14,7 @@ looked for, in this order:
 A venv counts once its STAMP file is there: `build` writes it last, after MediaPipe imported, so a first build
 that was cut short is not mistaken for a working one. The stamp holds what was installed (`wanted()`); a later
 `actorcast setup` updates a venv whose stamp differs, in place. Every message about a missing venv names
-SETUP_COMMAND.
+SETUP_COMMAND. (The venv and its variables keep the meter's name, which `actorcast setup` has always used.)
 """
 
 import os
@@ -32,11 +34,15 @@ REQUIREMENTS = Path(__file__).with_name("meter-requirements.txt")
 # what face_mesh does import is in REQUIREMENTS.
 MEDIAPIPE = "mediapipe==0.10.21"
 STAMP = ".installed-stamp"
-CHECKOUT_VENV = Path(__file__).resolve().parents[2] / ".venv-meter"  # only a checkout has one
+CHECKOUT_VENV = Path(__file__).resolve().parents[1] / ".venv-meter"  # only a checkout has one
 
 
-class MeterUnavailable(ActorcastError):
+class MediaPipeUnavailable(ActorcastError):
     """The MediaPipe environment is not installed (or the one named by an environment variable is unusable)."""
+
+
+class MediaPipeError(ActorcastError):
+    """A worker run in the MediaPipe environment failed; the message carries the last line of its stderr."""
 
 
 class SetupError(ActorcastError):
@@ -68,13 +74,13 @@ def is_complete(folder: Path) -> bool:
     return (folder / STAMP).is_file() and python.is_file() and os.access(python, os.X_OK)
 
 
-def meter_python() -> Path:
+def mediapipe_python() -> Path:
     """The python that runs the MediaPipe workers (see the module docstring for the order), or
-    MeterUnavailable: one line that says what to run."""
+    MediaPipeUnavailable: one line that says what to run."""
     override = os.environ.get(PYTHON_ENV)
     if override:
         if not (Path(override).is_file() and os.access(override, os.X_OK)):
-            raise MeterUnavailable(f"{PYTHON_ENV}={override} is not an executable python: point it at one that has "
+            raise MediaPipeUnavailable(f"{PYTHON_ENV}={override} is not an executable python: point it at one that has "
                                    f"mediapipe, or unset it and run `{SETUP_COMMAND}`")
         return Path(override)
     folders = [default_venv()] if os.environ.get(VENV_ENV) else [CHECKOUT_VENV, default_venv()]
@@ -83,8 +89,22 @@ def meter_python() -> Path:
             return venv_python(folder)
     where = default_venv()
     state = "is incomplete" if where.exists() else "is missing"
-    raise MeterUnavailable(f"the MediaPipe environment (for the lip-sync meter and photo framing) {state} at "
+    raise MediaPipeUnavailable(f"the MediaPipe environment (for the lip-sync meter and photo framing) {state} at "
                            f"{where}: run `{SETUP_COMMAND}` to make it (about 400 MB, a few minutes)")
+
+
+def run_in_mediapipe_env(script: Path, args: list[str], what: str) -> None:
+    """Run `script args` with the MediaPipe venv's python; MediaPipeUnavailable without that venv; MediaPipeError
+    "`what` failed: <last line of its stderr>" if it exits non-zero."""
+    cmd = [str(mediapipe_python()), str(script), *args]
+    # GLOG_minloglevel=2 keeps MediaPipe's start-up chatter out of stderr, so its last line is the error.
+    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+        raise MediaPipeError(f"{what} failed: {last}")
 
 
 def build(folder: Path, progress: Callable[[str], None], fresh: bool = False) -> Path:

@@ -10,22 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actorcast.models import mediapipe_env
 from actorcast.models.data.face import render
 from actorcast.models.data.face_identity import sample_identities
 from actorcast.models.data.params import PARAM_INDEX, neutral_params
-from actorcast.models.training import meter_env
+from actorcast.models.mediapipe_env import STAMP, VENV_ENV, MediaPipeUnavailable, mediapipe_python
 from actorcast.models.training.meter import FaceMeter
-from actorcast.models.training.meter_env import STAMP, VENV_ENV, MeterUnavailable, meter_python
 
-CHECKOUT = meter_env.CHECKOUT_VENV
-needs_checkout_venv = pytest.mark.skipif(not meter_env.is_complete(CHECKOUT),
+CHECKOUT = mediapipe_env.CHECKOUT_VENV
+needs_checkout_venv = pytest.mark.skipif(not mediapipe_env.is_complete(CHECKOUT),
                                          reason="needs the checkout's .venv-meter (`make install`)")
 
 
 @pytest.fixture
 def no_venv_set(monkeypatch, tmp_path):
     """No variable names a venv, and the per-user cache folder is an empty one of this test's."""
-    monkeypatch.delenv(meter_env.PYTHON_ENV, raising=False)
+    monkeypatch.delenv(mediapipe_env.PYTHON_ENV, raising=False)
     monkeypatch.delenv(VENV_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache" / "actorcast" / "meter-venv"
@@ -46,16 +46,16 @@ def linked_venv(folder: Path, stamp: str | None) -> Path:
 def setup_cli(env_overrides: dict) -> subprocess.CompletedProcess:
     # PIP_NO_INDEX: pip may only find what is installed already; were anything missing it fails, not downloads.
     env = {**os.environ, "PIP_NO_INDEX": "1", **env_overrides}
-    env.pop(meter_env.PYTHON_ENV, None)
+    env.pop(mediapipe_env.PYTHON_ENV, None)
     return subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "setup"], capture_output=True, text=True,
                           env=env)
 
 
 @needs_checkout_venv
 def test_the_venv_named_by_the_variable_runs_the_meter(monkeypatch, tmp_path, no_venv_set):
-    venv = linked_venv(tmp_path / "meter-venv", stamp=meter_env.wanted())
+    venv = linked_venv(tmp_path / "meter-venv", stamp=mediapipe_env.wanted())
     monkeypatch.setenv(VENV_ENV, str(venv))
-    assert meter_python() == venv / "bin" / "python"
+    assert mediapipe_python() == venv / "bin" / "python"
     p = neutral_params(2)
     p[1, PARAM_INDEX["jaw_open"]] = 1.0
     faces = render(sample_identities([3]), p, 128).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -69,28 +69,28 @@ def test_the_venv_named_by_the_variable_runs_the_meter(monkeypatch, tmp_path, no
 def test_a_venv_without_its_stamp_is_incomplete(monkeypatch, tmp_path, no_venv_set):
     venv = linked_venv(tmp_path / "meter-venv", stamp=None)
     monkeypatch.setenv(VENV_ENV, str(venv))
-    with pytest.raises(MeterUnavailable) as err:
+    with pytest.raises(MediaPipeUnavailable) as err:
         FaceMeter()
     assert str(err.value) == (f"the MediaPipe environment (for the lip-sync meter and photo framing) is incomplete "
                               f"at {venv}: run `actorcast setup` to make it (about 400 MB, a few minutes)")
 
 
 def test_no_venv_anywhere_names_the_setup_command(monkeypatch, tmp_path, no_venv_set):
-    monkeypatch.setattr(meter_env, "CHECKOUT_VENV", tmp_path / "not-a-checkout" / ".venv-meter")
-    with pytest.raises(MeterUnavailable) as err:
-        meter_python()
+    monkeypatch.setattr(mediapipe_env, "CHECKOUT_VENV", tmp_path / "not-a-checkout" / ".venv-meter")
+    with pytest.raises(MediaPipeUnavailable) as err:
+        mediapipe_python()
     assert str(err.value) == (f"the MediaPipe environment (for the lip-sync meter and photo framing) is missing "
                               f"at {no_venv_set}: run `actorcast setup` to make it (about 400 MB, a few minutes)")
 
 
 @needs_checkout_venv
 def test_the_checkout_venv_comes_before_the_cache(no_venv_set):
-    assert meter_python() == CHECKOUT / "bin" / "python"
+    assert mediapipe_python() == CHECKOUT / "bin" / "python"
 
 
 @needs_checkout_venv
 def test_setup_leaves_an_up_to_date_venv_alone(tmp_path):
-    venv = linked_venv(tmp_path / "meter-venv", stamp=meter_env.wanted())
+    venv = linked_venv(tmp_path / "meter-venv", stamp=mediapipe_env.wanted())
     before = sorted(p.name for p in venv.iterdir())
     run = setup_cli({VENV_ENV: str(venv)})
     assert run.returncode == 0, run.stderr
@@ -109,7 +109,7 @@ def test_setup_updates_a_venv_of_other_requirements_in_place(tmp_path):
                                        "actorcast setup: [3/4] installing mediapipe==0.10.21 without its dependencies",
                                        "actorcast setup: [4/4] checking that MediaPipe Face Mesh imports",
                                        f"actorcast setup: done: {venv}/bin/python"]
-    assert (venv / STAMP).read_text() == meter_env.wanted()
+    assert (venv / STAMP).read_text() == mediapipe_env.wanted()
     assert (venv / "lib").is_symlink()  # updated where it was, not emptied and made anew
 
 
