@@ -28,11 +28,11 @@ from actorcast.actors.loading import resolve_weights
 from actorcast.actors.render_mux import SegmentWriter, mux_final, probe_audio
 from actorcast.actors.session_config import SessionCheckpoint
 from actorcast.cluster.ray_connect import check_address
-from actorcast.models.data.media import iter_audio_blocks
 from actorcast.models.data.params import EMOTIONS
 from actorcast.models.data.seeds import check_seed
 from actorcast.models.errors import InputError
 from actorcast.models.kv_cache import POLICY_NAMES
+from actorcast.models.media import iter_audio_blocks
 from actorcast.models.photo.framing import Framing, frame_reference
 from actorcast.models.photo.paste import PasteBack
 from actorcast.models.photo.reference import load_image

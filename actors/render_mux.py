@@ -15,8 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from actorcast.models.data.media import yuv_frame
 from actorcast.models.errors import InputError
+from actorcast.models.media import yuv_frame
 from actorcast.models.timebase import FPS
 
 log = logging.getLogger(__name__)

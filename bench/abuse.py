@@ -35,8 +35,8 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from aiortc import RTCPeerConnection  # noqa: E402
 
-from actorcast.models.data.media import write_wav  # noqa: E402
 from actorcast.models.data.performance import generate_speech  # noqa: E402
+from actorcast.models.media import write_wav  # noqa: E402
 from actorcast.streaming.av_offset import AvOffset  # noqa: E402
 from actorcast.streaming.client import LiveCaller  # noqa: E402
 from actorcast.streaming.ice import rtc_configuration  # noqa: E402

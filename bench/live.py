@@ -43,8 +43,8 @@ from bench.common import ROOT, run_record, write_json  # noqa: E402
 from bench.live_capacity import (PLANNING_CORES, CpuSampler, calls_per_cores, calls_summary,  # noqa: E402
                                  core_seconds_per_call_second, holds_25fps, plot_calls, scaling_entry,
                                  search_capacity)
-from actorcast.models.data.media import write_wav  # noqa: E402
 from actorcast.models.data.performance import generate_speech  # noqa: E402
+from actorcast.models.media import write_wav  # noqa: E402
 from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, LiveServer, ServerConfig, create_app  # noqa: E402
 from actorcast.streaming.client import LiveCaller  # noqa: E402
 from actorcast.streaming.tracks import VOICE_RATE  # noqa: E402

@@ -268,7 +268,7 @@ def main() -> None:
     import torch
 
     from actorcast.actors.engine import Engine
-    from actorcast.models.data.media import write_wav
+    from actorcast.models.media import write_wav
 
     t0 = time.perf_counter()
     seconds = QUICK_SPEECH_S if args.quick else SPEECH_S

@@ -33,7 +33,7 @@ def _long_audio(path: Path, minutes: float) -> Path:
     import av
     import numpy as np
 
-    from actorcast.models.data.media import read_audio
+    from actorcast.models.media import read_audio
 
     speech = (read_audio(SAMPLE).numpy().clip(-1, 1) * 32767).astype(np.int16)
     n = int(minutes * 60 * 16000)

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from actorcast.models.data.media import read_audio  # noqa: E402
+from actorcast.models.media import read_audio  # noqa: E402
+from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME  # noqa: E402
 from actorcast.models.training.evaluate import span  # noqa: E402
 from actorcast.models.training.meter import FaceMeter  # noqa: E402
-from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME  # noqa: E402
 
 SILENCE_RMS = 0.01  # a frame whose audio RMS is below this counts as silence
 

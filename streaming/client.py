@@ -22,13 +22,13 @@ import torch
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from actorcast.models.data.media import Mp4Writer
 from actorcast.models.errors import ActorcastError, InputError
+from actorcast.models.media import Mp4Writer
+from actorcast.models.timebase import FPS
 from actorcast.streaming.av_offset import WINDOW_S, AvOffset
 from actorcast.streaming.figures import SERVER_FIGURES
 from actorcast.streaming.ice import hosts_for, rtc_configuration, set_local_description
 from actorcast.streaming.receiver import audio_prefetch_for, receiver_of, set_audio_prefetch
-from actorcast.models.timebase import FPS
 from actorcast.streaming.tracks import VIDEO_PTS_STEP, VOICE_BLOCK, VOICE_RATE, decode_audio_48k
 
 log = logging.getLogger(__name__)

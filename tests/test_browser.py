@@ -7,8 +7,8 @@ import pytest
 from aiohttp import web
 
 from actorcast.actors.engine import Engine
-from actorcast.models.data.media import write_wav
 from actorcast.models.data.performance import generate_speech
+from actorcast.models.media import write_wav
 from bench.live import browser_call, chromium_flags
 from actorcast.streaming.app import LIVE_STAGE_THREADS, SERVER, ServerConfig, create_app
 

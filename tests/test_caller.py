@@ -71,7 +71,7 @@ async def test_call_figures_count_the_same_frames_on_both_sides(engine, tmp_path
     """received_frames counts the frames of sent_frames that arrived (the server's figure comes from its latest
     stats, up to 0.5 s old: counting every frame received made the caller report more than the server sent),
     and the A/V offset is there at once from what was measured during the call."""
-    from actorcast.models.data.media import write_wav
+    from actorcast.models.media import write_wav
     from actorcast.models.data.performance import generate_speech
     from actorcast.streaming.tracks import decode_audio_48k
 
@@ -92,7 +92,7 @@ async def test_call_figures_count_the_same_frames_on_both_sides(engine, tmp_path
 
 @pytest.mark.asyncio
 async def test_call_takes_the_token_from_the_environment(engine, tmp_path):
-    from actorcast.models.data.media import write_wav
+    from actorcast.models.media import write_wav
     from actorcast.models.data.performance import generate_speech
 
     write_wav(tmp_path / "speech.wav", generate_speech(3, 1.0))

@@ -7,10 +7,10 @@ import torch
 
 from actorcast.models.data.dataset import HELDOUT_START, SPLITS, SyntheticClips, identity_seed, make_clip, split_of
 from actorcast.models.data.face import render, sample_identities
-from actorcast.models.data.media import Mp4Writer
 from actorcast.models.data.params import PARAM_INDEX
 from actorcast.models.data.video_folder import VideoFolderClips, read_video
 from actorcast.models.errors import ConfigError, InputError
+from actorcast.models.media import Mp4Writer
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 JAW = PARAM_INDEX["jaw_open"]

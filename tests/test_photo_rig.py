@@ -233,7 +233,7 @@ def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing)
     speech opens the mouth. The rest pose is the same every time."""
     import asyncio
 
-    from actorcast.models.data.media import read_audio
+    from actorcast.models.media import read_audio
 
     with Engine(SHIPPED, size=SIZE, shards=2) as engine:
         silent = asyncio.run(_photo_frames(engine, framing, np.zeros(16_000, np.float32)))

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from actorcast.actors.engine import Engine
-from actorcast.models.data.media import write_wav
 from actorcast.models.data.performance import generate_speech
 from actorcast.models.errors import ActorcastError
+from actorcast.models.media import write_wav
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 from actorcast.streaming.app import LIVE_STAGE_THREADS
 from actorcast.streaming.client import LiveCaller

@@ -50,7 +50,7 @@ def run_preview(args: argparse.Namespace) -> int:
 
     from actorcast.models.data.dataset import identity_seed, performance_seed
     from actorcast.models.data.face import render, sample_identities
-    from actorcast.models.data.media import Mp4Writer
+    from actorcast.models.media import Mp4Writer
     from actorcast.models.data.performance import generate_performance
     from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
@@ -77,7 +77,7 @@ def run_preview(args: argparse.Namespace) -> int:
 
 def run_speech(args: argparse.Namespace) -> int:
     """Write one synthetic utterance as WAV."""
-    from actorcast.models.data.media import write_wav
+    from actorcast.models.media import write_wav
     from actorcast.models.data.performance import generate_performance
 
     if args.out.suffix.lower() != ".wav":

@@ -80,7 +80,7 @@ def _say(text: str, voice: str, out: Path) -> Path:
     """Speak `text` with espeak-ng into a wav beside `out`, padded to whole frames so the video ends with the
     speech. Its name comes from its content and its time is fixed, so the job's fingerprint (path, size,
     time) is the same whenever the same words are spoken again: a rerun after a kill resumes."""
-    from actorcast.models.data.media import write_wav
+    from actorcast.models.media import write_wav
     from actorcast.models.data.tts import speak
 
     if not out.parent.is_dir():
