@@ -24,7 +24,7 @@ class AvatarFace:
 
     identity: int | None
     portrait: np.ndarray | None  # (H, W, 3) uint8
-    landmarks: np.ndarray | None  # (478, 2) in the portrait's pixels, from actors.framing (the photo rig)
+    landmarks: np.ndarray | None  # (478, 2) in the portrait's pixels, from models.photo.framing (the photo rig)
     emotion: str
     seed: int
 
