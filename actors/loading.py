@@ -24,7 +24,7 @@ from actorcast.models.calibration import SpreadCalibration
 from actorcast.models.checkpoint import load_weights, read_header
 from actorcast.models.decoder import DecoderConfig, VideoDecoder
 from actorcast.models.errors import ConfigError, InputError
-from actorcast.models.free_motion import FreeMotion, FreeMotionConfig, audio_encoder_digest
+from actorcast.models.free_motion import load_free_motion
 from actorcast.models.motion import MotionConfig, MotionGenerator
 from actorcast.models.motion_ae import MotionAEConfig, MotionEncoder
 from actorcast.models.presets import get_preset
@@ -148,23 +148,6 @@ def check_weights(directory: Path, names: tuple[str, ...] = tuple(MODELS)) -> No
         except (TypeError, KeyError) as e:
             raise InputError(f"{directory}/{name}.json does not hold a {config_cls.__name__} ({e}): these weights "
                              "are for another model or version") from None
-
-
-def load_free_motion(directory: Path, device: str = "cpu") -> FreeMotion | None:
-    """The free-motion model exported in `directory` (models/free_motion.py), or None if it holds none. InputError
-    when it was trained on another audio encoder than the directory's: its inputs would mean something else."""
-    if not (directory / "free_motion.safetensors").is_file():
-        return None
-    trained_on = read_header(directory, "free_motion").get("meta", {}).get("audio_encoder")
-    if trained_on != audio_encoder_digest(directory):
-        raise InputError(f"{directory}/free_motion was trained beside another audio encoder than the one in this "
-                         "directory: retrain it (`actorcast train --stage free --weights DIR`) or remove "
-                         "free_motion.json and free_motion.safetensors")
-    module, _ = load_weights(directory, "free_motion", FreeMotionConfig, FreeMotion)
-    meta = read_header(directory, "free_motion")["meta"]
-    module.temperature = tuple(float(t) for t in meta.get("temperature", module.temperature))
-    module.blink_profile = torch.tensor(meta.get("blink_profile", []), dtype=torch.float32).reshape(-1, 2)
-    return module.to(device).eval().requires_grad_(False)
 
 
 def load_model(name: str, weights: Path | str, preset: str = "tiny", device: str = "cpu",

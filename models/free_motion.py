@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from actorcast.models.checkpoint import load_weights, read_header
 from actorcast.models.data.params import EMOTIONS, PARAM_INDEX, neutral_params
 from actorcast.models.decoder import normalise_params
 from actorcast.models.errors import ConfigError, InputError
@@ -228,3 +229,20 @@ class FreeMotionStream:
         z = z.clone()
         z[:, :, FREE_SLICE] = self.sample(audio, emotion).to(z)
         return z
+
+
+def load_free_motion(directory: Path, device: str = "cpu") -> FreeMotion | None:
+    """The free-motion model exported in `directory` (models/free_motion.py), or None if it holds none. InputError
+    when it was trained on another audio encoder than the directory's: its inputs would mean something else."""
+    if not (directory / "free_motion.safetensors").is_file():
+        return None
+    trained_on = read_header(directory, "free_motion").get("meta", {}).get("audio_encoder")
+    if trained_on != audio_encoder_digest(directory):
+        raise InputError(f"{directory}/free_motion was trained beside another audio encoder than the one in this "
+                         "directory: retrain it (`actorcast train --stage free --weights DIR`) or remove "
+                         "free_motion.json and free_motion.safetensors")
+    module, _ = load_weights(directory, "free_motion", FreeMotionConfig, FreeMotion)
+    meta = read_header(directory, "free_motion")["meta"]
+    module.temperature = tuple(float(t) for t in meta.get("temperature", module.temperature))
+    module.blink_profile = torch.tensor(meta.get("blink_profile", []), dtype=torch.float32).reshape(-1, 2)
+    return module.to(device).eval().requires_grad_(False)

@@ -185,7 +185,7 @@ def _weights_for_free_stage(directory):
 
 
 def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_path):
-    from actorcast.actors.loading import load_free_motion
+    from actorcast.models.free_motion import load_free_motion
     from actorcast.models.training.train import TrainConfig, run_local
 
     weights = tmp_path / "weights"

@@ -243,13 +243,16 @@ def test_a_silent_photo_session_is_the_photo_and_speech_moves_its_mouth(framing)
     assert np.array_equal(silent, again)
     photo = to_uint8(square_tensor(framing.crop(), SIZE))[0].astype(int)
     still = np.abs(silent.astype(int) - photo).mean(axis=(1, 2, 3))        # per frame, 8-bit levels
-    moving = np.abs(spoken.astype(int) - photo).mean(axis=(1, 2, 3))
     offset = np.abs(np.median(silent, axis=0) - photo).mean()             # 8-bit levels
-    assert offset < 1.0, offset        # drawn from its rest pose: no offset beyond the idle's own gaze and head drift
-    assert still.mean() < 1.5, still                                       # only small motion about it
-    assert np.percentile(moving, 90) > 3 * still.mean() + 0.5, (moving, still)
-    reading = FaceMeter().read(spoken)
-    assert np.nanpercentile(reading.mouth_open, 95) - np.nanpercentile(reading.mouth_open, 5) > 0.04
+    # drawn from its rest pose: no offset beyond the idle's own gaze and head drift (the turn drawn at YAW_GAIN)
+    assert offset < 1.5, offset
+    assert still.mean() < 2.5, still                                       # only small motion about it
+    # speech opens the mouth, silence does not (the idle head motion moves the whole face in both, so the mouth is
+    # read by the meter rather than by pixel differences)
+    meter = FaceMeter()
+    spread = [np.nanpercentile(r.mouth_open, 95) - np.nanpercentile(r.mouth_open, 5)
+              for r in (meter.read(spoken), meter.read(silent))]
+    assert spread[0] > 0.04 and spread[0] > 3 * spread[1], spread
 
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])

@@ -24,7 +24,7 @@ from actorcast.models.data.params import N_PARAMS, PARAM_INDEX
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, FreeMotion, FreeMotionConfig,
-                                          FreeMotionStream, audio_encoder_digest)
+                                          FreeMotionStream, audio_encoder_digest, load_free_motion)
 from actorcast.models.training.common import preset_defaults, write_summary
 from actorcast.models.training.motion_measures import blink_rates, blinks, motion_spread, silent_frames
 from actorcast.models.training.motion_stage import EVAL_CLIPS, encoder_latent_kind, latent_cache
@@ -236,7 +236,6 @@ def _meta(cfg, model: FreeMotion) -> dict:
 def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[float, ...]:
     """Fit the blink profile and the temperature of the free-motion model exported in `directory` again (on the
     training clips of its `free_train.json`, cached under that run's folder) and write them into its header."""
-    from actorcast.actors.loading import load_free_motion
     from actorcast.models.training.train import TrainConfig
 
     directory = Path(directory)
