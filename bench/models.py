@@ -4,7 +4,10 @@ Writes DIR/models.json with `stages.<audio|motion|decoder>.{ms_per_frame,gflops_
 (generated seconds per wall second of the whole chain run in-process: 40 ms / sum of per-frame costs). The shipped
 decoder may work at another resolution than the preset's (models/weights/tiny/decoder.json; its frames are resized
 to 256^2, as `render` does): `shipped_decoder` and `rtf_shipped` are the same figures with that decoder.
-Untrained weights: cost does not depend on the values. Usage: python bench/models.py --out DIR [--quick]
+Untrained weights: cost does not depend on the values. `photo_rig`: the photo rig (models/photo/rig.py) animating
+the astronaut photo (tests/data/astronaut.jpg, framed as `render --image` frames it) at 256^2 on one thread, one
+frame at a time and in batches of CHUNK, with the mouth open, a half-closed blink, a gaze offset and a turned head
+(every layer at work); target <= 15 ms a frame on one core. Usage: python bench/models.py --out DIR [--quick]
 """
 
 import dataclasses
@@ -100,6 +103,35 @@ def bench_decoder(repeats: int, resolution: int | None = None) -> dict:
     }
 
 
+PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
+RIG_TARGET_MS = 15.0
+
+
+def bench_photo_rig(repeats: int) -> dict:
+    """The photo rig at OUTPUT^2 on one thread, per frame, alone and in batches of CHUNK (frames of one session)."""
+    from actorcast.models.data.params import PARAM_INDEX, neutral_params
+    from actorcast.models.photo.framing import frame_reference
+    from actorcast.models.photo.reference import load_image, square_tensor
+    from actorcast.models.photo.rig import PhotoRig
+
+    framing = frame_reference(load_image(PHOTO))
+    rig = PhotoRig(square_tensor(framing.crop(), OUTPUT), framing.crop_landmarks(OUTPUT))
+    params = neutral_params(CHUNK)
+    for name, value in (("jaw_open", 0.6), ("blink_l", 0.5), ("blink_r", 0.5), ("gaze_x", 0.4), ("head_yaw", 0.08),
+                        ("head_pitch", 0.05)):
+        params[:, PARAM_INDEX[name]] = value
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            one = median_seconds(lambda: to_uint8(rig.render(params[:1])), repeats=repeats, warmup=2)
+            batch = median_seconds(lambda: to_uint8(rig.render(params)), repeats=repeats, warmup=2)
+    finally:
+        torch.set_num_threads(threads)
+    return {"ms_per_frame": one * 1000, "ms_per_frame_batch": batch * 1000 / CHUNK, "batch": CHUNK, "threads": 1,
+            "output": OUTPUT, "target_ms": RIG_TARGET_MS, "met": one * 1000 <= RIG_TARGET_MS}
+
+
 def shipped_resolution() -> int:
     """The resolution of the shipped tiny decoder (its weights' config)."""
     return json.loads(SHIPPED.read_text())["config"]["resolution"]
@@ -120,6 +152,7 @@ def main() -> None:
         "ms_per_frame_total": total_ms,
         "shipped_decoder": shipped,
         "rtf_shipped": FRAME_MS / shipped_ms,
+        "photo_rig": bench_photo_rig(repeats),
         "preset": "tiny",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -130,6 +163,9 @@ def main() -> None:
         log.info("%-8s %7.2f ms/frame  %.4f GFLOP/frame", name, stage["ms_per_frame"], stage["gflops_per_frame"])
     log.info("shipped decoder at %d² (+ resize to %d²) %7.2f ms/frame", shipped["resolution"], OUTPUT,
              shipped["ms_per_frame"])
+    rig = result["photo_rig"]
+    log.info("photo rig at %d² on one thread %7.2f ms/frame (%.2f in batches of %d; target <= %.0f)", OUTPUT,
+             rig["ms_per_frame"], rig["ms_per_frame_batch"], rig["batch"], rig["target_ms"])
     log.info("rtf %.2f (whole chain, in-process), %.2f with the shipped decoder -> %s", result["rtf"],
              result["rtf_shipped"], path)
 
