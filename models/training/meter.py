@@ -1,4 +1,4 @@
-"""The lip-sync meter: MediaPipe Face Mesh reading mouth and eye opening off frames (DESIGN.md, "Measures").
+"""The lip-sync meter: MediaPipe Face Mesh reading mouth and eye opening off frames (docs/ARCHITECTURE.md "Measures").
 
 Nobody here trained it, so it is an independent reader of generated frames. mediapipe 0.10.21 needs numpy<2,
 so it runs in its own venv (made by `actorcast setup`; found and run by models/mediapipe_env.py) as a
