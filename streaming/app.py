@@ -163,7 +163,11 @@ def return_freed_memory() -> None:
 
 
 class LiveServer:
-    """Admission, the calls in progress, and the HTTP handlers."""
+    """Admission, the calls in progress, and the HTTP handlers.
+
+    Where calls live is this class's choice: here, in this process (`_admit` opens a session on `engine`);
+    streaming/cluster_calls.py `ClusterServer` keeps the same routes and checks and places each call on a node of
+    a Ray cluster instead. A call in `calls` is a LiveCall or anything with its control methods, plain or async."""
 
     def __init__(self, engine, config: ServerConfig):
         self.engine, self.config = engine, config
@@ -184,8 +188,22 @@ class LiveServer:
         return web.FileResponse(STATIC / "index.html")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "sessions": len(self.calls), "max_sessions": self.config.max_sessions,
-                                  "token_required": bool(self.config.token), "uptime_s": time.time() - self.started})
+        return web.json_response(self.health_body())
+
+    def health_body(self) -> dict:
+        return {"status": "ok", "sessions": len(self.calls), "max_sessions": self.capacity(),
+                "token_required": bool(self.config.token), "uptime_s": time.time() - self.started}
+
+    def capacity(self) -> int:
+        """Calls this server takes at once."""
+        return self.config.max_sessions
+
+    def refusal(self) -> str | None:
+        """Why an offer is refused with 503 now (the server is full), or None when there is room."""
+        if len(self.calls) + self.admitting < self.config.max_sessions:
+            return None
+        return (f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions in use; retry when "
+                "a call ends or start serve with a larger --max-sessions")
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         self.metrics.set_active(len(self.calls))
@@ -231,21 +249,21 @@ class LiveServer:
         offer, params = parse_offer(await read_body(request))
         options = call_options(params)
         face_number(params)
-        if len(self.calls) + self.admitting >= self.config.max_sessions:
+        full = self.refusal()
+        if full is not None:
             self.metrics.session_rejected()
-            log.info("offer refused: server full (%d of %d sessions)", self.config.max_sessions,
-                     self.config.max_sessions)
-            return error(503, f"server full: {self.config.max_sessions} of {self.config.max_sessions} sessions "
-                               "in use; retry when a call ends or start serve with a larger --max-sessions")
+            log.info("offer refused: %s", full.split(";")[0])
+            return error(503, full)
         self.admitting += 1
         try:
             framing = await self.frame(params)  # counted against capacity while the face is found
             options = dataclasses.replace(options, reference=framing.crop(), landmarks=framing.crop_landmarks())
-            return await self._admit(offer, options)
+            return web.json_response(await self._admit(offer, options))
         finally:
             self.admitting -= 1
 
-    async def _admit(self, offer: RTCSessionDescription, options: CallOptions) -> web.Response:
+    async def _admit(self, offer: RTCSessionDescription, options: CallOptions) -> dict:
+        """Open the call's session and answer its offer here: the answer's JSON ({"sdp", "type", "session_id"})."""
         session = await _maybe_await(self.engine.open_session(
             reference=options.reference, identity_seed=options.identity_seed, emotion=options.emotion, live=True,
             landmarks=options.landmarks))
@@ -261,7 +279,7 @@ class LiveServer:
         self.metrics.session_admitted()
         self.metrics.set_active(len(self.calls))
         log.info("call %s admitted (%d/%d)", call_id, len(self.calls), self.config.max_sessions)
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call_id})
+        return {"sdp": answer.sdp, "type": answer.type, "session_id": call_id}
 
     def _closed(self, call: LiveCall) -> None:
         self.memory_returned = asyncio.get_running_loop().run_in_executor(None, return_freed_memory)
@@ -279,7 +297,7 @@ class LiveServer:
         return call
 
     async def call_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self._call(request).stats())
+        return web.json_response(await _maybe_await(self._call(request).stats()))
 
     async def emotion(self, request: web.Request) -> web.Response:
         call = self._call(request)
@@ -287,11 +305,11 @@ class LiveServer:
             emotion = parse_json(await read_body(request), '{"emotion": "<name>"}')["emotion"]
         except (KeyError, TypeError):
             raise InputError('send {"emotion": "<name>"}') from None
-        call.set_emotion(emotion)
+        await _maybe_await(call.set_emotion(emotion))
         return web.json_response({"ok": True, "emotion": emotion})
 
     async def interrupt(self, request: web.Request) -> web.Response:
-        self._call(request).interrupt()
+        await _maybe_await(self._call(request).interrupt())
         return web.json_response({"ok": True})
 
     async def speak(self, request: web.Request) -> web.Response:
@@ -299,7 +317,7 @@ class LiveServer:
         call's queue (MAX_QUEUED_SPEECH_S): a longer one is refused with 413 as soon as the limit is passed."""
         call = self._call(request)
         call.check_agent()  # before the upload is read or decoded
-        room = call.speech_room_s()
+        room = await _maybe_await(call.speech_room_s())
         if room <= 0:
             raise TooLargeError(f"this call already has {MAX_QUEUED_SPEECH_S:.0f} s of speech queued (the most a "
                                 "call holds); wait for it to be spoken or interrupt")
@@ -309,7 +327,7 @@ class LiveServer:
         except TooLargeError:
             raise TooLargeError(f"the speech is too long: the call's queue has room for {room:.1f} s more (it holds "
                                 f"at most {MAX_QUEUED_SPEECH_S:.0f} s); send shorter pieces") from None
-        return web.json_response({"ok": True, "queued_s": call.speak(pcm)})
+        return web.json_response({"ok": True, "queued_s": await _maybe_await(call.speak(pcm))})
 
     async def shutdown(self, app: web.Application | None = None) -> None:
         """Close every call (frees sessions and actors); used on SIGINT/SIGTERM and app cleanup."""
@@ -319,9 +337,10 @@ class LiveServer:
 SERVER = web.AppKey("server", LiveServer)
 
 
-def create_app(engine, config: ServerConfig) -> web.Application:
-    """The aiohttp application; `engine.open_session(...)` makes one runtime Session per call."""
-    server = LiveServer(engine, config)
+def create_app(engine, config: ServerConfig, server: LiveServer | None = None) -> web.Application:
+    """The aiohttp application; `engine.open_session(...)` makes one runtime Session per call. `server`: another
+    LiveServer (a ClusterServer, whose calls live on the nodes of a cluster) behind the same routes."""
+    server = server or LiveServer(engine, config)
     app = web.Application(middlewares=[guard(config.token, server.protected)], client_max_size=MAX_BODY)
     app[SERVER] = server
     app.router.add_get("/", server.index)
