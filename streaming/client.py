@@ -8,6 +8,7 @@ once. Without --record, only the last KEEP_S of what came back is kept.
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from actorcast.streaming.tracks import VIDEO_PTS_STEP, VOICE_BLOCK, VOICE_RATE, 
 log = logging.getLogger(__name__)
 
 KEEP_S = 30  # seconds of received video and voice kept for inspection when the call is not recorded
+WATCH_S = 1.0  # how often a call served by a cluster asks the head whether its server is still there
 
 
 class FileAudioTrack(MediaStreamTrack):
@@ -156,6 +158,10 @@ class LiveCaller:
         self.audio = FileAudioTrack(pcm48)
         self.tasks: list[asyncio.Task] = []
         self.session_id: str | None = None
+        self.server_node: str | None = None  # the cluster node serving the call (serve --address)
+        self.ended: str | None = None  # why the server ended the call ("server lost"), when it did
+        self.ended_message: str | None = None
+        self.server_lost = asyncio.Event()  # set with `ended`
         self.t_answer: float | None = None
         self.channel = None
 
@@ -172,8 +178,27 @@ class LiveCaller:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **self.offer_options}
         answer = await self.post("/offer", json=body)
         self.session_id = answer["session_id"]
+        self.server_node = answer.get("server_node")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         self.t_answer = time.time()
+        if self.server_node is not None:  # the media flows from a node: the head says when that node is lost
+            self.tasks.append(asyncio.create_task(self._watch_server()))
+
+    async def _watch_server(self) -> None:
+        """Ask the head about the call (GET /calls/ID) until it answers 410: its server was lost."""
+        async with aiohttp.ClientSession() as http:
+            while True:
+                await asyncio.sleep(WATCH_S)
+                try:
+                    async with http.get(f"{self.url}/calls/{self.session_id}", headers=self._headers()) as resp:
+                        if resp.status == 410:
+                            body = await resp.json()
+                            self.ended, self.ended_message = body.get("ended"), body.get("error")
+                            log.warning("%s", self.ended_message)
+                            self.server_lost.set()
+                            return
+                except aiohttp.ClientError:  # the head unreachable for a moment: asked again
+                    continue
 
     def _on_track(self, track) -> None:
         receiver = receiver_of(self.pc, track)
@@ -220,6 +245,7 @@ class LiveCaller:
                 "ttff_s": None if rec.first_frame_t is None or self.t_answer is None
                 else rec.first_frame_t - self.t_answer,
                 "av_offset_ms": rec.offset.median_ms(),
+                "server_node": self.server_node, "call_ended": self.ended,
                 **{f.key: last.get(f.key) for f in SERVER_FIGURES}}
 
 
@@ -264,7 +290,8 @@ async def run_call(url: str, audio: Path, seconds: float | None = None, record_t
     caller = LiveCaller(url, pcm, token=token, keep_frames=record_to is not None, **offer_options)
     try:
         await caller.start()
-        await asyncio.sleep(seconds)
+        with contextlib.suppress(asyncio.TimeoutError):  # the call ends early when its server is lost
+            await asyncio.wait_for(caller.server_lost.wait(), seconds)
         report = caller.report()
     finally:
         await caller.stop()

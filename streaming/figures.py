@@ -26,6 +26,9 @@ RECEIVER_FIGURES = (
     Figure("av_offset_ms", "ms", "voice minus video arrival here for the same audio content, median "
                                  "(+: voice later)"),
     Figure("recorded_frames", "frames", "frames written to --record"),
+    Figure("server_node", "", "the Ray node that served the call (serve --address); none from one machine"),
+    Figure("call_ended", "", "why the server ended the call before this caller hung up (\"server lost\": the node "
+                             "serving it was lost); none when it did not"),
 )
 
 SERVER_FIGURES = (

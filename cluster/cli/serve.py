@@ -28,10 +28,16 @@ def add_parser(sub) -> None:
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /offer, /portrait and /calls/* "
                    f"(visible to `ps`: prefer --token-file or the {TOKEN_ENV} environment variable)")
     p.add_argument("--token-file", type=Path, metavar="PATH", help="read the token from this file (its first line)")
-    p.add_argument("--max-sessions", type=positive_int, default=2, help="concurrent calls; more get HTTP 503")
-    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray)")
+    p.add_argument("--max-sessions", type=positive_int, default=2,
+                   help="concurrent calls; more get HTTP 503 (one machine; with --address see --sessions-per-node)")
+    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray; with "
+                   "--address, each node runs this many in its own engine)")
     p.add_argument("--weights", type=Path, help="weights directory written by `actorcast train` (default: the shipped tiny weights)")
-    p.add_argument("--address", help="join this Ray cluster (host:port or auto) instead of running in-process")
+    p.add_argument("--address", help="join this Ray cluster (host:port or auto) and serve calls on every node of "
+                   "it: each call runs on one node, its media between the caller and that node")
+    p.add_argument("--sessions-per-node", type=positive_int, metavar="N",
+                   help="with --address: calls each node takes at once (default: the node's CPUs over the cores "
+                        "one call takes, streaming/cluster_calls.py CORES_PER_CALL, at least 1)")
     p.add_argument("--stun", help="STUN server URL for ICE, e.g. stun:stun.example.org:3478 (default: none)")
     p.add_argument("--audio-prefetch", type=positive_int, default=None,
                    help="inbound 20 ms audio frames held against network jitter before use (default: 1 when "
@@ -84,13 +90,14 @@ def open_server_warning(host: str, token: str | None) -> str | None:
             f"{TOKEN_ENV}")
 
 
-async def serve(engine, config, ready=None) -> None:
-    """Run the server until SIGINT/SIGTERM; closes every call before returning."""
+async def serve(engine, config, ready=None, app=None) -> None:
+    """Run the server until SIGINT/SIGTERM; closes every call before returning. `app`: another app than
+    `create_app(engine, config)` (the cluster's, built on this loop)."""
     from aiohttp import web
 
     from actorcast.streaming.app import app_runner, create_app
 
-    runner = app_runner(create_app(engine, config), config, handle_signals=False)
+    runner = app_runner(app if app is not None else create_app(engine, config), config, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     try:
@@ -151,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     if args.address:
         check_address(args.address)
+    elif args.sessions_per_node is not None:
+        raise ActorcastError("--sessions-per-node is for a cluster: give --address too, or --max-sessions for this "
+                             "machine")
     token = resolve_token(args.token, args.token_file)
     set_log_level(args.log_level)
     warning = open_server_warning(args.host, token)
@@ -158,11 +168,30 @@ def run(args: argparse.Namespace) -> int:
         log.warning(warning)
     config = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
                           stun=args.stun, audio_prefetch=args.audio_prefetch)
-    engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.address is not None or args.shards > 1,
-                    address=args.address, stage_threads=LIVE_STAGE_THREADS)
+    if args.address:
+        return _run_cluster(args, config)
+    engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.shards > 1,
+                    stage_threads=LIVE_STAGE_THREADS)
     try:
         asyncio.run(serve(engine, config))
     finally:
         engine.close()
+    sys.stderr.write("actorcast: server stopped\n")
+    return 0
+
+
+def _run_cluster(args: argparse.Namespace, config) -> int:
+    """Serve calls on every node of the Ray cluster at --address (streaming/cluster_calls.py): the page and the
+    signalling here, each call on a node's own engine."""
+    from actorcast.cluster.ray_connect import ensure_ray
+    from actorcast.streaming.cluster_calls import create_cluster_app
+
+    ensure_ray(args.address)
+
+    async def main() -> None:
+        app = create_cluster_app(config, args.weights, args.shards, args.sessions_per_node)
+        await serve(None, config, app=app)
+
+    asyncio.run(main())
     sys.stderr.write("actorcast: server stopped\n")
     return 0

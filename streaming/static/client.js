@@ -308,6 +308,8 @@ async function start() {
     });
     $("remote").requestVideoFrameCallback(onVideoFrame);
     call.timer = setInterval(refresh, 500);
+    // Served by a node of a cluster: the media comes from that node, so ask the head whether it is still there.
+    if (answer.server_node) call.watch = setInterval(watchServer, 2000);
     $("stop").disabled = $("interrupt").disabled = false;
   } catch (err) {
     $("error").textContent = `call failed: ${err.message}`;
@@ -315,9 +317,26 @@ async function start() {
   }
 }
 
+// A call served by a cluster node: the head answers 410 once that node is lost, and the page says so.
+async function watchServer() {
+  if (!call.sessionId) return;
+  let resp;
+  try {
+    resp = await fetch(`/calls/${call.sessionId}`, { headers: authHeaders() });
+  } catch (err) {
+    return;  // the head unreachable for a moment: asked again
+  }
+  if (resp.status !== 410) return;
+  const body = await resp.json();
+  stop();
+  $("error").textContent = body.error || "the call ended because its server was lost; start a new call";
+  $("s-state").textContent = "ended: server lost";
+}
+
 function stop() {
   call.running = false;
   clearInterval(call.timer);
+  clearInterval(call.watch);
   if (call.pc) call.pc.close();
   call.pc = null;
   $("start").disabled = false;
