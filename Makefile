@@ -38,9 +38,10 @@ test: install
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"
 
-# Every benchmark, full size (each writes bench-out/NAME.json; figures go in the README).
+# Every benchmark, full size (each writes bench-out/NAME.json), then bench/RESULTS.md from them.
 bench: install
-	for b in data models cache render live; do $(PY) bench/$$b.py --out bench-out || exit 1; done
+	for b in data models cache render live portraits; do $(PY) bench/$$b.py --out bench-out || exit 1; done
+	$(PY) bench/results.py --out bench/RESULTS.md models/weights/tiny/eval.json bench-out
 
 clean:
 	rm -rf $(VENV) $(METER_VENV) bench-out test-artifacts preview.mp4 demo.mp4
