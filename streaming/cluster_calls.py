@@ -69,10 +69,11 @@ class Node:
                 "calls": len(self.calls), "capacity": self.capacity}
 
 
-def pick_node(nodes) -> "Node | None":
-    """The ready node with room and the fewest calls (the earliest joined among equals), or None when all are full."""
+def pick_node(nodes, home: str | None = None) -> "Node | None":
+    """The ready node with room and the fewest calls, or None when all are full. Among equals the node `home` (the
+    one the signalling runs on, which has that work too) comes last, the others in the order they joined."""
     free = [n for n in nodes if n.ready and n.load() < n.capacity]
-    return min(free, key=lambda n: n.load()) if free else None
+    return min(free, key=lambda n: (n.load(), n.node_id == home)) if free else None
 
 
 class RemoteCall:
@@ -153,6 +154,8 @@ class ClusterServer(LiveServer):
         self.nodes: dict[str, Node] = {}
         self.lost: collections.OrderedDict[str, str] = collections.OrderedDict()  # call id -> the 410's message
         self.watcher: asyncio.Task | None = None
+        self.start_error: str | None = None  # why the latest node actor failed to start, for the start-up's error
+        self.home: str | None = None  # the node this server runs on
         self._weights_ref = None
 
     # ---- capacity and placement -----------------------------------------------------------------------------
@@ -161,14 +164,14 @@ class ClusterServer(LiveServer):
         return sum(n.capacity for n in self.nodes.values() if n.ready)
 
     def refusal(self) -> str | None:
-        if pick_node(self.nodes.values()) is not None:
+        if pick_node(self.nodes.values(), self.home) is not None:
             return None
         ready = [n for n in self.nodes.values() if n.ready]
         return (f"server full: {self.capacity()} of {self.capacity()} sessions in use on {len(ready)} node(s); retry "
                 "when a call ends, add a node to the cluster, or start serve with a larger --sessions-per-node")
 
     async def _admit(self, offer: RTCSessionDescription, options: CallOptions) -> dict:
-        node = pick_node(self.nodes.values())
+        node = pick_node(self.nodes.values(), self.home)
         if node is None:  # filled while this offer's face was framed
             raise _unavailable("server full: retry when a call ends")
         node.admitting += 1
@@ -224,12 +227,15 @@ class ClusterServer(LiveServer):
 
         from actorcast.actors.loading import UNTRAINED, WeightsBundle, resolve_weights
 
+        self.home = ray.get_runtime_context().get_node_id()
         weights = resolve_weights(self.weights)
         if self.weights is not None and weights != UNTRAINED:  # nodes need not see the head's disk
             self._weights_ref = ray.put(WeightsBundle.read(weights))
         await self._look()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(n.ready for n in self.nodes.values()) and time.monotonic() < deadline:
+            if self.start_error is not None and not any(n.ready for n in self.nodes.values()):
+                raise ActorcastError(f"the cluster's nodes cannot start their engines: {self.start_error}")
             await asyncio.sleep(0.2)
             await self._look()
         if not any(n.ready for n in self.nodes.values()):
@@ -284,6 +290,11 @@ class ClusterServer(LiveServer):
         except ray.exceptions.RayActorError as e:
             if isinstance(e, ray.exceptions.ActorUnavailableError):
                 return  # unreachable for now; Ray says soon whether the node is gone
+            if getattr(e, "actor_init_failed", False):
+                from actorcast.actors.executor import project_error
+
+                own = project_error(e)
+                self.start_error = str(own) if own is not None else str(e).strip().splitlines()[-1]
             self._lose(node, f"lost its call server ({e.__class__.__name__})")
             return
         if not node.ready:

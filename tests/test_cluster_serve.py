@@ -31,6 +31,7 @@ from tests.live_server import wait_for
 from tests.netcheck import non_loopback_listeners
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
 # A lost node is declared dead after about 3 missed 1-second health checks instead of Ray's default ~30 s.
 FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
                    "health_check_initial_delay_ms": 1000}
@@ -51,7 +52,19 @@ def test_placement_fewest_calls_first_and_default_capacity():
     assert pick_node([a, b, c]) is c
     c.ready = False  # still loading its engine
     assert pick_node([a, b, c]) is None
+    a.calls.clear(), b.calls.clear(), c.calls.clear()
+    b.admitting, c.ready = 0, True
+    assert pick_node([a, b, c], home="a") is b  # the signalling's node last among equals
     assert [sessions_for_cpus(n) for n in (0.5, 1, 2, 3.5)] == [1, 1, 2, 3]
+
+
+def test_sessions_per_node_without_a_cluster_is_a_one_line_error(capsys):
+    from actorcast.cluster.cli import main
+
+    assert main(["serve", "--sessions-per-node", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["actorcast: error: --sessions-per-node is for a cluster: give --address too, or --max-sessions for "
+                   "this machine"]
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +100,37 @@ def server(cluster, tmp_path_factory):
     assert "Traceback" not in text, text[-3000:]
 
 
-@pytest.fixture(scope="module")
-def speech() -> np.ndarray:
-    """8 s of built-in speech as the callers' microphone (48 kHz int16, as the caller sends it)."""
-    pcm = (generate_speech(3, 8.0).numpy() * 32767).clip(-32768, 32767).astype(np.int16)
+def _speech_wav(seconds: float) -> bytes:
+    """Built-in speech as a 16 kHz mono wav."""
+    pcm = (generate_speech(3, seconds).numpy() * 32767).clip(-32768, 32767).astype(np.int16)
     wav = io.BytesIO()
     with wave.open(wav, "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
         w.writeframes(pcm.tobytes())
-    return decode_audio_48k(wav.getvalue())
+    return wav.getvalue()
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """8 s of built-in speech as the callers' microphone (48 kHz int16, as the caller sends it)."""
+    return decode_audio_48k(_speech_wav(8.0))
 
 
 async def _health(url: str) -> dict:
     async with aiohttp.ClientSession() as http:
         async with http.get(url + "/health") as r:
             return await r.json()
+
+
+async def wait_for_ready(url: str, names: dict, expected: list[str], timeout: float = 300.0) -> None:
+    """Until /health lists exactly the nodes `expected` (by name), all ready to take calls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = (await _health(url))["nodes"]
+        if sorted(names.get(n["node_id"], "?") for n in nodes if n["state"] == "ready") == expected:
+            return
+        assert time.monotonic() < deadline, nodes
+        await asyncio.sleep(1.0)
 
 
 def _sent_frames(caller: LiveCaller) -> list[list]:
@@ -132,7 +161,7 @@ async def test_calls_on_two_nodes_and_a_worker_lost_mid_call(cluster, server, sp
     # 1. Two calls at once land on two nodes, and both play at 25 fps.
     a, b = LiveCaller(url, speech), LiveCaller(url, speech)
     await asyncio.gather(a.start(), b.start())
-    assert a.server_node != b.server_node and {a.server_node, b.server_node} <= set(names)
+    assert {names[a.server_node], names[b.server_node]} == {"worker1", "worker2"}  # the signalling's node last
     frames = {a: _sent_frames(a), b: _sent_frames(b)}
     # past the calls' start-up (the pipeline warming up degrades the first frames of a call)
     await wait_for(lambda: a.rec.frames_received > 125 and b.rec.frames_received > 125, 180.0)
@@ -183,11 +212,37 @@ async def test_calls_on_two_nodes_and_a_worker_lost_mid_call(cluster, server, sp
     await asyncio.to_thread(cluster.start_node, next(n for n in cluster.nodes if n.name == lost_name))
     names = {info["node_id"]: name for name, info in cluster.state["nodes"].items()}
 
-    async def ready_nodes() -> list[str]:
-        return sorted(names.get(n["node_id"], "?") for n in (await _health(url))["nodes"] if n["state"] == "ready")
-
-    deadline = time.monotonic() + 300
-    while await ready_nodes() != ["head", "worker1", "worker2"]:
-        assert time.monotonic() < deadline, await _health(url)
-        await asyncio.sleep(1.0)
+    await wait_for_ready(url, names, ["head", "worker1", "worker2"])
     assert non_loopback_listeners() == []
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+async def test_the_page_says_the_call_ended_because_its_server_was_lost(cluster, server, tmp_path):
+    """A call from the page lands on a worker (the signalling's node comes last); the worker is lost and the page
+    says why the call ended."""
+    from playwright.async_api import async_playwright
+
+    from bench.live import chromium_flags
+
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(_speech_wav(20.0))
+    names = {info["node_id"]: name for name, info in cluster.state["nodes"].items()}
+    await wait_for_ready(server, names, ["head", "worker1", "worker2"])
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=chromium_flags(wav))
+        try:
+            page = await browser.new_page()
+            await page.goto(server + "/")
+            await page.click("#start")
+            await page.wait_for_function("window.actorcast.presentedCount > 0", timeout=120000)
+            busy = [n["node_id"] for n in (await _health(server))["nodes"] if n["calls"]]
+            assert len(busy) == 1 and names[busy[0]] != "head", busy
+            await asyncio.to_thread(cluster.kill_node, names[busy[0]])
+            await page.wait_for_function("document.getElementById('error').textContent.includes('server was lost')",
+                                         timeout=120000)
+            assert await page.text_content("#s-state") == "ended: server lost"
+            assert await page.is_enabled("#start")
+        finally:
+            await browser.close()
