@@ -150,7 +150,7 @@ def _plays_at_25fps(caller: LiveCaller) -> None:
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_calls_on_two_nodes_and_a_worker_lost_mid_call(cluster, server, speech):
+async def test_calls_on_two_nodes_and_a_worker_lost_mid_call(cluster, server, speech, tmp_path):
     url = server
     names = {info["node_id"]: name for name, info in cluster.state["nodes"].items()}
     health = await _health(url)
@@ -207,6 +207,21 @@ async def test_calls_on_two_nodes_and_a_worker_lost_mid_call(cluster, server, sp
         await LiveCaller(url, speech).start()
     for caller in (a, b, c):
         await caller.stop()
+
+    # `actorcast call --json` names the node that served its call
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(_speech_wav(3.0))
+    for _ in range(60):  # until the head has seen the calls above end and freed their nodes (a hang guard)
+        if (await _health(url))["sessions"] == 0:
+            break
+        await asyncio.sleep(1.0)
+    run = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "actorcast.cluster.cli", "call", url,
+                                                   "--audio", str(wav), "--json"],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert names[report["server_node"]] != lost_name and report["call_ended"] is None
+    assert report["received_frames"] > 0
 
     # 4. The lost worker started again takes calls without a restart of the server.
     await asyncio.to_thread(cluster.start_node, next(n for n in cluster.nodes if n.name == lost_name))
