@@ -156,6 +156,7 @@ class ClusterServer(LiveServer):
         self.watcher: asyncio.Task | None = None
         self.start_error: str | None = None  # why the latest node actor failed to start, for the start-up's error
         self.home: str | None = None  # the node this server runs on
+        self.broken: set[str] = set()  # nodes whose call actor failed in its constructor: not started again
         self._weights_ref = None
 
     # ---- capacity and placement -----------------------------------------------------------------------------
@@ -233,14 +234,15 @@ class ClusterServer(LiveServer):
             self._weights_ref = ray.put(WeightsBundle.read(weights))
         await self._look()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not all(n.ready for n in self.nodes.values()) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (self.nodes and all(n.ready for n in self.nodes.values())):
             if self.start_error is not None and not any(n.ready for n in self.nodes.values()):
-                raise ActorcastError(f"the cluster's nodes cannot start their engines: {self.start_error}")
+                break
             await asyncio.sleep(0.2)
             await self._look()
         if not any(n.ready for n in self.nodes.values()):
-            raise ActorcastError(f"no node of the cluster started its engine in {START_TIMEOUT_S:.0f} s; see Ray's "
-                                 "logs of the nodes")
+            raise ActorcastError(f"the cluster's nodes cannot start their engines: {self.start_error}"
+                                 if self.start_error else f"no node of the cluster started its engine in "
+                                 f"{START_TIMEOUT_S:.0f} s; see Ray's logs of the nodes")
         self.watcher = asyncio.create_task(self._watch(), name="cluster-watch")
 
     async def _watch(self) -> None:
@@ -259,7 +261,7 @@ class ClusterServer(LiveServer):
         for node_id in [i for i in self.nodes if i not in alive]:
             self._lose(self.nodes[node_id], "its node left the cluster")
         for node_id, info in alive.items():
-            if node_id not in self.nodes:
+            if node_id not in self.nodes and node_id not in self.broken:
                 self.nodes[node_id] = self._start_node(info)
         await asyncio.gather(*(self._poll(node) for node in list(self.nodes.values())))
 
@@ -293,8 +295,11 @@ class ClusterServer(LiveServer):
             if getattr(e, "actor_init_failed", False):
                 from actorcast.actors.executor import project_error
 
-                own = project_error(e)
-                self.start_error = str(own) if own is not None else str(e).strip().splitlines()[-1]
+                own = project_error(e)  # else Ray's text, whose last line is "module.Class: message"
+                last = str(e).strip().splitlines()[-1]
+                self.start_error = str(own) if own is not None else last.split(": ", 1)[-1]
+                self.broken.add(node.node_id)
+                log.warning("node %s %s cannot serve calls: %s", node.address, node.node_id[:8], self.start_error)
             self._lose(node, f"lost its call server ({e.__class__.__name__})")
             return
         if not node.ready:
