@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = "## Recorded before this file was generated"
 RECORDED_PART = re.compile(r"^<!-- recorded: ([a-z_]+) -->$", re.MULTILINE)
-ORDER = ("eval", "live", "pipecat", "livekit", "render", "models", "cache", "data", "portraits", "abuse", "ceiling")
+ORDER = ("eval", "live", "cluster_live", "pipecat", "livekit", "render", "models", "cache", "data", "portraits",
+         "abuse", "ceiling")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,20 @@ HEADLINES: dict[str, tuple[Row, ...]] = {
         Row("calls_per_16_cores", "calls 16 cores hold if CPU were the only limit, built-in / photo"),
         Row("pipecat.added_latency_ms_p95", "Pipecat service's added latency p95, ms"),
         Row("livekit.added_latency_ms_p95", "LiveKit avatar's added latency p95, ms"),
+    ),
+    "cluster_live": (
+        Row("capacity", "calls the loopback cluster takes at once (/health): 3 nodes of 1 CPU on one machine"),
+        Row("max_sessions_at_25fps", "calls at once at 25 fps on the cluster, ≤ 1 % degraded"),
+        Row("steps.calls_*.calls_per_node", "calls each node served"),
+        Row("steps.calls_*.ttff_s", "answer → first frame over the calls, s", "≤ 1.0"),
+        Row("steps.calls_*.server_latency_ms", "audio arrival → its frame sent: median p50, worst p95, ms",
+            "p95 ≤ 300"),
+        Row("steps.calls_*.degraded_after_startup_share", "share of frames degraded after the first 2 s"),
+        Row("steps.calls_*.fps", "frames a second at the receivers"),
+        Row("single_machine.ttff_s", "one machine (live.json beside): answer → first frame, s"),
+        Row("single_machine.server_latency_ms", "one machine: audio arrival → its frame sent, ms"),
+        Row("single_machine.max_sessions_at_25fps", "one machine: calls at once at 25 fps"),
+        Row("note", "what these figures mean"),
     ),
     "pipecat": (
         Row("added_latency_ms_p50", "TTS frame → its picture, p50, ms"),
