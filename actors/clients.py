@@ -28,15 +28,34 @@ Future = concurrent.futures.Future
 MAX_BATCH = 16  # requests per batched call
 
 
-class AudioClient:
-    """AudioEncoderStage: AudioChunk -> FeatureChunk, per session."""
+class _StageClient:
+    """What every client has: the stage handle, its name, and closing a session on it."""
 
-    def __init__(self, stage: StageHandle):
-        self.stage = stage
+    stage: StageHandle
 
     @property
     def name(self) -> str:
         return self.stage.name
+
+    def close(self, session_id: str) -> "Future[None]":
+        return self.stage.submit("close", session_id)
+
+
+class _ResumableClient(_StageClient):
+    """A stage that keeps per-session stream state, which a render's checkpoint saves and restores."""
+
+    def snapshot(self, session_id: str) -> "Future[bytes]":
+        return self.stage.submit("snapshot", session_id)
+
+    def restore(self, session_id: str, data: bytes) -> "Future[None]":
+        return self.stage.submit("restore", session_id, data)
+
+
+class AudioClient(_ResumableClient):
+    """AudioEncoderStage: AudioChunk -> FeatureChunk, per session."""
+
+    def __init__(self, stage: StageHandle):
+        self.stage = stage
 
     def open(self, session_id: str, first_frame: int = 0) -> "Future[np.ndarray]":
         """Start a stream; its result is the feature of steady silence (d_audio,)."""
@@ -53,17 +72,8 @@ class AudioClient:
         """Forget buffered audio (interrupt) without breaking the time base."""
         return self.stage.submit("reset", session_id)
 
-    def snapshot(self, session_id: str) -> "Future[bytes]":
-        return self.stage.submit("snapshot", session_id)
 
-    def restore(self, session_id: str, data: bytes) -> "Future[None]":
-        return self.stage.submit("restore", session_id, data)
-
-    def close(self, session_id: str) -> "Future[None]":
-        return self.stage.submit("close", session_id)
-
-
-class MotionClient:
+class MotionClient(_ResumableClient):
     """MotionStage: FeatureChunk -> MotionChunks, through a batched or a solo lane."""
 
     def __init__(self, stage: StageHandle, lane: "Batched[MotionRequest, list[MotionChunk]] | Solo"):
@@ -80,10 +90,6 @@ class MotionClient:
     def solo(cls, stage: StageHandle) -> "MotionClient":
         """Each chunk runs alone."""
         return cls(stage, Solo(lambda requests: stage.submit("process_many", requests)))
-
-    @property
-    def name(self) -> str:
-        return self.stage.name
 
     def process(self, chunk: FeatureChunk, steps: int | None = None) -> "Future[list[MotionChunk]]":
         """Every chunk the new features complete; `steps` below the session's own degrades (marked)."""
@@ -104,17 +110,7 @@ class MotionClient:
         """Flush: the remaining frames."""
         return self.stage.submit("end", session_id)
 
-    def snapshot(self, session_id: str) -> "Future[bytes]":
-        return self.stage.submit("snapshot", session_id)
-
-    def restore(self, session_id: str, data: bytes) -> "Future[None]":
-        return self.stage.submit("restore", session_id, data)
-
-    def close(self, session_id: str) -> "Future[None]":
-        return self.stage.submit("close", session_id)
-
-
-class ShardClient:
+class ShardClient(_StageClient):
     """One DecoderShard: motion latents -> frames, through a batched or a solo lane."""
 
     def __init__(self, stage: StageHandle, lane: "Batched[DecodeRequest, DecodedFrames] | Solo"):
@@ -130,10 +126,6 @@ class ShardClient:
     def solo(cls, stage: StageHandle) -> "ShardClient":
         """Each part is decoded alone."""
         return cls(stage, Solo(lambda requests: stage.submit("decode_many", requests)))
-
-    @property
-    def name(self) -> str:
-        return self.stage.name
 
     @property
     def retryable(self) -> tuple[type[BaseException], ...]:
@@ -158,9 +150,6 @@ class ShardClient:
     def output_size(self) -> "Future[int]":
         """The side of the frames it makes, in pixels."""
         return self.stage.submit("output_size")
-
-    def close(self, session_id: str) -> "Future[None]":
-        return self.stage.submit("close", session_id)
 
 
 @dataclass(frozen=True)
