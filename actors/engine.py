@@ -22,6 +22,7 @@ from actorcast.actors.messages import PhotoFace
 from actorcast.actors.session import Session
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
 from actorcast.actors.stages import AudioEncoderStage, DecoderShard, MotionStage
+from actorcast.actors.worker_process import ProcessStage
 from actorcast.cluster.ray_connect import ensure_ray
 from actorcast.models.errors import ActorcastError, ConfigError
 from actorcast.models.photo.reference import check_portrait, synthetic_portrait
@@ -54,6 +55,8 @@ class Engine:
     streaming.app.LIVE_STAGE_THREADS): the stages then run side by side instead of fighting over the cores.
     batching: the sessions' motion chunks and frames are gathered and run as one batch per tick (continuous
     batching, actors/batching.py); False sends each session's calls on their own.
+    processes: without Ray, run each stage in a worker process of its own (actors/worker_process.py) instead of
+    a worker thread of this process, so that the stages' Python does not wait on one interpreter lock.
 
     The stages' handles (`audio`, `motion`, `shards`: actors/executor.py) are called through typed clients
     (actors/clients.py), built twice over the same stages: `solo` sends each call alone, `batched` gathers the
@@ -63,7 +66,7 @@ class Engine:
     def __init__(self, weights: str | Path | None = None, preset: str = "tiny", shards: int = 1, use_ray: bool = False,
                  address: str | None = None, size: int | None = None, device: str = "cpu",
                  resources: dict[str, Resources] | None = None, stage_threads: int | None = None,
-                 batching: bool = True):
+                 batching: bool = True, processes: bool = False):
         if shards < 1:
             raise ConfigError(f"shards={shards} must be >= 1")
         self.preset = get_preset(preset).name
@@ -96,11 +99,20 @@ class Engine:
             def make(cls, name, kind, **kw):
                 return RayStage(cls, name=name, resources=res[kind], scheduling_strategy=strategy[kind], **args, **kw)
         else:
+            local = ProcessStage if processes else LocalStage
+
             def make(cls, name, kind, **kw):
-                return LocalStage(cls, name=name, threads=stage_threads, **args, **kw)
+                return local(cls, name=name, threads=stage_threads, **args, **kw)
         self.audio = make(AudioEncoderStage, "audio", "audio")
         self.motion = make(MotionStage, "motion", "motion")
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
+        if processes and not use_ray:
+            try:  # the workers start side by side; a stage that cannot load its weights stops the engine here
+                for stage in (self.audio, self.motion, *self.shards):
+                    stage.wait_ready()
+            except BaseException:
+                self._shutdown_stages()
+                raise
         audio = AudioClient(self.audio)
         self.solo = StageClients(audio, MotionClient.solo(self.motion), [ShardClient.solo(s) for s in self.shards])
         # One generator pass and one decoder batch per tick serve every session that shares them.
@@ -173,15 +185,18 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self._shutdown_stages()
+        if self._holder is not None:
+            import ray
+
+            ray.kill(self._holder)
+
+    def _shutdown_stages(self) -> None:
         for stage in (self.audio, self.motion, *self.shards):
             try:
                 stage.shutdown()
             except Exception as e:  # an actor that is already gone
                 log.debug("shutting down %s: %s", stage.name, e)
-        if self._holder is not None:
-            import ray
-
-            ray.kill(self._holder)
 
     def __enter__(self) -> "Engine":
         return self

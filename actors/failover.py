@@ -1,9 +1,9 @@
 """One session's decoder shards: whose turn it is, and carrying on while one is lost.
 
 A shard that dies (its process, or its node with it) is set aside: its parts go to the shards that are up at
-once, each part as the same request it would have been (so the frames are identical), while Ray restarts it
-where there is room. Once it answers again it gets the session's reference (if the restart lost it) and takes
-its turn again. If it does not come back within `return_s`, the session carries on with the others; with none
+once, each part as the same request it would have been (so the frames are identical), while it restarts (Ray
+restarts an actor where there is room; a stage's worker process is started again). Once it answers again it gets
+the session's reference (if the restart lost it) and takes its turn again. If it does not come back within `return_s`, the session carries on with the others; with none
 left, decoding fails with a line that says to check the cluster.
 """
 
@@ -57,7 +57,7 @@ class ShardSet:
             except shard.retryable as e:
                 if shard.name not in self._down:  # once per loss, not once per part that was in flight on it
                     log.warning("decoder shard %s lost on frames %d..%d (%s); the other shards take its frames "
-                                "while Ray restarts it", shard.name, first, first + len(z) - 1, e.__class__.__name__)
+                                "while it restarts", shard.name, first, first + len(z) - 1, e.__class__.__name__)
                     self._down[shard.name] = asyncio.create_task(self._bring_back(shard))
         raise ActorcastError(f"decoder shards failed {self._retries + 1} times on frame {first}: "
                              "check the cluster (`ray status`) and rerun")

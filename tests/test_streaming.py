@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from actorcast.actors.engine import Engine
+from actorcast.actors.stages import _loads
 from actorcast.models.data.performance import generate_speech
-from actorcast.models.errors import ActorcastError
+from actorcast.models.errors import ActorcastError, InputError
 from actorcast.models.media import write_wav
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 from actorcast.streaming.app import LIVE_STAGE_THREADS
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def engine():
-    with Engine(stage_threads=LIVE_STAGE_THREADS) as e:  # in-process stages, untrained weights unless shipped ones exist
+    # a worker process per stage, as `actorcast serve` runs them
+    with Engine(stage_threads=LIVE_STAGE_THREADS, processes=True) as e:
         yield e
 
 
@@ -132,9 +134,12 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
         with pytest.raises(ActorcastError, match="400: unknown emotion"):
             await caller.post(f"/calls/{caller.session_id}/emotion", json={"emotion": "bored"})
         await caller.post(f"/calls/{caller.session_id}/emotion", json={"emotion": "happy"})
-        stream = engine.motion._obj.sessions.items[call.session.session_id]["stream"]
-        await wait_for(lambda: int(stream.emotion[0]) == 1, 30.0)  # EMOTIONS index of "happy" (applied in order
-        #                                                              with the motion stage's work)
+        def emotion() -> int:  # the session's emotion as the motion stage (in its worker process) holds it
+            saved = _loads(engine.motion.submit("snapshot", call.session.session_id).result())
+            return int(saved["stream"]["emotion"][0])
+
+        await wait_for(lambda: emotion() == 1, 30.0)  # EMOTIONS index of "happy" (applied in order with the motion
+        #                                               stage's work)
         queued = await caller.post(f"/calls/{caller.session_id}/speak", data=speech_wav.read_bytes())
         assert abs(queued["queued_s"] - 6.0) < 0.05
         await asyncio.sleep(2.0)
@@ -143,13 +148,13 @@ async def test_interrupt_emotion_and_speak(engine, speech_wav):
         t_interrupt = time.time()
         await wait_for(lambda: call.interrupts and call.interrupts[0]["idle_wall_ms"] is not None, 30.0)
         await asyncio.sleep(1.0)
+        await wait_for(lambda: emotion() == 2, 30.0)  # "sad", switched over the data channel
         caller.send({"type": "nonsense"})
         await asyncio.sleep(0.3)
         await caller.stop()
     acks = [m for m in caller.rec.messages if m["type"] == "ack"]
     assert [a["op"] for a in acks] == ["emotion", "interrupt"]
     assert any(m["type"] == "error" and "unknown control message" in m["error"] for m in caller.rec.messages)
-    assert int(stream.emotion[0]) == 2  # "sad", switched over the data channel
     # the first idle frame is a chunk start after what was on screen, and it was shown (idle_wall_ms measured)
     session = call.session
     assert at_interrupt["frame"] % session.chunk_frames == 0 and at_interrupt["frame"] > at_interrupt["shown"]
@@ -187,7 +192,8 @@ async def test_vanished_peer_frees_session_and_actors(engine, speech_wav, caplog
             proc.wait()
         assert "nothing from the caller" in caplog.text  # the watchdog noticed the silence and closed the call
         assert not engine.shards[0].submit("has_session", sid).result()
-        assert sid not in engine.motion._obj.sessions.items
+        with pytest.raises(InputError, match="has no session"):
+            engine.motion.submit("snapshot", sid).result()
 
 
 async def _play_chunks(late_s: dict[int, float], chunks: int, frames: int):

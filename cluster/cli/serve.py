@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray; with "
                    "--address, each node runs this many in its own engine)")
     p.add_argument("--weights", type=Path, help="weights directory written by `actorcast train` (default: the shipped tiny weights)")
+    p.add_argument("--stages", choices=("processes", "threads"), default="processes",
+                   help="where this machine's engine runs its stages: a worker process each (default; the calls "
+                        "then use every core) or worker threads of the server's process (one interpreter lock: "
+                        "fewer calls at once, less memory)")
     p.add_argument("--address", help="join this Ray cluster (host:port or auto) and serve calls on every node of "
                    "it: each call runs on one node, its media between the caller and that node")
     p.add_argument("--sessions-per-node", type=positive_int, metavar="N",
@@ -171,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if args.address:
         return _run_cluster(args, config)
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.shards > 1,
-                    stage_threads=LIVE_STAGE_THREADS)
+                    stage_threads=LIVE_STAGE_THREADS, processes=args.stages == "processes")
     try:
         asyncio.run(serve(engine, config))
     finally:
