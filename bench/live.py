@@ -262,8 +262,8 @@ async def main_async(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="actorcast-live-"))
     wav = work / "speech.wav"
     write_wav(wav, generate_speech(11, seconds + 2))
-    result: dict = {"seconds": seconds, "preset": "tiny", "size": 256, "stages": args.stages}
-    with Engine(stage_threads=LIVE_STAGE_THREADS, processes=args.stages == "processes") as engine:
+    result: dict = {"seconds": seconds, "preset": "tiny", "size": 256, "stages": args.stages, "shards": args.shards}
+    with Engine(stage_threads=LIVE_STAGE_THREADS, processes=args.stages == "processes", shards=args.shards) as engine:
         async with serving(engine, max_sessions=max(8, args.max_calls)) as served:
             url = served.url
             one = (await concurrent_calls(url, wav, 1, seconds))[0]
@@ -312,9 +312,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/live.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="directory for live.json and live_calls.png")
     parser.add_argument("--quick", action="store_true", help="a smaller run, for CI")
-    parser.add_argument("--stages", choices=("threads", "processes"), default="threads",
-                        help="where the server runs its stages: worker threads of its process, or a worker process "
-                             "each (serve --stages); default threads")
+    parser.add_argument("--stages", choices=("processes", "threads"), default="processes",
+                        help="where the server runs its stages: a worker process each (default, as serve does) or "
+                             "worker threads of its process (serve --stages threads)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="decoder shards, each in a worker process of its own with --stages processes "
+                             "(default 1)")
     parser.add_argument("--max-calls", type=int, default=MOST_CALLS,
                         help=f"the most calls at once the capacity searches try (default {MOST_CALLS}); a smaller "
                              "number makes a short check")

@@ -90,6 +90,32 @@ def test_serve_checks_weights_and_port_before_start_up(tmp_path, capsys, nothing
     assert code == 2 and len(err) == 1 and "--port" in err[0], err
 
 
+def test_serve_runs_its_stages_in_worker_processes_and_ray_only_for_threaded_shards(capsys, monkeypatch):
+    from actorcast.actors import engine as engine_module
+    from actorcast.cluster.cli import serve as serve_module
+
+    built = []
+
+    class Recorded:
+        def __init__(self, **kwargs):
+            built.append({k: kwargs[k] for k in ("shards", "use_ray", "processes")})
+
+        def close(self):
+            pass
+
+    async def no_server(engine, config, ready=None, app=None):
+        pass
+
+    monkeypatch.setattr(engine_module, "Engine", Recorded)
+    monkeypatch.setattr(serve_module, "serve", no_server)
+    for flags in ([], ["--shards", "2"], ["--stages", "threads"], ["--stages", "threads", "--shards", "2"]):
+        assert _run(capsys, "serve", "--port", "0", *flags)[0] == 0
+    assert built == [{"shards": 1, "use_ray": False, "processes": True},
+                     {"shards": 2, "use_ray": False, "processes": True},
+                     {"shards": 1, "use_ray": False, "processes": False},
+                     {"shards": 2, "use_ray": True, "processes": False}]
+
+
 # ---- train checks its inputs on the driver; project errors from Ray come out as their one line -------------------
 
 def test_train_refuses_an_empty_data_folder_before_ray_starts(tmp_path, capsys, nothing_may_start):

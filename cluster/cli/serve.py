@@ -30,8 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--token-file", type=Path, metavar="PATH", help="read the token from this file (its first line)")
     p.add_argument("--max-sessions", type=positive_int, default=2,
                    help="concurrent calls; more get HTTP 503 (one machine; with --address see --sessions-per-node)")
-    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards (more than 1 runs on Ray; with "
-                   "--address, each node runs this many in its own engine)")
+    p.add_argument("--shards", type=positive_int, default=1, help="decoder shards, each a worker process of its own "
+                   "(with --stages threads, more than 1 runs on Ray; with --address, each node runs this many in its "
+                   "own engine); a photo call's rig runs in the shards, so 2 lets two cores draw photos")
     p.add_argument("--weights", type=Path, help="weights directory written by `actorcast train` (default: the shipped tiny weights)")
     p.add_argument("--stages", choices=("processes", "threads"), default="processes",
                    help="where this machine's engine runs its stages: a worker process each (default; the calls "
@@ -174,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
                           stun=args.stun, audio_prefetch=args.audio_prefetch)
     if args.address:
         return _run_cluster(args, config)
-    engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.shards > 1,
-                    stage_threads=LIVE_STAGE_THREADS, processes=args.stages == "processes")
+    processes = args.stages == "processes"
+    engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.shards > 1 and not processes,
+                    stage_threads=LIVE_STAGE_THREADS, processes=processes)
     try:
         asyncio.run(serve(engine, config))
     finally:
