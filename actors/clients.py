@@ -99,6 +99,10 @@ class MotionClient(_ResumableClient):
              seed: int = 0, steps: int = 4) -> "Future[None]":
         return self.stage.submit("open", session_id, reference, emotion, cache_policy, seed, steps)
 
+    def stream_shape(self) -> "Future[tuple[int, tuple[int, ...]]]":
+        """The chunk size the streams run, and every chunk size the generator is trained for."""
+        return self.stage.submit("stream_shape")
+
     def rest_pose(self, session_id: str, silence: np.ndarray) -> "Future[np.ndarray]":
         """The session's idle motion parameters (N_PARAMS,) for a photo's rig."""
         return self.stage.submit("rest_pose", session_id, silence)

@@ -17,7 +17,7 @@ import numpy as np
 
 from actorcast.actors.clients import AudioClient, MotionClient, ShardClient, StageClients
 from actorcast.actors.executor import LocalStage, RayStage, Resources, default_resources, fit_resources, node_rooms
-from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, resolve_weights
+from actorcast.actors.loading import UNTRAINED, ShippedWeights, WeightsBundle, motion_config, resolve_weights
 from actorcast.actors.messages import PhotoFace
 from actorcast.actors.session import Session
 from actorcast.actors.session_config import Seniority, SessionCheckpoint, SessionConfig
@@ -55,6 +55,9 @@ class Engine:
     streaming.app.LIVE_STAGE_THREADS): the stages then run side by side instead of fighting over the cores.
     batching: the sessions' motion chunks and frames are gathered and run as one batch per tick (continuous
     batching, actors/batching.py); False sends each session's calls on their own.
+    chunk_frames: the frames the generator makes at a time (None: the size it was trained for first); smaller
+    chunks wait for less audio, so a live call answers sooner, at more stage calls per frame. A size the weights
+    were not trained for is a ConfigError (models/motion.py `MotionConfig.with_chunk`).
     processes: without Ray, run each stage in a worker process of its own (actors/worker_process.py) instead of
     a worker thread of this process, so that the stages' Python does not wait on one interpreter lock.
 
@@ -66,11 +69,13 @@ class Engine:
     def __init__(self, weights: str | Path | None = None, preset: str = "tiny", shards: int = 1, use_ray: bool = False,
                  address: str | None = None, size: int | None = None, device: str = "cpu",
                  resources: dict[str, Resources] | None = None, stage_threads: int | None = None,
-                 batching: bool = True, processes: bool = False):
+                 batching: bool = True, processes: bool = False, chunk_frames: int | None = None):
         if shards < 1:
             raise ConfigError(f"shards={shards} must be >= 1")
         self.preset = get_preset(preset).name
         self.weights = resolve_weights(weights, preset)
+        if chunk_frames is not None:  # a size the weights were not trained for stops here, before any stage starts
+            motion_config(self.weights, preset).with_chunk(chunk_frames)
         self.use_ray, self.n_shards = use_ray, shards
         self._holder = None  # with Ray and weights: the actor the stages fetch the weights from
         args = {"weights": self.weights, "preset": preset, "device": device}
@@ -104,7 +109,7 @@ class Engine:
             def make(cls, name, kind, **kw):
                 return local(cls, name=name, threads=stage_threads, **args, **kw)
         self.audio = make(AudioEncoderStage, "audio", "audio")
-        self.motion = make(MotionStage, "motion", "motion")
+        self.motion = make(MotionStage, "motion", "motion", chunk_frames=chunk_frames)
         self.shards = [make(DecoderShard, f"decoder{i}", "decoder", size=size) for i in range(shards)]
         if processes and not use_ray:
             try:  # the workers start side by side; a stage that cannot load its weights stops the engine here
@@ -121,7 +126,7 @@ class Engine:
         self.seniority = Seniority()
         self.size = int(self.solo.shards[0].output_size().result())  # --size, else the decoder's own
         self.lookahead = get_preset(preset).audio.lookahead
-        self.chunk_frames = get_preset(preset).motion.chunk_frames
+        self.chunk_frames, self.trained_chunks = self.solo.motion.stream_shape().result()
         self._closed = False
 
     async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,

@@ -118,6 +118,14 @@ class ShippedWeights:
         return ray.get(ray.get_actor(self.holder).get.remote())
 
 
+def motion_config(weights: Path | str, preset: str = "tiny") -> MotionConfig:
+    """The config of the motion generator of `weights` (a `resolve_weights` result), read from its header without
+    loading it: its chunk sizes (`trained_chunks`, `with_chunk`) are known before a stage starts."""
+    if weights == UNTRAINED:
+        return get_preset(preset).motion
+    return MotionConfig(**read_header(weights, "motion_generator")["config"])
+
+
 @contextlib.contextmanager
 def local_weights(weights, preset: str = "tiny") -> Iterator[Path | str]:
     """The weights as a directory on this node while the models load: a WeightsBundle (or ShippedWeights) is

@@ -153,13 +153,21 @@ class AudioEncoderStage:
 class MotionStage:
     """FeatureChunk -> MotionChunks of C frames: the diffusion-forcing generator with each session's KV cache."""
 
-    def __init__(self, weights=None, preset: str = "tiny", device: str = "cpu"):
+    def __init__(self, weights=None, preset: str = "tiny", device: str = "cpu", chunk_frames: int | None = None):
+        """chunk_frames: the chunk size the streams run (None: the generator's own); one it was not trained for
+        is a ConfigError."""
         with local_weights(weights, preset) as path:
             self.generator = load_model("motion_generator", path, preset, device)
             self.motion_encoder = load_model("motion_encoder", path, preset, device)
+        if chunk_frames is not None:
+            self.generator.config = self.generator.config.with_chunk(chunk_frames)
         self.default_cache = get_preset(preset).cache
         self.chunk_frames = self.generator.config.chunk_frames
         self.sessions = _Sessions("MotionStage")
+
+    def stream_shape(self) -> tuple[int, tuple[int, ...]]:
+        """The chunk size the streams run, and every chunk size the generator is trained for."""
+        return self.chunk_frames, self.generator.config.trained_chunks
 
     @torch.no_grad()
     def open(self, session_id: str, reference: np.ndarray, emotion: str = "neutral", cache_policy: str | None = None,

@@ -3,7 +3,7 @@
 docs/ARCHITECTURE.md "Motion generator" describes it."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +31,10 @@ class MotionConfig:
     mlp_ratio: float = 4.0
     tokens_per_frame: int = 1
     chunk_frames: int = 4  # C: frames generated together; attention is block-causal at this granularity
+    # Other chunk sizes the generator is trained for: each training window draws its chunk from chunk_frames and
+    # these (the mask and the per-chunk noise follow it), and a stream may then run any of them
+    # (`with_chunk`). Smaller chunks wait for less audio (a live call's latency) at more calls per frame.
+    chunk_choices: tuple[int, ...] = ()
     audio_past: int = 2  # frame t sees audio features of frames t - audio_past .. t + audio_future
     audio_future: int = 0  # 0: the audio encoder's own 2-frame lookahead is the only added latency
     rope_theta: float = 10_000.0
@@ -49,6 +53,9 @@ class MotionConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weighted_dims", tuple(self.weighted_dims))  # a list when read back from JSON
+        object.__setattr__(self, "chunk_choices", tuple(self.chunk_choices))
+        if any(not isinstance(n, int) or n < 1 for n in self.chunk_choices):
+            raise ConfigError(f"MotionConfig.chunk_choices={self.chunk_choices} must be whole numbers >= 1")
         for name in ("d_motion", "d_audio", "d_model", "n_layers", "n_heads", "tokens_per_frame", "chunk_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be >= 1")
@@ -64,6 +71,20 @@ class MotionConfig:
                 raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be in [0, 1]")
 
     @property
+    def trained_chunks(self) -> tuple[int, ...]:
+        """Every chunk size (frames) the generator is trained to run at, smallest first."""
+        return tuple(sorted({self.chunk_frames, *self.chunk_choices}))
+
+    def with_chunk(self, chunk_frames: int) -> "MotionConfig":
+        """This config running `chunk_frames`-frame chunks; ConfigError if the weights were not trained for it."""
+        if chunk_frames not in self.trained_chunks:
+            sizes = " or ".join(map(str, self.trained_chunks))
+            raise ConfigError(f"chunks of {chunk_frames} frames: these weights were trained for chunks of {sizes} "
+                              "frames; give one of those, or fine-tune the generator for it (TRAINING.md)")
+        others = tuple(n for n in self.trained_chunks if n != chunk_frames)
+        return replace(self, chunk_frames=chunk_frames, chunk_choices=others)
+
+    @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
@@ -77,7 +98,9 @@ MOTION_PRESETS: dict[str, MotionConfig] = {
     # attention over <= 60 cached tokens (~0.13 MFLOP); S=4 Euler steps + 1 cache-writing pass = 5 passes
     # -> ~9 MFLOP per frame (x2 with audio CFG), ~0.25-0.45 GFLOP/s at 25 fps: well under 10 ms per
     # 4-frame chunk, leaving the CPU to the audio encoder and the 256x256 decoder.
-    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4, p_chunk_level=0.5, weighted_dims=(3, 16), dim_weight=4.0),
+    # tiny: the shipped generator's recipe (no chunk-level noise, no weighted dimensions: a fine-tune with them
+    # lost lip-sync, TRAINING.md), and trained for 2-frame chunks beside its 4 (a live call's low latency).
+    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4, chunk_choices=(2,)),
     "base": MotionConfig(d_model=768, n_layers=14, n_heads=12),  # ~100 M parameters
     "large": MotionConfig(d_model=1280, n_layers=25, n_heads=20),  # ~500 M parameters
 }
@@ -286,13 +309,15 @@ class MotionGenerator(nn.Module):
             raise InputError(f"z_ref has shape {tuple(z_ref.shape)}; expected ({z_noisy.shape[0]}, {c.d_motion})")
 
     # ----- full block-causal pass (training) -----
-    def forward(self, z_noisy, k, audio, z_ref, emotion=None, audio_keep=None, frame_positions=None):
+    def forward(self, z_noisy, k, audio, z_ref, emotion=None, audio_keep=None, frame_positions=None,
+                chunk_frames: int | None = None):
         """Velocity for every frame of a clip, all chunks at once.
 
         z_noisy (B, T, d_motion) at noise levels k (B, T); audio (B, T, d_audio) per frame (zero-padded at the
         ends for the audio window); z_ref (B, d_motion); emotion (B,) long in [0, 5] (5 = none) or None;
         audio_keep (B,) bool or None (all kept); frame_positions (T,) RoPE positions, default 1..T (the prefix
-        sits just before the first). Returns v (B, T, d_motion).
+        sits just before the first); chunk_frames: the attention's block size (default the config's). Returns v
+        (B, T, d_motion).
         """
         c = self.config
         self._check(z_noisy, audio.shape[1], z_ref)
@@ -305,7 +330,7 @@ class MotionGenerator(nn.Module):
         positions = torch.cat((frame_positions[:1].repeat(c.tokens_per_frame) - 1,
                                frame_positions.repeat_interleave(c.tokens_per_frame)))
         cos, sin = self._rope(positions, x.dtype)
-        mask = block_causal_mask(prefix.shape[1], T, c.tokens_per_frame, c.chunk_frames, x.device)
+        mask = block_causal_mask(prefix.shape[1], T, c.tokens_per_frame, chunk_frames or c.chunk_frames, x.device)
         for blk in self.blocks:
             x = blk(x, cos, sin, mask)[0]
         return self._velocity(x[:, prefix.shape[1]:])
@@ -384,13 +409,15 @@ def diffusion_forcing_loss(model: MotionGenerator, z, audio, z_ref, emotion=None
     def rand(*shape):
         return torch.rand(shape, generator=generator).to(z.device)
 
+    chunks = c.trained_chunks  # one chunk size for the whole batch (the mask is shared)
+    chunk = chunks[int(torch.randint(len(chunks), (1,), generator=generator))] if len(chunks) > 1 else c.chunk_frames
     k = rand(B, T)  # (B, T): every frame its own noise level
-    n_chunks = -(-T // c.chunk_frames)
+    n_chunks = -(-T // chunk)
     if c.p_chunk_level > 0:  # some sequences: one level per chunk, as the sampler denoises a chunk
-        per_chunk = rand(B, n_chunks).repeat_interleave(c.chunk_frames, dim=1)[:, :T]
+        per_chunk = rand(B, n_chunks).repeat_interleave(chunk, dim=1)[:, :T]
         k = torch.where((rand(B) < c.p_chunk_level)[:, None], per_chunk, k)
     if n_chunks > 1:
-        n_ctx = torch.randint(1, n_chunks, (B,), generator=generator).to(z.device) * c.chunk_frames  # (B,)
+        n_ctx = torch.randint(1, n_chunks, (B,), generator=generator).to(z.device) * chunk  # (B,)
         is_ctx = (rand(B) < c.p_noisy_context)[:, None] & (torch.arange(T, device=z.device)[None] < n_ctx[:, None])
         k = torch.where(is_ctx, k * c.k_context_max, k)
     else:
@@ -400,7 +427,7 @@ def diffusion_forcing_loss(model: MotionGenerator, z, audio, z_ref, emotion=None
     audio_keep = rand(B) >= c.p_drop_audio
     if emotion is not None:
         emotion = torch.where(rand(B) < c.p_drop_emotion, torch.full_like(emotion, NULL_EMOTION), emotion)
-    v = model(x, k.to(z.dtype), audio, z_ref, emotion, audio_keep)
+    v = model(x, k.to(z.dtype), audio, z_ref, emotion, audio_keep, chunk_frames=chunk)
     err = (v - (eps - z)).pow(2)  # (B, T, d_motion)
     lo, hi = c.weighted_dims
     if hi > lo and c.dim_weight != 1.0:

@@ -92,13 +92,14 @@ def test_serve_checks_weights_and_port_before_start_up(tmp_path, capsys, nothing
 
 def test_serve_runs_its_stages_in_worker_processes_and_ray_only_for_threaded_shards(capsys, monkeypatch):
     from actorcast.actors import engine as engine_module
+    from actorcast.actors.loading import motion_config, resolve_weights
     from actorcast.cluster.cli import serve as serve_module
 
     built = []
 
     class Recorded:
         def __init__(self, **kwargs):
-            built.append({k: kwargs[k] for k in ("shards", "use_ray", "processes")})
+            built.append({k: kwargs[k] for k in ("shards", "use_ray", "processes", "chunk_frames")})
 
         def close(self):
             pass
@@ -108,12 +109,15 @@ def test_serve_runs_its_stages_in_worker_processes_and_ray_only_for_threaded_sha
 
     monkeypatch.setattr(engine_module, "Engine", Recorded)
     monkeypatch.setattr(serve_module, "serve", no_server)
-    for flags in ([], ["--shards", "2"], ["--stages", "threads"], ["--stages", "threads", "--shards", "2"]):
+    for flags in ([], ["--shards", "2"], ["--stages", "threads"], ["--stages", "threads", "--shards", "2"],
+                  ["--latency", "balanced"]):
         assert _run(capsys, "serve", "--port", "0", *flags)[0] == 0
-    assert built == [{"shards": 1, "use_ray": False, "processes": True},
-                     {"shards": 2, "use_ray": False, "processes": True},
-                     {"shards": 1, "use_ray": False, "processes": False},
-                     {"shards": 2, "use_ray": True, "processes": False}]
+    low = min(motion_config(resolve_weights(None)).trained_chunks)  # the smallest chunk the shipped generator is trained for
+    assert built == [{"shards": 1, "use_ray": False, "processes": True, "chunk_frames": low},
+                     {"shards": 2, "use_ray": False, "processes": True, "chunk_frames": low},
+                     {"shards": 1, "use_ray": False, "processes": False, "chunk_frames": low},
+                     {"shards": 2, "use_ray": True, "processes": False, "chunk_frames": low},
+                     {"shards": 1, "use_ray": False, "processes": True, "chunk_frames": None}]
 
 
 # ---- train checks its inputs on the driver; project errors from Ray come out as their one line -------------------

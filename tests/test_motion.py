@@ -232,3 +232,59 @@ def test_weighted_dims_move_the_loss_toward_them():
     assert float(weighted_far - same) == pytest.approx(float(plain_far - plain) * 4.0 / mean_weight, rel=1e-4)
     with pytest.raises(ConfigError, match="weighted_dims"):
         MotionConfig(**{**base.__dict__, "weighted_dims": (2, 9)})
+
+
+# ---- chunk sizes: trained for several, a stream runs one of them ------------------------------------------------
+
+TWO_SIZES = MotionConfig(**{**SMALL.__dict__, "chunk_choices": (2,)})
+
+
+def test_a_config_names_its_trained_chunks_and_refuses_others_with_one_line():
+    assert SMALL.trained_chunks == (4,) and TWO_SIZES.trained_chunks == (2, 4)
+    assert TWO_SIZES.with_chunk(2).chunk_frames == 2 and TWO_SIZES.with_chunk(2).trained_chunks == (2, 4)
+    with pytest.raises(ConfigError) as refused:
+        SMALL.with_chunk(2)
+    assert str(refused.value).startswith("chunks of 2 frames: these weights were trained for chunks of 4 frames")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ConfigError, match="chunk_choices"):
+        MotionConfig(chunk_choices=(0,))
+
+
+def test_training_draws_each_trained_chunk_size_for_a_whole_batch(monkeypatch):
+    """Each loss call masks every sequence of its batch at one chunk size drawn from the trained ones; a
+    generator trained for one size draws nothing (its noise stream is the same as before)."""
+    z, _, audio, z_ref, emotion = inputs(SMALL, B=2, T=16)
+    for config, expected in ((TWO_SIZES, {2, 4}), (SMALL, {4})):
+        model = model_of(config)
+        masks = []
+        real = MotionGenerator.forward
+
+        def spy(self, *args, chunk_frames=None, **kwargs):
+            masks.append(chunk_frames)
+            return real(self, *args, chunk_frames=chunk_frames, **kwargs)
+
+        monkeypatch.setattr(MotionGenerator, "forward", spy)
+        for seed in range(12):
+            diffusion_forcing_loss(model, z, audio, z_ref, emotion, torch.Generator().manual_seed(seed))
+        monkeypatch.setattr(MotionGenerator, "forward", real)
+        assert set(masks) == expected, masks
+
+
+@pytest.mark.parametrize("policy", ["full", "deep_sink_pc"])
+@torch.no_grad()
+def test_two_frame_chunks_with_cache_equal_the_full_pass_and_the_one_shot_generate(policy):
+    model = model_of(TWO_SIZES)
+    model.config = TWO_SIZES.with_chunk(2)
+    z, k, audio, z_ref, emotion = inputs(TWO_SIZES, T=10)
+    full = model(z, k, audio, z_ref, emotion)
+    assert (full - model(z, k, audio, z_ref, emotion, chunk_frames=4)).abs().max() > 1e-3  # the mask matters
+    cache = model.new_cache(CacheConfig(policy, budget_frames=24, compress_tokens=2), batch=2)
+    chunked = run_chunks(model, cache, z, k, audio, z_ref, emotion, [0, 2, 4, 6, 8, 10])
+    assert (full - chunked).abs().max() <= 1e-4
+    _, _, audio1, z_ref1, _ = inputs(TWO_SIZES, B=1, T=13)
+    small_cache = CacheConfig(policy, budget_frames=8, compress_tokens=2)
+    offline = generate(model, audio1, z_ref1, "happy", small_cache)
+    stream = MotionStream(model, z_ref1, "happy", small_cache)
+    parts = [stream.push(audio1[:, t:t + n]) for t, n in ((0, 3), (3, 1), (4, 5), (9, 4))] + [stream.flush()]
+    assert all(p.shape[1] % 2 == 0 for p in parts[:-1]) and any(p.shape[1] == 2 for p in parts)
+    assert torch.equal(torch.cat(parts, dim=1), offline) and offline.shape[1] == 13

@@ -13,7 +13,9 @@ import pytest
 
 from actorcast.actors.clients import ShardClient
 from actorcast.actors.engine import Engine
+from actorcast.actors.loading import UNTRAINED
 from actorcast.actors.session_config import SessionConfig
+from actorcast.models.errors import ConfigError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 
 SIZE = 64
@@ -258,3 +260,33 @@ def test_stage_threads_are_per_engine():
     finally:
         one.shutdown()
         later.shutdown()
+
+
+def test_two_frame_chunks_live_give_the_offline_frames_and_an_untrained_size_is_refused():
+    """An engine running the generator's 2-frame chunks (it is trained for 2 and 4): a live session, fed 2-frame
+    audio blocks, gives the frames of the same model run offline on the same audio."""
+    pcm = _pcm(2.0, seed=9)
+    with Engine(weights=UNTRAINED, size=SIZE, chunk_frames=2) as engine:
+        live = engine.live_config()
+        assert engine.chunk_frames == 2 and engine.trained_chunks == (2, 4) and live.block_frames == 2
+        never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
+
+        async def live_frames():
+            session = await engine.open_session(identity_seed=2, seed=5, config=never_behind)
+            session.feed(pcm)
+            session.end()
+            out = [vf async for vf in session.frames()]
+            await session.close()
+            return out
+
+        out = asyncio.run(live_frames())
+        idx, offline, _ = asyncio.run(_render(engine, pcm))
+        assert engine.motion._obj.generator.config.chunk_frames == 2  # the streams really run 2-frame chunks
+    n = len(pcm) // SAMPLES_PER_FRAME
+    assert [vf.first_frame for vf in out] == idx == list(range(n))
+    frames = np.concatenate([vf.frames for vf in out])
+    assert np.abs(frames.astype(int) - offline).max() <= 1  # same frames (up to batch round-off)
+    with pytest.raises(ConfigError) as refused:
+        Engine(weights=UNTRAINED, size=SIZE, chunk_frames=3)
+    assert str(refused.value).startswith("chunks of 3 frames: these weights were trained for chunks of 2 or 4 "
+                                         "frames") and "\n" not in str(refused.value)

@@ -149,7 +149,8 @@ def test_motion_stage_trains_on_cached_latents(tmp_path):
 
 def test_motion_stage_init_fine_tunes_an_export_with_the_presets_training_settings(tmp_path):
     """--init starts from an export's audio encoder and generator (every tensor), with the preset's training
-    settings, and is refused where there is no generator export or for another stage."""
+    settings, fine-tunes the generator alone, and is refused where there is no generator export or for another
+    stage."""
     import dataclasses
 
     from actorcast.models.audio import AUDIO_PRESETS, AudioEncoder
@@ -159,7 +160,7 @@ def test_motion_stage_init_fine_tunes_an_export_with_the_presets_training_settin
 
     torch.manual_seed(1)
     preset = get_preset("tiny")
-    old = dataclasses.replace(preset.motion, p_chunk_level=0.0, weighted_dims=(0, 0), dim_weight=1.0)
+    old = dataclasses.replace(preset.motion, p_chunk_level=0.25, chunk_choices=())
     export = tmp_path / "export"
     generator, audio = MotionGenerator(old), AudioEncoder(preset.audio)
     save_weights(export, "motion_generator", generator, old)
@@ -168,8 +169,11 @@ def test_motion_stage_init_fine_tunes_an_export_with_the_presets_training_settin
     for mine, theirs in ((trainer.generator, generator), (trainer.audio, audio)):
         for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), name
-    assert trainer.generator.config.p_chunk_level == MOTION_PRESETS["tiny"].p_chunk_level > 0
-    assert trainer.generator.config.weighted_dims == MOTION_PRESETS["tiny"].weighted_dims
+    assert trainer.generator.config.p_chunk_level == MOTION_PRESETS["tiny"].p_chunk_level != 0.25
+    assert trainer.generator.config.chunk_choices == MOTION_PRESETS["tiny"].chunk_choices == (2,)
+    # the audio encoder stays as exported (the free motion reads its features); the generator learns
+    assert not any(p.requires_grad for p in trainer.audio.parameters())
+    assert all(p.requires_grad for p in trainer.generator.parameters())
     # On an encoder latent the dimensions name no parameters: nothing is weighted.
     assert MotionTrainer("tiny", latent="encoder").generator.config.dim_weight == 1.0
     assert AUDIO_PRESETS["tiny"] == trainer.audio_config

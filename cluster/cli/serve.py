@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
                    "(with --stages threads, more than 1 runs on Ray; with --address, each node runs this many in its "
                    "own engine); a photo call's rig runs in the shards, so 2 lets two cores draw photos")
     p.add_argument("--weights", type=Path, help="weights directory written by `actorcast train` (default: the shipped tiny weights)")
+    p.add_argument("--latency", choices=("low", "balanced"), default="low",
+                   help="low (default): the generator makes the smallest chunks its weights are trained for, so a "
+                        "call waits less for audio before its frames; balanced: its own larger chunks, fewer stage "
+                        "calls per frame (more calls at once on a busy machine)")
     p.add_argument("--stages", choices=("processes", "threads"), default="processes",
                    help="where this machine's engine runs its stages: a worker process each (default; the calls "
                         "then use every core) or worker threads of the server's process (one interpreter lock: "
@@ -151,7 +155,7 @@ def check_port(host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actorcast.actors.engine import Engine
-    from actorcast.actors.loading import resolve_weights
+    from actorcast.actors.loading import motion_config, resolve_weights
     from actorcast.cluster.ray_connect import check_address
     from actorcast.streaming.app import LIVE_STAGE_THREADS, ServerConfig
 
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise ActorcastError(f"--port {args.port} is not a TCP port; give 0..65535")
     if args.weights is not None and not args.weights.is_dir():
         raise ActorcastError(f"--weights {args.weights} is not a directory; give the folder with the weights")
-    resolve_weights(args.weights)  # every file there, before a stage loads one
+    weights = resolve_weights(args.weights)  # every file there, before a stage loads one
     check_port(args.host, args.port)
     if args.address:
         check_address(args.address)
@@ -176,8 +180,9 @@ def run(args: argparse.Namespace) -> int:
     if args.address:
         return _run_cluster(args, config)
     processes = args.stages == "processes"
+    chunk = motion_config(weights).trained_chunks[0] if args.latency == "low" else None
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.shards > 1 and not processes,
-                    stage_threads=LIVE_STAGE_THREADS, processes=processes)
+                    stage_threads=LIVE_STAGE_THREADS, processes=processes, chunk_frames=chunk)
     try:
         asyncio.run(serve(engine, config))
     finally:

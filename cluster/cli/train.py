@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="", help="trained weights this stage builds on (motion: decoder export; free: "
                                                      "decoder and motion export)")
     p.add_argument("--init", default=None, metavar="DIR",
-                   help="motion stage: start from the audio encoder and generator exported in DIR (fine-tune "
-                        "them with the preset's training settings) instead of from scratch")
+                   help="motion stage: start from the audio encoder and generator exported in DIR and fine-tune "
+                        "the generator with the preset's training settings (the audio encoder stays as it is: the "
+                        "free motion reads its features) instead of training both from scratch")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")

@@ -46,7 +46,7 @@ EVAL_CLIPS = 8
 CALIBRATION_CLIPS = 64
 # MotionConfig fields that shape training, not the network: a fine-tune (`--init`) takes them from the preset.
 TRAINING_FIELDS = ("p_drop_audio", "p_drop_emotion", "p_noisy_context", "k_context_max", "p_chunk_level",
-                   "weighted_dims", "dim_weight")
+                   "weighted_dims", "dim_weight", "chunk_choices")
 
 
 def load_motion_encoder(weights: str) -> MotionEncoder:
@@ -145,13 +145,18 @@ class MotionTrainer(nn.Module):
                 generator.config, **{f: getattr(motion, f) for f in TRAINING_FIELDS})
             self.audio, self.generator = audio, generator
             self.generator.config = self.motion_config
+            # The audio encoder stays as exported: the free motion (models/free_motion.py) was fitted to its
+            # features, and a fine-tune of the generator must not move them.
+            self.audio.requires_grad_(False)
         else:
             self.audio_config, self.motion_config = p.audio, motion
             self.audio = AudioEncoder(p.audio)
             self.generator = MotionGenerator(motion)
+        self.audio_trains = not init
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        feats = self.audio(batch["pcm"])[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.audio_trains):
+            feats = self.audio(batch["pcm"])[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
         noise = torch.Generator().manual_seed(int(batch["noise_seed"][0]))
         loss = diffusion_forcing_loss(self.generator, batch["z"], feats.to(batch["z"].dtype), batch["z_ref"],
                                       batch["emotion"], generator=noise)
