@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=frame_size, default=None, help="frame size the frames are scored at, as `render` outputs them (default 256, or the "
                         "decoder's if larger); a smaller decoder's frames are upscaled")
     p.add_argument("--cache", choices=POLICY_NAMES, default=None, help="default policy (default: the preset's)")
+    p.add_argument("--chunk-frames", type=positive_int, default=None, metavar="N",
+                   help="frames the generator makes at a time (default: its own; any size it was trained for, as "
+                        "serve --latency low runs the smallest)")
     p.add_argument("--json", type=output_file, default=None, help="write the report here")
     p.set_defaults(run=run)
 
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
                                                        "decoder")),
                     load_weights(weights, "probe", ProbeConfig, Probe)[0].eval().requires_grad_(False),
                     encoder_latent_kind(weights))
+    if args.chunk_frames is not None:
+        models.motion.config = models.motion.config.with_chunk(args.chunk_frames)
     size = args.size or max(models.decoder.config.resolution, DEFAULT_SIZE)
     cache = get_preset("tiny").cache
     if args.cache:
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(models, clips, clip_seconds, long_seconds, size, cache, meter=meter,
                           progress=lambda _: bar.update(1))
     report["weights"] = str(Path(weights).resolve())
+    report["chunk_frames"] = models.motion.config.chunk_frames
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     if args.json:
         tmp = args.json.with_name(f".{args.json.name}.part")
