@@ -37,6 +37,7 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actorcast.actors.engine import Engine  # noqa: E402
+from actorcast.actors.loading import motion_config, resolve_weights  # noqa: E402
 from bench import livekit_latency, pipecat_latency  # noqa: E402
 from bench.callers import portrait_data  # noqa: E402
 from bench.common import ROOT, run_record, write_json  # noqa: E402
@@ -262,8 +263,12 @@ async def main_async(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="actorcast-live-"))
     wav = work / "speech.wav"
     write_wav(wav, generate_speech(11, seconds + 2))
-    result: dict = {"seconds": seconds, "preset": "tiny", "size": 256, "stages": args.stages, "shards": args.shards}
-    with Engine(stage_threads=LIVE_STAGE_THREADS, processes=args.stages == "processes", shards=args.shards) as engine:
+    result: dict = {"seconds": seconds, "preset": "tiny", "size": 256, "stages": args.stages, "shards": args.shards,
+                    "latency": args.latency}
+    chunk = motion_config(resolve_weights(None)).trained_chunks[0] if args.latency == "low" else None
+    with Engine(stage_threads=LIVE_STAGE_THREADS, processes=args.stages == "processes", shards=args.shards,
+                chunk_frames=chunk) as engine:
+        result["chunk_frames"] = engine.chunk_frames
         async with serving(engine, max_sessions=max(8, args.max_calls)) as served:
             url = served.url
             one = (await concurrent_calls(url, wav, 1, seconds))[0]
@@ -315,6 +320,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stages", choices=("processes", "threads"), default="processes",
                         help="where the server runs its stages: a worker process each (default, as serve does) or "
                              "worker threads of its process (serve --stages threads)")
+    parser.add_argument("--latency", choices=("low", "balanced"), default="low",
+                        help="the generator's chunk size as serve --latency takes it: low (default) the smallest "
+                             "its weights are trained for, balanced its own")
     parser.add_argument("--shards", type=int, default=1,
                         help="decoder shards, each in a worker process of its own with --stages processes "
                              "(default 1)")

@@ -50,10 +50,14 @@ def face_of(identity: int | None = None, portrait: "Framing | np.ndarray | str |
 def engine_args(weights: str | Path | None = None, preset: str = "tiny", use_ray: bool = False,
                 address: str | None = None, shards: int = 1, size: int = 256) -> dict:
     """The Engine an avatar builds when none is given: in-process with the live call's stage threads, or on Ray
-    (use_ray, address or shards > 1)."""
+    (use_ray, address or shards > 1); the generator at the smallest chunk its weights are trained for, as
+    `serve --latency low` runs it (a voice agent's answer waits for its face)."""
+    from actorcast.actors.loading import motion_config, resolve_weights
+
     ray = use_ray or address is not None or shards > 1
+    chunk = motion_config(resolve_weights(weights, preset), preset).trained_chunks[0]
     return {"weights": weights, "preset": preset, "shards": shards, "use_ray": ray, "address": address,
-            "size": size, "stage_threads": None if ray else LIVE_STAGE_THREADS}
+            "size": size, "stage_threads": None if ray else LIVE_STAGE_THREADS, "chunk_frames": chunk}
 
 
 async def build_engine(args: dict):
