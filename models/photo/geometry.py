@@ -38,6 +38,17 @@ def smooth(x: torch.Tensor) -> torch.Tensor:
     return x * x * (3 - 2 * x)
 
 
+def smooth_(x: torch.Tensor) -> torch.Tensor:
+    """`smooth`, computed in place of x (a temporary the caller gives up): fewer passes over the pixels."""
+    x = x.clamp_(0.0, 1.0)
+    return (x * x).mul_(x.mul_(-2).add_(3))
+
+
+def falloff(x: torch.Tensor, start: float, width: float) -> torch.Tensor:
+    """1 - smooth((x - start) / width): 1 up to `start`, 0 from start + width (x is left as it is)."""
+    return smooth_(x.mul(-1 / width).add_((start + width) / width))
+
+
 @dataclass(frozen=True)
 class Frame:
     """A local frame on the photo: origin, unit axes (s along, t across, + down the face), units in pixels."""
@@ -64,6 +75,12 @@ class Frame:
         ox, oy, ax, ay, dx, dy = self._floats
         x, y = p[..., 0] - ox, p[..., 1] - oy
         return (x * ax + y * ay) / self.s_unit, (x * dx + y * dy) / self.t_unit
+
+    def point(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """s, t (...) -> points (..., 2) px: the inverse of `st`."""
+        ox, oy, ax, ay, dx, dy = self._floats
+        s, t = s * self.s_unit, t * self.t_unit
+        return torch.stack([(s * ax).add_(t, alpha=dx).add_(ox), (s * ay).add_(t, alpha=dy).add_(oy)], dim=-1)
 
     def offset(self, ds: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """Displacements in s, t units (...) -> px (..., 2)."""

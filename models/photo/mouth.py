@@ -120,8 +120,13 @@ class MouthInterior:
         inner edge, a darker moist band along the opening. Teeth shade darker towards the lip they grow from (the
         gum line, in its shadow). All of it is placed in the still face's frame and from the parameters alone (the
         rows do not stretch as the lips spread), so nothing flickers from frame to frame."""
-        px = self.height
         s, t = self.mouth.st(at)
+        return self.draw_st(s, t, side_up, side_lo, drop)
+
+    def draw_st(self, s: torch.Tensor, t: torch.Tensor, side_up: torch.Tensor, side_lo: torch.Tensor,
+                drop: torch.Tensor) -> torch.Tensor:
+        """`draw` at the head-moved points given in the mouth's frame, s and t (B, h, w)."""
+        px = self.height
         s, t = s[:, None], t[:, None]                                       # (B, 1, h, w)
         seam = on_curve(self.seam, s)
         d_up, d_lo = side_up, -side_lo

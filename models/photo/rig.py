@@ -76,8 +76,10 @@ from actorcast.models.photo.geometry import (
     check_landmarks,
     curve,
     on_curve,
+    falloff,
     sample,
     smooth,
+    smooth_,
     span,
 )
 from actorcast.models.photo.mouth import MouthInterior
@@ -155,6 +157,7 @@ class PhotoRig:
         reach = max(2.4 * half for _, half in self.brows) + 0.18 * h
         ends = torch.stack([c for c, _ in self.brows])
         self.brow_box = span(ends.amin(0) - reach, ends.amax(0) + reach, BOX_PAD * h, size)
+        self.brow_frames = [(tuple(float(v) for v in self.mouth.st(c)), half) for c, half in self.brows]  # (s, t)
         self._fit_head(m)
         # a face already turned away in the photo turns and nods less (`turn_note` says so; None: in full)
         self.turn_gain = turn_gain(photo_pose(m))
@@ -203,56 +206,124 @@ class PhotoRig:
         ys, xs = (torch.linspace(a.start + 0.5, a.stop - 0.5, max(2, -(-(a.stop - a.start) // HEAD_GRID) + 1))
                   for a in (rows, cols))                                 # the box's first and last pixel centres
         self.head_grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)   # (h', w', 2) px
+        self.head_grid_weight = self._head_weight(self.head_grid)[..., None]          # (h', w', 1)
         self.pivot = torch.as_tensor(m[CHIN]) + 0.25 * self.height * self.mouth.down
 
-    # ---- the layers' warps: forward displacement (px) of a photo point p (B, R, R, 2) --------------------------
+    # ---- the layers' warps, in the mouth's frame (s, t): a layer's inverse is found there, where its forward
+    # displacement (ds, dt) is read off directly, and turned into pixels once ---------------------------------
 
-    def _mouth_offset(self, p: torch.Tensor, prm: torch.Tensor, lower: bool) -> torch.Tensor:
-        s, t = self.mouth.st(p)
-        seam = on_curve(self.seam, s)
-        below = t - seam                                                     # face heights under the seam
-        drop = JAW_DROP * prm[:, PARAM_INDEX["jaw_open"], None, None]
-        if lower:
-            depth = smooth(below / max(self.chin_t - float(self.seam[0]), 1e-3))  # 0 at the seam, 1 at the chin
-            core, fade = 0.15 + 0.6 * depth, 0.85 + 0.9 * depth              # full drop for |s| < core, 0 past +fade
-            lateral = 1 - smooth((s.abs() - core) / fade)
-            under_chin = 1 - smooth((t - self.chin_t) / 0.3)                # the neck stays
-            dt = drop * lateral * under_chin
+    def _mouth_gains(self, prm: torch.Tensor) -> dict:
+        """The mouth's motion per frame, each (B, 1, 1) or None where it is 0 in every frame (its term is skipped):
+        the jaw's drop (face heights), the corners' move along s, the lips' thinning and the smile."""
+        def g(name: str) -> torch.Tensor:
+            return prm[:, PARAM_INDEX[name], None, None]
+
+        def some(x: torch.Tensor) -> torch.Tensor | None:
+            return x if bool((x != 0).any()) else None
+        spread = g("lip_spread")
+        return {"drop": some(JAW_DROP * g("jaw_open")),
+                "ds": some(SPREAD_GAIN * spread - ROUND_GAIN * g("lip_round")),
+                "spread": some(spread), "smile": some(SMILE_GAIN * g("smile"))}
+
+    def _mouth_along(self, s: torch.Tensor, gains: dict, lower: bool) -> dict:
+        """The parts of a layer's displacement that depend on s only (B, h, w): computed once per inverse where s
+        does not move (no lip_spread, lip_round or smile), else at every step."""
+        a = s.abs()
+        along = {"a": a, "seam": on_curve(self.seam, s)}
+        if not lower:
+            along["lateral"] = falloff(a, 0.15, 0.85)
+            along["inner"] = on_curve(self.upper_inner, s).mul_(-10).add_(1)    # 1 - 10 * the inner edge's t
         else:
-            lateral = 1 - smooth((s.abs() - 0.15) / 0.85)
-            # the rise is whole up to the upper lip's inner edge (the teeth the photo shows rise with it unsquashed)
-            # and fades out over 0.1 face heights above it
-            over = on_curve(self.upper_inner, s) - t
-            dt = -UPPER_LIP_RISE * drop * lateral * (1 - smooth(over / 0.1))
-        # the corners: out with lip_spread, in with lip_round, up with smile
-        sides = 1 - smooth((s.abs() - 1.0) / 0.8)                            # 1 to the corners, 0 past 1.8
-        near = sides * (1 - smooth((below.abs() - 0.05) / 0.15))
-        spread = prm[:, PARAM_INDEX["lip_spread"], None, None]
-        rnd = prm[:, PARAM_INDEX["lip_round"], None, None]
-        ds = (SPREAD_GAIN * spread - ROUND_GAIN * rnd) * s.clamp(-1, 1) * near
+            along["1-a"] = 1 - a
+        if gains["ds"] is not None or gains["spread"] is not None or gains["smile"] is not None:
+            along["sides"] = falloff(a, 1.0, 0.8)                              # 1 to the corners, 0 past 1.8
+            along["clamped"] = s.clamp(-1, 1)
+        return along
+
+    def _mouth_offset(self, s: torch.Tensor, t: torch.Tensor, along: dict, gains: dict,
+                      lower: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The forward displacement (ds, dt) of the upper or lower layer at mouth points (s, t) (B, h, w), each
+        None where it is 0. Lower layer: the lower lip, chin and jaw drop by `drop`, fading out towards the mouth
+        corners and below the chin. Upper: the upper lip rises UPPER_LIP_RISE of it. Both: the corners move out
+        with lip_spread, in with lip_round and up with smile."""
+        drop, ds_gain, spread, smile = gains["drop"], gains["ds"], gains["spread"], gains["smile"]
+        below = t - along["seam"]                                            # face heights under the seam
+        dt = ds = None
+        if drop is not None:
+            if lower:
+                depth = smooth_(below * (1 / max(self.chin_t - float(self.seam[0]), 1e-3)))  # 0 at the seam, 1 at chin
+                # full drop for |s| < core = 0.15 + 0.6 depth, none past core + fade, fade = 0.85 + 0.9 depth
+                fade = depth.mul(0.9).add_(0.85)
+                lateral = smooth_(torch.add(along["1-a"], depth, alpha=1.5).div_(fade))
+                under_chin = smooth_(t.mul(-1 / 0.3).add_(1 + self.chin_t / 0.3))  # the neck stays
+                dt = lateral.mul_(under_chin).mul_(drop)
+            else:
+                # the rise is whole up to the upper lip's inner edge (the teeth the photo shows rise with it
+                # unsquashed) and fades out over 0.1 face heights above it
+                dt = smooth_(torch.add(along["inner"], t, alpha=10)).mul_(along["lateral"]).mul_(
+                    drop * -UPPER_LIP_RISE)
+        if ds_gain is not None or smile is not None:
+            near = smooth_(below.abs().mul_(-1 / 0.15).add_(0.2 / 0.15)).mul_(along["sides"])
+            if ds_gain is not None:
+                ds = near * along["clamped"] * ds_gain
+            if smile is not None:
+                lift = near.mul_(along["clamped"].square()).mul_(smile)
+                dt = -lift if dt is None else dt.sub_(lift)
         # the lip thins as it spreads (thickens as it narrows): its outer border moves towards its inner edge by
         # LIP_THIN of its thickness at lip_spread = 1, the inner edge stays, and the skin over (under) it follows,
         # less and less over 1.5 lip thicknesses. The edge and border run along the seam at their offsets in the
         # mouth's middle (cheaper than their own curves: this warp is evaluated at every step of both layers'
         # inverses over the whole mouth box)
-        if bool((spread != 0).any()):
+        if spread is not None:
             edge, thick = self.lip_edges[int(lower)]
-            x = (below - edge) / thick                                       # 0 at the inner edge, 1 at the border
-            grow = x.clamp(0, 1) - ((x - 1) / 1.5).clamp(0, 1)
-            dt = dt - (LIP_THIN * thick) * spread * grow * sides
-        dt = dt - SMILE_GAIN * prm[:, PARAM_INDEX["smile"], None, None] * s.clamp(-1, 1).square() * near
-        return self.mouth.offset(ds, dt)
+            x = (below - edge).mul_(1 / thick)                                 # 0 at the inner edge, 1 at the border
+            grow = x.clamp(0, 1).sub_(x.sub_(1).mul_(1 / 1.5).clamp_(0, 1))
+            thin = grow.mul_(along["sides"]).mul_(spread * (LIP_THIN * thick))
+            dt = -thin if dt is None else dt.sub_(thin)
+        return ds, dt
 
-    def _brow_offset(self, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+    def _mouth_inverse(self, s0: torch.Tensor, t0: torch.Tensor, gains: dict,
+                       lower: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The mouth point (s, t) of the upper or lower layer that lands on (s0, t0), by INVERSE_STEPS fixed-point
+        steps from it, and the s-only parts of its displacement at that point's s (`_mouth_along`)."""
+        along = self._mouth_along(s0, gains, lower)
+        s, t = s0, t0
+        for step in range(INVERSE_STEPS):
+            ds, dt = self._mouth_offset(s, t, along, gains, lower)
+            if ds is None and dt is None:
+                break
+            t = t0 - dt if dt is not None else t0
+            if ds is not None:
+                s = s0 - ds
+                along = self._mouth_along(s, gains, lower)
+        return s, t, along
+
+    def _brows(self, base: torch.Tensor, prm: torch.Tensor) -> None:
+        """brow_raise lifts an elliptic band around each brow ("up" taken from the mouth's frame): the brow box of
+        the head-moved points `base` (B, R, R, 2) is moved to where the lifted brows come from, in place. The lift
+        is along t only, so the inverse's fixed-point steps move t alone."""
         raise_ = prm[:, PARAM_INDEX["brow_raise"], None, None]
-        dt = torch.zeros_like(p[..., 0])
-        s, t = self.mouth.st(p)  # an elliptic band around each brow, "up" taken from the mouth's frame
-        for centre, half in self.brows:
-            cs, ct = self.mouth.st(centre)
-            dist = torch.sqrt(((s - float(cs)) * (self.mouth.s_unit / (1.6 * half))) ** 2
-                              + ((t - float(ct)) / 0.12) ** 2)
-            dt = dt - BROW_GAIN * raise_ * (1 - smooth(dist - 0.5))
-        return self.mouth.offset(torch.zeros_like(dt), dt)
+        if not bool((raise_ != 0).any()):
+            return                                                          # nothing moves
+        rows, cols = self.brow_box
+        target = base[:, rows, cols]
+        s, t0 = self.mouth.st(target)
+        across = [((s - float(cs)) * (self.mouth.s_unit / (1.6 * half))).square_()
+                  for (cs, ct), half in self.brow_frames]
+        gain = BROW_GAIN * raise_
+        t = t0
+        for _ in range(INVERSE_STEPS):
+            lift = None
+            for ((cs, ct), half), a2 in zip(self.brow_frames, across):
+                dist = (t - ct).mul_(1 / 0.12).square_().add_(a2).sqrt_()
+                band = smooth_(dist.mul_(-1).add_(1.5))                     # 1 - smooth(dist - 0.5)
+                lift = band if lift is None else lift.add_(band)
+            dt = lift.mul_(-gain)
+            t = t0 - dt
+        _, _, _, _, dx, dy = self.mouth._floats
+        dt = dt.mul_(-self.mouth.t_unit)
+        target[..., 0].add_(dt * dx)
+        target[..., 1].add_(dt * dy)
 
     def _head_motion(self, prm: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The head's motion per frame, each (B, 1, 1): cos and sin of yaw, pitch and roll, scale, shift x, y (px).
@@ -313,27 +384,17 @@ class PhotoRig:
         gx, gy = grid[..., 0] - px, grid[..., 1] - py                        # from the pivot
         rx, ry = (gx - dx) / scale, (gy - dy) / scale
         unrolled = torch.stack([cos_r * rx + sin_r * ry - gx, -sin_r * rx + cos_r * ry - gy], -1)  # px, from grid
-        turned = grid + self._head_weight(grid)[..., None] * unrolled        # (B, h', w', 2)
-        back = self._invert(turned, lambda q: self._turn_offset(q, motion)) - grid
+        turned = grid + self.head_grid_weight * unrolled                    # (B, h', w', 2)
+        q = turned                                                           # fixed-point steps: q + turn(q) = turned
+        for _ in range(INVERSE_STEPS):
+            q = turned - self._turn_offset(q, motion)
+        back = q - grid
         rows, cols = self.head_box
         size = (rows.stop - rows.start, cols.stop - cols.start)
         back = F.interpolate(back.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
         base = self.pixels[None].expand(n, -1, -1, -1).clone()
         base[:, rows, cols] += back.permute(0, 2, 3, 1)
         return base
-
-    @staticmethod
-    def _invert(target: torch.Tensor, offset) -> torch.Tensor:
-        """The photo point q with q + offset(q) = target, (B, R, R, 2), by fixed-point steps from the target."""
-        q = target - offset(target)
-        for _ in range(INVERSE_STEPS - 1):
-            q = target - offset(q)
-        return q
-
-    def _side(self, q: torch.Tensor, frame: Frame, coef: torch.Tensor) -> torch.Tensor:
-        """Pixels of q below the curve (negative: above), (B, 1, R, R)."""
-        s, t = frame.st(q)
-        return ((t - on_curve(coef, s)) * self.height)[:, None]
 
     def relative(self, params: torch.Tensor) -> torch.Tensor:
         """Parameters (B, N_PARAMS) -> the motion the rig draws: away from the rest pose, which is the photo itself.
@@ -356,29 +417,40 @@ class PhotoRig:
         # Each layer's warp is zero outside its box (geometry.box): it is evaluated there only, on the
         # head-moved points.
         base = self._head_inverse(prm)                                       # (B, R, R, 2)
-        rows, cols = self.brow_box
-        base[:, rows, cols] = self._invert(base[:, rows, cols], lambda q: self._brow_offset(q, prm))
+        self._brows(base, prm)
         plain = sample(self.image, base)                                     # (B, 3, R, R): the moved photo
         out = plain.clone()
         # eyes: the lids close over the eyeball, the irises move inside it
         self.eyes.draw(out, base, plain, prm)
-        # mouth: the upper and lower layers part along the seam; the interior shows between them
+        self._draw_mouth(out, base, plain, prm)
+        return out.clamp_(0, 1)
+
+    def _draw_mouth(self, out: torch.Tensor, base: torch.Tensor, plain: torch.Tensor, prm: torch.Tensor) -> None:
+        """The mouth into its box of the frames `out` (B, 3, R, R), in place: the upper and lower layers part along
+        the seam, and the interior shows between them."""
+        gains = self._mouth_gains(prm)
+        if gains["drop"] is None and gains["ds"] is None and gains["spread"] is None and gains["smile"] is None:
+            return                                                          # the mouth is the moved photo's
         rows, cols = self.mouth_box
         at, still = base[:, rows, cols], plain[:, :, rows, cols]  # the box may reach the lids: add to `out`
-        q_up = self._invert(at, lambda q: self._mouth_offset(q, prm, lower=False))
-        q_lo = self._invert(at, lambda q: self._mouth_offset(q, prm, lower=True))
-        side_up, side_lo = self._side(q_up, self.mouth, self.seam), self._side(q_lo, self.mouth, self.seam)
-        a_up = (0.5 - side_up).clamp(0, 1)
-        a_lo = (0.5 + side_lo).clamp(0, 1)
-        gap = (1 - a_up - a_lo).clamp(0, 1)
-        mouth = a_up * sample(self.image, q_up) + a_lo * sample(self.image, q_lo)
+        s0, t0 = self.mouth.st(at)
+        s_up, t_up, along_up = self._mouth_inverse(s0, t0, gains, lower=False)
+        s_lo, t_lo, along_lo = self._mouth_inverse(s0, t0, gains, lower=True)
+        # px under (over, negative) the seam
+        side_up = (t_up - along_up["seam"]).mul_(self.height)[:, None]      # (B, 1, h, w)
+        side_lo = (t_lo - along_lo["seam"]).mul_(self.height)[:, None]
+        a_up = (0.5 - side_up).clamp_(0, 1)
+        a_lo = (0.5 + side_lo).clamp_(0, 1)
+        gap = (1 - a_up - a_lo).clamp_(0, 1)
+        mouth = sample(self.image, self.mouth.point(s_up, t_up)).mul_(a_up)
+        mouth.addcmul_(sample(self.image, self.mouth.point(s_lo, t_lo)), a_lo)
+        mouth.sub_(still * (a_up + a_lo + gap))
         # the inside is drawn only over the rows and columns where the mouth is open in some frame
-        inside = torch.zeros_like(mouth)
         shown = gap.amax(dim=(0, 1)) > 0                                     # (h, w)
         if shown.any():
             r, c = torch.nonzero(shown.any(1))[:, 0], torch.nonzero(shown.any(0))[:, 0]
             r, c = slice(int(r[0]), int(r[-1]) + 1), slice(int(c[0]), int(c[-1]) + 1)
             drop = JAW_DROP * prm[:, PARAM_INDEX["jaw_open"], None, None, None]
-            inside[..., r, c] = self.interior.draw(at[:, r, c], side_up[..., r, c], side_lo[..., r, c], drop)
-        out[:, :, rows, cols] += mouth + gap * inside - still * (a_up + a_lo + gap)
-        return out.clamp(0, 1)
+            inside = self.interior.draw_st(s0[:, r, c], t0[:, r, c], side_up[..., r, c], side_lo[..., r, c], drop)
+            mouth[..., r, c].addcmul_(gap[..., r, c], inside)
+        out[:, :, rows, cols] += mouth
