@@ -25,7 +25,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from actorcast.models.data.params import emotion_index
-from actorcast.models.errors import InputError, TooLargeError
+from actorcast.models.errors import ActorcastError, InputError, TooLargeError
 from actorcast.models.timebase import FPS
 from actorcast.streaming.figures import percentiles
 from actorcast.streaming.ice import rtc_configuration, set_local_description
@@ -179,6 +179,9 @@ class LiveCall:
                 self.video.put(vf.first_frame, vf.frames, vf.degraded)
         except asyncio.CancelledError:
             raise
+        except ActorcastError as e:  # a stage that failed (its worker died, say): one line, to the log and caller
+            log.error("call %s ended: %s", self.call_id, e)
+            self._send({"type": "error", "error": f"the call ended: {e}"})
         except Exception:
             log.exception("call %s: the session failed", self.call_id)
         await self.close()

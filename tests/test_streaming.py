@@ -196,6 +196,32 @@ async def test_vanished_peer_frees_session_and_actors(engine, speech_wav, caplog
             engine.motion.submit("snapshot", sid).result()
 
 
+@pytest.mark.asyncio
+async def test_a_dead_stage_worker_ends_its_call_with_one_line_and_frees_the_slot(engine, speech_wav, caplog):
+    """The motion stage's worker process dies mid-call: the call ends, the caller is told in one line, its slot is
+    free, and the next call is served by a new worker."""
+    caplog.set_level(logging.INFO, logger="actorcast.streaming.peer")
+    pcm = decode_audio_48k(speech_wav.read_bytes())
+    async with serving(engine, max_sessions=1) as (url, server):
+        caller = LiveCaller(url, pcm)
+        await caller.start()
+        await wait_for(lambda: server.calls and next(iter(server.calls.values())).frames_sent > 10, 30.0)
+        pid = engine.motion.pid
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: not server.calls, 30.0)  # a hang guard
+        await wait_for(lambda: any(m["type"] == "error" for m in caller.rec.messages), 5.0)
+        await caller.stop()
+        ended = [m["error"] for m in caller.rec.messages if m["type"] == "error"]
+        assert ended == [f"the call ended: the motion stage's worker process ended (exit code -{signal.SIGKILL})"
+                         "; the calls it served are over, new ones get a new worker"], ended
+        assert not any(r.exc_info for r in caplog.records)  # one line, no traceback
+        again = LiveCaller(url, pcm)
+        await again.start()
+        await wait_for(lambda: server.calls and next(iter(server.calls.values())).frames_sent > 10, 60.0)
+        await again.stop()
+    assert engine.motion.pid not in (None, pid)
+
+
 async def _play_chunks(late_s: dict[int, float], chunks: int, frames: int):
     """4-frame chunks put into an AvatarVideoTrack one every 160 ms, chunk k `late_s.get(k, 0)` s late, while
     `frames` frames are sent. Returns the track, each chunk's first-frame wait for its slot in ms (chunk -> ms)
