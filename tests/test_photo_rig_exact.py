@@ -13,10 +13,14 @@ from actorcast.models.photo.geometry import INNER_LOWER, INNER_UPPER, on_curve, 
 from actorcast.models.photo.reference import square_tensor, to_uint8
 from actorcast.models.photo.rig import (
     BROW_GAIN,
+    FACE_DEPTH,
+    HAIR_DEPTH,
     HEAD_FEATHER,
     INVERSE_STEPS,
     JAW_DROP,
     LIP_THIN,
+    NOSE_DEPTH,
+    NOSE_WIDTH,
     ROUND_GAIN,
     SMILE_GAIN,
     SPREAD_GAIN,
@@ -78,6 +82,21 @@ def _head_weight(rig, q):
     return 1 - smooth((r.sqrt() - 1) / HEAD_FEATHER)
 
 
+def _turn_offset(rig, q, motion):
+    cos_y, sin_y, cos_p, sin_p = motion[:4]
+    (fx, fy), (ax, ay) = rig.face_centre.tolist(), rig.face_half.tolist()
+    x, y = q[..., 0] - fx, q[..., 1] - fy
+    cap = (1 - (x / ax).square() - (y / ay).square()).clamp(min=0)
+    nx, ny = rig.nose.tolist()
+    nose = torch.exp(((q[..., 0] - nx).square() + (q[..., 1] - ny).square()) * (-0.5 / (NOSE_WIDTH * rig.height) ** 2))
+    (hx, hy), (hw, hh) = rig.head_centre.tolist(), rig.head_half.tolist()
+    skull = (1 - ((q[..., 0] - hx) / hw).square() - ((q[..., 1] - hy) / hh).square()).clamp(min=0)
+    z = ax * (torch.maximum(FACE_DEPTH * cap * cap.sqrt(), HAIR_DEPTH * skull * skull.sqrt()) + NOSE_DEPTH * nose)
+    turn_x = x * (cos_y - 1) + z * sin_y
+    turn_y = y * (cos_p - 1) + (z * cos_y - x * sin_y) * sin_p
+    return _head_weight(rig, q)[..., None] * torch.stack([turn_x, turn_y], -1)
+
+
 def _head_inverse(rig, prm):
     n = prm.shape[0]
     motion = rig._head_motion(prm)
@@ -88,7 +107,7 @@ def _head_inverse(rig, prm):
     rx, ry = (gx - dx) / scale, (gy - dy) / scale
     unrolled = torch.stack([cos_r * rx + sin_r * ry - gx, -sin_r * rx + cos_r * ry - gy], -1)
     turned = grid + _head_weight(rig, grid)[..., None] * unrolled
-    back = _invert(turned, lambda q: rig._turn_offset(q, motion)) - grid
+    back = _invert(turned, lambda q: _turn_offset(rig, q, motion)) - grid
     rows, cols = rig.head_box
     size = (rows.stop - rows.start, cols.stop - cols.start)
     back = F.interpolate(back.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)

@@ -187,6 +187,10 @@ class PhotoRig:
         self.chin_t = float(self.mouth.st(torch.as_tensor(m[CHIN]))[1])
         self.interior = MouthInterior(self.image, m, self.mouth, self.seam, self.parted, h)
         seam_t = on_curve(self.seam, torch.linspace(-1.2, 1.2, 25))
+        # for `_mouth_extent`: the seam's steepest slope, and the upper lip's inner edge's least height over it
+        self.seam_slope = max(abs(self.seam[1] - 2.4 * self.seam[2]), abs(self.seam[1] + 2.4 * self.seam[2]))
+        along = torch.linspace(-1.2, 1.2, 241)
+        self.inner_over_seam = float((on_curve(self.upper_inner, along) - on_curve(self.seam, along)).amin()) - 1e-3
         self.mouth_box = box(self.mouth, 2.8, float(seam_t.amin()) - 0.3, self.chin_t + 0.5, h, self.size)
 
     def _fit_head(self, m: np.ndarray) -> None:
@@ -344,28 +348,32 @@ class PhotoRig:
         r = ((q[..., 0] - hx) / hw).square() + ((q[..., 1] - hy) / hh).square()
         return 1 - smooth((r.sqrt() - 1) / HEAD_FEATHER)
 
-    def _turn_offset(self, q: torch.Tensor, motion: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Forward displacement (px) of photo points q (B, h, w, 2) as the head turns (yaw) and nods (pitch).
+    def _turn_offset(self, qx: torch.Tensor, qy: torch.Tensor,
+                     motion: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward displacement (px, x and y) of photo points (qx, qy) (B, h, w) as the head turns (yaw) and nods
+        (pitch).
 
         Each point has a depth: a cap over the face oval, FACE_DEPTH face half widths high in its middle and 0 at
         its rim, (1 - r^2)^1.5 in between (flat at the rim, so no fold there), plus a Gaussian nose; under and
         around it a lower cap (HAIR_DEPTH) over the whole head region, so the hair over the forehead turns with
         the face and only the head's outline stays. Yaw turns it about the vertical axis through the oval's centre
         in the rim's plane and pitch about the horizontal one, seen from the front (orthographic): the nose moves
-        most, the ears hardly."""
+        most, the ears hardly. The motion is weighted by `_head_weight`."""
         cos_y, sin_y, cos_p, sin_p = motion[:4]
         (fx, fy), (ax, ay) = self.face_centre.tolist(), self.face_half.tolist()
-        x, y = q[..., 0] - fx, q[..., 1] - fy
-        cap = (1 - (x / ax).square() - (y / ay).square()).clamp(min=0)
+        x, y = qx - fx, qy - fy
+        cap = (x * (1 / ax)).square_().add_((y * (1 / ay)).square_()).neg_().add_(1).clamp_(min=0)
         nx, ny = self.nose.tolist()
-        nose = torch.exp(((q[..., 0] - nx).square() + (q[..., 1] - ny).square())
-                         * (-0.5 / (NOSE_WIDTH * self.height) ** 2))
+        nose = (qx - nx).square_().add_((qy - ny).square_()).mul_(-0.5 / (NOSE_WIDTH * self.height) ** 2).exp_()
         (hx, hy), (hw, hh) = self.head_centre.tolist(), self.head_half.tolist()
-        skull = (1 - ((q[..., 0] - hx) / hw).square() - ((q[..., 1] - hy) / hh).square()).clamp(min=0)
-        z = ax * (torch.maximum(FACE_DEPTH * cap * cap.sqrt(), HAIR_DEPTH * skull * skull.sqrt()) + NOSE_DEPTH * nose)
-        turn_x = x * (cos_y - 1) + z * sin_y                                 # yaw: + turns the nose image right
-        turn_y = y * (cos_p - 1) + (z * cos_y - x * sin_y) * sin_p           # pitch: + nods the nose down
-        return self._head_weight(q)[..., None] * torch.stack([turn_x, turn_y], -1)
+        r = ((qx - hx) * (1 / hw)).square_().add_(((qy - hy) * (1 / hh)).square_())   # the head region's radius^2
+        skull = (1 - r).clamp_(min=0)
+        z = torch.maximum(cap.sqrt().mul_(cap).mul_(FACE_DEPTH), skull.sqrt().mul_(skull).mul_(HAIR_DEPTH))
+        z = z.add_(nose, alpha=NOSE_DEPTH).mul_(ax)
+        weight = falloff(r.sqrt_(), 1.0, HEAD_FEATHER)                       # _head_weight
+        turn_x = (x * (cos_y - 1)).addcmul_(z, sin_y).mul_(weight)          # yaw: + turns the nose image right
+        turn_y = (z * cos_y).sub_(x.mul_(sin_y)).mul_(sin_p).addcmul_(y, cos_p - 1).mul_(weight)  # pitch: + nods down
+        return turn_x, turn_y
 
     def _head_inverse(self, prm: torch.Tensor) -> torch.Tensor:
         """Where in the still photo each output pixel comes from under head motion: (B, R, R, 2).
@@ -379,19 +387,21 @@ class PhotoRig:
         n = prm.shape[0]
         motion = self._head_motion(prm)
         *_, cos_r, sin_r, scale, dx, dy = motion
-        grid = self.head_grid[None]                                          # (1, h', w', 2)
+        gx, gy = self.head_grid[..., 0], self.head_grid[..., 1]              # (h', w') px
         px, py = self.pivot.tolist()
-        gx, gy = grid[..., 0] - px, grid[..., 1] - py                        # from the pivot
-        rx, ry = (gx - dx) / scale, (gy - dy) / scale
-        unrolled = torch.stack([cos_r * rx + sin_r * ry - gx, -sin_r * rx + cos_r * ry - gy], -1)  # px, from grid
-        turned = grid + self.head_grid_weight * unrolled                    # (B, h', w', 2)
-        q = turned                                                           # fixed-point steps: q + turn(q) = turned
+        ux, uy = gx - px, gy - py                                            # from the pivot
+        rx, ry = (ux - dx) / scale, (uy - dy) / scale
+        w = self.head_grid_weight[..., 0]
+        tx = (cos_r * rx + sin_r * ry - ux).mul_(w).add_(gx)                 # the turned points (B, h', w')
+        ty = (cos_r * ry - sin_r * rx - uy).mul_(w).add_(gy)
+        qx, qy = tx, ty                                                      # fixed-point steps: q + turn(q) = turned
         for _ in range(INVERSE_STEPS):
-            q = turned - self._turn_offset(q, motion)
-        back = q - grid
+            ox, oy = self._turn_offset(qx, qy, motion)
+            qx, qy = tx - ox, ty - oy
+        back = torch.stack([qx.sub_(gx), qy.sub_(gy)], dim=1)                # (B, 2, h', w') px
         rows, cols = self.head_box
         size = (rows.stop - rows.start, cols.stop - cols.start)
-        back = F.interpolate(back.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
+        back = F.interpolate(back, size=size, mode="bilinear", align_corners=True)
         base = self.pixels[None].expand(n, -1, -1, -1).clone()
         base[:, rows, cols] += back.permute(0, 2, 3, 1)
         return base
@@ -425,32 +435,90 @@ class PhotoRig:
         self._draw_mouth(out, base, plain, prm)
         return out.clamp_(0, 1)
 
+    def _mouth_extent(self, s0: torch.Tensor, t0: torch.Tensor, below0: torch.Tensor, gains: dict) -> list:
+        """Where each layer must be worked out, of mouth points (s0, t0) (B, h, w), `below0` under the seam: for
+        the upper and the lower layer, the box (rows, columns) of the pixels where it may both move and show, or
+        None. Everywhere else the layer is still (its displacement is 0 at the point itself, so its inverse is the
+        point) or hidden (its weight and the gap are 0 in every frame), which holds for any pixel whose bounds say
+        so: the layers move at most `reach` face heights (t) and `ds` (s), and each term of their warp is 0 past
+        its own fade. There, the point itself stands in for the layer's inverse: it draws the same."""
+        eps = 1e-3
+        drop, ds_gain, spread, smile = (gains[k] for k in ("drop", "ds", "spread", "smile"))
+        big = lambda x: 0.0 if x is None else float(x.abs().amax())       # noqa: E731
+        sides = ds_gain is not None or smile is not None or spread is not None   # terms that fade past |s| 1.8
+        (edge_up, thick_up), (edge_lo, thick_lo) = self.lip_edges
+        reach = max(UPPER_LIP_RISE * big(drop) + LIP_THIN * abs(thick_up) * big(spread),
+                    big(drop) + LIP_THIN * abs(thick_lo) * big(spread)) + big(smile)
+        hidden = 1 / self.height + reach + self.seam_slope * big(ds_gain) + eps   # past it: a_up (a_lo) and gap 0
+        a0 = s0.abs()
+        # the upper layer is still over the lip's inner edge by 0.1 (jaw), 0.2 over the seam (corners, smile) and
+        # past its red's border (thinning), or past |s| 1 (jaw) and 1.8 (the rest)
+        over = [self.inner_over_seam - 0.1] if drop is not None else []
+        over += [-0.2] if (ds_gain is not None or smile is not None) else []
+        over += [min(edge_up, edge_up + 2.5 * thick_up)] if spread is not None else []
+        still_up = (below0 <= min(over, default=0.0) - eps) | (a0 >= (1.8 if sides else 1.0) + eps)
+        up = ~still_up & (below0 < hidden)
+        # the lower layer is still under the chin by 0.3 or past |s| 2.5 (jaw), and 0.2 under the seam and past its
+        # red's border (the rest) or past |s| 1.8
+        still_lo = (t0 >= self.chin_t + 0.3 + eps) | (a0 >= 2.5 + eps) if drop is not None else torch.ones_like(a0,
+                                                                                                     dtype=torch.bool)
+        if sides:
+            under = max(0.2, edge_lo, edge_lo + 2.5 * thick_lo) if spread is not None else 0.2
+            still_lo &= (below0 >= under + eps) | (a0 >= 1.8 + eps)
+        lo = ~still_lo & (below0 > -hidden)
+        return [_bounds(up), _bounds(lo)]
+
     def _draw_mouth(self, out: torch.Tensor, base: torch.Tensor, plain: torch.Tensor, prm: torch.Tensor) -> None:
         """The mouth into its box of the frames `out` (B, 3, R, R), in place: the upper and lower layers part along
-        the seam, and the interior shows between them."""
+        the seam, and the interior shows between them. Each layer is worked out only where it may move and show
+        (`_mouth_extent`), and the mouth drawn over the box around both: elsewhere it is the moved photo."""
         gains = self._mouth_gains(prm)
         if gains["drop"] is None and gains["ds"] is None and gains["spread"] is None and gains["smile"] is None:
             return                                                          # the mouth is the moved photo's
         rows, cols = self.mouth_box
-        at, still = base[:, rows, cols], plain[:, :, rows, cols]  # the box may reach the lids: add to `out`
+        at = base[:, rows, cols]
         s0, t0 = self.mouth.st(at)
-        s_up, t_up, along_up = self._mouth_inverse(s0, t0, gains, lower=False)
-        s_lo, t_lo, along_lo = self._mouth_inverse(s0, t0, gains, lower=True)
-        # px under (over, negative) the seam
-        side_up = (t_up - along_up["seam"]).mul_(self.height)[:, None]      # (B, 1, h, w)
-        side_lo = (t_lo - along_lo["seam"]).mul_(self.height)[:, None]
+        below0 = t0 - on_curve(self.seam, s0)
+        extents = self._mouth_extent(s0, t0, below0, gains)
+        known = [e for e in extents if e is not None]
+        if not known:
+            return
+        r = slice(min(e[0].start for e in known), max(e[0].stop for e in known))
+        c = slice(min(e[1].start for e in known), max(e[1].stop for e in known))
+        s0, t0, below0 = s0[:, r, c], t0[:, r, c], below0[:, r, c]
+        layers = []
+        for lower, extent in enumerate(extents):
+            s, t = s0.clone(), t0.clone()
+            side = below0 * self.height                                      # px under (over, -) the seam
+            if extent is not None:
+                er = slice(extent[0].start - r.start, extent[0].stop - r.start)
+                ec = slice(extent[1].start - c.start, extent[1].stop - c.start)
+                s_in, t_in, along = self._mouth_inverse(s0[:, er, ec], t0[:, er, ec], gains, bool(lower))
+                s[:, er, ec], t[:, er, ec] = s_in, t_in
+                side[:, er, ec] = (t_in - along["seam"]).mul_(self.height)
+            layers.append((s, t, side[:, None]))                            # side: (B, 1, h, w)
+        (s_up, t_up, side_up), (s_lo, t_lo, side_lo) = layers
         a_up = (0.5 - side_up).clamp_(0, 1)
         a_lo = (0.5 + side_lo).clamp_(0, 1)
         gap = (1 - a_up - a_lo).clamp_(0, 1)
         mouth = sample(self.image, self.mouth.point(s_up, t_up)).mul_(a_up)
         mouth.addcmul_(sample(self.image, self.mouth.point(s_lo, t_lo)), a_lo)
-        mouth.sub_(still * (a_up + a_lo + gap))
+        rows, cols = slice(rows.start + r.start, rows.start + r.stop), slice(cols.start + c.start, cols.start + c.stop)
+        mouth.sub_(plain[:, :, rows, cols] * (a_up + a_lo + gap))  # the box may reach the lids: add to `out`
         # the inside is drawn only over the rows and columns where the mouth is open in some frame
-        shown = gap.amax(dim=(0, 1)) > 0                                     # (h, w)
-        if shown.any():
-            r, c = torch.nonzero(shown.any(1))[:, 0], torch.nonzero(shown.any(0))[:, 0]
-            r, c = slice(int(r[0]), int(r[-1]) + 1), slice(int(c[0]), int(c[-1]) + 1)
+        shown = _bounds(gap[:, 0] > 0)
+        if shown is not None:
+            r, c = shown
             drop = JAW_DROP * prm[:, PARAM_INDEX["jaw_open"], None, None, None]
             inside = self.interior.draw_st(s0[:, r, c], t0[:, r, c], side_up[..., r, c], side_lo[..., r, c], drop)
             mouth[..., r, c].addcmul_(gap[..., r, c], inside)
         out[:, :, rows, cols] += mouth
+
+
+def _bounds(mask: torch.Tensor) -> tuple[slice, slice] | None:
+    """The rows and columns (slices) around the True pixels of a mask (B, h, w) in any frame, or None."""
+    rows, cols = mask.any(2).any(0), mask.any(1).any(0)
+    if not bool(rows.any()):
+        return None
+    r, c = torch.nonzero(rows)[:, 0], torch.nonzero(cols)[:, 0]
+    return slice(int(r[0]), int(r[-1]) + 1), slice(int(c[0]), int(c[-1]) + 1)
