@@ -148,9 +148,11 @@ def node_metrics(nodes) -> str:
 class ClusterServer(LiveServer):
     """The head's server: the routes of LiveServer, each call placed on a node's `NodeCalls` actor."""
 
-    def __init__(self, config: ServerConfig, weights=None, shards: int = 1, sessions_per_node: int | None = None):
+    def __init__(self, config: ServerConfig, weights=None, shards: int = 1, sessions_per_node: int | None = None,
+                 chunk_frames: int | None = None):
         super().__init__(None, config)
         self.weights, self.shards, self.sessions_per_node = weights, shards, sessions_per_node
+        self.chunk_frames = chunk_frames  # the generator's chunk size on every node (None: its own)
         self.nodes: dict[str, Node] = {}
         self.lost: collections.OrderedDict[str, str] = collections.OrderedDict()  # call id -> the 410's message
         self.watcher: asyncio.Task | None = None
@@ -277,7 +279,7 @@ class ClusterServer(LiveServer):
             num_cpus=NODE_ACTOR_CPUS, max_restarts=0, max_concurrency=1000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(info["NodeID"], soft=False),
         ).remote(address, self.config, self._weights_ref if self._weights_ref is not None else self.weights,
-                 self.shards)
+                 self.shards, chunk_frames=self.chunk_frames)
         log.info("node %s %s joined: starting its engine for %d call(s)", address, info["NodeID"][:8], capacity)
         return Node(info["NodeID"], address, capacity, actor)
 
@@ -345,11 +347,11 @@ class ClusterServer(LiveServer):
 
 
 def create_cluster_app(config: ServerConfig, weights=None, shards: int = 1,
-                       sessions_per_node: int | None = None) -> web.Application:
+                       sessions_per_node: int | None = None, chunk_frames: int | None = None) -> web.Application:
     """The live server's app over the nodes of the Ray cluster this process has joined."""
     from actorcast.streaming.app import create_app
 
-    server = ClusterServer(config, weights, shards, sessions_per_node)
+    server = ClusterServer(config, weights, shards, sessions_per_node, chunk_frames)
     app = create_app(None, config, server)
     app.on_startup.append(server.start)
     return app

@@ -37,7 +37,8 @@ class _NodeServer(LiveServer):
 class NodeCalls:
     """The calls of one node: answers offers, ends calls, and reports which ended (`health`)."""
 
-    def __init__(self, host: str, config: ServerConfig, weights=None, shards: int = 1, engine=None):
+    def __init__(self, host: str, config: ServerConfig, weights=None, shards: int = 1, engine=None,
+                 chunk_frames: int | None = None):
         """host: this node's address (its ICE candidates: loopback only on loopback); weights: a directory, a
         WeightsBundle shipped by the head, or None for the shipped weights; engine: one already built (tests)."""
         if engine is None:
@@ -45,7 +46,8 @@ class NodeCalls:
             from actorcast.actors.loading import local_weights
 
             with local_weights(weights) as folder:  # a shipped bundle is written to a folder while it loads
-                engine = Engine(weights=folder, shards=shards, stage_threads=LIVE_STAGE_THREADS)
+                engine = Engine(weights=folder, shards=shards, stage_threads=LIVE_STAGE_THREADS,
+                                chunk_frames=chunk_frames)
         self.engine, self.host = engine, host
         # the calls' ICE candidates are this node's addresses (the config's host is where the head listens)
         self.server = _NodeServer(engine, dataclasses.replace(config, host=host))

@@ -177,10 +177,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning(warning)
     config = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
                           stun=args.stun, audio_prefetch=args.audio_prefetch)
-    if args.address:
-        return _run_cluster(args, config)
-    processes = args.stages == "processes"
     chunk = motion_config(weights).trained_chunks[0] if args.latency == "low" else None
+    if args.address:
+        return _run_cluster(args, config, chunk)
+    processes = args.stages == "processes"
     engine = Engine(weights=args.weights, shards=args.shards, use_ray=args.shards > 1 and not processes,
                     stage_threads=LIVE_STAGE_THREADS, processes=processes, chunk_frames=chunk)
     try:
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_cluster(args: argparse.Namespace, config) -> int:
+def _run_cluster(args: argparse.Namespace, config, chunk_frames: int | None) -> int:
     """Serve calls on every node of the Ray cluster at --address (streaming/cluster_calls.py): the page and the
     signalling here, each call on a node's own engine."""
     from actorcast.cluster.ray_connect import ensure_ray
@@ -200,7 +200,7 @@ def _run_cluster(args: argparse.Namespace, config) -> int:
     ensure_ray(args.address)
 
     async def main() -> None:
-        app = create_cluster_app(config, args.weights, args.shards, args.sessions_per_node)
+        app = create_cluster_app(config, args.weights, args.shards, args.sessions_per_node, chunk_frames)
         await serve(None, config, app=app)
 
     asyncio.run(main())
