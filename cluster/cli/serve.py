@@ -32,12 +32,12 @@ def add_parser(sub) -> None:
                    help="concurrent calls; more get HTTP 503 (one machine; with --address see --sessions-per-node)")
     p.add_argument("--shards", type=positive_int, default=1, help="decoder shards, each a worker process of its own "
                    "(with --stages threads, more than 1 runs on Ray; with --address, each node runs this many in its "
-                   "own engine); a photo call's rig runs in the shards, so 2 lets two cores draw photos")
+                   "own engine); a photo call's rig runs in the shards")
     p.add_argument("--weights", type=Path, help="weights directory written by `actorcast train` (default: the shipped tiny weights)")
     p.add_argument("--latency", choices=("low", "balanced"), default="low",
                    help="low (default): the generator makes the smallest chunks its weights are trained for, so a "
                         "call waits less for audio before its frames; balanced: its own larger chunks, fewer stage "
-                        "calls per frame (more calls at once on a busy machine)")
+                        "calls per frame")
     p.add_argument("--stages", choices=("processes", "threads"), default="processes",
                    help="where this machine's engine runs its stages: a worker process each (default; the calls "
                         "then use every core) or worker threads of the server's process (one interpreter lock: "
