@@ -1,4 +1,5 @@
-"""Helpers shared by several test files: small input files, and an event loop on a virtual clock."""
+"""Helpers shared by several test files: small input files, an event loop on a virtual clock, and a session of an
+engine rendered from audio."""
 
 import asyncio
 import selectors
@@ -96,3 +97,34 @@ def run_on_virtual_clock(coro_fn, monkeypatch, *modules, epoch: float = 1.7e9):
         return loop.run_until_complete(coro_fn())
     finally:
         loop.close()
+
+
+def buzz_pcm(seconds: float, seed: int = 0) -> np.ndarray:
+    """16 kHz float32: a 180 Hz buzz switched on and off 3 times a second, over a little noise (speech-like
+    rhythm, seeded)."""
+    t = np.arange(int(16000 * seconds)) / 16000
+    noise = np.random.default_rng(seed).standard_normal(t.size) * 0.05
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0) + noise).astype(np.float32)
+
+
+async def render_session(engine, pcm, live=False, piece=3001, on_first=None, **open_kw):
+    """One session of `engine` (identity 2, seed 5) fed `pcm` in ragged pieces of `piece` samples; `on_first(session)`
+    is awaited at its first frames. Returns (frame indices, frames, session stats)."""
+    session = await engine.open_session(identity_seed=2, seed=5, live=live, **open_kw)
+
+    async def produce():
+        for i in range(0, len(pcm), piece):
+            await session.put(pcm[i:i + piece])
+        session.end()
+
+    producer = asyncio.create_task(produce())
+    index, frames = [], []
+    async for vf in session.frames():
+        if on_first is not None and not index:
+            await on_first(session)
+        index += range(vf.first_frame, vf.first_frame + vf.n_frames)
+        frames.append(vf.frames)
+    await producer
+    stats = session.stats()
+    await session.close()
+    return index, np.concatenate(frames), stats

@@ -17,44 +17,17 @@ from actorcast.actors.loading import UNTRAINED
 from actorcast.actors.session_config import SessionConfig
 from actorcast.models.errors import ConfigError
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
+from tests.helpers import buzz_pcm, render_session
 
 SIZE = 64
 
 
-def _pcm(seconds: float, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(16000 * seconds)) / 16000
-    noise = np.random.default_rng(seed).standard_normal(t.size) * 0.05
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0) + noise).astype(np.float32)
-
-
-async def _render(engine, pcm, live=False, piece=3001, on_first=None, **open_kw):
-    """Feed `pcm` in ragged pieces; return (frame indices, frames, session stats)."""
-    session = await engine.open_session(identity_seed=2, seed=5, live=live, **open_kw)
-
-    async def produce():
-        for i in range(0, len(pcm), piece):
-            await session.put(pcm[i:i + piece])
-        session.end()
-
-    producer = asyncio.create_task(produce())
-    index, frames = [], []
-    async for vf in session.frames():
-        if on_first is not None and not index:
-            await on_first(session)
-        index += range(vf.first_frame, vf.first_frame + vf.n_frames)
-        frames.append(vf.frames)
-    await producer
-    stats = session.stats()
-    await session.close()
-    return index, np.concatenate(frames), stats
-
-
 def test_in_process_sharded_frames_in_order_and_deterministic():
-    pcm = _pcm(2.5)
+    pcm = buzz_pcm(2.5)
     with Engine(size=SIZE, shards=2) as two, Engine(size=SIZE, shards=1) as one:
-        idx, frames, stats = asyncio.run(_render(two, pcm))
-        idx1, frames1, _ = asyncio.run(_render(one, pcm, piece=777))
-        _, again, _ = asyncio.run(_render(two, pcm, piece=640 * 9))
+        idx, frames, stats = asyncio.run(render_session(two, pcm))
+        idx1, frames1, _ = asyncio.run(render_session(one, pcm, piece=777))
+        _, again, _ = asyncio.run(render_session(two, pcm, piece=640 * 9))
     n = len(pcm) // SAMPLES_PER_FRAME
     assert idx == list(range(n)) and idx1 == idx  # contiguous, nothing lost or duplicated
     assert frames.shape == (n, SIZE, SIZE, 3) and frames.dtype == np.uint8
@@ -64,7 +37,7 @@ def test_in_process_sharded_frames_in_order_and_deterministic():
 
 
 def test_live_session_degrades_when_behind_and_interrupt_keeps_time_base():
-    pcm = _pcm(6.0, seed=1)
+    pcm = buzz_pcm(6.0, seed=1)
     config = SessionConfig(live=True, degrade_after_s=0.0, repeat_after_s=0.3, inbox_seconds=60)
     with Engine(size=SIZE, shards=1) as engine:
         async def run():
@@ -119,13 +92,13 @@ class _LosesTwoParts:
 
 def test_a_lost_shard_is_logged_once_and_its_parts_go_to_the_others(caplog):
     """Two parts fail on the lost shard: one warning, the frames of a clean render."""
-    pcm = _pcm(2.5, seed=6)
+    pcm = buzz_pcm(2.5, seed=6)
     caplog.set_level(logging.WARNING, logger="actorcast.actors.failover")
     with Engine(size=SIZE, shards=2) as engine:
-        clean_idx, clean, _ = asyncio.run(_render(engine, pcm))
+        clean_idx, clean, _ = asyncio.run(render_session(engine, pcm))
         lossy = _LosesTwoParts(engine.shards[0])
         engine.solo.shards[0] = ShardClient.solo(lossy)  # offline sessions decode through the solo clients
-        idx, frames, _ = asyncio.run(_render(engine, pcm))
+        idx, frames, _ = asyncio.run(render_session(engine, pcm))
     assert lossy.held is None                                               # two parts were lost
     lost = [r.getMessage() for r in caplog.records if "lost on frames" in r.getMessage()]
     assert len(lost) == 1 and lost[0].startswith("decoder shard lossy lost on frames "), lost
@@ -135,9 +108,9 @@ def test_a_lost_shard_is_logged_once_and_its_parts_go_to_the_others(caplog):
 
 @pytest.mark.slow
 def test_ray_shard_killed_mid_render_is_retried_frame_identical(ray_local, caplog):
-    pcm = _pcm(5.0, seed=3)
+    pcm = buzz_pcm(5.0, seed=3)
     with Engine(size=SIZE, shards=2, use_ray=True) as engine:
-        clean_idx, clean, _ = asyncio.run(_render(engine, pcm))
+        clean_idx, clean, _ = asyncio.run(render_session(engine, pcm))
         pid = engine.shards[0].submit("pid").result()
         killed = []
 
@@ -145,7 +118,7 @@ def test_ray_shard_killed_mid_render_is_retried_frame_identical(ray_local, caplo
             os.kill(pid, signal.SIGKILL)  # the shard's process dies in the middle of the render
             killed.append(pid)
 
-        idx, frames, _ = asyncio.run(_render(engine, pcm, on_first=kill))
+        idx, frames, _ = asyncio.run(render_session(engine, pcm, on_first=kill))
         engine.shards[0].wait_ready()  # the render did not need it back: on a loaded machine it may still restart
         new_pid = engine.shards[0].submit("pid").result()
     n = len(pcm) // SAMPLES_PER_FRAME
@@ -158,7 +131,7 @@ def test_ray_shard_killed_mid_render_is_retried_frame_identical(ray_local, caplo
 def test_live_config_pieces_and_interrupt_boundary():
     """Live sessions: 2-frame audio blocks and 1-frame decode pieces give the offline frames, in order; an
     interrupt names a chunk-aligned first idle frame that no emitted frame has passed."""
-    pcm = _pcm(3.0, seed=4)
+    pcm = buzz_pcm(3.0, seed=4)
     with Engine(size=SIZE, shards=2) as engine:
         live = engine.live_config()
         assert (live.block_frames, live.decode_piece_frames) == (2, 1)
@@ -185,7 +158,7 @@ def test_live_config_pieces_and_interrupt_boundary():
             return seen, idle_from
 
         out = asyncio.run(pieces())
-        _, offline, _ = asyncio.run(_render(engine, pcm))
+        _, offline, _ = asyncio.run(render_session(engine, pcm))
         seen, idle_from = asyncio.run(interrupted())
     n = len(pcm) // SAMPLES_PER_FRAME
     assert [vf.first_frame for vf in out] == list(range(n)) and {vf.n_frames for vf in out} == {1}
@@ -200,7 +173,7 @@ def test_live_session_repeats_frames_when_the_decoder_is_too_slow():
     only gets the frames whose audio is still within `repeat_after_s` (plus a block and the lookahead) of real
     time: at most what 60 ms a frame fits into the call plus that allowance (a busy machine decodes fewer,
     never more). How fast the live path is: bench/live.py."""
-    pcm = _pcm(6.0, seed=6)
+    pcm = buzz_pcm(6.0, seed=6)
     with Engine(size=SIZE, shards=1) as engine:
         shard = engine.shards[0]._obj
         decode_many = shard.decode_many  # a live session's frames go through the batched call
@@ -265,7 +238,7 @@ def test_stage_threads_are_per_engine():
 def test_two_frame_chunks_live_give_the_offline_frames_and_an_untrained_size_is_refused():
     """An engine running the generator's 2-frame chunks (it is trained for 2 and 4): a live session, fed 2-frame
     audio blocks, gives the frames of the same model run offline on the same audio."""
-    pcm = _pcm(2.0, seed=9)
+    pcm = buzz_pcm(2.0, seed=9)
     with Engine(weights=UNTRAINED, size=SIZE, chunk_frames=2) as engine:
         live = engine.live_config()
         assert engine.chunk_frames == 2 and engine.trained_chunks == (2, 4) and live.block_frames == 2
@@ -280,7 +253,7 @@ def test_two_frame_chunks_live_give_the_offline_frames_and_an_untrained_size_is_
             return out
 
         out = asyncio.run(live_frames())
-        idx, offline, _ = asyncio.run(_render(engine, pcm))
+        idx, offline, _ = asyncio.run(render_session(engine, pcm))
         assert engine.motion._obj.generator.config.chunk_frames == 2  # the streams really run 2-frame chunks
     n = len(pcm) // SAMPLES_PER_FRAME
     assert [vf.first_frame for vf in out] == idx == list(range(n))

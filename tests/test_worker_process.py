@@ -14,16 +14,16 @@ from actorcast.actors.stages import DecoderShard
 from actorcast.actors.worker_process import ProcessStage, StageProcessLost
 from actorcast.models.errors import ActorcastError
 from actorcast.models.timebase import SAMPLES_PER_FRAME
-from tests.test_session import _pcm, _render
+from tests.helpers import buzz_pcm, render_session
 
 SIZE = 64
 
 
 def test_stages_in_worker_processes_give_the_frames_of_stages_in_threads():
-    pcm = _pcm(2.5, seed=4)
+    pcm = buzz_pcm(2.5, seed=4)
     with Engine(size=SIZE, stage_threads=1) as threads, Engine(size=SIZE, stage_threads=1, processes=True) as procs:
-        idx_t, frames_t, _ = asyncio.run(_render(threads, pcm))
-        idx_p, frames_p, _ = asyncio.run(_render(procs, pcm, piece=1111))
+        idx_t, frames_t, _ = asyncio.run(render_session(threads, pcm))
+        idx_p, frames_p, _ = asyncio.run(render_session(procs, pcm, piece=1111))
         pids = {stage.pid for stage in (procs.audio, procs.motion, *procs.shards)}
     assert len(pids) == 3 and os.getpid() not in pids and None not in pids  # three workers of their own
     assert idx_p == idx_t == list(range(len(pcm) // SAMPLES_PER_FRAME))
@@ -38,8 +38,8 @@ def test_a_killed_worker_ends_its_calls_with_one_line_and_the_next_call_starts_a
             os.kill(pid, signal.SIGKILL)
 
         with pytest.raises(ActorcastError) as failed:
-            asyncio.run(_render(engine, _pcm(4.0), on_first=kill))
-        idx, frames, _ = asyncio.run(_render(engine, _pcm(1.0)))  # a new session, on a new worker
+            asyncio.run(render_session(engine, buzz_pcm(4.0), on_first=kill))
+        idx, frames, _ = asyncio.run(render_session(engine, buzz_pcm(1.0)))  # a new session, on a new worker
         new_pid = engine.motion.pid
     assert isinstance(failed.value, StageProcessLost)
     assert str(failed.value).startswith("the motion stage's worker process ended (exit code -9)")
@@ -49,15 +49,15 @@ def test_a_killed_worker_ends_its_calls_with_one_line_and_the_next_call_starts_a
 
 
 def test_a_killed_decoder_worker_is_started_again_and_the_frames_are_identical(caplog):
-    pcm = _pcm(3.0, seed=8)
+    pcm = buzz_pcm(3.0, seed=8)
     with Engine(size=SIZE, stage_threads=1, processes=True) as engine:
-        clean_idx, clean, _ = asyncio.run(_render(engine, pcm))
+        clean_idx, clean, _ = asyncio.run(render_session(engine, pcm))
         pid = engine.shards[0].pid
 
         async def kill(session):
             os.kill(pid, signal.SIGKILL)
 
-        idx, frames, _ = asyncio.run(_render(engine, pcm, on_first=kill))
+        idx, frames, _ = asyncio.run(render_session(engine, pcm, on_first=kill))
         new_pid = engine.shards[0].pid
     assert new_pid not in (None, pid)
     assert "decoder shard decoder0 is back" in caplog.text
