@@ -128,6 +128,16 @@ def test_ray_shard_killed_mid_render_is_retried_frame_identical(ray_local, caplo
     assert np.array_equal(frames, clean)  # no frame lost, none duplicated, identical pixels
 
 
+async def _live_frames(engine, pcm, config):
+    """The VideoFrames of one live session (identity 2, seed 5, `config`) fed all of `pcm` at once."""
+    session = await engine.open_session(identity_seed=2, seed=5, config=config)
+    session.feed(pcm)
+    session.end()
+    out = [vf async for vf in session.frames()]
+    await session.close()
+    return out
+
+
 def test_live_config_pieces_and_interrupt_boundary():
     """Live sessions: 2-frame audio blocks and 1-frame decode pieces give the offline frames, in order; an
     interrupt names a chunk-aligned first idle frame that no emitted frame has passed."""
@@ -136,14 +146,6 @@ def test_live_config_pieces_and_interrupt_boundary():
         live = engine.live_config()
         assert (live.block_frames, live.decode_piece_frames) == (2, 1)
         never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
-
-        async def pieces():
-            session = await engine.open_session(identity_seed=2, seed=5, config=never_behind)
-            session.feed(pcm)
-            session.end()
-            out = [vf async for vf in session.frames()]
-            await session.close()
-            return out
 
         async def interrupted():
             session = await engine.open_session(identity_seed=2, seed=5, config=never_behind)
@@ -157,7 +159,7 @@ def test_live_config_pieces_and_interrupt_boundary():
             await session.close()
             return seen, idle_from
 
-        out = asyncio.run(pieces())
+        out = asyncio.run(_live_frames(engine, pcm, never_behind))
         _, offline, _ = asyncio.run(render_session(engine, pcm))
         seen, idle_from = asyncio.run(interrupted())
     n = len(pcm) // SAMPLES_PER_FRAME
@@ -243,16 +245,7 @@ def test_two_frame_chunks_live_give_the_offline_frames_and_an_untrained_size_is_
         live = engine.live_config()
         assert engine.chunk_frames == 2 and engine.trained_chunks == (2, 4) and live.block_frames == 2
         never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
-
-        async def live_frames():
-            session = await engine.open_session(identity_seed=2, seed=5, config=never_behind)
-            session.feed(pcm)
-            session.end()
-            out = [vf async for vf in session.frames()]
-            await session.close()
-            return out
-
-        out = asyncio.run(live_frames())
+        out = asyncio.run(_live_frames(engine, pcm, never_behind))
         idx, offline, _ = asyncio.run(render_session(engine, pcm))
         assert engine.motion._obj.generator.config.chunk_frames == 2  # the streams really run 2-frame chunks
     n = len(pcm) // SAMPLES_PER_FRAME
