@@ -53,13 +53,17 @@ class FreeMotionConfig:
     min_std: float = 0.004  # floor of a component's standard deviation (normalised units): keeps the likelihood
                             # finite where the data holds a value exactly (open eyes, blink = 0)
     burn_in: int = 16       # training: frames at a window's start that warm the state up and are not scored
+    input_drift: float = 0.0  # training: scale of the slow random walk added to the previous-frame inputs (brows,
+                              # gaze and head, in units of each parameter's spread in the training clips;
+                              # `drift_walk` in models/training/free_stage.py); 0: teacher forcing on clean inputs
 
     def __post_init__(self) -> None:
         for name in ("d_audio", "d_hidden", "n_layers", "n_mix", "d_emotion"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"FreeMotionConfig.{name}={getattr(self, name)} must be >= 1")
-        if not 0.0 < self.min_std < 1.0 or self.burn_in < 0:
-            raise ConfigError(f"min_std={self.min_std} must be in (0, 1) and burn_in={self.burn_in} >= 0")
+        if not 0.0 < self.min_std < 1.0 or self.burn_in < 0 or self.input_drift < 0.0:
+            raise ConfigError(f"min_std={self.min_std} must be in (0, 1), burn_in={self.burn_in} >= 0 and "
+                              f"input_drift={self.input_drift} >= 0")
 
 
 def audio_encoder_digest(weights: str | Path) -> str:
@@ -89,6 +93,10 @@ class FreeMotion(nn.Module):
         # The data's mean blink from its onset, (frames, 2) lid closures in [0, 1] (`blink_profile` in
         # models/training/free_stage.py, kept in the export's meta); empty: blinks are drawn frame by frame.
         self.blink_profile: torch.Tensor = torch.zeros(0, 2)
+        # Per emotion (EMOTIONS, then "no emotion"), the pose a stream starts from, (len(EMOTIONS) + 1, N_FREE)
+        # normalised (`start_poses` in models/training/free_stage.py, kept in the export's meta): the data's clips
+        # start with the emotion already on the face (a sad face's brows raised and knit); empty: the neutral pose.
+        self.start_pose: torch.Tensor = torch.zeros(0, N_FREE)
 
     def forward(self, prev: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
                 state: torch.Tensor | None = None) -> tuple[list, torch.Tensor]:
@@ -108,10 +116,18 @@ class FreeMotion(nn.Module):
         log_std = torch.log(c.min_std + F.softplus(log_std))
         return [(logits[:, :, g], mu[..., dims], log_std[..., dims]) for g, dims in enumerate(GROUP_DIMS)], state
 
-    def nll(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
+    def nll(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
+            drift: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per frame and parameter of windows x (B, T, N_FREE) (true values,
-        normalised), teacher-forced, past the burn-in. The first frame's previous frame is itself."""
+        normalised), teacher-forced, past the burn-in. The first frame's previous frame is itself.
+
+        `drift` (B, T, N_FREE), if given, is added to the previous frames the model reads (clamped to the range),
+        while the targets stay the truth: the model learns to bring a draw that has wandered off back to where the
+        data lives. Trained on clean inputs alone, it learnt "stay where you are", and drawn for minutes its brows
+        walked to a bound the data never reaches and stayed there (docs/ARCHITECTURE.md "Free motion")."""
         prev = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+        if drift is not None:
+            prev = (prev + drift).clamp(-1.0, 1.0)
         mixtures, _ = self(prev, audio, emotion)
         total = 0.0
         for (logits, mu, log_std), dims in zip(mixtures, GROUP_DIMS):
@@ -179,9 +195,10 @@ class FreeMotionStream:
     @torch.no_grad()
     def sample(self, audio: torch.Tensor, emotion: torch.Tensor | None = None) -> torch.Tensor:
         """audio (B, T, d_audio), emotion (B,) indices or None -> the next T frames' free parameters
-        (B, T, N_FREE), normalised, in [-1, 1]. A new stream first warms its state on `burn_in` frames of the
-        neutral pose with the first frame's audio: training scores no window's first frames from a cold state,
-        and drawn from one the head jumped to a tilt of 14 degrees in the first second."""
+        (B, T, N_FREE), normalised, in [-1, 1]. A new stream first warms its state on `burn_in` frames of its
+        start pose (the emotion's, `FreeMotion.start_pose`, else the neutral pose) with the first frame's audio:
+        training scores no window's first frames from a cold state, and drawn from one the head jumped to a tilt of
+        14 degrees in the first second."""
         B, T, d = audio.shape
         emotion = torch.full((B,), NULL_EMOTION, dtype=torch.long) if emotion is None else emotion
         emotion = emotion.to(self.last.device)
@@ -189,6 +206,8 @@ class FreeMotionStream:
             raise InputError(f"free motion got audio features {tuple(audio.shape)}; expected "
                              f"({self.last.shape[0]}, T, {self.model.config.d_audio})")
         if self.state is None and T:  # 1. the state as training left it: after burn-in frames of a face held still
+            if len(self.model.start_pose):  # at the emotion's own pose, where the data's clips start
+                self.last = self.model.start_pose.to(self.last)[emotion.clamp(max=len(self.model.start_pose) - 1)]
             warm = self.last[:, None].expand(B, self.model.config.burn_in + 1, N_FREE)
             _, self.state = self.model(warm, audio[:, :1].to(self.last).expand(B, warm.shape[1], d), emotion)
         out = []
@@ -245,4 +264,5 @@ def load_free_motion(directory: Path, device: str = "cpu") -> FreeMotion | None:
     meta = read_header(directory, "free_motion")["meta"]
     module.temperature = tuple(float(t) for t in meta.get("temperature", module.temperature))
     module.blink_profile = torch.tensor(meta.get("blink_profile", []), dtype=torch.float32).reshape(-1, 2)
+    module.start_pose = torch.tensor(meta.get("start_pose", []), dtype=torch.float32).reshape(-1, N_FREE)
     return module.to(device).eval().requires_grad_(False)

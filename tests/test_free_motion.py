@@ -275,3 +275,61 @@ def test_the_shipped_face_blinks_in_silence_and_moves_its_head_in_speech():
     assert blinks_in_silence >= 6  # 60 s of silence over three seeds; the data set blinks 15-20 a minute
     assert blink_count(_shipped_motion(silence, False, 0)) == 0
     assert max(yaw_pitch_deg(_shipped_motion(speech, False, 0))) < 1.5
+
+
+def test_training_inputs_drift_slowly_and_the_likelihood_reads_the_drifted_inputs():
+    """The lever that keeps long streams alive (FreeMotionConfig.input_drift): in training the previous frames the
+    model reads carry a slow random walk of each parameter's spread, none on the lids, and the targets stay true."""
+    from actorcast.models.free_motion import LIDS
+    from actorcast.models.training.free_stage import FreeMotionTrainer, drift_scale, drift_walk, windows
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(40, 50, N_FREE, generator=g) * torch.linspace(0.05, 0.5, N_FREE)).clamp(-1, 1)
+    scale = drift_scale(x, 1.0)
+    assert scale[LIDS].abs().max() == 0 and torch.allclose(scale[4:], x[:, :, 4:].reshape(-1, 8).std(0))
+    walk = drift_walk(np.random.default_rng(1), 400, 100, scale)
+    assert torch.equal(walk, drift_walk(np.random.default_rng(1), 400, 100, scale))  # seeded
+    assert walk[:, :, LIDS].abs().max() == 0
+    first, end = walk[:, 0, 4:].std(0) / scale[4:], walk[:, -1, 4:].std(0) / scale[4:]
+    assert first.max() < 0.2 and 0.45 < float(end.mean()) < 0.7  # from 0 to the spread times U(0, 1): 1/sqrt(3)
+    steps = (walk[:, 1:, 4:] - walk[:, :-1, 4:]).std((0, 1)) / scale[4:]
+    assert steps.max() < 0.1  # slow: a walk, not frame-by-frame noise
+
+    _, free = _models()
+    data = {"x": x, "audio": torch.randn(40, 50, 8, generator=g), "emotion": torch.arange(40) % 5}
+    batch = windows(data, np.random.default_rng(2), 6, 30, scale)
+    clean = free.nll(batch["x"], batch["audio"], batch["emotion"])
+    assert torch.equal(free.nll(batch["x"], batch["audio"], batch["emotion"], torch.zeros_like(batch["x"])), clean)
+    drifted = free.nll(batch["x"], batch["audio"], batch["emotion"], batch["drift"])
+    assert abs(drifted.item() - clean.item()) > 1e-3
+    trainer = FreeMotionTrainer(TINY)
+    trainer.model = free
+    assert torch.equal(trainer(batch)[0], drifted)
+    assert "drift" not in windows(data, np.random.default_rng(2), 6, 30)
+
+
+def test_a_stream_starts_at_its_emotions_pose():
+    """The data's clips start with the emotion on the face; a stream starts there too (FreeMotion.start_pose, the
+    median first frame of the emotion's training clips, eyes open), and at the neutral pose without an emotion."""
+    from actorcast.models.data.params import EMOTIONS
+    from actorcast.models.free_motion import LIDS
+    from actorcast.models.training.free_stage import start_poses
+
+    x = neutral_free().expand(6, 20, N_FREE).clone()
+    emotion = torch.tensor([2, 2, 2, 0, 0, 0])
+    x[:3, :, 0] = torch.tensor([0.1, 0.2, 0.3])[:, None]  # sad: brows raised
+    x[1, 0, LIDS] = 1.0  # one sad clip starts mid-blink
+    poses = start_poses(x, emotion)
+    assert poses.shape == (len(EMOTIONS) + 1, N_FREE)
+    assert abs(float(poses[2, 0]) - 0.2) < 1e-6 and poses[2, LIDS].tolist() == [-1.0, -1.0]
+    assert torch.equal(poses[1], neutral_free()) and torch.equal(poses[-1], neutral_free())
+
+    _, free = _models()
+    with torch.no_grad():  # a model that holds its input: zero offsets at the floor spread
+        free.head.weight.zero_()
+        free.head.bias.zero_()
+        free.head.bias[free.config.n_mix * 4:].view(free.config.n_mix, 2, N_FREE)[:, 1] = -30.0
+    free.start_pose = poses
+    out = FreeMotionStream(free, 2, seed=0).sample(torch.randn(2, 3, 8), torch.tensor([2, 5]))
+    assert (out[0, :, 0] - 0.2).abs().max() < 0.05 and (out[1, :, 0] - neutral_free()[0]).abs().max() < 0.05
+

@@ -20,11 +20,12 @@ import torch.nn as nn
 
 from actorcast.models.audio import AudioConfig, AudioEncoder
 from actorcast.models.checkpoint import load_weights, save_weights
-from actorcast.models.data.params import N_PARAMS, PARAM_INDEX
+from actorcast.models.data.params import EMOTIONS, N_PARAMS, PARAM_INDEX
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import ConfigError, InputError
-from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, FreeMotion, FreeMotionConfig,
-                                          FreeMotionStream, audio_encoder_digest, load_free_motion)
+from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, N_FREE, FreeMotion,
+                                          FreeMotionConfig, FreeMotionStream, audio_encoder_digest,
+                                          load_free_motion, neutral_free)
 from actorcast.models.training.common import preset_defaults, write_summary
 from actorcast.models.training.motion_measures import blink_rates, blinks, motion_spread, silent_frames
 from actorcast.models.training.motion_stage import EVAL_CLIPS, encoder_latent_kind, latent_cache
@@ -32,7 +33,8 @@ from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 16  # clips through the audio encoder at once
-TEMPERATURE_CLIPS = 64  # training clips the temperature is fitted on
+INPUT_DRIFT = 1.0  # FreeMotionConfig.input_drift of the models this stage trains (`drift_walk`)
+TEMPERATURE_CLIPS = 192  # training clips the temperature is fitted on (in long streams: `steady_readings`)
 
 
 @torch.no_grad()
@@ -53,15 +55,38 @@ def free_clips(cfg, rank: int, world_size: int, split: str = "train", n_clips: i
             "emotion": data["emotion"], "pcm": data["pcm"]}
 
 
-def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
-    """n random windows of `frames` frames (a quarter of them from a clip's first frame, where a stream starts)."""
+def windows(data: dict, rng: np.random.Generator, n: int, frames: int, drift: torch.Tensor | None = None) -> dict:
+    """n random windows of `frames` frames (a quarter of them from a clip's first frame, where a stream starts).
+    With `drift` (N_FREE,), each window also gets a `drift_walk` of that scale per parameter for its inputs."""
     total = data["x"].shape[1]
     frames = min(frames, total)
     clips = rng.integers(0, len(data["x"]), n)
     starts = np.where(rng.random(n) < 0.25, 0, rng.integers(0, total - frames + 1, n))
-    return {"x": torch.stack([data["x"][c, s:s + frames] for c, s in zip(clips, starts)]),
-            "audio": torch.stack([data["audio"][c, s:s + frames] for c, s in zip(clips, starts)]),
-            "emotion": data["emotion"][clips]}
+    batch = {"x": torch.stack([data["x"][c, s:s + frames] for c, s in zip(clips, starts)]),
+             "audio": torch.stack([data["audio"][c, s:s + frames] for c, s in zip(clips, starts)]),
+             "emotion": data["emotion"][clips]}
+    if drift is not None:
+        batch["drift"] = drift_walk(rng, n, frames, drift)
+    return batch
+
+
+def drift_walk(rng: np.random.Generator, n: int, frames: int, scale: torch.Tensor) -> torch.Tensor:
+    """(n, frames, N_FREE) slow random walks, one per window, to add to the inputs the model reads in training
+    (`FreeMotion.nll`): a Brownian path from 0 that reaches a spread of `scale` per parameter by the window's end,
+    times a factor drawn per window in [0, 1), so that some windows wander far and some hardly at all. A walk, not
+    frame-by-frame noise: the model must learn to pull back a draw that has slowly wandered off, the way a long
+    stream drifts, and cannot average the error out over a few frames."""
+    steps = torch.from_numpy(rng.standard_normal((n, frames, len(scale)))).float()
+    walk = steps.cumsum(1) / np.sqrt(frames)
+    return walk * scale * torch.from_numpy(rng.random((n, 1, 1))).float()
+
+
+def drift_scale(x: torch.Tensor, input_drift: float) -> torch.Tensor:
+    """(N_FREE,) the walk's scale per parameter: `input_drift` times each parameter's spread over the training
+    clips x (N, T, N_FREE); none on the lids, whose blinks the model starts from an open eye."""
+    scale = x.reshape(-1, x.shape[-1]).std(0) * input_drift
+    scale[LIDS] = 0.0
+    return scale
 
 
 class FreeMotionTrainer(nn.Module):
@@ -73,7 +98,7 @@ class FreeMotionTrainer(nn.Module):
         self.model = FreeMotion(config)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        return self.model.nll(batch["x"], batch["audio"], batch["emotion"]), {}
+        return self.model.nll(batch["x"], batch["audio"], batch["emotion"], batch.get("drift")), {}
 
 
 @torch.no_grad()
@@ -105,24 +130,57 @@ def blink_profile(x: torch.Tensor) -> torch.Tensor:
 
 
 TEMPERATURES = np.round(np.arange(0.3, 2.001, 0.05), 2)
+STREAM_CLIPS = 12  # clips one after another in each long stream the temperature is fitted on (96 s of 8-s clips)
+SETTLE_CLIPS = 4   # of them, the first ones, not scored: the drawing settles from the neutral pose
+
+
+def long_streams(data: dict, stream_clips: int = STREAM_CLIPS) -> tuple[dict, torch.Tensor]:
+    """Clips of `data` one after another in streams of `stream_clips` clips of one emotion (leftovers dropped):
+    {'audio': (S, stream_clips * T, d_audio), 'emotion': (S,)}, and (S, stream_clips) the clips of each."""
+    order = [idx[:len(idx) // stream_clips * stream_clips].reshape(-1, stream_clips)
+             for e in data["emotion"].unique() for idx in [torch.nonzero(data["emotion"] == e)[:, 0]]]
+    order = torch.cat(order)
+    if not len(order):
+        raise ConfigError(f"no emotion has {stream_clips} clips for a long stream: give more clips")
+    audio = data["audio"][order]                                             # (S, clips, T, d)
+    return {"audio": audio.reshape(len(order), -1, audio.shape[-1]), "emotion": data["emotion"][order[:, 0]]}, order
 
 
 @torch.no_grad()
-def fit_temperature(model: FreeMotion, data: dict) -> tuple[float, ...]:
+def steady_readings(model: FreeMotion, data: dict, stream_clips: int = STREAM_CLIPS,
+                    settle_clips: int = SETTLE_CLIPS) -> dict:
+    """`spread_and_blinks` of long free-running streams (`long_streams`) past their first `settle_clips` clips,
+    each later stretch scored against the clip whose audio it was drawn for: the figures of a stream that has run
+    for a minute, which is what a call or a long render shows, not of its first seconds from the neutral pose."""
+    most = int(torch.bincount(data["emotion"]).max())  # fewer clips (a small run): shorter streams
+    stream_clips, settle_clips = min(stream_clips, most), min(settle_clips, min(stream_clips, most) // 3)
+    streams, order = long_streams(data, stream_clips)
+    T = data["x"].shape[1]
+    made = FreeMotionStream(model, len(order), 0).sample(streams["audio"], streams["emotion"])
+    made = made.reshape(len(order), stream_clips, T, N_FREE)[:, settle_clips:].reshape(-1, T, N_FREE)
+    scored = order[:, settle_clips:].reshape(-1)
+    return spread_and_blinks(made.cpu(), data["x"][scored], data["pcm"][scored])
+
+
+@torch.no_grad()
+def fit_temperature(model: FreeMotion, data: dict, stream_clips: int = STREAM_CLIPS,
+                    settle_clips: int = SETTLE_CLIPS) -> tuple[float, ...]:
     """Per group, the temperature (TEMPERATURES) whose free-running draws on training clips come closest to the
-    truth: for brows, gaze and head in spread (speech and silence pooled, as `spread_and_blinks` reads it), for
-    the lids in blinks a minute.
+    truth, read on long streams once they have settled (`steady_readings`): for brows, gaze and head in spread
+    (speech and silence pooled, as `spread_and_blinks` reads it), for the lids in blinks a minute.
 
     Why: drawn one frame at a time, a model whose per-frame spread is a little too wide wanders, and the head's
     drift adds up over seconds to twice the data's spread; a model whose blink component is a little too rare
     blinks half as often as the data. A per-group factor, fitted once at export, brings the whole-clip figures
-    back. It does not make events: blinks, saccades and nods are the mixture's components, drawn as trained."""
+    back. It does not make events: blinks, saccades and nods are the mixture's components, drawn as trained.
+    Fitted on each clip's own first seconds instead, it narrowed gaze and head to 0.3 for the swing a stream
+    makes as it leaves the neutral pose, and after a minute they froze."""
     saved = model.temperature
     readings = []
     try:
         for t in TEMPERATURES:
             model.temperature = (float(t),) * len(FREE_GROUPS)
-            readings.append(spread_and_blinks(free_running(model, data).cpu(), data["x"], data["pcm"]))
+            readings.append(steady_readings(model, data, stream_clips, settle_clips))
     finally:
         model.temperature = saved
     best = []
@@ -187,13 +245,15 @@ class FreeStage:
 
     @staticmethod
     def build(cfg) -> nn.Module:
-        return FreeMotionTrainer(FreeMotionConfig())
+        return FreeMotionTrainer(FreeMotionConfig(input_drift=INPUT_DRIFT))
 
     @staticmethod
     def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
         data = free_clips(cfg, rank, world_size)
+        scale = drift_scale(data["x"], INPUT_DRIFT) if INPUT_DRIFT > 0 else None
         for step in range(start_step + 1, 10 ** 12):
-            yield windows(data, np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size, cfg.window_frames)
+            yield windows(data, np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size, cfg.window_frames,
+                          scale)
 
     @staticmethod
     @torch.no_grad()
@@ -217,10 +277,24 @@ class FreeStage:
         write_summary(directory, cfg, metrics)
 
 
+def start_poses(x: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
+    """(len(EMOTIONS) + 1, N_FREE) per emotion, then for "no emotion", where a stream starts (`FreeMotion.start_pose`):
+    the median first frame of the training clips x (N, T, N_FREE) of that emotion, with the eyes open; the neutral
+    pose for an emotion without clips and for none given."""
+    poses = neutral_free().expand(len(EMOTIONS) + 1, N_FREE).clone()
+    for e in range(len(EMOTIONS)):
+        if (emotion == e).any():
+            poses[e] = x[emotion == e][:, 0].median(0).values
+    poses[:, LIDS] = neutral_free()[LIDS]
+    return poses
+
+
 def fit_drawing(model: FreeMotion, data: dict) -> tuple[float, ...]:
-    """Set what the export fits on training clips `data`, in order: the blink profile (from the data alone), then
-    the temperature (drawn with that profile, which shapes every blink). Returns the temperature."""
+    """Set what the export fits on training clips `data`, in order: the blink profile (from the data alone) and the
+    start pose per emotion, then the temperature (drawn with them: the profile shapes every blink). Returns the
+    temperature."""
     model.blink_profile = blink_profile(data["x"])
+    model.start_pose = start_poses(data["x"], data["emotion"])
     log.info("free-motion blink profile (%d frames): %s", len(model.blink_profile),
              model.blink_profile.mean(-1).round(decimals=2).tolist())
     model.temperature = fit_temperature(model, data)
@@ -230,12 +304,14 @@ def fit_drawing(model: FreeMotion, data: dict) -> tuple[float, ...]:
 
 def _meta(cfg, model: FreeMotion) -> dict:
     return {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights),
-            "temperature": list(model.temperature), "blink_profile": model.blink_profile.tolist()}
+            "temperature": list(model.temperature), "blink_profile": model.blink_profile.tolist(),
+            "start_pose": model.start_pose.tolist()}
 
 
 def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[float, ...]:
-    """Fit the blink profile and the temperature of the free-motion model exported in `directory` again (on the
-    training clips of its `free_train.json`, cached under that run's folder) and write them into its header."""
+    """Fit the blink profile, the start poses and the temperature of the free-motion model exported in `directory`
+    again (on the training clips of its `free_train.json`, cached under that run's folder) and write them into its
+    header."""
     from actorcast.models.training.train import TrainConfig
 
     directory = Path(directory)
@@ -253,9 +329,9 @@ def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m actorcast.models.training.free_stage",
-        description="Fit the blink profile and the per-group temperature of an exported free-motion model again (on "
-                    "training clips) and write them into DIR/free_motion.json; `actorcast train --stage free` does "
-                    "this itself at export.")
+        description="Fit the blink profile, the start pose per emotion and the per-group temperature of an exported "
+                    "free-motion model again (on training clips) and write them into DIR/free_motion.json; "
+                    "`actorcast train --stage free` does this itself at export.")
     parser.add_argument("directory", type=Path, help="weights directory with free_motion, audio_encoder, "
                                                       "motion_encoder and free_train.json")
     parser.add_argument("--clips", type=int, default=TEMPERATURE_CLIPS,
