@@ -2,13 +2,9 @@
 record (date, machine, command) that bench/results.py puts beside the figures in bench/RESULTS.md."""
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +14,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from actorcast.models.run_record import run_record as record_of_run  # noqa: E402
 
 
 def parse_args(name: str, description: str) -> argparse.Namespace:
@@ -42,52 +40,13 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _gpu() -> str | None:
-    """The first CUDA device's name when the benchmark has imported torch and one is there, else None."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_name(0)
-
-
-def _commit() -> str | None:
-    """The checkout's short commit (with "+" when files differ from it), or None outside a git checkout."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
-
-
 def run_record(name: str, argv: list[str] | None = None) -> dict:
-    """What bench/results.py prints beside a benchmark's figures: which benchmark, when (UTC), on what machine,
-    from which commit, and the command line that ran it (the script's path relative to the checkout)."""
+    """What bench/results.py prints beside a benchmark's figures (actorcast/models/run_record.py), with the command
+    line that ran it: the script's path relative to the checkout."""
     argv = sys.argv if argv is None else argv
     script = Path(argv[0]).resolve()
     shown = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else argv[0]
-    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    ram_gib = round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 1) if pages > 0 else None
-    return {"bench": name,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": ram_gib, "gpu": _gpu()},
-            "commit": _commit(),
-            "command": shlex.join(["python", shown, *argv[1:]])}
+    return record_of_run(name, ["python", shown, *argv[1:]], ROOT)
 
 
 def write_json(out_dir: Path, name: str, result: dict) -> Path:

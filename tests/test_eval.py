@@ -72,6 +72,9 @@ def test_eval_quick_writes_every_field(untrained_weights, tmp_path):
     assert set(report["policies"]) == {"full", "window", "sink", "deep_sink", "deep_sink_pc"}
     for scores in report["policies"].values():
         assert {"lipsync_r", "dynamics_ratio", "drift"} <= set(scores)
+    # What ran, when and where, for bench/results.py to print beside the figures.
+    assert report["run"]["command"].startswith("actorcast eval --weights ") and report["run"]["bench"] == "eval"
+    assert report["run"]["date"].endswith("UTC") and report["run"]["machine"]["cores"] >= 1
 
 
 def test_eval_without_weights_is_one_line(tmp_path):

@@ -48,6 +48,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `actorcast` console script."""
     args = build_parser().parse_args(argv)
+    args.command_line = ["actorcast", *(sys.argv[1:] if argv is None else argv)]  # what ran: a run's record
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from actorcast.cluster.cli.args import frame_size, output_file, positive_int, positive_seconds
 from actorcast.models.errors import ActorcastError
 from actorcast.models.kv_cache import POLICY_NAMES
+from actorcast.models.run_record import run_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                           progress=lambda _: bar.update(1))
     report["weights"] = str(Path(weights).resolve())
     report["chunk_frames"] = models.motion.config.chunk_frames
+    report["run"] = run_record("eval", args.command_line)
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     if args.json:
         tmp = args.json.with_name(f".{args.json.name}.part")
