@@ -13,7 +13,9 @@ face: `max_photo_sessions_at_25fps` (at most 0.5 % degraded), `photo_scaling`, `
 `photo_skipped`: why the server refused the photo). `core_seconds_per_call_second` {builtin, photo}: the server's
 CPU seconds (its process and children, bench/live_capacity.py) per second of one call, past its start-up;
 `calls_per_16_cores` what 16 cores hold at that rate; `core_seconds_by_calls` the same per call at each number of
-calls tried; `calls_plot`: DIR/live_calls.png, p95 and degraded share against calls at once, both kinds.
+calls tried; `core_seconds_by_part` {builtin, photo}: one call's figure split into the server's own process (its
+event loop, WebRTC and media encoding: "server") and each stage's worker ("audio", "motion", "decoder0", ...);
+`calls_plot`: DIR/live_calls.png, p95 and degraded share against calls at once, both kinds.
 `sessions`: the built-in calls' degraded share and p95, and the cost per session of 1, 2 and 4 sessions at once
 as a ratio to 1, with and without continuous batching (actors/batching.py); `pipecat`: the Pipecat service's
 added latency (bench/pipecat_latency.py); `livekit`: the same for the LiveKit avatar (bench/livekit_latency.py).
@@ -42,7 +44,8 @@ from bench import livekit_latency, pipecat_latency  # noqa: E402
 from bench.callers import portrait_data  # noqa: E402
 from bench.common import ROOT, run_record, write_json  # noqa: E402
 from bench.live_capacity import (PLANNING_CORES, CpuSampler, calls_per_cores, calls_summary,  # noqa: E402
-                                 core_seconds_per_call_second, holds_25fps, plot_calls, scaling_entry,
+                                 core_seconds_by_part, core_seconds_per_call_second, holds_25fps,
+                                 plot_calls, scaling_entry,
                                  search_capacity)
 from actorcast.models.data.performance import generate_speech  # noqa: E402
 from actorcast.models.media import write_wav  # noqa: E402
@@ -200,6 +203,7 @@ class Capacity:
     best: int
     scaling: dict[int, list[dict]]
     core_s: dict[int, float | None]
+    parts: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)  # core_s by part of the server
 
 
 async def capacity(served: Served, wav: Path, seconds: float, most: int, portrait: Path | None = None) -> Capacity:
@@ -209,16 +213,18 @@ async def capacity(served: Served, wav: Path, seconds: float, most: int, portrai
     share = BUILTIN_MAX_DEGRADED if portrait is None else PHOTO_MAX_DEGRADED
     callers_pids: set[int] = set()
     core_s: dict[int, float | None] = {}
+    parts: dict[int, dict[str, float]] = {}
 
     async def try_calls(n: int) -> list[dict]:
         async with CpuSampler(lambda: len(served.server.calls), callers_pids) as sampler:
             reports = await concurrent_calls(served.url, wav, n, seconds, portrait, callers_pids)
         cores = core_seconds_per_call_second(sampler.samples, n)
         core_s[n] = None if cores is None else round(cores, 3)
+        parts[n] = {k: round(v, 3) for k, v in core_seconds_by_part(sampler.samples, n).items()}
         return reports
 
     best, tried = await search_capacity(try_calls, lambda r: holds_25fps(r, share), most=most)
-    return Capacity(best, {n: [scaling_entry(r) for r in reports] for n, reports in tried.items()}, core_s)
+    return Capacity(best, {n: [scaling_entry(r) for r in reports] for n, reports in tried.items()}, core_s, parts)
 
 
 async def portrait_refusal(url: str, photo: Path) -> str | None:
@@ -235,7 +241,9 @@ def photo_figures(builtin: Capacity, photo: Capacity | None, refusal: str | None
     out = {"max_photo_sessions_at_25fps": photo.best if photo else None,
            "core_seconds_per_call_second": one,
            f"calls_per_{PLANNING_CORES}_cores": {kind: calls_per_cores(c) for kind, c in one.items()},
-           "core_seconds_by_calls": {"builtin": builtin.core_s, "photo": photo.core_s if photo else {}}}
+           "core_seconds_by_calls": {"builtin": builtin.core_s, "photo": photo.core_s if photo else {}},
+           "core_seconds_by_part": {"builtin": builtin.parts.get(1, {}),
+                                    "photo": photo.parts.get(1, {}) if photo else {}}}
     if photo is None:
         return {**out, "photo_skipped": refusal}
     return {**out, "photo_scaling": photo.scaling,

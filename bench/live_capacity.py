@@ -54,65 +54,62 @@ def parse_stat(text: str) -> tuple[int, int]:
     return int(rest[1]), int(rest[11]) + int(rest[12])
 
 
-def tree_ticks(root: int, exclude: frozenset[int] = frozenset(), proc: Path = Path("/proc")) -> int:
+STAGE_PREFIX = "ac-"  # the command name a stage's worker process gives itself (actors/worker_process.py)
+
+
+def part_of(pid: int, root: int, text: str) -> str:
+    """Which part of the server process /proc/PID/stat `text` is: "server" for the server's own process, a
+    stage's name for a stage worker (its command name STAGE_PREFIX + name), "other" for any other descendant."""
+    if pid == root:
+        return "server"
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    return comm[len(STAGE_PREFIX):] if comm.startswith(STAGE_PREFIX) else "other"
+
+
+def tree_ticks_by_part(root: int, exclude: frozenset[int] = frozenset(), proc: Path = Path("/proc")) -> dict[str, int]:
     """User + system clock ticks of process `root` and its running descendants, less the processes in `exclude`
-    and their descendants. A process that ends while /proc is read is skipped."""
-    parent, ticks = {}, {}
+    and their descendants, by part (`part_of`; a descendant of a stage worker counts to the stage). A process that
+    ends while /proc is read is skipped."""
+    parent, ticks, part = {}, {}, {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            parent[int(entry.name)], ticks[int(entry.name)] = parse_stat((entry / "stat").read_text())
+            text = (entry / "stat").read_text()
+            pid = int(entry.name)
+            parent[pid], ticks[pid] = parse_stat(text)
+            part[pid] = part_of(pid, root, text)
         except (OSError, ValueError, IndexError):
             continue
     children: dict[int, list[int]] = {}
     for pid, ppid in parent.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [root] if root not in exclude else []
+    totals: dict[str, int] = {}
+    todo = [(root, None)] if root not in exclude else []
     while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo += [c for c in children.get(pid, ()) if c not in exclude]
-    return total
+        pid, inherited = todo.pop()
+        name = inherited or part.get(pid, "other")
+        totals[name] = totals.get(name, 0) + ticks.get(pid, 0)
+        below = name if name not in ("server", "other") else None
+        todo += [(c, below) for c in children.get(pid, ()) if c not in exclude]
+    return totals
+
+
+def tree_ticks(root: int, exclude: frozenset[int] = frozenset(), proc: Path = Path("/proc")) -> int:
+    """User + system clock ticks of process `root` and its running descendants, less the processes in `exclude`
+    and their descendants (`tree_ticks_by_part`, summed)."""
+    return sum(tree_ticks_by_part(root, exclude, proc).values())
 
 
 @dataclasses.dataclass(frozen=True)
 class CpuSample:
-    """One reading: when (monotonic s), the server tree's CPU so far (s) and the calls in progress."""
+    """One reading: when (monotonic s), the server tree's CPU so far (s), the calls in progress, and the CPU so
+    far by part of the server (`tree_ticks_by_part`, s)."""
 
     t: float
     cpu_s: float
     calls: int
-
-
-def core_seconds_per_call_second(samples: list[CpuSample], calls: int, startup_s: float = STARTUP_S) -> float | None:
-    """CPU seconds the server spent per second of each call, while `calls` calls were in progress: over the
-    longest stretch of samples with at least that many in, from `startup_s` after its first sample (the calls'
-    start-up, as the degraded count leaves it out) to its last. A call still closing from before (it ends within
-    the first samples) makes a stretch of its own, so it is not taken for the calls measured. None when the
-    stretch holds fewer than two samples past its start-up."""
-    if calls < 1:
-        return None
-    stretches, current = [], []
-    for s in samples:
-        if s.calls >= calls:
-            current.append(s)
-        elif current:
-            stretches.append(current)
-            current = []
-    stretches.append(current)
-    longest = max(stretches, key=lambda run: run[-1].t - run[0].t if run else -1.0)
-    span = [s for s in longest if s.t >= longest[0].t + startup_s] if longest else []
-    if len(span) < 2 or span[-1].t <= span[0].t:
-        return None
-    return (span[-1].cpu_s - span[0].cpu_s) / (span[-1].t - span[0].t) / calls
-
-
-def calls_per_cores(core_s_per_call_s: float | None, cores: int = PLANNING_CORES) -> int | None:
-    """Calls `cores` cores hold if CPU were the only limit (one server process is also bound by its event loop)."""
-    if not core_s_per_call_s or core_s_per_call_s <= 0:
-        return None
-    return int(cores / core_s_per_call_s)
+    parts: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 class CpuSampler:
@@ -126,8 +123,9 @@ class CpuSampler:
         self._task: asyncio.Task | None = None
 
     def read(self) -> None:
-        cpu_s = tree_ticks(os.getpid(), frozenset(self.exclude)) * self.tick_s
-        self.samples.append(CpuSample(asyncio.get_running_loop().time(), cpu_s, self.calls_in_progress()))
+        parts = {k: v * self.tick_s for k, v in tree_ticks_by_part(os.getpid(), frozenset(self.exclude)).items()}
+        self.samples.append(CpuSample(asyncio.get_running_loop().time(), sum(parts.values()),
+                                      self.calls_in_progress(), parts))
 
     async def _run(self) -> None:
         while True:
@@ -141,6 +139,53 @@ class CpuSampler:
     async def __aexit__(self, *exc) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _measured_span(samples: list[CpuSample], calls: int, startup_s: float) -> list[CpuSample]:
+    """The samples `core_seconds_per_call_second` reads (its docstring); fewer than two: nothing to read."""
+    if calls < 1:
+        return []
+    stretches, current = [], []
+    for s in samples:
+        if s.calls >= calls:
+            current.append(s)
+        elif current:
+            stretches.append(current)
+            current = []
+    stretches.append(current)
+    longest = max(stretches, key=lambda run: run[-1].t - run[0].t if run else -1.0)
+    span = [s for s in longest if s.t >= longest[0].t + startup_s] if longest else []
+    return span if len(span) >= 2 and span[-1].t > span[0].t else []
+
+
+def core_seconds_per_call_second(samples: list[CpuSample], calls: int, startup_s: float = STARTUP_S) -> float | None:
+    """CPU seconds the server spent per second of each call, while `calls` calls were in progress: over the
+    longest stretch of samples with at least that many in, from `startup_s` after its first sample (the calls'
+    start-up, as the degraded count leaves it out) to its last. A call still closing from before (it ends within
+    the first samples) makes a stretch of its own, so it is not taken for the calls measured. None when the
+    stretch holds fewer than two samples past its start-up."""
+    span = _measured_span(samples, calls, startup_s)
+    if not span:
+        return None
+    return (span[-1].cpu_s - span[0].cpu_s) / (span[-1].t - span[0].t) / calls
+
+
+def core_seconds_by_part(samples: list[CpuSample], calls: int, startup_s: float = STARTUP_S) -> dict[str, float]:
+    """`core_seconds_per_call_second` split by part of the server (`part_of`: its own process, which runs the
+    calls' WebRTC, and each stage's worker), over the same samples; {} when there is nothing to read."""
+    span = _measured_span(samples, calls, startup_s)
+    if not span:
+        return {}
+    seconds = (span[-1].t - span[0].t) * calls
+    names = set(span[0].parts) | set(span[-1].parts)
+    return {name: (span[-1].parts.get(name, 0.0) - span[0].parts.get(name, 0.0)) / seconds for name in sorted(names)}
+
+
+def calls_per_cores(core_s_per_call_s: float | None, cores: int = PLANNING_CORES) -> int | None:
+    """Calls `cores` cores hold if CPU were the only limit (one server process is also bound by its event loop)."""
+    if not core_s_per_call_s or core_s_per_call_s <= 0:
+        return None
+    return int(cores / core_s_per_call_s)
 
 
 # --- summaries and the plot --------------------------------------------------------------------------------------

@@ -124,3 +124,27 @@ def test_calls_summary_and_plot(tmp_path):
     path = plot_calls(tmp_path / "calls.png", {"built-in": {1: summary, 2: summary}, "photo": {1: summary}},
                       "Test CPU", 2)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_servers_cpu_is_split_into_its_own_process_and_each_stage_worker(tmp_path):
+    from bench.live_capacity import core_seconds_by_part, tree_ticks_by_part
+
+    proc = fake_proc(tmp_path, [
+        (100, "python", 1, 300, 100),          # the server: its event loop, WebRTC, encoding
+        (101, "ac-motion", 100, 200, 0),       # a stage worker, named by actors/worker_process.py
+        (102, "ac-decoder0", 100, 50, 10),
+        (103, "face_worker", 102, 5, 5),       # a worker's own child counts to its stage
+        (104, "face_worker", 100, 7, 0),       # any other child of the server
+        (200, "python", 100, 900, 100),        # the callers: excluded
+    ])
+    parts = tree_ticks_by_part(100, frozenset({200}), proc)
+    assert parts == {"server": 400, "motion": 200, "decoder0": 70, "other": 7}
+    assert sum(parts.values()) == tree_ticks(100, frozenset({200}), proc)
+    rows = [CpuSample(0.0, 0.0, 1, {"server": 0.0, "motion": 0.0}),
+            CpuSample(2.0, 1.0, 1, {"server": 0.5, "motion": 0.5}),   # start-up: not read
+            CpuSample(3.0, 1.6, 1, {"server": 0.8, "motion": 0.8}),
+            CpuSample(5.0, 2.8, 1, {"server": 1.2, "motion": 1.4, "decoder0": 0.2})]
+    by_part = core_seconds_by_part(rows, 1, startup_s=2.0)
+    assert by_part == pytest.approx({"server": 0.7 / 3, "motion": 0.9 / 3, "decoder0": 0.2 / 3})  # from t = 2 s
+    assert sum(by_part.values()) == pytest.approx(core_seconds_per_call_second(rows, 1, startup_s=2.0))
+    assert core_seconds_by_part(rows[:1], 1) == {}

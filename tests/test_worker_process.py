@@ -5,6 +5,7 @@ frames are decoded again; a stage that cannot start stops the engine with its ow
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,9 @@ def test_stages_in_worker_processes_give_the_frames_of_stages_in_threads():
         idx_t, frames_t, _ = asyncio.run(render_session(threads, pcm))
         idx_p, frames_p, _ = asyncio.run(render_session(procs, pcm, piece=1111))
         pids = {stage.pid for stage in (procs.audio, procs.motion, *procs.shards)}
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids}
     assert len(pids) == 3 and os.getpid() not in pids and None not in pids  # three workers of their own
+    assert names == {"ac-audio", "ac-motion", "ac-decoder0"}  # named for ps, top and the live benchmark
     assert idx_p == idx_t == list(range(len(pcm) // SAMPLES_PER_FRAME))
     assert np.array_equal(frames_p, frames_t)
 
