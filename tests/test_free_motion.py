@@ -133,14 +133,15 @@ def test_a_snapshot_resumes_the_free_motion_exactly():
 
 def test_a_blink_that_starts_follows_the_profile_to_its_end():
     """Once the drawn lids cross the onset from open, the next frames are the blink profile's, whatever the
-    mixture draws, and the completed blink is the model's next input; without a profile the draws pass as
-    they are (the lever: drawn frame by frame, blinks were one-frame flickers closing the eye two-thirds)."""
+    mixture draws, and the completed blink is the model's next input; between blinks the eyes are open; without a
+    profile the draws pass as they are (the lever: drawn frame by frame, blinks were one-frame flickers closing
+    the eye two-thirds, and half-closed draws read as blinks of their own)."""
     from actorcast.models.free_motion import BLINK_ONSET, LIDS
 
     _, free = _models()
     with torch.no_grad():  # lids drawn near half closed, so that blinks start often
         free.head.bias.zero_()
-    audio, emotion = torch.randn(3, 60, 8), torch.tensor([0, 1, 2])
+    audio, emotion = torch.randn(3, 150, 8), torch.tensor([0, 1, 2])
     plain = FreeMotionStream(free, 3, seed=1).sample(audio, emotion)
     free.blink_profile = torch.tensor([[0.8, 0.9], [1.0, 1.0], [0.6, 0.5], [0.2, 0.2]])
     out = FreeMotionStream(free, 3, seed=1).sample(audio, emotion)
@@ -153,12 +154,13 @@ def test_a_blink_that_starts_follows_the_profile_to_its_end():
                 assert torch.allclose(row[t:t + 4], free.blink_profile, atol=1e-6), (t, row[t:t + 4])
                 starts += 1
                 t += 4
-            else:
+            else:  # between blinks the eyes are open: no half-blinks
+                assert row[t].max() == 0.0, (t, row[t])
                 t += 1
     assert starts >= 3
-    plain_closure = (plain[:, :, LIDS] + 1) / 2
+    assert ((plain_closure := (plain[:, :, LIDS] + 1) / 2) > 0.1).logical_and(plain_closure < BLINK_ONSET).any()
     assert not any(torch.allclose(plain_closure[r, t:t + 4], free.blink_profile, atol=1e-3)
-                   for r in range(3) for t in range(56))
+                   for r in range(3) for t in range(146))
 
 
 def test_the_blink_profile_is_the_datas_mean_blink_from_its_onset():
