@@ -118,3 +118,18 @@ def test_write_json_adds_the_run_record(tmp_path, monkeypatch):
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", run["date"])
     kept = common.write_json(tmp_path, "data", {"run": RUN})  # a result that brings its own record keeps it
     assert json.loads(kept.read_text())["run"] == RUN
+
+
+def test_a_new_run_of_one_benchmark_keeps_the_other_benchmarks_sections(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Measured results\n\nGenerated before.\n\n## live\n\n- date: old live run\n\n| old live |\n\n"
+                   "## models\n\n- date: 2026-11-30 (the models run)\n\n| `rtf` | 14.8 |\n\n"
+                   f"{results.RECORDED}\n\n<!-- recorded: cache -->\n### KV cache\n\n| `full` | 8.5 ms |\n")
+    eval_json = _write(tmp_path / "eval.json", {"lipsync_r": 0.81, "run": {**RUN, "bench": "eval"}})
+    live_json = _write(tmp_path / "live.json", {"ttff_s": 0.39, "run": {**RUN, "bench": "live"}})
+    results.main(["--out", str(out), str(eval_json), str(live_json)])
+    text = out.read_text()
+    assert "- date: 2026-11-30 (the models run)\n\n| `rtf` | 14.8 |" in text  # kept as it was
+    assert "old live run" not in text and _row(text, "ttff_s")[2] == "0.39"  # replaced by the new run
+    assert text.index("## eval") < text.index("## live") < text.index("## models") < text.index(results.RECORDED)
+    assert text.count("## models") == 1 and "| `full` | 8.5 ms |" in text
