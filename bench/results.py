@@ -75,6 +75,7 @@ HEADLINES: dict[str, tuple[Row, ...]] = {
         Row("photo_sessions.calls_*.p95_ms", "photo calls: server p95 of the worst call, ms"),
         Row("core_seconds_per_call_second", "server CPU s per s of one call, built-in / photo"),
         Row("calls_per_16_cores", "calls 16 cores hold if CPU were the only limit, built-in / photo"),
+        Row("core_seconds_by_part.*", "one call's server CPU by part: its own process (WebRTC, encoding), each stage"),
         Row("pipecat.added_latency_ms_p95", "Pipecat service's added latency p95, ms"),
         Row("livekit.added_latency_ms_p95", "LiveKit avatar's added latency p95, ms"),
     ),
