@@ -80,3 +80,32 @@ def test_a_stage_that_cannot_start_raises_its_own_error_and_leaves_no_worker():
     stage.shutdown()
     with pytest.raises(ActorcastError, match="shut down"):
         stage.submit("output_size").result()
+
+
+class _Echo:
+    def back(self, value):
+        return value
+
+
+def test_tensors_cross_the_pipe_by_value_not_through_shared_file_descriptors(monkeypatch):
+    """Requests and answers carry their tensors as copies: torch's own pipe reduction shared each one through a file
+    descriptor, which opened a connection to a resource-sharer thread with a handshake per tensor (profiled: a large
+    part of the server process's CPU in a call)."""
+    import multiprocessing.reduction
+
+    import torch
+
+    stage = ProcessStage(_Echo, name="echo")
+    stage.wait_ready()  # (starting a worker hands it its pipe through a shared descriptor)
+    shared = []
+    monkeypatch.setattr(multiprocessing.reduction, "DupFd", lambda fd: shared.append(fd))  # torch's tensor sharing
+    try:
+        sent = {"f32": torch.randn(3, 4), "i64": torch.arange(6).reshape(2, 3)[:, 1:], "bool": torch.tensor([True]),
+                "f16": torch.randn(5).half(), "np": np.arange(4, dtype=np.uint8), "text": "x"}
+        got = stage.submit("back", sent).result()
+    finally:
+        stage.shutdown()
+    for key in ("f32", "i64", "bool", "f16"):
+        assert got[key].dtype == sent[key].dtype and torch.equal(got[key], sent[key]), key
+    assert np.array_equal(got["np"], sent["np"]) and got["text"] == "x"
+    assert shared == []  # no tensor went through a shared file descriptor
