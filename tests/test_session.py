@@ -61,7 +61,9 @@ def test_live_session_degrades_when_behind_and_interrupt_keeps_time_base():
     assert [vf.first_frame for vf in out] == list(range(0, n, 4))
     assert stats["frames_out"] == n and stats["degraded_frames"] > 0
     assert stats["degraded_frames"] == sum(vf.n_frames for vf in out if vf.degraded)
-    assert any(vf.degraded for vf in out) and not out[0].degraded
+    # Six seconds fed at once: the later chunks are seconds behind real time, so they degrade. Whether the first
+    # chunk is already behind depends on how fast this machine served it, so it is not asserted.
+    assert any(vf.degraded for vf in out[len(out) // 2:])
     assert stats["latency_ms"]["p95"] >= stats["latency_ms"]["p50"] > 0
     assert idx == list(range(50))
 
