@@ -57,6 +57,10 @@ class AudioClient(_ResumableClient):
     def __init__(self, stage: StageHandle):
         self.stage = stage
 
+    def lookahead_frames(self) -> "Future[int]":
+        """The encoder's lookahead in frames, as its weights were trained."""
+        return self.stage.submit("lookahead_frames")
+
     def open(self, session_id: str, first_frame: int = 0) -> "Future[np.ndarray]":
         """Start a stream; its result is the feature of steady silence (d_audio,)."""
         return self.stage.submit("open", session_id, first_frame)

@@ -125,7 +125,7 @@ class Engine:
                                     [ShardClient.batched(s) for s in self.shards]) if batching else self.solo
         self.seniority = Seniority()
         self.size = int(self.solo.shards[0].output_size().result())  # --size, else the decoder's own
-        self.lookahead = get_preset(preset).audio.lookahead
+        self.lookahead = int(audio.lookahead_frames().result())  # the weights' own, not the preset's
         self.chunk_frames, self.trained_chunks = self.solo.motion.stream_shape().result()
         self._closed = False
 

@@ -99,6 +99,10 @@ class AudioEncoderStage:
         self.lookahead = self.encoder.config.lookahead
         self.sessions = _Sessions("AudioEncoderStage")
 
+    def lookahead_frames(self) -> int:
+        """Frames of audio past a frame that its feature hears: the weights' own (AudioConfig.lookahead)."""
+        return self.lookahead
+
     def open(self, session_id: str, first_frame: int = 0) -> np.ndarray:
         """Start a stream; returns the feature of steady silence (d_audio,), used to blank interrupted speech."""
         self.sessions.items[session_id] = {"state": self.encoder.init_state(), "next": first_frame}

@@ -78,7 +78,8 @@ class MotionConfig:
     def with_chunk(self, chunk_frames: int) -> "MotionConfig":
         """This config running `chunk_frames`-frame chunks; ConfigError if the weights were not trained for it."""
         if chunk_frames not in self.trained_chunks:
-            sizes = " or ".join(map(str, self.trained_chunks))
+            *most, last = map(str, self.trained_chunks)
+            sizes = f"{', '.join(most)} or {last}" if most else last
             raise ConfigError(f"chunks of {chunk_frames} frames: these weights were trained for chunks of {sizes} "
                               "frames; give one of those, or fine-tune the generator for it (TRAINING.md)")
         others = tuple(n for n in self.trained_chunks if n != chunk_frames)
@@ -99,8 +100,8 @@ MOTION_PRESETS: dict[str, MotionConfig] = {
     # -> ~9 MFLOP per frame (x2 with audio CFG), ~0.25-0.45 GFLOP/s at 25 fps: well under 10 ms per
     # 4-frame chunk, leaving the CPU to the audio encoder and the 256x256 decoder.
     # tiny: the shipped generator's recipe (no chunk-level noise, no weighted dimensions: a fine-tune with them
-    # lost lip-sync, TRAINING.md), and trained for 2-frame chunks beside its 4 (a live call's low latency).
-    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4, chunk_choices=(2,)),
+    # lost lip-sync, TRAINING.md), and trained for 1- and 2-frame chunks beside its 4 (a live call's low latency).
+    "tiny": MotionConfig(d_model=128, n_layers=4, n_heads=4, chunk_choices=(1, 2)),
     "base": MotionConfig(d_model=768, n_layers=14, n_heads=12),  # ~100 M parameters
     "large": MotionConfig(d_model=1280, n_layers=25, n_heads=20),  # ~500 M parameters
 }

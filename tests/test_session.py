@@ -240,12 +240,12 @@ def test_stage_threads_are_per_engine():
 
 
 def test_two_frame_chunks_live_give_the_offline_frames_and_an_untrained_size_is_refused():
-    """An engine running the generator's 2-frame chunks (it is trained for 2 and 4): a live session, fed 2-frame
-    audio blocks, gives the frames of the same model run offline on the same audio."""
+    """An engine running the generator's 2-frame chunks (it is trained for 1, 2 and 4): a live session, fed
+    2-frame audio blocks, gives the frames of the same model run offline on the same audio."""
     pcm = buzz_pcm(2.0, seed=9)
     with Engine(weights=UNTRAINED, size=SIZE, chunk_frames=2) as engine:
         live = engine.live_config()
-        assert engine.chunk_frames == 2 and engine.trained_chunks == (2, 4) and live.block_frames == 2
+        assert engine.chunk_frames == 2 and engine.trained_chunks == (1, 2, 4) and live.block_frames == 2
         never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
         out = asyncio.run(_live_frames(engine, pcm, never_behind))
         idx, offline, _ = asyncio.run(render_session(engine, pcm))
@@ -256,5 +256,26 @@ def test_two_frame_chunks_live_give_the_offline_frames_and_an_untrained_size_is_
     assert np.abs(frames.astype(int) - offline).max() <= 1  # same frames (up to batch round-off)
     with pytest.raises(ConfigError) as refused:
         Engine(weights=UNTRAINED, size=SIZE, chunk_frames=3)
-    assert str(refused.value).startswith("chunks of 3 frames: these weights were trained for chunks of 2 or 4 "
+    assert str(refused.value).startswith("chunks of 3 frames: these weights were trained for chunks of 1, 2 or 4 "
                                          "frames") and "\n" not in str(refused.value)
+
+
+def test_the_engine_takes_the_lookahead_of_its_weights(tmp_path):
+    """Weights whose audio encoder hears one frame ahead (not the preset's two): the engine waits for one frame,
+    feeds 1-frame audio blocks to 1-frame chunks, and a live session gives the frames of the same model run
+    offline on the same audio."""
+    from tests.untrained import write_untrained_weights
+
+    weights = write_untrained_weights(tmp_path / "weights", resolution=SIZE, lookahead=1)
+    pcm = buzz_pcm(1.6, seed=3)
+    with Engine(weights=str(weights), size=SIZE, chunk_frames=1) as engine:
+        live = engine.live_config()
+        assert (engine.lookahead, engine.chunk_frames, live.block_frames) == (1, 1, 1)
+        never_behind = dataclasses.replace(live, degrade_after_s=1e9, repeat_after_s=1e9, inbox_seconds=60)
+        out = asyncio.run(_live_frames(engine, pcm, never_behind))
+        idx, offline, _ = asyncio.run(render_session(engine, pcm))
+        assert engine.audio._obj.encoder.config.lookahead == 1
+    n = len(pcm) // SAMPLES_PER_FRAME
+    assert [vf.first_frame for vf in out] == idx == list(range(n))
+    frames = np.concatenate([vf.frames for vf in out])
+    assert np.abs(frames.astype(int) - offline).max() <= 1  # same frames (up to batch round-off)

@@ -170,7 +170,7 @@ def test_motion_stage_init_fine_tunes_an_export_with_the_presets_training_settin
         for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), name
     assert trainer.generator.config.p_chunk_level == MOTION_PRESETS["tiny"].p_chunk_level != 0.25
-    assert trainer.generator.config.chunk_choices == MOTION_PRESETS["tiny"].chunk_choices == (2,)
+    assert trainer.generator.config.chunk_choices == MOTION_PRESETS["tiny"].chunk_choices == (1, 2)
     # the audio encoder stays as exported (the free motion reads its features); the generator learns
     assert not any(p.requires_grad for p in trainer.audio.parameters())
     assert all(p.requires_grad for p in trainer.generator.parameters())
@@ -185,3 +185,34 @@ def test_motion_stage_init_fine_tunes_an_export_with_the_presets_training_settin
     with pytest.raises(ConfigError, match="motion stage only"):
         from actorcast.models.training.probe_stage import ProbeStage
         ProbeStage.check(_cfg(tmp_path, "probe", init=str(export)))
+
+
+def test_a_fine_tune_to_another_lookahead_trains_the_audio_encoder_too(tmp_path):
+    """--lookahead 1 on an export with the preset's 2: the same audio weights, read one frame sooner, learn with
+    the generator (the export keeps the new lookahead); the export's own lookahead leaves the encoder frozen;
+    another stage refuses the flag with one line."""
+    from actorcast.models.audio import AudioEncoder
+    from actorcast.models.motion import MotionGenerator
+    from actorcast.models.presets import get_preset
+    from actorcast.models.training.motion_stage import MotionTrainer
+
+    preset = get_preset("tiny")
+    assert preset.audio.lookahead == 2
+    export = tmp_path / "export"
+    torch.manual_seed(2)
+    audio = AudioEncoder(preset.audio)
+    save_weights(export, "motion_generator", MotionGenerator(preset.motion), preset.motion)
+    save_weights(export, "audio_encoder", audio, preset.audio)
+    sooner = MotionTrainer("tiny", latent="params", init=str(export), lookahead=1)
+    assert sooner.audio_trains and sooner.audio_config.lookahead == sooner.audio.config.lookahead == 1
+    assert all(p.requires_grad for p in sooner.audio.parameters())
+    for (name, a), b in zip(sooner.audio.state_dict().items(), audio.state_dict().values()):
+        assert torch.equal(a, b), name
+    pcm = torch.randn(1, 640 * 12)
+    with torch.no_grad():  # one frame sooner: frame f now reads what frame f + 1 read
+        assert torch.allclose(sooner.audio(pcm)[0, 1:11], audio(pcm)[0, :10], atol=1e-5)
+    same = MotionTrainer("tiny", latent="params", init=str(export), lookahead=2)
+    assert not same.audio_trains and not any(p.requires_grad for p in same.audio.parameters())
+    assert MotionTrainer("tiny", latent="params", lookahead=1).audio_config.lookahead == 1
+    with pytest.raises(ConfigError, match="--lookahead is for the motion stage only"):
+        _cfg(tmp_path, "probe", lookahead=1)

@@ -14,12 +14,15 @@ from actorcast.models.presets import get_preset
 from actorcast.models.probe import Probe
 
 
-def write_untrained_weights(directory: Path, resolution: int = 64, probe: bool = False) -> Path:
-    """Every runtime model (and the probe if asked), untrained, seeded, the decoder at `resolution`."""
+def write_untrained_weights(directory: Path, resolution: int = 64, probe: bool = False,
+                            lookahead: int | None = None) -> Path:
+    """Every runtime model (and the probe if asked), untrained, seeded, the decoder at `resolution`, the audio
+    encoder with `lookahead` frames (default the preset's)."""
     p = get_preset("tiny")
     torch.manual_seed(0)
     decoder = dataclasses.replace(p.decoder, resolution=resolution)
-    models = [("audio_encoder", AudioEncoder(p.audio), p.audio),
+    audio = p.audio if lookahead is None else dataclasses.replace(p.audio, lookahead=lookahead)
+    models = [("audio_encoder", AudioEncoder(audio), audio),
               ("motion_generator", MotionGenerator(p.motion), p.motion),
               ("motion_encoder", MotionEncoder(p.motion_ae), p.motion_ae),
               ("decoder", VideoDecoder(decoder), decoder)]

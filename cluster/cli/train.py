@@ -38,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="motion stage: start from the audio encoder and generator exported in DIR and fine-tune "
                         "the generator with the preset's training settings (the audio encoder stays as it is: the "
                         "free motion reads its features) instead of training both from scratch")
+    p.add_argument("--lookahead", type=int, default=None, metavar="FRAMES",
+                   help="motion stage: the audio encoder's lookahead in video frames (40 ms each; default: the "
+                        "--init export's, else the preset's 2). With --init, another lookahead fine-tunes the audio "
+                        "encoder too, so the free motion must be trained again on the new export")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     # A bad value raises ConfigError, an ActorcastError: the CLI prints it as one line.
     cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
                          "data": args.data, "weights": args.weights, "device": args.device,
-                         "latent": args.latent, "init": args.init or ""})
+                         "latent": args.latent, "init": args.init or "",
+                         "lookahead": -1 if args.lookahead is None else args.lookahead})
     get_stage(args.stage).check(cfg)
     metrics = launch(cfg, args.workers, args.resume, args.address, args.storage)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

@@ -131,7 +131,9 @@ def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
 class MotionTrainer(nn.Module):
     """Audio encoder + motion generator trained together with the diffusion-forcing loss."""
 
-    def __init__(self, preset: str, latent: str = "params", init: str = ""):
+    def __init__(self, preset: str, latent: str = "params", init: str = "", lookahead: int | None = None):
+        """lookahead: the audio encoder's lookahead in frames (None: the export's with `init`, else the
+        preset's). With `init`, another lookahead than the export's fine-tunes the audio encoder too."""
         super().__init__()
         p = get_preset(preset)
         motion = p.motion
@@ -140,19 +142,26 @@ class MotionTrainer(nn.Module):
         if init:  # fine-tune an export: its sizes and weights, this preset's training settings
             audio, _ = load_weights(init, "audio_encoder", AudioConfig, AudioEncoder)
             generator, _ = load_weights(init, "motion_generator", MotionConfig, MotionGenerator)
+            self.audio_trains = lookahead is not None and lookahead != audio.config.lookahead
+            if self.audio_trains:  # the same weights, read one frame sooner or later: they must learn it
+                shifted = AudioEncoder(dataclasses.replace(audio.config, lookahead=lookahead))
+                shifted.load_state_dict(audio.state_dict())
+                audio = shifted
             self.audio_config = audio.config
             self.motion_config = dataclasses.replace(
                 generator.config, **{f: getattr(motion, f) for f in TRAINING_FIELDS})
             self.audio, self.generator = audio, generator
             self.generator.config = self.motion_config
-            # The audio encoder stays as exported: the free motion (models/free_motion.py) was fitted to its
-            # features, and a fine-tune of the generator must not move them.
-            self.audio.requires_grad_(False)
+            if not self.audio_trains:
+                # The audio encoder stays as exported: the free motion (models/free_motion.py) was fitted to
+                # its features, and a fine-tune of the generator must not move them.
+                self.audio.requires_grad_(False)
         else:
-            self.audio_config, self.motion_config = p.audio, motion
-            self.audio = AudioEncoder(p.audio)
+            audio_config = p.audio if lookahead is None else dataclasses.replace(p.audio, lookahead=lookahead)
+            self.audio_config, self.motion_config = audio_config, motion
+            self.audio = AudioEncoder(audio_config)
             self.generator = MotionGenerator(motion)
-        self.audio_trains = not init
+            self.audio_trains = True
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.audio_trains):
@@ -197,7 +206,8 @@ class MotionStage:
 
     @staticmethod
     def build(cfg) -> nn.Module:
-        return MotionTrainer(cfg.preset, encoder_latent_kind(cfg.weights), cfg.init)
+        return MotionTrainer(cfg.preset, encoder_latent_kind(cfg.weights), cfg.init,
+                             None if cfg.lookahead < 0 else cfg.lookahead)
 
     @staticmethod
     def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:

@@ -55,6 +55,7 @@ class TrainConfig:
     clip_seconds: float = 8.0      # motion stage: length of each clip
     window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
     tts_share: float = 0.5         # motion stage: share of clips spoken by espeak-ng (the rest formant babble)
+    lookahead: int = -1            # motion stage: the audio encoder's lookahead in frames; -1: the init's or preset's
     latent: str = "auto"           # decoder stage: params | encoder | auto (params on synthetic data)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
@@ -67,6 +68,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.tts_share <= 1.0:
             raise ConfigError(f"tts_share must be in [0, 1], got {self.tts_share}")
+        if not -1 <= self.lookahead <= 25:
+            raise ConfigError(f"lookahead must be 0..25 frames, got {self.lookahead}")
+        if self.lookahead >= 0 and self.stage != "motion":
+            raise ConfigError("--lookahead is for the motion stage only (the audio encoder trains there)")
         if self.latent not in ("auto", "params", "encoder"):
             raise ConfigError(f"latent must be auto, params or encoder, got {self.latent!r}")
         if self.zero_stage not in (0, 1, 2, 3):
