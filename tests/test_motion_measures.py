@@ -91,3 +91,24 @@ def test_scores_have_every_key():
     assert scores["blinks_per_min_ground_truth"] == pytest.approx(18.0)
     assert scores["blinks_per_min_idle"] == pytest.approx(60 * 25 / 150)
     assert scores["idle_seconds"] == pytest.approx(6.0)
+
+
+def test_spreads_pool_more_clips_than_the_meter_reads_and_lids_are_counted_too():
+    """The motion measures pool every clip's parameters; the meter's blink counts only the clips it read; blinks
+    by the lid parameters count every clip, generated and true."""
+    from actorcast.models.data.params import PARAM_INDEX
+
+    truth = [_moving_params(s, 250) for s in (3, 4)]
+    still = [truth[0], truth[1] * 0 + truth[1].mean(0)]  # the second clip generated without motion
+    audio = [torch.zeros(250 * 640), torch.zeros(250 * 640)]
+    for clip, frames in zip(truth, ([20, 150], [40, 90, 140, 200])):  # whole closures on the lid parameters
+        clip[:, [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]] = 0.0
+        for f in frames:
+            clip[f:f + 4, [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]] = 1.0
+    eyes = [_eyes(250, [20, 150])]
+    scores = motion_scores(still, truth, audio, eyes, eyes)
+    assert scores["motion_clips"] == 2 and scores["idle_seconds"] == pytest.approx(20.0)
+    assert scores["motion_spread"]["head"] < 0.9  # the still second clip counts
+    assert scores["blinks_per_min"] == pytest.approx(12.0)  # the meter read one clip
+    assert scores["blinks_per_min_params_ground_truth"] == pytest.approx(60 * 25 * 6 / 500)
+    assert scores["blinks_per_min_params"] == pytest.approx(60 * 25 * 2 / 500)  # the still clip has no blinks

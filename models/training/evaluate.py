@@ -143,9 +143,12 @@ class _Readings:
 
 @torch.no_grad()
 def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, size: int, policy: CacheConfig,
-                source: str = "babble") -> dict:
+                source: str = "babble", motion_clips: int = 0) -> dict:
     """Meter-read lip-sync of the model, the decoder's ceiling, the floor and the ground truth itself, over n
-    held-out clips of `source` (the formant babble, or espeak speech); decoder PSNR and the probe's jaw r too."""
+    held-out clips of `source` (the formant babble, or espeak speech); decoder PSNR and the probe's jaw r too.
+    The motion measures (motion_measures.py) pool `motion_clips` clips where that is more than n and the
+    generated parameters can be read without decoding (a parameter latent): eight 10-s clips hold a few
+    blinks and a minute of silence, too few for a steady spread."""
     read, mse, probe_jaw = _Readings(), [], {"ceiling": [], "model": []}
     generated, truths, audios = [], [], []
     for i in range(n_clips):
@@ -169,6 +172,14 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
                 generated.append(motion_params(models, z, probe_params))
                 truths.append(clip.params)
                 audios.append(clip.audio)
+    if models.latent == "params":
+        for i in range(n_clips, motion_clips):
+            clip = make_clip(HELDOUT_START + CLIP_STRIDE * i, seconds, size=None, source=source)
+            reference = render(sample_identities([identity_seed(clip.seed)]), neutral_params(1), size)[0]
+            z = generate_motion(models, clip.audio, reference, clip.emotion, policy, seed=i)
+            generated.append(motion_params(models, z, None))
+            truths.append(clip.params)
+            audios.append(clip.audio)
     truth, blink = np.concatenate(read.truth), np.concatenate(read.blink)
     r = {name: pearson(truth, read.mouth(name)) for name in read.parts}
     result = {"meter_r_ground_truth": r["ground_truth"], "lipsync_r_ceiling": r["ceiling"],
@@ -224,14 +235,15 @@ def _similarity(frames: torch.Tensor, reference: torch.Tensor) -> float:
 
 def evaluate(models: Models, clips: int = 8, clip_seconds: float = 10.0, long_seconds: float = 300.0,
              size: int = 256, cache: CacheConfig = CacheConfig(), tts_clips: int | None = None,
-             meter: FaceMeter | None = None, progress=None) -> dict:
+             meter: FaceMeter | None = None, progress=None, motion_clips: int = 0) -> dict:
     """Every measure (docs/ARCHITECTURE.md "Measures"), with the default cache policy and an ablation over all five
-    policies."""
+    policies. motion_clips: clips of each source the motion measures pool (`clip_scores`)."""
     meter = meter or FaceMeter()
-    result = clip_scores(models, meter, clips, clip_seconds, size, cache)
+    result = clip_scores(models, meter, clips, clip_seconds, size, cache, motion_clips=motion_clips)
     if progress:
         progress("clips")
-    tts = clip_scores(models, meter, tts_clips or clips, clip_seconds, size, cache, source="tts")
+    tts = clip_scores(models, meter, tts_clips or clips, clip_seconds, size, cache, source="tts",
+                      motion_clips=motion_clips)
     result.update(tts)
     if progress:
         progress("tts")

@@ -124,14 +124,26 @@ def blink_rates(eyes: list[np.ndarray], masks: list[np.ndarray] | None = None) -
     return 60.0 * FPS * blinks / frames if frames else float("nan")
 
 
+def lid_openness(params: torch.Tensor) -> np.ndarray:
+    """(T,) how open the eyes are by the parameters alone (1 - the mean of the two lids' closure)."""
+    return 1.0 - params[:, [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]].double().mean(1).numpy()
+
+
 def motion_scores(generated: list[torch.Tensor], truth: list[torch.Tensor], audio: list[torch.Tensor],
                   eyes_model: list[np.ndarray], eyes_truth: list[np.ndarray]) -> dict:
     """Every measure of the module docstring over clips: generated and true parameters (T, N_PARAMS), the clips'
-    audio, and the meter's eye openness (T,) of the generated and of the ground-truth frames."""
+    audio, and the meter's eye openness (T,) of the generated and of the ground-truth frames of the first
+    len(eyes_model) clips (decoding and reading frames costs far more than generating parameters, so the spreads
+    may pool more clips than the meter reads). `blinks_per_min_params`: blinks counted on the lid parameters
+    of every clip, beside the truth's."""
     silent = [silent_frames(a, len(t)) for a, t in zip(audio, truth)]
+    read = silent[:len(eyes_model)]
     return {"motion_spread": motion_spread(generated, truth),
             "motion_spread_idle": motion_spread(generated, truth, silent),
+            "motion_clips": len(generated),
             "blinks_per_min": blink_rates(eyes_model), "blinks_per_min_ground_truth": blink_rates(eyes_truth),
-            "blinks_per_min_idle": blink_rates(eyes_model, silent),
-            "blinks_per_min_idle_ground_truth": blink_rates(eyes_truth, silent),
+            "blinks_per_min_idle": blink_rates(eyes_model, read),
+            "blinks_per_min_idle_ground_truth": blink_rates(eyes_truth, read),
+            "blinks_per_min_params": blink_rates([lid_openness(g) for g in generated]),
+            "blinks_per_min_params_ground_truth": blink_rates([lid_openness(t) for t in truth]),
             "idle_seconds": sum(int(s.sum()) for s in silent) / FPS}
