@@ -66,7 +66,12 @@ def audio_problem(audio, rate, channels) -> str | None:
 
 
 class VoiceResampler:
-    """Agent audio (16-bit PCM at any rate, interleaved channels) -> 48 kHz mono int16, one stream at a time."""
+    """Agent audio (16-bit PCM at any rate, interleaved channels) -> 48 kHz mono int16, one stream at a time.
+
+    A resampler holds back the last few samples of each frame for its filter (24 kHz: 32 of the first 20 ms
+    frame's 960). Cut into 20 ms blocks, every block would then wait for the next frame to be complete, 20 ms
+    of latency for a fraction of a millisecond of filter. So a stream starts with that many samples of silence:
+    from then on each frame's output ends where its input ends."""
 
     def __init__(self):
         self.rate: int | None = None
@@ -75,13 +80,19 @@ class VoiceResampler:
     def __call__(self, audio: bytes, rate: int, channels: int) -> list[np.ndarray]:
         """The 48 kHz blocks of one frame; a change of rate flushes the stream before it (the tail comes first)."""
         out = self.flush() if rate != self.rate else []
-        if self.resampler is None:
+        first = self.resampler is None
+        if first:
             self.rate, self.resampler = rate, av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
         pcm = np.frombuffer(audio, np.int16).reshape(-1, channels)  # (samples, channels)
         mono = pcm[:, 0] if channels == 1 else pcm.mean(axis=1).round().astype(np.int16)
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None]), format="s16", layout="mono")
         frame.sample_rate = rate
-        return out + [o.to_ndarray().reshape(-1) for o in self.resampler.resample(frame)]
+        blocks = [o.to_ndarray().reshape(-1) for o in self.resampler.resample(frame)]
+        if first:  # the filter's hold, as silence in front (class docstring)
+            held = len(mono) * VOICE_RATE // rate - sum(len(b) for b in blocks)
+            if held > 0:
+                blocks.insert(0, np.zeros(held, np.int16))
+        return out + blocks
 
     def flush(self) -> list[np.ndarray]:
         """The samples the resampler still holds (end of an utterance); the next frame starts a new stream."""

@@ -272,15 +272,20 @@ class AvatarVideoTrack(MediaStreamTrack):
     latency drains back without a visible jump (a whole frame too early: that frame is skipped). A backlog
     beyond two chunks drops the oldest frames, so latency stays bounded whatever the session does.
 
-    The defaults hold a 15 ms margin and wait 30 ms more: once drained back, a chunk may come up to 45 ms later
-    than the schedule expects before a frame is repeated. That covers how late a chunk comes against the 160 ms
-    cadence with two calls on two cores, for about 10 ms of latency; bench/live.py counts the repeats.
+    The defaults hold a 5 ms margin and wait 30 ms more: once drained back, a chunk may come up to 35 ms later
+    than the schedule expects before a frame is repeated. One call's frames come within about 3 ms of their time
+    (1-frame chunks); a later one moves the schedule later, and the margin drains back at `catch_up_s` a frame. The
+    margin is latency every frame pays; bench/live.py counts the repeats.
+
+    Sending starts with the first frame (`prebuffer_frames` more may be asked for): the schedule's grace and
+    catch-up absorb the jitter a buffer would, and with 1-frame chunks each frame held back delays the first
+    picture by a whole frame (40 ms).
     """
 
     kind = "video"
 
-    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 1, chunk_frames: int = 1,
-                 late_grace_s: float = 0.03, target_wait_s: float = 0.015, catch_up_s: float = 0.004):
+    def __init__(self, on_sent: Callable[[SentFrame], None], prebuffer_frames: int = 0, chunk_frames: int = 1,
+                 late_grace_s: float = 0.03, target_wait_s: float = 0.005, catch_up_s: float = 0.004):
         super().__init__()
         self.on_sent = on_sent
         self.queue: collections.deque[tuple[int, np.ndarray, bool, float]] = collections.deque()

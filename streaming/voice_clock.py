@@ -12,7 +12,8 @@ than audio). While there is sound, n advances by one per slot: speech is
 never skipped or repeated, and a picture not generated in time is replaced by the newest one before it, or the
 last one again. Only where the voice is silent (and no marker lies) does the clock move: it skips silence while
 it is further behind the feed than the playout delay, and holds (silence, the same picture) while it is closer.
-The playout delay follows the generation latency: p95 over the last 100 frames (4 s), plus two frames.
+The playout delay follows the generation latency: p95 over the last 100 frames (4 s), plus one frame (the clock
+moves a whole frame at a time, so the delay settles between the p95 and one frame more).
 """
 
 import collections
@@ -45,7 +46,7 @@ class VoiceClock:
     """
 
     def __init__(self, content: ContentAudio, arrival: Callable[[int], float | None], lag: int = VOICE_BLOCK,
-                 window: int = 100, margin_s: float = 2.0 / 25):
+                 window: int = 100, margin_s: float = 1.0 / 25):
         self.content, self.arrival, self.lag, self.margin_s = content, arrival, lag, margin_s
         self.frames: dict[int, tuple[np.ndarray, bool]] = {}  # generated, not sent yet
         self.latencies: collections.deque[float] = collections.deque(maxlen=window)  # fed -> generated, s

@@ -125,3 +125,29 @@ def test_latencies_counts_and_the_return_to_idle_are_measured_once(clock):
     assert agent.interrupts[0]["idle_media_ms"] == pytest.approx(120.0)
     assert agent.interrupts[0]["idle_wall_ms"] == pytest.approx(500.0)
     assert agent.stats()["interrupt_idle_media_ms"] == [pytest.approx(120.0)]
+
+
+@pytest.mark.parametrize("rate", [16_000, 22_050, 24_000, 44_100, 48_000])
+def test_each_20ms_frame_of_agent_speech_completes_its_48k_block(rate):
+    """A resampler holds back a few samples of each frame; VoiceResampler starts the stream with as much silence,
+    so every 20 ms frame handed over ends a whole 20 ms block at 48 kHz (no block waits for the next frame), and
+    what follows is the plain resampler's output, sample for sample."""
+    import av
+
+    from actorcast.streaming.live_audio import VoiceResampler
+
+    step = rate // 50
+    pcm = (np.sin(np.arange(step * 10) * 0.05) * 8000).astype(np.int16)
+    ours = VoiceResampler()
+    outs = [np.concatenate(ours(pcm[i:i + step].tobytes(), rate, 1)) for i in range(0, len(pcm), step)]
+    assert [len(o) for o in outs] == [960] * 10
+    plain = av.AudioResampler(format="s16", layout="mono", rate=48_000)
+    ref = []
+    for i in range(0, len(pcm), step):
+        frame = av.AudioFrame.from_ndarray(pcm[None, i:i + step], format="s16", layout="mono")
+        frame.sample_rate = rate
+        ref += [o.to_ndarray().reshape(-1) for o in plain.resample(frame)]
+    ref = np.concatenate(ref)
+    held = 9600 - len(ref)
+    ours = np.concatenate(outs)
+    assert not ours[:held].any() and np.array_equal(ours[held:], ref)

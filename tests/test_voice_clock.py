@@ -57,9 +57,9 @@ def test_the_clock_moves_only_over_silence():
     latency = 0.5
     content = content_of(("silence", 1.0), ("speech", 1.0), ("silence", 1.0))
     clock = VoiceClock(content, arrival=lambda n: None)
-    clock.latencies.extend([latency] * 10)  # playout delay target: 0.5 s + 2 frames
+    clock.latencies.extend([latency] * 10)  # playout delay target: 0.5 s + 1 frame
     target = clock.delay_target_s()
-    assert abs(target - (latency + 0.08)) < 1e-9
+    assert abs(target - (latency + 0.04)) < 1e-9
     clock.put(0, frames(0, 75), degraded=False)
     first = clock.next_slot(anywhere)
     assert first.index == 0
