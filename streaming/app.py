@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -62,12 +61,6 @@ PREVIEW_SIDE = 192     # px, the framed square shown in the page
 # codec threads share 2 cores without oversubscription, which lowers both the latency and the share of degraded
 # frames (bench/live.py measures them).
 LIVE_STAGE_THREADS = 1
-
-# How long a thread of the server's process may hold the interpreter lock while another waits for it (Python's
-# default: 5 ms). A frame crosses the lock several times on its way (the event loop, each stage's link thread,
-# aiortc's codec threads), and under load each crossing waited up to the whole interval; bench/live.py measures
-# what a shorter one buys.
-GIL_SWITCH_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -178,7 +171,6 @@ class LiveServer:
 
     def __init__(self, engine, config: ServerConfig):
         self.engine, self.config = engine, config
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self.audio_prefetch = config.audio_prefetch or audio_prefetch_for(config.host)
         self.metrics = Metrics()
         self.calls: dict[str, LiveCall] = {}
