@@ -24,7 +24,8 @@ Frames out: the pictures the service sent from its TTSStartedFrame to its TTSSto
 new frame ready) and degraded (late) ones among them; `voice_frames_out`: the utterance's 20 ms TTSAudioRawFrames
 it sent in that time. The service sends one picture per two voice frames, so frames_out is voice_frames_out / 2
 (+-1 at each end), and voice_frames_out is the speech's length in 20 ms (+1 where the voice's frames straddle
-its ends) plus 1 per 20 ms of silence the feed put in because an audio frame came after its tick (on a busy
+its ends, +1 where the under-a-millisecond of silence a resampled stream starts with tips it over) plus 1 per 20 ms
+of silence the feed put in because an audio frame came after its tick (on a busy
 machine: see input_late_ms_p95). `input_late_ms_p95`: how
 late this script queued its audio frames against the real-time schedule (a busy machine shows here first).
 """

@@ -272,14 +272,12 @@ class AvatarVideoTrack(MediaStreamTrack):
     latency drains back without a visible jump (a whole frame too early: that frame is skipped). A backlog
     beyond two chunks drops the oldest frames, so latency stays bounded whatever the session does.
 
-    The defaults hold a 5 ms margin and wait 30 ms more: once drained back, a chunk may come up to 35 ms later
-    than the schedule expects before a frame is repeated. One call's frames come within about 3 ms of their time
-    (1-frame chunks); a later one moves the schedule later, and the margin drains back at `catch_up_s` a frame. The
-    margin is latency every frame pays; bench/live.py counts the repeats.
-
-    Sending starts with the first frame (`prebuffer_frames` more may be asked for): the schedule's grace and
-    catch-up absorb the jitter a buffer would, and with 1-frame chunks each frame held back delays the first
-    picture by a whole frame (40 ms).
+    Sending starts with the first frame (`prebuffer_frames` more may be asked for), so the schedule starts where
+    the frames come: a frame on time waits 0 to `target_wait_s` (5 ms) for its slot, one a little late is waited
+    for up to `late_grace_s` (30 ms) and moves the schedule with it, and a frame that waited longer than the margin
+    drains back at `catch_up_s` a frame. Any wait is latency every frame pays; one call's 1-frame chunks come
+    within about 3 ms of their time, and bench/live.py counts the repeats. A buffered frame at the start would
+    delay the first picture, and with 1-frame chunks every later one, by a whole frame (40 ms).
     """
 
     kind = "video"
