@@ -20,14 +20,15 @@ import torch.nn as nn
 
 from actorcast.models.audio import AudioConfig, AudioEncoder
 from actorcast.models.checkpoint import load_weights, save_weights
-from actorcast.models.data.params import EMOTIONS, N_PARAMS, PARAM_INDEX
+from actorcast.models.data.params import EMOTIONS, N_PARAMS
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, N_FREE, FreeMotion,
                                           FreeMotionConfig, FreeMotionStream, audio_encoder_digest,
                                           load_free_motion, neutral_free)
 from actorcast.models.training.common import preset_defaults, write_summary
-from actorcast.models.training.motion_measures import blink_rates, blinks, motion_spread, silent_frames
+from actorcast.models.training.motion_measures import (blink_rates, blinks, lid_openness, motion_spread,
+                                                       silent_frames)
 from actorcast.models.training.motion_stage import EVAL_CLIPS, encoder_latent_kind, latent_cache
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
@@ -203,16 +204,13 @@ def spread_and_blinks(made: torch.Tensor, truth: torch.Tensor, pcm: torch.Tensor
         full[:, :, FREE_SLICE] = free
         return list(denormalise_params(full))
 
-    def eyes(p: list[torch.Tensor]) -> list[np.ndarray]:
-        lids = [PARAM_INDEX["blink_l"], PARAM_INDEX["blink_r"]]
-        return [1.0 - clip[:, lids].mean(1).numpy() for clip in p]
-
     gen, true = params(made), params(truth)
     silent = [silent_frames(a, len(t)) for a, t in zip(pcm, true)]
     spread, idle = motion_spread(gen, true), motion_spread(gen, true, silent)
     out = {f"spread_{g}": spread[g] for g in FREE_GROUPS}
     out.update({f"spread_{g}_idle": idle[g] for g in FREE_GROUPS})
-    return {**out, "blinks_per_min": blink_rates(eyes(gen)), "blinks_per_min_truth": blink_rates(eyes(true))}
+    return {**out, "blinks_per_min": blink_rates([lid_openness(p) for p in gen]),
+            "blinks_per_min_truth": blink_rates([lid_openness(p) for p in true])}
 
 
 class FreeStage:
