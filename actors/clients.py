@@ -100,7 +100,7 @@ class MotionClient(_ResumableClient):
         return self.lane.submit(MotionRequest(chunk, steps))
 
     def open(self, session_id: str, reference: np.ndarray, emotion: str = "neutral", cache_policy: str | None = None,
-             seed: int = 0, steps: int = 4) -> "Future[None]":
+             seed: int = 0, steps: int | None = None) -> "Future[None]":
         return self.stage.submit("open", session_id, reference, emotion, cache_policy, seed, steps)
 
     def stream_shape(self) -> "Future[tuple[int, tuple[int, ...]]]":

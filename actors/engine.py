@@ -131,7 +131,7 @@ class Engine:
 
     async def open_session(self, reference: np.ndarray | None = None, identity_seed: int | None = None,
                            emotion: str = "neutral", cache_policy: str | None = None, seed: int = 0,
-                           live: bool = True, steps: int = 4, resume: SessionCheckpoint | None = None,
+                           live: bool = True, steps: int | None = None, resume: SessionCheckpoint | None = None,
                            config: SessionConfig | None = None, batched: bool | None = None,
                            landmarks: np.ndarray | None = None) -> Session:
         """A new session (async; the reference is prepared and encoded off the event loop).

@@ -175,13 +175,14 @@ class MotionStage:
 
     @torch.no_grad()
     def open(self, session_id: str, reference: np.ndarray, emotion: str = "neutral", cache_policy: str | None = None,
-             seed: int = 0, steps: int = 4) -> None:
+             seed: int = 0, steps: int | None = None) -> None:
         """Encode the reference's motion z_ref (the prefix token) and start the session's stream and cache."""
         cache = self.default_cache if cache_policy is None else dataclasses.replace(self.default_cache,
                                                                                       policy=cache_policy)
         ref = square_tensor(reference, self.motion_encoder.config.input_size)
         p = next(self.generator.parameters())
         z_ref = self.motion_encoder(ref.to(p.device))  # (1, d_motion)
+        steps = steps or self.generator.config.sampler_steps  # the session's full steps; fewer degrade
         stream = MotionStream(self.generator, z_ref, _emotion(emotion, p.device), cache, SamplerConfig(steps, seed=seed))
         self.sessions.items[session_id] = {"stream": stream, "steps": steps, "z_ref": z_ref, "cache": cache,
                                            "seed": seed}

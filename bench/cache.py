@@ -95,7 +95,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = MotionGenerator(MOTION_PRESETS["tiny"]).eval()
     repeats = 5 if args.quick else 25
-    result = {"preset": "tiny", "chunk_frames": model.config.chunk_frames, "steps": SamplerConfig().steps,
+    result = {"preset": "tiny", "chunk_frames": model.config.chunk_frames, "steps": model.config.sampler_steps,
               "threads": 1, "repeats": repeats, "cache": CACHE_PRESETS["tiny"].__dict__, "policies": {}}
     for policy in POLICY_NAMES:
         result["policies"][policy] = {}

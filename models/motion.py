@@ -50,13 +50,17 @@ class MotionConfig:
     # (blinks, gaze saccades, nods) are few frames of the loss and were learnt as their mean.
     weighted_dims: tuple[int, int] = (0, 0)
     dim_weight: float = 1.0
+    # Euler steps per chunk the weights are made for: the sampler's default for them. A generator distilled to
+    # fewer steps (models/training/distill.py) says so here; more steps than this do not help it.
+    sampler_steps: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weighted_dims", tuple(self.weighted_dims))  # a list when read back from JSON
         object.__setattr__(self, "chunk_choices", tuple(self.chunk_choices))
         if any(not isinstance(n, int) or n < 1 for n in self.chunk_choices):
             raise ConfigError(f"MotionConfig.chunk_choices={self.chunk_choices} must be whole numbers >= 1")
-        for name in ("d_motion", "d_audio", "d_model", "n_layers", "n_heads", "tokens_per_frame", "chunk_frames"):
+        for name in ("d_motion", "d_audio", "d_model", "n_layers", "n_heads", "tokens_per_frame", "chunk_frames",
+                     "sampler_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MotionConfig.{name}={getattr(self, name)} must be >= 1")
         if self.audio_past < 0 or self.audio_future < 0:

@@ -19,13 +19,14 @@ class SamplerConfig:
     # S = 4. With 2 steps the generated jaw, lips and rounding follow the truth more closely in the latent alone
     # (8 held-out clips: jaw r 0.79 vs 0.78 on espeak), but the meter reads the decoded frames worse (eval lip-sync
     # 0.726 / 0.555 against 0.746 / 0.564, babble / espeak; the lips jitter more between frames): judge by frames.
-    steps: int = 4  # S
+    # None: the generator's own (MotionConfig.sampler_steps: 4, or fewer for a step-distilled generator).
+    steps: int | None = None  # S
     cfg_scale: float = 1.0  # classifier-free guidance on audio; 1.0 = off (one pass per step)
     k_ctx: float = 0.0  # the chunk is written to the cache at this noise level (0 = clean)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ConfigError(f"sampler steps={self.steps} must be >= 1")
         if self.cfg_scale < 0:
             raise ConfigError(f"cfg_scale={self.cfg_scale} must be >= 0 (1.0 = no guidance)")
@@ -72,7 +73,7 @@ def generate_chunk(model: MotionGenerator, cache: KVCache, audio_ctx: torch.Tens
 
 def _euler(model, x, audio_ctx, past, emotion, config: SamplerConfig) -> torch.Tensor:
     """S Euler steps of the chunk x from k = 1 (noise) to k = 0, attending to the cached past (dx/dk = v)."""
-    levels = torch.linspace(1.0, 0.0, config.steps + 1).tolist()
+    levels = torch.linspace(1.0, 0.0, (config.steps or model.config.sampler_steps) + 1).tolist()
     for k_now, k_next in zip(levels[:-1], levels[1:]):
         x = x + (k_next - k_now) * _velocity(model, x, k_now, audio_ctx, past, emotion, config)
     return x

@@ -66,6 +66,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["--stage", "motion", "--steps", "2"], "needs --weights"),
     (["--stage", "probe", "--data", "/nonexistent"], "synthetic renders only"),
     (["--stage", "motion", "--tts-share", "1.5"], "tts_share must be in"),
+    (["--stage", "motion", "--weights", "models/weights/tiny", "--distill-steps", "1"], "give it as --init DIR"),
+    (["--stage", "probe", "--distill-steps", "2"], "for the motion stage only"),
     (["--stage", "probe", "--workers", "64", "--steps", "1"], "more than the cluster can place"),
     (["--stage", "probe", "--address", "127.0.0.1:1", "--steps", "1"], "cannot reach the Ray cluster"),
 ])

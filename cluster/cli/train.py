@@ -42,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="motion stage: the audio encoder's lookahead in video frames (40 ms each; default: the "
                         "--init export's, else the preset's 2). With --init, another lookahead fine-tunes the audio "
                         "encoder too, so the free motion must be trained again on the new export")
+    p.add_argument("--distill-steps", type=positive_int, default=None, metavar="N",
+                   help="motion stage, with --init: distil the --init generator (the teacher, frozen; 4 Euler steps "
+                        "for the shipped one) into one that samples in N steps, fewer passes per live frame "
+                        "(progressive distillation, docs/ARCHITECTURE.md \"Sampler\"); the teacher's steps must be a "
+                        "multiple of N")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size the models train at (default: the preset decoder's, 256 for tiny)")
@@ -73,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{**defaults, **overrides, "stage": args.stage, "preset": args.preset, "out_dir": out,
                          "data": args.data, "weights": args.weights, "device": args.device,
                          "latent": args.latent, "init": args.init or "",
-                         "lookahead": -1 if args.lookahead is None else args.lookahead})
+                         "lookahead": -1 if args.lookahead is None else args.lookahead,
+                         "distill_steps": args.distill_steps or 0})
     get_stage(args.stage).check(cfg)
     metrics = launch(cfg, args.workers, args.resume, args.address, args.storage)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

@@ -37,6 +37,7 @@ from actorcast.models.motion_ae import MotionAEConfig, MotionEncoder
 from actorcast.models.presets import get_preset
 from actorcast.models.sampling import SamplerConfig, generate
 from actorcast.models.training.common import preset_defaults, write_summary
+from actorcast.models.training.distill import step_distillation_loss
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ AUDIO_CONTEXT = 8  # frames of audio before a training window, so the causal enc
 ENCODE_BATCH = 50
 EVAL_CLIPS = 8
 CALIBRATION_CLIPS = 64
+# A step-distilled student keeps this share of the diffusion-forcing loss beside the distillation loss: it anchors
+# the clean-context pass that writes the cache and the levels the student's own steps do not visit.
+DISTILL_DF_WEIGHT = 0.1
 # MotionConfig fields that shape training, not the network: a fine-tune (`--init`) takes them from the preset.
 TRAINING_FIELDS = ("p_drop_audio", "p_drop_emotion", "p_noisy_context", "k_context_max", "p_chunk_level",
                    "weighted_dims", "dim_weight", "chunk_choices")
@@ -131,10 +135,14 @@ def windows(data: dict, rng: np.random.Generator, n: int, frames: int) -> dict:
 class MotionTrainer(nn.Module):
     """Audio encoder + motion generator trained together with the diffusion-forcing loss."""
 
-    def __init__(self, preset: str, latent: str = "params", init: str = "", lookahead: int | None = None):
+    def __init__(self, preset: str, latent: str = "params", init: str = "", lookahead: int | None = None,
+                 distill_steps: int = 0):
         """lookahead: the audio encoder's lookahead in frames (None: the export's with `init`, else the
-        preset's). With `init`, another lookahead than the export's fine-tunes the audio encoder too."""
+        preset's). With `init`, another lookahead than the export's fine-tunes the audio encoder too.
+        distill_steps: > 0 distils the `init` generator (the teacher, frozen) into one that samples in this
+        many Euler steps (models/training/distill.py)."""
         super().__init__()
+        self.teacher: tuple[MotionGenerator, ...] = ()  # a tuple: the frozen teacher is no parameter to train
         p = get_preset(preset)
         motion = p.motion
         if latent != "params":  # the weighted dimensions name parameters: only the parameter latent has them
@@ -151,6 +159,10 @@ class MotionTrainer(nn.Module):
             self.motion_config = dataclasses.replace(
                 generator.config, **{f: getattr(motion, f) for f in TRAINING_FIELDS})
             self.audio, self.generator = audio, generator
+            if distill_steps:
+                teacher, _ = load_weights(init, "motion_generator", MotionConfig, MotionGenerator)
+                self.teacher = (teacher.eval().requires_grad_(False),)
+                self.motion_config = dataclasses.replace(self.motion_config, sampler_steps=distill_steps)
             self.generator.config = self.motion_config
             if not self.audio_trains:
                 # The audio encoder stays as exported: the free motion (models/free_motion.py) was fitted to
@@ -167,9 +179,15 @@ class MotionTrainer(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.audio_trains):
             feats = self.audio(batch["pcm"])[:, AUDIO_CONTEXT:]  # (B, T, d_audio)
         noise = torch.Generator().manual_seed(int(batch["noise_seed"][0]))
-        loss = diffusion_forcing_loss(self.generator, batch["z"], feats.to(batch["z"].dtype), batch["z_ref"],
-                                      batch["emotion"], generator=noise)
-        return loss, {}
+        feats = feats.to(batch["z"].dtype)
+        loss = diffusion_forcing_loss(self.generator, batch["z"], feats, batch["z_ref"], batch["emotion"],
+                                      generator=noise)
+        if not self.teacher:
+            return loss, {}
+        teacher = self.teacher[0].to(batch["z"].device)
+        distill = step_distillation_loss(self.generator, teacher, batch["z"], feats, batch["z_ref"],
+                                         batch["emotion"], generator=noise)
+        return distill + DISTILL_DF_WEIGHT * loss, {"distill_loss": distill.detach(), "df_loss": loss.detach()}
 
 
 class MotionStage:
@@ -200,6 +218,8 @@ class MotionStage:
                               "give the output directory of a decoder-stage run")
         if cfg.data != "synthetic":
             raise ConfigError("the motion stage trains on the synthetic data set; drop --data")
+        if cfg.distill_steps and not cfg.init:
+            raise ConfigError("--distill-steps distils a trained generator: give it as --init DIR")
         if cfg.init and not (Path(cfg.init) / "motion_generator.safetensors").is_file():
             raise ConfigError(f"--init {cfg.init} holds no motion_generator.safetensors; give a directory "
                               "exported by a motion-stage run (e.g. the shipped weights)")
@@ -207,7 +227,7 @@ class MotionStage:
     @staticmethod
     def build(cfg) -> nn.Module:
         return MotionTrainer(cfg.preset, encoder_latent_kind(cfg.weights), cfg.init,
-                             None if cfg.lookahead < 0 else cfg.lookahead)
+                             None if cfg.lookahead < 0 else cfg.lookahead, cfg.distill_steps)
 
     @staticmethod
     def batches(cfg, rank: int, world_size: int, start_step: int) -> Iterator[dict]:

@@ -56,6 +56,7 @@ class TrainConfig:
     window_frames: int = 32        # motion stage: frames per training window (8 chunks of 4)
     tts_share: float = 0.5         # motion stage: share of clips spoken by espeak-ng (the rest formant babble)
     lookahead: int = -1            # motion stage: the audio encoder's lookahead in frames; -1: the init's or preset's
+    distill_steps: int = 0         # motion stage: > 0 distils the init's generator to sample in this many steps
     latent: str = "auto"           # decoder stage: params | encoder | auto (params on synthetic data)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"lookahead must be 0..25 frames, got {self.lookahead}")
         if self.lookahead >= 0 and self.stage != "motion":
             raise ConfigError("--lookahead is for the motion stage only (the audio encoder trains there)")
+        if not 0 <= self.distill_steps <= 16 or (self.distill_steps and self.stage != "motion"):
+            raise ConfigError(f"distill_steps={self.distill_steps}: give 1..16 steps, for the motion stage only")
         if self.latent not in ("auto", "params", "encoder"):
             raise ConfigError(f"latent must be auto, params or encoder, got {self.latent!r}")
         if self.zero_stage not in (0, 1, 2, 3):
