@@ -266,6 +266,10 @@ class LiveVoice(LiveAudio):
         skip or wait over content [lo, hi) (VoiceClock.next_slot)."""
         t0, k = time.monotonic(), 0
         while True:
+            wait = self.clock.wait_s(may_move)  # over silence: into the phase where frames are due
+            if wait > 0:
+                await asyncio.sleep(wait)
+            t0 += wait  # late (< 0): the next slots come sooner
             slot = self.clock.next_slot(may_move)
             yield slot, 0
             await asyncio.sleep(max(0.0, t0 + k * SLOT_S + HALF_S - time.monotonic()))

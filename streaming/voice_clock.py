@@ -12,8 +12,10 @@ than audio). While there is sound, n advances by one per slot: speech is
 never skipped or repeated, and a picture not generated in time is replaced by the newest one before it, or the
 last one again. Only where the voice is silent (and no marker lies) does the clock move: it skips silence while
 it is further behind the feed than the playout delay, and holds (silence, the same picture) while it is closer.
-The playout delay follows the generation latency: p95 over the last 100 frames (4 s), plus one frame (the clock
-moves a whole frame at a time, so the delay settles between the p95 and one frame more).
+The playout delay follows the generation latency: p95 over the last 100 frames (4 s), plus a 10 ms margin. A whole
+frame moved at a time would leave the delay anywhere up to one frame above that; so over silence the slot itself
+moves too, by less than a frame (`wait_s`): it goes out when its frame is due, the playout delay after its sound
+was fed, and every later slot keeps that phase (the slots of speech are 40 ms apart, whatever the phase).
 """
 
 import collections
@@ -25,6 +27,8 @@ import numpy as np
 
 from actorcast.streaming.figures import percentile
 from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, ContentAudio
+
+SLOT_S = VOICE_PER_FRAME / VOICE_RATE  # 40 ms: one picture and its voice
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class VoiceClock:
     """
 
     def __init__(self, content: ContentAudio, arrival: Callable[[int], float | None], lag: int = VOICE_BLOCK,
-                 window: int = 100, margin_s: float = 1.0 / 25):
+                 window: int = 100, margin_s: float = 0.01):
         self.content, self.arrival, self.lag, self.margin_s = content, arrival, lag, margin_s
         self.frames: dict[int, tuple[np.ndarray, bool]] = {}  # generated, not sent yet
         self.latencies: collections.deque[float] = collections.deque(maxlen=window)  # fed -> generated, s
@@ -56,9 +60,9 @@ class VoiceClock:
         self.resume_at: int | None = None  # after an interrupt: the first frame made from silence only
         self.holds = self.skips = 0  # slots held, frames skipped over silence
 
-    def put(self, first_frame: int, frames: np.ndarray, degraded: bool) -> None:
-        """(T, H, W, 3) uint8 frames of the session from frame `first_frame` on."""
-        now = time.time()
+    def put(self, first_frame: int, frames: np.ndarray, degraded: bool, now: float | None = None) -> None:
+        """(T, H, W, 3) uint8 frames of the session from frame `first_frame` on, generated at wall time `now`."""
+        now = time.time() if now is None else now
         for k, image in enumerate(frames):
             index = first_frame + k
             t_fed = self.arrival(index)
@@ -83,6 +87,25 @@ class VoiceClock:
     def position(self) -> int | None:
         """Content position after the last voice sent (None before the first slot)."""
         return None if self.n is None else self.n * VOICE_PER_FRAME - self.lag + VOICE_PER_FRAME
+
+    def wait_s(self, may_move: Callable[[int, int], bool], now: float | None = None) -> float:
+        """How long the next slot should wait before `next_slot`, at wall time `now`: over silence, until its
+        frame is due (the playout delay after its sound was fed), up to one slot; negative where it is already
+        late, by half of that (at most a quarter slot): the slots after it should come that much sooner. Else 0.
+        Changes nothing."""
+        target = self.delay_target_s()
+        if self.n is None or target is None or self.resume_at is not None:
+            return 0.0
+        n = self.n + 1
+        lo = n * VOICE_PER_FRAME - self.lag
+        if not self._quiet(lo, lo + VOICE_PER_FRAME, may_move):
+            return 0.0
+        behind = (self.content.end - lo) / VOICE_RATE
+        fed = self.arrival(n)
+        if fed is None or behind < target - SLOT_S:  # next_slot holds a whole slot
+            return 0.0
+        early = fed + target - (time.time() if now is None else now)
+        return min(SLOT_S, early) if early > 0 else max(-SLOT_S / 4, early / 2)
 
     def next_slot(self, may_move: Callable[[int, int], bool]) -> Slot:
         if self.n is None:
@@ -113,7 +136,7 @@ class VoiceClock:
         if target is None or not self._quiet(lo, lo + VOICE_PER_FRAME, may_move):
             return n
         behind = (self.content.end - lo) / VOICE_RATE
-        if behind < target - self.margin_s:
+        if behind < target - SLOT_S:  # more than a slot early: hold; less: `wait_s` waited for it
             return None
         limit = int(self.content.end - target * VOICE_RATE) // VOICE_PER_FRAME
         while n < limit and self._quiet(lo + VOICE_PER_FRAME, lo + 2 * VOICE_PER_FRAME, may_move):
