@@ -9,6 +9,7 @@ on screen, so the receiver hears each sound together with its frame (the pipelin
 
 import asyncio
 import collections
+import contextlib
 import fractions
 import io
 import logging
@@ -31,6 +32,8 @@ VIDEO_PTS_STEP = VIDEO_CLOCK // FPS  # 3600 ticks of 90 kHz per 25 fps frame
 VOICE_RATE = 48_000
 VOICE_PER_FRAME = SAMPLES_PER_FRAME * VOICE_RATE // SAMPLE_RATE  # 1920 samples of 48 kHz per video frame
 VOICE_BLOCK = VOICE_RATE // 50  # 20 ms audio packets, as WebRTC peers send them
+BLOCK_S = VOICE_BLOCK / VOICE_RATE
+FEED_MARGIN_S = 0.005  # SpeechFeed: its ticks fall this long after speech handed over in real time is due
 RESYNC_SAMPLES = VOICE_RATE // 100  # re-align the voice when it is off by more than 10 ms (smoothed)
 RTP_AUDIO_CLOCK = 48_000  # Opus RTP timestamps count 48 kHz samples whatever the codec's rate
 STALL_S = 0.25  # a paced loop this far behind its clock (the event loop stalled) restarts the clock instead of
@@ -171,6 +174,11 @@ class SpeechFeed:
     20 ms blocks; a stream handed over in pieces (`speak(..., final=False)`) is cut without padding between the
     pieces. Markers queued between speech (`mark`) reach `on_mark(content position at 48 kHz, marker)` when the
     feed gets to them, so that what brackets the speech can follow it out in step.
+
+    The clock takes the speech's phase: speech handed over after a tick that fed silence for want of it goes in at
+    once, not at the next tick, and the ticks after it fall `FEED_MARGIN_S` after the times its next blocks are due
+    (a speech stream handed over in real time then waits that margin a block, not up to 20 ms; an earlier block
+    of content, never a skipped or repeated one).
     """
 
     def __init__(self, audio_in: "AudioInput", on_mark: Callable[[int, object], None] | None = None):
@@ -182,6 +190,7 @@ class SpeechFeed:
         # (content position at 48 kHz, time handed over) of the speech blocks fed lately, for latency measures; a
         # reader may let go of the oldest
         self.received: collections.deque[tuple[int, float]] = collections.deque(maxlen=3000)
+        self.handed = asyncio.Event()  # set when speech is queued: wakes a clock that fed silence for want of it
 
     def speak(self, pcm48: np.ndarray, final: bool = True) -> float:
         """Queue 48 kHz mono int16 speech; returns its length in seconds. final=False: more of the same stream
@@ -196,6 +205,7 @@ class SpeechFeed:
         self.partial = pcm[whole:]
         if whole:  # the samples left over came with this piece
             self.partial_t = now
+            self.handed.set()
         if final:
             self.flush()
         return len(pcm48) / VOICE_RATE
@@ -205,6 +215,7 @@ class SpeechFeed:
         if self.partial.size:
             self.queue.append((np.pad(self.partial, (0, VOICE_BLOCK - len(self.partial))), self.partial_t))
             self.partial = np.zeros(0, np.int16)
+            self.handed.set()
 
     def mark(self, marker: object) -> None:
         """Queue a marker after the speech queued so far (a partial block is flushed first)."""
@@ -228,6 +239,9 @@ class SpeechFeed:
             self.audio_in.push_voice(np.zeros(VOICE_BLOCK, np.int16))
         self.fed_ahead += blocks
 
+    def _has_speech(self) -> bool:
+        return any(item[0] is not _MARK for item in self.queue)
+
     def _next_block(self) -> np.ndarray:
         while self.queue and self.queue[0][0] is _MARK:
             marker = self.queue.popleft()[1]
@@ -243,12 +257,21 @@ class SpeechFeed:
         """Feed one 20 ms block per 20 ms, for ever (cancel the task to stop)."""
         t0, k = time.monotonic(), 0
         while True:
+            starved = False
             if self.fed_ahead:  # this slot's silence went in early (preroll_silence)
                 self.fed_ahead -= 1
             else:
+                starved = not self._has_speech()
                 self.audio_in.push_voice(self._next_block())
             k += 1
-            await asyncio.sleep(max(0.0, t0 + k * VOICE_BLOCK / VOICE_RATE - time.monotonic()))
+            delay = t0 + k * BLOCK_S - time.monotonic()
+            if starved and delay > 0:  # silence went in for want of speech: speech that comes goes in at once
+                self.handed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.handed.wait(), delay)
+                    t0, k = time.monotonic() + FEED_MARGIN_S, 0  # in now; the next tick a block and the margin on
+                    continue
+            await asyncio.sleep(max(0.0, t0 + k * BLOCK_S - time.monotonic()))
 
 
 @dataclass

@@ -151,3 +151,29 @@ def test_each_20ms_frame_of_agent_speech_completes_its_48k_block(rate):
     held = 9600 - len(ref)
     ours = np.concatenate(outs)
     assert not ours[:held].any() and np.array_equal(ours[held:], ref)
+
+
+def test_speech_after_a_starved_tick_goes_in_at_once_and_the_ticks_take_its_phase(monkeypatch):
+    """The feed's ticks are 20 ms apart; here 1000 s, so that only the speech's own arrival can feed it early."""
+    import asyncio
+
+    monkeypatch.setattr(tracks, "BLOCK_S", 1000.0)
+    content = tracks.ContentAudio()
+    fed = []
+    feed = tracks.SpeechFeed(tracks.AudioInput(fed.append, content))
+
+    async def scenario():
+        task = asyncio.create_task(feed.run())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert content.end == VOICE_BLOCK and not content.read(0, VOICE_BLOCK).any()  # a tick of silence, starved
+        feed.speak(np.full(2 * VOICE_BLOCK, 1000, np.int16))  # two blocks of speech, handed over now
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        in_now = content.end, content.read(VOICE_BLOCK, VOICE_BLOCK).copy()
+        task.cancel()
+        return in_now
+
+    end, block = asyncio.run(scenario())
+    assert end == 2 * VOICE_BLOCK and (block == 1000).all()  # the first speech block went in at once
+    assert len(feed.queue) == 1  # the second waits for the next tick, a whole block later
