@@ -7,7 +7,8 @@ to 256^2, as `render` does): `shipped_decoder` and `rtf_shipped` are the same fi
 Untrained weights: cost does not depend on the values. `photo_rig`: the photo rig (models/photo/rig.py) animating
 the astronaut photo (tests/data/astronaut.jpg, framed as `render --image` frames it) at 256^2 on one thread, one
 frame at a time and in batches of CHUNK, with the mouth open, a half-closed blink, a gaze offset and a turned head
-(every layer at work); target <= 15 ms a frame on one core. Usage: python bench/models.py --out DIR [--quick]
+(every layer at work); target <= 15 ms a frame on one core. `live_motion`: the generator at a live call's 1-frame
+chunks with 4, 2 and 1 Euler steps, and each as a ratio to 4 steps. Usage: python bench/models.py --out DIR [--quick]
 """
 
 import dataclasses
@@ -59,23 +60,32 @@ def bench_audio(repeats: int) -> dict:
     return {"ms_per_frame": seconds * 1000 / CHUNK, "gflops_per_frame": flops / n_frames, "chunk_frames": CHUNK}
 
 
-def bench_motion(repeats: int) -> dict:
-    """One live chunk of CHUNK frames: S = 4 Euler steps + the cache-writing pass, with a full cache, per frame."""
+def bench_motion(repeats: int, chunk: int = CHUNK, steps: int = 4) -> dict:
+    """One chunk of `chunk` frames: `steps` Euler steps + the cache-writing pass, with a full cache, per frame."""
     # the generator reads the audio encoder's features, so its d_audio is the encoder's (as models/presets wires)
-    config = dataclasses.replace(MOTION_PRESETS["tiny"], d_audio=AUDIO_PRESETS["tiny"].d_audio)
+    config = dataclasses.replace(MOTION_PRESETS["tiny"], d_audio=AUDIO_PRESETS["tiny"].d_audio).with_chunk(chunk)
     model = MotionGenerator(config).eval()
-    sampler = SamplerConfig(steps=4)
+    sampler = SamplerConfig(steps=steps)
     stream = MotionStream(model, torch.randn(1, config.d_motion), sampler=sampler)
-    warm_chunks = stream.cache.config.budget_frames // CHUNK + 2  # time the steady state: bounded cache full
-    feats = torch.randn(1, (warm_chunks + repeats + 1) * CHUNK, config.d_audio).split(CHUNK, dim=1)
+    warm_chunks = stream.cache.config.budget_frames // chunk + 2  # time the steady state: bounded cache full
+    feats = torch.randn(1, (warm_chunks + repeats + 1) * chunk, config.d_audio).split(chunk, dim=1)
     chunks = iter(feats)
     with torch.no_grad():
         seconds = median_seconds(lambda: stream.push(next(chunks)), repeats=repeats, warmup=warm_chunks)
         flops = gflops(lambda: stream.push(next(chunks)))
     return {
-        "ms_per_frame": seconds * 1000 / CHUNK, "gflops_per_frame": flops / CHUNK, "chunk_frames": CHUNK,
+        "ms_per_frame": seconds * 1000 / chunk, "gflops_per_frame": flops / chunk, "chunk_frames": chunk,
         "euler_steps": sampler.steps, "cache_policy": stream.cache.config.policy,
     }
+
+
+def bench_live_motion(repeats: int) -> dict:
+    """The generator as a live call runs it, 1-frame chunks, at 4, 2 and 1 Euler steps (ms per frame), and each
+    against 4 steps; `shipped_steps`: the steps the shipped weights declare (MotionConfig.sampler_steps)."""
+    ms = {str(s): bench_motion(repeats * 4, chunk=1, steps=s)["ms_per_frame"] for s in (4, 2, 1)}
+    shipped = json.loads((ROOT / "models" / "weights" / "tiny" / "motion_generator.json").read_text())
+    return {"chunk_frames": 1, "ms_per_frame": ms, "ratio_to_4_steps": {s: v / ms["4"] for s, v in ms.items()},
+            "shipped_steps": shipped["config"].get("sampler_steps", 4)}
 
 
 def bench_decoder(repeats: int, resolution: int | None = None) -> dict:
@@ -155,6 +165,7 @@ def main() -> None:
         "ms_per_frame_total": total_ms,
         "shipped_decoder": shipped,
         "rtf_shipped": FRAME_MS / shipped_ms,
+        "live_motion": bench_live_motion(repeats),
         "photo_rig": bench_photo_rig(repeats),
         "preset": "tiny",
         "threads": torch.get_num_threads(),
@@ -166,6 +177,9 @@ def main() -> None:
         log.info("%-8s %7.2f ms/frame  %.4f GFLOP/frame", name, stage["ms_per_frame"], stage["gflops_per_frame"])
     log.info("shipped decoder at %d² (+ resize to %d²) %7.2f ms/frame", shipped["resolution"], OUTPUT,
              shipped["ms_per_frame"])
+    live = result["live_motion"]
+    log.info("generator at 1-frame chunks, ms/frame by Euler steps: %s (shipped: %d steps)",
+             " / ".join(f"{s}: {v:.2f}" for s, v in live["ms_per_frame"].items()), live["shipped_steps"])
     rig = result["photo_rig"]
     log.info("photo rig at %d² on one thread %7.2f ms/frame (%.2f in batches of %d; target <= %.0f)", OUTPUT,
              rig["ms_per_frame"], rig["ms_per_frame_batch"], rig["batch"], rig["target_ms"])

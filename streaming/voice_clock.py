@@ -12,7 +12,7 @@ than audio). While there is sound, n advances by one per slot: speech is
 never skipped or repeated, and a picture not generated in time is replaced by the newest one before it, or the
 last one again. Only where the voice is silent (and no marker lies) does the clock move: it skips silence while
 it is further behind the feed than the playout delay, and holds (silence, the same picture) while it is closer.
-The playout delay follows the generation latency: p95 over the last 100 frames (4 s), plus a 10 ms margin. A whole
+The playout delay follows the generation latency: p95 over the last 100 frames (4 s), plus a 5 ms margin. A whole
 frame moved at a time would leave the delay anywhere up to one frame above that; so over silence the slot itself
 moves too, by less than a frame (`wait_s`): it goes out when its frame is due, the playout delay after its sound
 was fed, and every later slot keeps that phase (the slots of speech are 40 ms apart, whatever the phase).
@@ -50,7 +50,7 @@ class VoiceClock:
     """
 
     def __init__(self, content: ContentAudio, arrival: Callable[[int], float | None], lag: int = VOICE_BLOCK,
-                 window: int = 100, margin_s: float = 0.01):
+                 window: int = 100, margin_s: float = 0.005):
         self.content, self.arrival, self.lag, self.margin_s = content, arrival, lag, margin_s
         self.frames: dict[int, tuple[np.ndarray, bool]] = {}  # generated, not sent yet
         self.latencies: collections.deque[float] = collections.deque(maxlen=window)  # fed -> generated, s
