@@ -17,7 +17,7 @@ import torch
 from actorcast.actors.clients import ShardClient
 from actorcast.actors.messages import PhotoFace
 from actorcast.actors.stages import DecodedFrames
-from actorcast.models.errors import ActorcastError
+from actorcast.models.errors import ActorcastError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class ShardSet:
         self._retries, self._return_s = retries, return_s
         self._turn = 0
         self._down: dict[str, asyncio.Task] = {}  # lost shard's name -> the task that waits for it to come back
+        self._losses: dict[str, int] = {}  # shard name -> how many times it was lost under this session
         self._stop = threading.Event()  # tells those waits (in threads) that the session is closing
 
     def __len__(self) -> int:
@@ -52,13 +53,20 @@ class ShardSet:
         """Frames first.. of one part, as one request, on `shard` or (it is down) on another that is up."""
         for _ in range(self._retries + 1):
             shard = await self._up_shard(shard)
+            losses = self._losses.get(shard.name, 0)
             try:
                 return await asyncio.wrap_future(shard.decode(self.session_id, first, z))
             except shard.retryable as e:
                 if shard.name not in self._down:  # once per loss, not once per part that was in flight on it
                     log.warning("decoder shard %s lost on frames %d..%d (%s); the other shards take its frames "
                                 "while it restarts", shard.name, first, first + len(z) - 1, e.__class__.__name__)
+                    self._losses[shard.name] = self._losses.get(shard.name, 0) + 1
                     self._down[shard.name] = asyncio.create_task(self._bring_back(shard))
+            except InputError:
+                # A part sent as its shard was lost can reach the shard's new worker before the session is opened
+                # there again ("no session"): send it again once the shard is back. Any other time it is an error.
+                if self._losses.get(shard.name, 0) == losses:
+                    raise
         raise ActorcastError(f"decoder shards failed {self._retries + 1} times on frame {first}: "
                              "check the cluster (`ray status`) and rerun")
 

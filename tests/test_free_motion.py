@@ -228,8 +228,9 @@ def test_free_stage_refuses_weights_without_a_parameter_decoder(tmp_path):
         get_stage("free").check(TrainConfig(stage="free", weights=str(tmp_path)))
 
 
-def _shipped_motion(pcm: torch.Tensor, free_motion: bool, seed: int) -> torch.Tensor:
-    """The shipped generator's motion parameters (T, N_PARAMS) for 16 kHz `pcm`, the demo identity's reference."""
+def _shipped_motion(pcm: torch.Tensor, free_motion: bool, seed: int, steps: int | None = None) -> torch.Tensor:
+    """The shipped generator's motion parameters (T, N_PARAMS) for 16 kHz `pcm`, the demo identity's reference,
+    sampled in `steps` Euler steps (None: the generator's own)."""
     from actorcast.actors.loading import load_model, resolve_weights
     from actorcast.models.data.face import render, sample_identities
     from actorcast.models.data.params import neutral_params
@@ -240,7 +241,8 @@ def _shipped_motion(pcm: torch.Tensor, free_motion: bool, seed: int) -> torch.Te
     encoder = load_model("motion_encoder", weights)
     with torch.no_grad():
         z_ref = encoder(render(sample_identities([3]), neutral_params(1), encoder.config.input_size))
-        stream = MotionStream(generator, z_ref, "neutral", sampler=SamplerConfig(seed=seed), free_motion=free_motion)
+        stream = MotionStream(generator, z_ref, "neutral", sampler=SamplerConfig(steps, seed=seed),
+                              free_motion=free_motion)
         feats = audio(pcm[None])
         z = torch.cat((stream.push(feats), stream.flush()), dim=1)[0]
     return params_of_latent(z)
@@ -282,7 +284,11 @@ def test_the_shipped_face_blinks_in_silence_and_moves_its_head_in_speech():
     assert blinks_in_silence >= 6  # 60 s of silence over three seeds; the data set blinks 15-20 a minute
     # the generator alone: no whole blink (its lids only dip, to a third or half closed)
     assert not any(whole(b) for b in found(_shipped_motion(silence, False, 0)))
-    assert max(yaw_pitch_deg(_shipped_motion(speech, False, 0))) < 1.5
+    # and its head is not the data's: at 4 steps the sampler averages it away (under 1.5 deg); at the 2 it ships
+    # with it wanders instead, over twice as far as the free motion draws it (the data: 3.5 / 2.1 deg)
+    assert max(yaw_pitch_deg(_shipped_motion(speech, False, 0, steps=4))) < 1.5
+    drawn, alone = yaw_pitch_deg(_shipped_motion(speech, True, 0)), yaw_pitch_deg(_shipped_motion(speech, False, 0))
+    assert alone[0] > 2 * drawn[0] and alone[1] > 2 * drawn[1], (alone, drawn)
 
 
 def test_training_inputs_drift_slowly_and_the_likelihood_reads_the_drifted_inputs():
