@@ -32,9 +32,9 @@ import numpy as np
 
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.figures import percentiles
-from actorcast.streaming.tracks import (STALL_S, VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput,
+from actorcast.streaming.tracks import (BLOCK_S, STALL_S, VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput,
                                         ContentAudio, SpeechFeed)
-from actorcast.streaming.voice_clock import Slot, VoiceClock
+from actorcast.streaming.voice_clock import SLOT_S, Slot, VoiceClock
 
 MAX_CHANNELS = 8
 RATES = (4_000, 384_000)  # sample rates accepted, Hz
@@ -42,8 +42,7 @@ RATES = (4_000, 384_000)  # sample rates accepted, Hz
 # audio, and with 10 ms an aiortc client on loopback hears each sound within a few ms of its picture.
 VOICE_LAG = VOICE_BLOCK // 2  # 10 ms in 48 kHz samples
 VOICE_LAG_S = VOICE_LAG / VOICE_RATE
-SLOT_S = 1.0 / FPS  # one picture and two 20 ms voice frames per slot
-HALF_S = VOICE_BLOCK / VOICE_RATE
+HALF_S = BLOCK_S  # a slot's second 20 ms voice frame goes out this long after its first
 KEEP_FIGURES = 1500  # latencies kept for the percentiles: the last minute of pictures
 MAX_WAITING_FRAMES = 2 * FPS  # frames generated and not sent that the voice clock keeps: past that, the oldest go
 #                               (a consumer that stopped taking them, as LiveKit's runner while it publishes)
