@@ -37,8 +37,10 @@ N_FREE = len(FREE_PARAMS)
 FREE_GROUPS = ("brows", "blinks", "gaze", "head")  # of models/training/motion_measures.py MOTION_GROUPS
 GROUP_DIMS = ([0, 1], [2, 3], [4, 5], [6, 7, 8, 9, 10, 11])  # each group's indices in FREE_PARAMS
 BOUND_EDGE = 1e-4  # a normalised value this close to -1 or 1 is at the bound (censored in the likelihood)
+GROUP_SIZES = torch.tensor([len(dims) for dims in GROUP_DIMS])
 LIDS = slice(GROUP_DIMS[1][0], GROUP_DIMS[1][-1] + 1)  # blink_l, blink_r in FREE_PARAMS
 BLINK_ONSET = 0.5  # a blink starts where the lids' mean closure first reaches this (the measures' BLINK_DEPTH)
+QUIET_FRAMES = 2.0  # time constant, in frames, of a stream's running estimate of silence (`FreeMotionStream.quiet`)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class FreeMotion(nn.Module):
         # Per group, the factor on a drawn component's spread (`fit_temperature` in models/training/free_stage.py,
         # kept in the export's meta): 1 draws the model as trained.
         self.temperature: tuple[float, ...] = (1.0,) * len(GROUP_DIMS)
+        # Per group, the factor on each drawn step (from the previous frame to the draw) in silence (`fit_idle_step`
+        # in models/training/free_stage.py, kept in the export's meta; the lids' is 1), or None: drawn as in speech.
+        # Which frames are quiet the stream reads off the audio feature through `voice_probe` (`quietness`), a small
+        # network fitted at export (`fit_voice_probe`); None: no silence is told apart.
+        self.idle_step: tuple[float, ...] | None = None
+        self.voice_probe: dict[str, torch.Tensor] | None = None
         # The data's mean blink from its onset, (frames, 2) lid closures in [0, 1] (`blink_profile` in
         # models/training/free_stage.py, kept in the export's meta); empty: blinks are drawn frame by frame.
         self.blink_profile: torch.Tensor = torch.zeros(0, 2)
@@ -151,6 +159,13 @@ def censored_log_prob(x: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) 
     return log_p.sum(-1)
 
 
+def quietness(probe: dict[str, torch.Tensor], audio: torch.Tensor) -> torch.Tensor:
+    """(...) how surely each frame of the audio features (..., d_audio) is quiet, 0..1: `FreeMotion.voice_probe`, a
+    layer norm, a tanh layer ("w1" (H, d_audio), "b1" (H,)) and a logistic read-out ("w2" (H,), "b2" ())."""
+    x = F.layer_norm(audio.float(), (audio.shape[-1],))
+    return torch.sigmoid(torch.tanh(x @ probe["w1"].T + probe["b1"]) @ probe["w2"] + probe["b2"])
+
+
 def draw(mixtures: list, generator: torch.Generator, temperature: tuple[float, ...]) -> torch.Tensor:
     """One frame (B, N_FREE) from the per-group mixtures of `FreeMotion.forward` for a single frame: per group, a
     component by its weight, then a Gaussian draw from it, at the group's temperature: the weights' logits divided by
@@ -175,13 +190,14 @@ class FreeMotionStream:
         self.last = neutral_free().to(p.device, p.dtype).expand(batch, N_FREE).clone()  # (B, N_FREE)
         self.state: torch.Tensor | None = None
         self.blink_at = torch.full((batch,), -1, dtype=torch.long)  # frame of the blink profile each row is at
+        self.quiet = torch.zeros(batch)  # running estimate per row that the stream is in a silence, 0..1
         # its own generator: the generator's noise stream, and so its mouth, is the same with or without this model
         self.generator = torch.Generator().manual_seed(seed + 0x5EED)
 
     def export(self) -> dict:
         """The stream's state as tensors (a render's snapshot), without the model."""
         return {"state": self.state, "last": self.last, "generator": self.generator.get_state(),
-                "blink_at": self.blink_at}
+                "blink_at": self.blink_at, "quiet": self.quiet}
 
     @classmethod
     def restore(cls, model: FreeMotion, saved: dict) -> "FreeMotionStream":
@@ -190,6 +206,7 @@ class FreeMotionStream:
         stream.model, stream.state, stream.last = model, saved["state"], saved["last"]
         stream.generator = torch.Generator().set_state(saved["generator"])
         stream.blink_at = saved.get("blink_at", torch.full((stream.last.shape[0],), -1, dtype=torch.long))
+        stream.quiet = saved.get("quiet", torch.zeros(stream.last.shape[0]))
         return stream
 
     @torch.no_grad()
@@ -210,14 +227,38 @@ class FreeMotionStream:
                 self.last = self.model.start_pose.to(self.last)[emotion.clamp(max=len(self.model.start_pose) - 1)]
             warm = self.last[:, None].expand(B, self.model.config.burn_in + 1, N_FREE)
             _, self.state = self.model(warm, audio[:, :1].to(self.last).expand(B, warm.shape[1], d), emotion)
+            self.quiet = self._quietness(audio[:, 0])  # a stream that starts in silence is in it at once
         out = []
         for t in range(T):  # 2. one frame at a time: each frame's draw is the next frame's input
             mixtures, self.state = self.model(self.last[:, None], audio[:, t:t + 1].to(self.last), emotion,
                                               self.state)
-            drawn = draw(mixtures, self.generator, self.model.temperature).clamp(-1.0, 1.0)
+            drawn = draw(mixtures, self.generator, self.model.temperature)
+            step = self._step(audio[:, t])
+            if step is not None:  # (where the factor is 1, the draw as it is, bit for bit)
+                drawn = torch.where(step == 1.0, drawn, self.last + step.to(drawn) * (drawn - self.last))
+            drawn = drawn.clamp(-1.0, 1.0)
             self.last = self._complete_blinks(drawn, self.last)
             out.append(self.last)
         return torch.stack(out, dim=1)
+
+    def _quietness(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B,) how surely each row's frame (audio (B, d_audio)) is quiet, 0..1, by `FreeMotion.voice_probe` (zeros
+        without one)."""
+        if self.model.voice_probe is None:
+            return torch.zeros(audio.shape[0])
+        return quietness(self.model.voice_probe, audio.cpu())
+
+    def _step(self, audio: torch.Tensor) -> torch.Tensor | None:
+        """(B, N_FREE) the factor on each row's drawn step for the frame of `audio` (B, d_audio): 1, moved towards
+        the silence one (`FreeMotion.idle_step`) as far as the row's running quietness, which follows each frame's
+        `_quietness` with a time constant of QUIET_FRAMES (the data's pauses last 0.4-0.6 s); None without a
+        silence step. The data's brows and head move on the speech's accents and hardly at all in its pauses; drawn
+        as in speech, the pauses moved 1.2-1.9 times as much as the data's (docs/ARCHITECTURE.md "Free motion")."""
+        if self.model.idle_step is None or self.model.voice_probe is None:
+            return None
+        self.quiet = self.quiet + (self._quietness(audio) - self.quiet) / QUIET_FRAMES
+        idle = torch.tensor(self.model.idle_step).repeat_interleave(GROUP_SIZES)  # (N_FREE,)
+        return 1.0 + self.quiet[:, None] * (idle - 1.0)
 
     def _complete_blinks(self, drawn: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """`drawn` (B, N_FREE) with each blink that starts or goes on in it following the data's mean blink
@@ -266,6 +307,9 @@ def load_free_motion(directory: Path, device: str = "cpu") -> FreeMotion | None:
     module, _ = load_weights(directory, "free_motion", FreeMotionConfig, FreeMotion)
     meta = read_header(directory, "free_motion")["meta"]
     module.temperature = tuple(float(t) for t in meta.get("temperature", module.temperature))
+    if meta.get("idle_step") is not None and meta.get("voice_probe"):
+        module.idle_step = tuple(float(t) for t in meta["idle_step"])
+        module.voice_probe = {k: torch.tensor(v, dtype=torch.float32) for k, v in meta["voice_probe"].items()}
     module.blink_profile = torch.tensor(meta.get("blink_profile", []), dtype=torch.float32).reshape(-1, 2)
     module.start_pose = torch.tensor(meta.get("start_pose", []), dtype=torch.float32).reshape(-1, N_FREE)
     return module.to(device).eval().requires_grad_(False)

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from actorcast.models.audio import AudioConfig, AudioEncoder
 from actorcast.models.checkpoint import load_weights, save_weights
@@ -25,10 +26,10 @@ from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, N_FREE, FreeMotion,
                                           FreeMotionConfig, FreeMotionStream, audio_encoder_digest,
-                                          load_free_motion, neutral_free)
+                                          load_free_motion, neutral_free, quietness)
 from actorcast.models.training.common import preset_defaults, write_summary
 from actorcast.models.training.motion_measures import (blink_rates, blinks, lid_openness, motion_spread,
-                                                       silent_frames)
+                                                       quiet_frames, silent_frames)
 from actorcast.models.training.motion_stage import EVAL_CLIPS, encoder_latent_kind, latent_cache
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
@@ -163,12 +164,43 @@ def steady_readings(model: FreeMotion, data: dict, stream_clips: int = STREAM_CL
     return spread_and_blinks(made.cpu(), data["x"][scored], data["pcm"][scored])
 
 
+def _grid(model: FreeMotion, data: dict, stream_clips: int, settle_clips: int, values: np.ndarray,
+          attribute: str) -> list[dict]:
+    """`steady_readings` with the model's `attribute` ("temperature" or "idle_step") at each of `values`, every
+    group at once; the model is left as it was."""
+    saved = getattr(model, attribute)
+    readings = []
+    try:
+        for v in values:
+            setattr(model, attribute, (float(v),) * len(FREE_GROUPS))
+            readings.append(steady_readings(model, data, stream_clips, settle_clips))
+    finally:
+        setattr(model, attribute, saved)
+    return readings
+
+
+def _best(readings: list[dict], values: np.ndarray, suffix: str) -> list[float]:
+    """Per group, the value of the reading whose figure comes closest to the truth: the spread with `suffix` for
+    brows, gaze and head; the blink rate for the lids."""
+    best = []
+    for g in FREE_GROUPS:
+        if g == "blinks":  # the rate, relative to the data's (at least one a minute, so no blinks is no ratio)
+            error = [abs(r["blinks_per_min"] - r["blinks_per_min_truth"]) / max(r["blinks_per_min_truth"], 1.0)
+                     for r in readings]
+        else:
+            error = [abs(np.log(max(r[f"spread_{g}{suffix}"], 1e-6))) if np.isfinite(r[f"spread_{g}{suffix}"])
+                     else np.inf for r in readings]
+        best.append(float(values[int(np.argmin(error))]))
+    return best
+
+
 @torch.no_grad()
 def fit_temperature(model: FreeMotion, data: dict, stream_clips: int = STREAM_CLIPS,
                     settle_clips: int = SETTLE_CLIPS) -> tuple[float, ...]:
     """Per group, the temperature (TEMPERATURES) whose free-running draws on training clips come closest to the
-    truth, read on long streams once they have settled (`steady_readings`): for brows, gaze and head in spread
-    (speech and silence pooled, as `spread_and_blinks` reads it), for the lids in blinks a minute.
+    truth, read on long streams once they have settled (`steady_readings`): for brows, gaze and head in spread (of
+    the speech frames where the model tells silence apart, `voice_probe`; else speech and silence pooled), for the
+    lids in blinks a minute. The model is left as it was.
 
     Why: drawn one frame at a time, a model whose per-frame spread is a little too wide wanders, and the head's
     drift adds up over seconds to twice the data's spread; a model whose blink component is a little too rare
@@ -176,27 +208,74 @@ def fit_temperature(model: FreeMotion, data: dict, stream_clips: int = STREAM_CL
     back. It does not make events: blinks, saccades and nods are the mixture's components, drawn as trained.
     Fitted on each clip's own first seconds instead, it narrowed gaze and head to 0.3 for the swing a stream
     makes as it leaves the neutral pose, and after a minute they froze."""
-    saved = model.temperature
-    readings = []
-    try:
-        for t in TEMPERATURES:
-            model.temperature = (float(t),) * len(FREE_GROUPS)
-            readings.append(steady_readings(model, data, stream_clips, settle_clips))
-    finally:
-        model.temperature = saved
-    best = []
-    for g in FREE_GROUPS:
-        if g == "blinks":  # the rate, relative to the data's (at least one a minute, so no blinks is no ratio)
-            error = [abs(r["blinks_per_min"] - r["blinks_per_min_truth"]) / max(r["blinks_per_min_truth"], 1.0)
-                     for r in readings]
-        else:
-            error = [abs(np.log(max(r[f"spread_{g}"], 1e-6))) for r in readings]
-        best.append(float(TEMPERATURES[int(np.argmin(error))]))
-    return tuple(best)
+    suffix = "_speech" if model.voice_probe is not None else ""
+    return tuple(_best(_grid(model, data, stream_clips, settle_clips, TEMPERATURES, "temperature"), TEMPERATURES,
+                       suffix))
+
+
+IDLE_STEPS = np.round(np.arange(0.05, 1.501, 0.05), 2)
+
+
+@torch.no_grad()
+def fit_idle_step(model: FreeMotion, data: dict, stream_clips: int = STREAM_CLIPS,
+                  settle_clips: int = SETTLE_CLIPS) -> tuple[float, ...] | None:
+    """Per group, the factor on the drawn steps in silence (IDLE_STEPS, `FreeMotion.idle_step`) whose free-running
+    draws on training clips come closest to the data's spread on their silent frames, read as `fit_temperature`
+    reads, at the model's temperature; the lids' is 1 (the data's blinks do not depend on the speech). None when
+    the model has no `voice_probe`. The model is left as it was.
+
+    Why: the data's brows and head move on the speech's accents and hardly at all in its pauses, and drawn as in
+    speech the pauses moved 1.2-1.9 times as much. A factor on the whole step scales the mixture's pull back from
+    a wandered draw as well as its spread (a silence temperature of 0.3, tried instead, did about as well)."""
+    if model.voice_probe is None:
+        return None
+    step = _best(_grid(model, data, stream_clips, settle_clips, IDLE_STEPS, "idle_step"), IDLE_STEPS, "_idle")
+    step[FREE_GROUPS.index("blinks")] = 1.0
+    return tuple(step)
+
+
+VOICE_MIN_QUIET = 0.02  # of the frames: fewer quiet ones than this and no voice probe is fitted
+VOICE_HIDDEN = 32       # the voice probe's tanh layer
+VOICE_STEPS = 600       # Adam steps of its fit, on batches of VOICE_BATCH frames
+VOICE_BATCH = 4096
+
+
+def fit_voice_probe(data: dict, seed: int = 0) -> dict[str, torch.Tensor] | None:
+    """`FreeMotion.voice_probe`: a small network (models/free_motion.py `quietness`) fitted by logistic loss to
+    tell a quiet frame (`quiet_frames` of the clip's audio, the measures' silence level) from its audio feature,
+    over the clips of `data`; None when under VOICE_MIN_QUIET of their frames are quiet (nothing to tell apart).
+    A linear read was too weak: it put 0.4 on the frames of the data's pauses and 0.07 on speech, and neither a
+    silence step nor a silence temperature then brought the brows' pauses under 1.2 times the data's."""
+    audio = data["audio"].float()
+    N, T, d = audio.shape
+    quiet = torch.from_numpy(np.stack([quiet_frames(a, T) for a in data["pcm"]])).float().reshape(-1)
+    if quiet.mean() < VOICE_MIN_QUIET:
+        log.info("free motion: %.1f %% of the clips' frames are quiet; no voice probe", 100 * float(quiet.mean()))
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    probe = {"w1": torch.randn(VOICE_HIDDEN, d, generator=gen) / np.sqrt(d), "b1": torch.zeros(VOICE_HIDDEN),
+             "w2": torch.randn(VOICE_HIDDEN, generator=gen) / np.sqrt(VOICE_HIDDEN), "b2": torch.zeros(())}
+    for v in probe.values():
+        v.requires_grad_(True)
+    frames = audio.reshape(-1, d)
+    opt = torch.optim.Adam(list(probe.values()), lr=3e-3)
+    with torch.enable_grad():
+        for _ in range(VOICE_STEPS):
+            idx = torch.randint(0, len(frames), (min(VOICE_BATCH, len(frames)),), generator=gen)
+            p = quietness(probe, frames[idx]).clamp(1e-6, 1 - 1e-6)
+            loss = F.binary_cross_entropy(p, quiet[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    probe = {k: v.detach() for k, v in probe.items()}
+    read = quietness(probe, frames)
+    log.info("free-motion voice probe: %.2f on quiet frames, %.2f on the rest (%.1f %% quiet)",
+             float(read[quiet > 0].mean()), float(read[quiet == 0].mean()), 100 * float(quiet.mean()))
+    return probe
 
 
 def spread_and_blinks(made: torch.Tensor, truth: torch.Tensor, pcm: torch.Tensor) -> dict:
-    """Spread per free group (models/training/motion_measures.py), in speech and silence, and blinks a minute
+    """Spread per free group (models/training/motion_measures.py), pooled, in speech and in silence, and blinks a minute
     read off the lid parameters (an eye open to 1 - closure), of sampled against true free parameters
     (N, T, N_FREE), normalised."""
     def params(free: torch.Tensor) -> list[torch.Tensor]:
@@ -207,8 +286,10 @@ def spread_and_blinks(made: torch.Tensor, truth: torch.Tensor, pcm: torch.Tensor
     gen, true = params(made), params(truth)
     silent = [silent_frames(a, len(t)) for a, t in zip(pcm, true)]
     spread, idle = motion_spread(gen, true), motion_spread(gen, true, silent)
+    speech = motion_spread(gen, true, [~m for m in silent])
     out = {f"spread_{g}": spread[g] for g in FREE_GROUPS}
     out.update({f"spread_{g}_idle": idle[g] for g in FREE_GROUPS})
+    out.update({f"spread_{g}_speech": speech[g] for g in FREE_GROUPS})
     return {**out, "blinks_per_min": blink_rates([lid_openness(p) for p in gen]),
             "blinks_per_min_truth": blink_rates([lid_openness(p) for p in true])}
 
@@ -267,8 +348,9 @@ class FreeStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
-        temperature = fit_drawing(module.model, free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips)))
+        temperature, idle = fit_drawing(module.model, free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips)))
         metrics.update({f"temperature_{g}": t for g, t in zip(FREE_GROUPS, temperature)})
+        metrics.update({f"idle_step_{g}": t for g, t in zip(FREE_GROUPS, idle or ())})
         metrics["blink_profile_frames"] = len(module.model.blink_profile)
         metrics.update({f"calibrated_{k}": v for k, v in FreeStage.evaluate(module, cfg).items()})
         save_weights(directory, "free_motion", module.model, module.config, _meta(cfg, module.model))
@@ -287,27 +369,43 @@ def start_poses(x: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
     return poses
 
 
-def fit_drawing(model: FreeMotion, data: dict) -> tuple[float, ...]:
-    """Set what the export fits on training clips `data`, in order: the blink profile (from the data alone) and the
-    start pose per emotion, then the temperature (drawn with them: the profile shapes every blink). Returns the
-    temperature."""
+def fit_drawing(model: FreeMotion, data: dict) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+    """Set what the export fits on training clips `data`, in order: the blink profile (from the data alone), the
+    start pose per emotion and the voice probe, then the temperature (drawn with them: the profile shapes every
+    blink), then the step in silence, then the temperature again. Returns the temperature and the silence step."""
     model.blink_profile = blink_profile(data["x"])
     model.start_pose = start_poses(data["x"], data["emotion"])
+    model.voice_probe = fit_voice_probe(data)
     log.info("free-motion blink profile (%d frames): %s", len(model.blink_profile),
              model.blink_profile.mean(-1).round(decimals=2).tolist())
+    model.idle_step = None
     model.temperature = fit_temperature(model, data)
-    log.info("free-motion temperature per group %s: %s", FREE_GROUPS, model.temperature)
-    return model.temperature
+    model.idle_step = fit_idle_step(model, data)
+    if model.idle_step is not None:  # again with the pauses' step in place: it also damps a word's gap
+        model.temperature = fit_temperature(model, data)
+    log.info("free-motion per group %s: temperature %s, step in silence %s", FREE_GROUPS, model.temperature,
+             model.idle_step)
+    return model.temperature, model.idle_step
 
 
 def _meta(cfg, model: FreeMotion) -> dict:
     return {"preset": cfg.preset, "audio_encoder": audio_encoder_digest(cfg.weights),
             "temperature": list(model.temperature), "blink_profile": model.blink_profile.tolist(),
+            "idle_step": None if model.idle_step is None else list(model.idle_step),
+            "voice_probe": None if model.voice_probe is None else {k: _short(v.tolist())
+                                                                   for k, v in model.voice_probe.items()},
             "start_pose": model.start_pose.tolist()}
 
 
-def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[float, ...]:
-    """Fit the blink profile, the start poses and the temperature of the free-motion model exported in `directory`
+def _short(values):
+    """Nested lists of float32 values with the 9 significant digits that give each back exactly (the header's
+    JSON is a third of the size of Python's float repr)."""
+    return [_short(v) for v in values] if isinstance(values, list) else float(f"{values:.9g}")
+
+
+def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[tuple[float, ...],
+                                                                                 tuple[float, ...] | None]:
+    """Fit the blink profile, the start poses, the voice probe, the temperature and the silence step of the free-motion model exported in `directory`
     again (on the training clips of its `free_train.json`, cached under that run's folder) and write them into its
     header."""
     from actorcast.models.training.train import TrainConfig
@@ -319,15 +417,16 @@ def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[
                           "of a free-stage run (or the shipped weights)")
     cfg = TrainConfig(**{**json.loads(summary.read_text())["config"], "weights": str(directory)})
     model = load_free_motion(directory)
-    temperature = fit_drawing(model, free_clips(cfg, 0, 1, n_clips=min(clips, cfg.clips)))
+    temperatures = fit_drawing(model, free_clips(cfg, 0, 1, n_clips=min(clips, cfg.clips)))
     save_weights(directory, "free_motion", model, model.config, _meta(cfg, model))
-    return temperature
+    return temperatures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m actorcast.models.training.free_stage",
-        description="Fit the blink profile, the start pose per emotion and the per-group temperature of an exported "
+        description="Fit the blink profile, the start pose per emotion, the voice probe, the per-group "
+                    "temperature and the per-group step in silence of an exported "
                     "free-motion model again (on training clips) and write them into DIR/free_motion.json; "
                     "`actorcast train --stage free` does this itself at export.")
     parser.add_argument("directory", type=Path, help="weights directory with free_motion, audio_encoder, "
@@ -338,11 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.clips < 2:
             raise ConfigError(f"--clips {args.clips}: give at least 2")
-        temperature = refit_temperature(args.directory, args.clips)
+        temperature, idle = refit_temperature(args.directory, args.clips)
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(dict(zip(FREE_GROUPS, temperature))))
+    print(json.dumps({"temperature": dict(zip(FREE_GROUPS, temperature)),
+                      "idle_step": None if idle is None else dict(zip(FREE_GROUPS, idle))}))
     return 0
 
 

@@ -45,12 +45,18 @@ class Blink:
     bottom: float
 
 
-def silent_frames(audio: torch.Tensor | np.ndarray, n_frames: int) -> np.ndarray:
-    """(n_frames,) bool: the frames of 16 kHz `audio` inside a silent run of at least SILENCE_MIN_FRAMES."""
+def quiet_frames(audio: torch.Tensor | np.ndarray, n_frames: int) -> np.ndarray:
+    """(n_frames,) bool: the frames of 16 kHz `audio` whose RMS is under SILENCE_LEVEL of the clip's p95 frame RMS
+    (a word's gap too)."""
     pcm = np.asarray(audio, np.float64)[: n_frames * SAMPLES_PER_FRAME]
     pcm = np.pad(pcm, (0, n_frames * SAMPLES_PER_FRAME - len(pcm)))
     rms = np.sqrt((pcm.reshape(n_frames, SAMPLES_PER_FRAME) ** 2).mean(1))
-    quiet = rms <= SILENCE_LEVEL * max(np.percentile(rms, 95), 1e-9)
+    return rms <= SILENCE_LEVEL * max(np.percentile(rms, 95), 1e-9)
+
+
+def silent_frames(audio: torch.Tensor | np.ndarray, n_frames: int) -> np.ndarray:
+    """(n_frames,) bool: the frames of 16 kHz `audio` inside a silent run of at least SILENCE_MIN_FRAMES."""
+    quiet = quiet_frames(audio, n_frames)
     mask = np.zeros(n_frames, bool)
     for start, end in _runs(quiet):
         if end - start >= SILENCE_MIN_FRAMES:
