@@ -466,3 +466,30 @@ def test_the_shipped_free_motion_stays_alive_for_minutes():
         ratio = float(late[:, dims].std(0).mean() / early[:, dims].std(0).mean())
         assert 0.5 < ratio < 2.0, (group, ratio)
     assert float((late[:, :2].mean(1) > 0.95).float().mean()) < 0.05  # brows not pinned at the top
+
+
+def test_the_shipped_free_motion_takes_a_new_emotion_within_a_second():
+    """An emotion set mid-stream (`set_emotion` in a call): the shipped free motion's brows reach the new
+    emotion's within a second and then sit where a stream started with it sits, though the data has no change of
+    emotion to learn the move from (the drift lever taught it to pull a draw back to where the emotion's data
+    lives)."""
+    from actorcast.actors.loading import load_model, resolve_weights
+    from actorcast.models.data.params import emotion_index
+    from actorcast.models.data.performance import generate_speech
+
+    from actorcast.models.free_motion import load_free_motion
+
+    weights = resolve_weights(None)
+    audio, free = load_model("audio_encoder", weights), load_free_motion(weights)
+    pcm = generate_speech(654, 20.0)
+    with torch.no_grad():
+        feats = torch.cat([audio(pcm[None, i:i + 640 * 250])[:, :250] for i in range(0, len(pcm), 640 * 250)], 1)
+    for before, after in (("neutral", "angry"), ("angry", "neutral"), ("neutral", "surprised")):
+        stream = FreeMotionStream(free, 1, seed=0)
+        first = stream.sample(feats[:, :250], torch.tensor([emotion_index(before)]))[0]
+        changed = stream.sample(feats[:, 250:], torch.tensor([emotion_index(after)]))[0]
+        fresh = FreeMotionStream(free, 1, seed=1).sample(feats[:, 250:], torch.tensor([emotion_index(after)]))[0]
+        target = fresh[25:, :2].mean(0)  # brow_raise, brow_furrow of a stream that started with the emotion
+        assert (first[-50:, :2].mean(0) - target).abs().max() > 0.3, (before, after)  # the emotions differ
+        assert (changed[25:, :2].mean(0) - target).abs().max() < 0.15, (before, after, changed[25:, :2].mean(0),
+                                                                        target)
