@@ -40,6 +40,7 @@ BOUND_EDGE = 1e-4  # a normalised value this close to -1 or 1 is at the bound (c
 GROUP_SIZES = torch.tensor([len(dims) for dims in GROUP_DIMS])
 LIDS = slice(GROUP_DIMS[1][0], GROUP_DIMS[1][-1] + 1)  # blink_l, blink_r in FREE_PARAMS
 BLINK_ONSET = 0.5  # a blink starts where the lids' mean closure first reaches this (the measures' BLINK_DEPTH)
+WARM_FRAMES = 125  # frames of the data's own motion a new stream's state is warmed on (`FreeMotion.start_motion`)
 QUIET_FRAMES = 2.0  # time constant, in frames, of a stream's running estimate of silence (`FreeMotionStream.quiet`)
 
 
@@ -105,6 +106,18 @@ class FreeMotion(nn.Module):
         # normalised (`start_poses` in models/training/free_stage.py, kept in the export's meta): the data's clips
         # start with the emotion already on the face (a sad face's brows raised and knit); empty: the neutral pose.
         self.start_pose: torch.Tensor = torch.zeros(0, N_FREE)
+        # Per emotion (as start_pose), the first WARM_FRAMES frames of one training clip of that emotion, normalised,
+        # and the mean audio feature of the training clips' quiet frames (`start_motions`, `rest_audio` in
+        # models/training/free_stage.py, fitted at export; zeros: not fitted). A new stream warms its state on them
+        # (`FreeMotionStream.sample`) and starts from the motion's last frame.
+        self.register_buffer("start_motion", torch.zeros(len(EMOTIONS) + 1, WARM_FRAMES, N_FREE))
+        self.register_buffer("rest_audio", torch.zeros(c.d_audio))
+        self._register_load_state_dict_pre_hook(self._unfitted_start)
+
+    def _unfitted_start(self, state_dict: dict, prefix: str, *_) -> None:
+        """Loading an export made before the start motion existed: it stays unfitted (zeros)."""
+        for name in ("start_motion", "rest_audio"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
 
     def forward(self, prev: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
                 state: torch.Tensor | None = None) -> tuple[list, torch.Tensor]:
@@ -212,21 +225,22 @@ class FreeMotionStream:
     @torch.no_grad()
     def sample(self, audio: torch.Tensor, emotion: torch.Tensor | None = None) -> torch.Tensor:
         """audio (B, T, d_audio), emotion (B,) indices or None -> the next T frames' free parameters
-        (B, T, N_FREE), normalised, in [-1, 1]. A new stream first warms its state on `burn_in` frames of its
-        start pose (the emotion's, `FreeMotion.start_pose`, else the neutral pose) with the first frame's audio:
-        training scores no window's first frames from a cold state, and drawn from one the head jumped to a tilt of
-        14 degrees in the first second."""
+        (B, T, N_FREE), normalised, in [-1, 1]. A new stream first warms its state on 5 s of the data's own motion
+        for its emotion (`FreeMotion.start_motion`, read with the quiet frames' audio feature) and starts from its
+        last frame, eyes open: warmed on a face held still instead, a stream moved 0.83-0.87 as much as the data
+        for its first seconds (the state took them to learn that the face moves), and every render and call starts
+        fresh. Without a fitted start motion: `burn_in` frames of its start pose (the emotion's,
+        `FreeMotion.start_pose`, else the neutral pose) with the first frame's audio (training scores no window's
+        first frames from a cold state, and drawn from one the head jumped to a tilt of 14 degrees in the first
+        second)."""
         B, T, d = audio.shape
         emotion = torch.full((B,), NULL_EMOTION, dtype=torch.long) if emotion is None else emotion
         emotion = emotion.to(self.last.device)
         if B != self.last.shape[0] or d != self.model.config.d_audio:
             raise InputError(f"free motion got audio features {tuple(audio.shape)}; expected "
                              f"({self.last.shape[0]}, T, {self.model.config.d_audio})")
-        if self.state is None and T:  # 1. the state as training left it: after burn-in frames of a face held still
-            if len(self.model.start_pose):  # at the emotion's own pose, where the data's clips start
-                self.last = self.model.start_pose.to(self.last)[emotion.clamp(max=len(self.model.start_pose) - 1)]
-            warm = self.last[:, None].expand(B, self.model.config.burn_in + 1, N_FREE)
-            _, self.state = self.model(warm, audio[:, :1].to(self.last).expand(B, warm.shape[1], d), emotion)
+        if self.state is None and T:  # 1. the state warmed
+            self._warm(audio[:, :1].to(self.last), emotion)
             self.quiet = self._quietness(audio[:, 0])  # a stream that starts in silence is in it at once
         out = []
         for t in range(T):  # 2. one frame at a time: each frame's draw is the next frame's input
@@ -240,6 +254,23 @@ class FreeMotionStream:
             self.last = self._complete_blinks(drawn, self.last)
             out.append(self.last)
         return torch.stack(out, dim=1)
+
+    def _warm(self, first: torch.Tensor, emotion: torch.Tensor) -> None:
+        """The state and last frame of a new stream (`sample`), for emotion (B,) and the first frame's audio (B, 1,
+        d_audio)."""
+        model, B = self.model, self.last.shape[0]
+        if bool(model.start_motion.any()):  # on the data's own motion for the emotion
+            motion = model.start_motion[emotion.clamp(max=len(model.start_motion) - 1)].to(self.last)  # (B, W, F)
+            prev = torch.cat((motion[:, :1], motion[:, :-1]), dim=1)
+            rest = model.rest_audio.to(self.last).expand(B, prev.shape[1], -1)
+            _, self.state = model(prev, rest, emotion)
+            self.last = motion[:, -1].clone()
+            self.last[:, LIDS] = -1.0  # open
+            return
+        if len(model.start_pose):  # at the emotion's own pose, where the data's clips start
+            self.last = model.start_pose.to(self.last)[emotion.clamp(max=len(model.start_pose) - 1)]
+        warm = self.last[:, None].expand(B, model.config.burn_in + 1, N_FREE)
+        _, self.state = model(warm, first.expand(B, warm.shape[1], -1), emotion)
 
     def _quietness(self, audio: torch.Tensor) -> torch.Tensor:
         """(B,) how surely each row's frame (audio (B, d_audio)) is quiet, 0..1, by `FreeMotion.voice_probe` (zeros

@@ -24,8 +24,8 @@ from actorcast.models.checkpoint import load_weights, save_weights
 from actorcast.models.data.params import EMOTIONS, N_PARAMS
 from actorcast.models.decoder import denormalise_params
 from actorcast.models.errors import ConfigError, InputError
-from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, N_FREE, FreeMotion,
-                                          FreeMotionConfig, FreeMotionStream, audio_encoder_digest,
+from actorcast.models.free_motion import (BLINK_ONSET, FREE_GROUPS, FREE_SLICE, LIDS, N_FREE, WARM_FRAMES,
+                                          FreeMotion, FreeMotionConfig, FreeMotionStream, audio_encoder_digest,
                                           load_free_motion, neutral_free, quietness)
 from actorcast.models.training.common import preset_defaults, write_summary
 from actorcast.models.training.motion_measures import (blink_rates, blinks, lid_openness, motion_spread,
@@ -369,12 +369,41 @@ def start_poses(x: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
     return poses
 
 
+def start_motions(x: torch.Tensor, emotion: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+    """`FreeMotion.start_motion` (len(EMOTIONS) + 1, WARM_FRAMES, N_FREE): per emotion, the first WARM_FRAMES frames
+    of the training clip x (N, T, N_FREE) of that emotion whose first frame is nearest its start pose (`poses`,
+    `start_poses`), a clip shorter than that led in by its first frame held; for "no emotion", the neutral one's;
+    zeros for an emotion without clips."""
+    out = torch.zeros(len(EMOTIONS) + 1, WARM_FRAMES, N_FREE)
+    for e in range(len(EMOTIONS)):
+        clips = torch.nonzero(emotion == e)[:, 0]
+        if not len(clips):
+            continue
+        keep = [i for i in range(N_FREE) if i not in range(LIDS.start, LIDS.stop)]
+        best = clips[(x[clips, 0][:, keep] - poses[e, keep]).square().sum(-1).argmin()]
+        clip = x[best, :WARM_FRAMES]
+        out[e] = torch.cat((clip[:1].expand(WARM_FRAMES - len(clip), N_FREE), clip))
+    out[len(EMOTIONS)] = out[EMOTIONS.index("neutral")]
+    return out
+
+
+def rest_audio(data: dict) -> torch.Tensor:
+    """`FreeMotion.rest_audio` (d_audio,): the mean audio feature of the quiet frames (`quiet_frames`) of `data`'s
+    clips (of all frames if none is quiet)."""
+    audio = data["audio"].float()
+    quiet = torch.from_numpy(np.stack([quiet_frames(a, audio.shape[1]) for a in data["pcm"]]))
+    return audio[quiet].mean(0) if quiet.any() else audio.reshape(-1, audio.shape[-1]).mean(0)
+
+
 def fit_drawing(model: FreeMotion, data: dict) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
     """Set what the export fits on training clips `data`, in order: the blink profile (from the data alone), the
-    start pose per emotion and the voice probe, then the temperature (drawn with them: the profile shapes every
-    blink), then the step in silence, then the temperature again. Returns the temperature and the silence step."""
+    start pose and start motion per emotion, the quiet frames' audio feature and the voice probe, then the
+    temperature (drawn with them: the profile shapes every blink), then the step in silence, then the temperature
+    again. Returns the temperature and the silence step."""
     model.blink_profile = blink_profile(data["x"])
     model.start_pose = start_poses(data["x"], data["emotion"])
+    model.start_motion.copy_(start_motions(data["x"], data["emotion"], model.start_pose))
+    model.rest_audio.copy_(rest_audio(data))
     model.voice_probe = fit_voice_probe(data)
     log.info("free-motion blink profile (%d frames): %s", len(model.blink_profile),
              model.blink_profile.mean(-1).round(decimals=2).tolist())
