@@ -288,8 +288,9 @@ class FreeMotionStream:
         if self.model.idle_step is None or self.model.voice_probe is None:
             return None
         self.quiet = self.quiet + (self._quietness(audio) - self.quiet) / QUIET_FRAMES
-        idle = torch.tensor(self.model.idle_step).repeat_interleave(GROUP_SIZES)  # (N_FREE,)
-        return 1.0 + self.quiet[:, None] * (idle - 1.0)
+        if getattr(self, "_idle", (None,))[0] != self.model.idle_step:  # per parameter, made once per stream
+            self._idle = (self.model.idle_step, torch.tensor(self.model.idle_step).repeat_interleave(GROUP_SIZES))
+        return 1.0 + self.quiet[:, None] * (self._idle[1] - 1.0)
 
     def _complete_blinks(self, drawn: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """`drawn` (B, N_FREE) with each blink that starts or goes on in it following the data's mean blink
