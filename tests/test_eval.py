@@ -41,7 +41,7 @@ def untrained_weights(tmp_path_factory) -> Path:
 def test_eval_quick_writes_every_field(untrained_weights, tmp_path):
     out = tmp_path / "eval.json"
     result = subprocess.run([sys.executable, "-m", "actorcast.cluster.cli", "eval", "--weights", str(untrained_weights),
-                             "--quick", "--clip-seconds", "4", "--long-seconds", "9", "--json", str(out)],
+                             "--quick", "--clip-seconds", "4", "--long-seconds", "9", "--blink-clips", "3", "--json", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -58,8 +58,10 @@ def test_eval_quick_writes_every_field(untrained_weights, tmp_path):
     assert report["blink_r_ground_truth"] > 0.3
     # Every frame is counted: those without a face are reported, not dropped.
     assert report["meter_frames"] == 2 * 4 * 25
-    # How much of the data's motion the generator reproduces, in speech and in silence, for both speech sources.
+    # How much of the data's motion the generator reproduces, in speech and in silence, for both speech sources;
+    # the meter counts blinks on a third clip of each, decoded for it alone (its frames are not in meter_frames).
     for suffix in ("", "_tts"):
+        assert report["blink_clips" + suffix] == 3 and report["motion_clips" + suffix] >= 3
         for key in ("motion_spread", "motion_spread_idle"):
             assert set(report[key + suffix]) == {"jaw", "lips", "brows", "blinks", "gaze", "head"}, key
         assert all(math.isfinite(v) and v >= 0 for v in report["motion_spread" + suffix].values())

@@ -26,7 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--motion-clips", type=positive_int, default=None,
                    help="held-out clips of each source the motion measures (spread of brows, blinks, gaze, head in "
                         "speech and silence; blinks a minute by the lid parameters) pool: they need no decoding, so "
-                        "more clips than --clips are cheap (default 40; --quick 8)")
+                        "more clips than --clips are cheap (default 160; --quick 8)")
+    p.add_argument("--blink-clips", type=positive_int, default=None,
+                   help="held-out clips of each source whose generated and true frames the meter counts blinks on "
+                        "(blinks_per_min): a few blinks a clip, so a rate needs many; past --clips only these two are "
+                        "decoded and read (default 32; --quick as --clips)")
     p.add_argument("--clip-seconds", type=positive_seconds, default=None,
                    help="length of each clip in seconds (default 10; --quick 8)")
     p.add_argument("--long-seconds", type=positive_seconds, default=None,
@@ -74,13 +78,15 @@ def run(args: argparse.Namespace) -> int:
         cache = dataclasses.replace(cache, policy=args.cache, sink_frames=None)
     quick = args.quick
     clips = args.clips or (2 if quick else 8)
-    motion_clips = args.motion_clips or (8 if quick else 40)
+    motion_clips = args.motion_clips or (8 if quick else 160)
+    blink_clips = args.blink_clips or (clips if quick else 32)
     clip_seconds = args.clip_seconds or (8.0 if quick else 10.0)
     long_seconds = args.long_seconds or (60.0 if quick else 300.0)
     meter = FaceMeter()  # fails here, in one line, if its environment is missing
     with tqdm(total=2 + len(POLICY_NAMES), desc="eval", unit="part") as bar:
         report = evaluate(models, clips, clip_seconds, long_seconds, size, cache, meter=meter,
-                          progress=lambda _: bar.update(1), motion_clips=motion_clips)
+                          progress=lambda _: bar.update(1), motion_clips=motion_clips,
+                          blink_clips=blink_clips)
     report["weights"] = str(Path(weights).resolve())
     report["chunk_frames"] = models.motion.config.chunk_frames
     report["run"] = run_record("eval", args.command_line)
