@@ -90,25 +90,25 @@ class FreeMotion(nn.Module):
         self.audio_norm = nn.LayerNorm(c.d_audio)
         self.gru = nn.GRU(N_FREE + c.d_audio + c.d_emotion, c.d_hidden, c.n_layers, batch_first=True)
         self.head = nn.Linear(c.d_hidden, c.n_mix * (len(GROUP_DIMS) + 2 * N_FREE))
-        # Per group, the factor on a drawn component's spread (`fit_temperature` in models/training/free_stage.py,
+        # Per group, the factor on a drawn component's spread (`fit_temperature` in models/training/free_drawing.py,
         # kept in the export's meta): 1 draws the model as trained.
         self.temperature: tuple[float, ...] = (1.0,) * len(GROUP_DIMS)
         # Per group, the factor on each drawn step (from the previous frame to the draw) in silence (`fit_idle_step`
-        # in models/training/free_stage.py, kept in the export's meta; the lids' is 1), or None: drawn as in speech.
+        # in models/training/free_drawing.py, kept in the export's meta; the lids' is 1), or None: drawn as in speech.
         # Which frames are quiet the stream reads off the audio feature through `voice_probe` (`quietness`), a small
         # network fitted at export (`fit_voice_probe`); None: no silence is told apart.
         self.idle_step: tuple[float, ...] | None = None
         self.voice_probe: dict[str, torch.Tensor] | None = None
         # The data's mean blink from its onset, (frames, 2) lid closures in [0, 1] (`blink_profile` in
-        # models/training/free_stage.py, kept in the export's meta); empty: blinks are drawn frame by frame.
+        # models/training/free_drawing.py, kept in the export's meta); empty: blinks are drawn frame by frame.
         self.blink_profile: torch.Tensor = torch.zeros(0, 2)
         # Per emotion (EMOTIONS, then "no emotion"), the pose a stream starts from, (len(EMOTIONS) + 1, N_FREE)
-        # normalised (`start_poses` in models/training/free_stage.py, kept in the export's meta): the data's clips
+        # normalised (`start_poses` in models/training/free_drawing.py, kept in the export's meta): the data's clips
         # start with the emotion already on the face (a sad face's brows raised and knit); empty: the neutral pose.
         self.start_pose: torch.Tensor = torch.zeros(0, N_FREE)
         # Per emotion (as start_pose), the first WARM_FRAMES frames of one training clip of that emotion, normalised,
         # and the mean audio feature of the training clips' quiet frames (`start_motions`, `rest_audio` in
-        # models/training/free_stage.py, fitted at export; zeros: not fitted). A new stream warms its state on them
+        # models/training/free_drawing.py, fitted at export; zeros: not fitted). A new stream warms its state on them
         # (`FreeMotionStream.sample`) and starts from the motion's last frame.
         self.register_buffer("start_motion", torch.zeros(len(EMOTIONS) + 1, WARM_FRAMES, N_FREE))
         self.register_buffer("rest_audio", torch.zeros(c.d_audio))

@@ -57,7 +57,7 @@ def test_a_value_at_a_bound_is_scored_by_the_mass_beyond_it():
 def test_temperature_narrows_the_draws_of_an_over_dispersed_model():
     """fit_temperature picks, per group, the factor whose draws come closest to the truth (spread; for the lids
     the blink rate): an over-dispersed model gets a lower one for its head."""
-    from actorcast.models.training.free_stage import fit_temperature
+    from actorcast.models.training.free_drawing import fit_temperature
 
     _, free = _models(3)
     T = 100
@@ -165,7 +165,7 @@ def test_a_blink_that_starts_follows_the_profile_to_its_end():
 
 def test_the_blink_profile_is_the_datas_mean_blink_from_its_onset():
     from actorcast.models.free_motion import LIDS
-    from actorcast.models.training.free_stage import blink_profile
+    from actorcast.models.training.free_drawing import blink_profile
 
     x = neutral_free().expand(4, 50, N_FREE).clone()
     shapes = ([0.6, 1.0, 1.0, 0.4, 0.0], [0.8, 1.0, 0.6, 0.2, 0.0])
@@ -327,7 +327,7 @@ def test_a_stream_starts_at_its_emotions_pose():
     median first frame of the emotion's training clips, eyes open), and at the neutral pose without an emotion."""
     from actorcast.models.data.params import EMOTIONS
     from actorcast.models.free_motion import LIDS
-    from actorcast.models.training.free_stage import start_poses
+    from actorcast.models.training.free_drawing import start_poses
 
     x = neutral_free().expand(6, 20, N_FREE).clone()
     emotion = torch.tensor([2, 2, 2, 0, 0, 0])

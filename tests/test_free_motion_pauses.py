@@ -1,5 +1,5 @@
 """The free motion's start and its pauses (models/free_motion.py): a stream warmed on the data's own motion, and
-smaller steps where a probe on the audio feature hears silence; fitted at export (models/training/free_stage.py)."""
+smaller steps where a probe on the audio feature hears silence; fitted at export (models/training/free_drawing.py)."""
 
 import pytest
 import torch
@@ -65,7 +65,7 @@ def test_the_voice_probe_tells_quiet_frames_from_the_audio_feature():
     """fit_voice_probe: a small network that reads from the audio feature whether a frame is quiet (under 3 % of
     the clip's loud level, the measures' silence level); clips with no quiet frames give no probe."""
     from actorcast.models.free_motion import quietness
-    from actorcast.models.training.free_stage import fit_voice_probe
+    from actorcast.models.training.free_drawing import fit_voice_probe
 
     gen = torch.Generator().manual_seed(0)
     N, T = 6, 100
@@ -85,7 +85,7 @@ def test_the_voice_probe_tells_quiet_frames_from_the_audio_feature():
 def test_the_silence_step_is_fitted_on_the_silent_frames():
     """fit_idle_step: data whose head moves in speech and holds still in its pause get a smaller step for the
     head in silence; the lids keep theirs (1); without a voice probe there is none. The model is left as it was."""
-    from actorcast.models.training.free_stage import fit_idle_step
+    from actorcast.models.training.free_drawing import fit_idle_step
 
     free = _silence_model()
     n, T = 6, 160
@@ -109,7 +109,7 @@ def test_a_stream_warms_on_the_datas_own_motion_and_starts_where_it_ends():
     warmed on a face held still, a stream moved 0.83-0.87 as much as the data in its first seconds)."""
     from actorcast.models.data.params import EMOTIONS
     from actorcast.models.free_motion import LIDS, WARM_FRAMES
-    from actorcast.models.training.free_stage import start_motions, start_poses
+    from actorcast.models.training.free_drawing import start_motions, start_poses
 
     T = 40
     x = neutral_free().expand(4, T, N_FREE).clone()
