@@ -1,7 +1,7 @@
-"""The photo rig's fast per-frame warp (models/photo/rig.py `PhotoRig.render`: inverses found in the mouth's frame,
-terms that are 0 skipped, each layer worked out only where it can show) draws the same frames as the plain
-evaluation of the same warp, written out here as it reads: every layer's forward displacement evaluated in pixels at
-every fixed-point step over its whole box."""
+"""The photo rig's fast per-frame warp (models/photo/rig.py `PhotoRig.render`, with models/photo/head.py: inverses
+found in the mouth's frame, terms that are 0 skipped, each layer worked out only where it can show) draws the same
+frames as the plain evaluation of the same warp, written out here as it reads: every layer's forward displacement
+evaluated in pixels at every fixed-point step over its whole box."""
 
 import numpy as np
 import pytest
@@ -9,18 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from actorcast.models.data.params import N_PARAMS, PARAM_INDEX, PARAM_RANGES, neutral_params
-from actorcast.models.photo.geometry import INNER_LOWER, INNER_UPPER, on_curve, sample, smooth
+from actorcast.models.photo.geometry import INNER_LOWER, INNER_UPPER, INVERSE_STEPS, on_curve, sample, smooth
+from actorcast.models.photo.head import FACE_DEPTH, HAIR_DEPTH, HEAD_FEATHER, NOSE_DEPTH, NOSE_WIDTH
 from actorcast.models.photo.reference import square_tensor, to_uint8
 from actorcast.models.photo.rig import (
     BROW_GAIN,
-    FACE_DEPTH,
-    HAIR_DEPTH,
-    HEAD_FEATHER,
-    INVERSE_STEPS,
     JAW_DROP,
     LIP_THIN,
-    NOSE_DEPTH,
-    NOSE_WIDTH,
     ROUND_GAIN,
     SMILE_GAIN,
     SPREAD_GAIN,
@@ -77,19 +72,19 @@ def _brow_offset(rig, p, prm):
 
 
 def _head_weight(rig, q):
-    (hx, hy), (hw, hh) = rig.head_centre.tolist(), rig.head_half.tolist()
+    (hx, hy), (hw, hh) = rig.head.head_centre.tolist(), rig.head.head_half.tolist()
     r = ((q[..., 0] - hx) / hw).square() + ((q[..., 1] - hy) / hh).square()
     return 1 - smooth((r.sqrt() - 1) / HEAD_FEATHER)
 
 
 def _turn_offset(rig, q, motion):
     cos_y, sin_y, cos_p, sin_p = motion[:4]
-    (fx, fy), (ax, ay) = rig.face_centre.tolist(), rig.face_half.tolist()
+    (fx, fy), (ax, ay) = rig.head.face_centre.tolist(), rig.head.face_half.tolist()
     x, y = q[..., 0] - fx, q[..., 1] - fy
     cap = (1 - (x / ax).square() - (y / ay).square()).clamp(min=0)
-    nx, ny = rig.nose.tolist()
+    nx, ny = rig.head.nose.tolist()
     nose = torch.exp(((q[..., 0] - nx).square() + (q[..., 1] - ny).square()) * (-0.5 / (NOSE_WIDTH * rig.height) ** 2))
-    (hx, hy), (hw, hh) = rig.head_centre.tolist(), rig.head_half.tolist()
+    (hx, hy), (hw, hh) = rig.head.head_centre.tolist(), rig.head.head_half.tolist()
     skull = (1 - ((q[..., 0] - hx) / hw).square() - ((q[..., 1] - hy) / hh).square()).clamp(min=0)
     z = ax * (torch.maximum(FACE_DEPTH * cap * cap.sqrt(), HAIR_DEPTH * skull * skull.sqrt()) + NOSE_DEPTH * nose)
     turn_x = x * (cos_y - 1) + z * sin_y
@@ -99,16 +94,16 @@ def _turn_offset(rig, q, motion):
 
 def _head_inverse(rig, prm):
     n = prm.shape[0]
-    motion = rig._head_motion(prm)
+    motion = rig.head.motion(prm)
     *_, cos_r, sin_r, scale, dx, dy = motion
-    grid = rig.head_grid[None]
-    px, py = rig.pivot.tolist()
+    grid = rig.head.head_grid[None]
+    px, py = rig.head.pivot.tolist()
     gx, gy = grid[..., 0] - px, grid[..., 1] - py
     rx, ry = (gx - dx) / scale, (gy - dy) / scale
     unrolled = torch.stack([cos_r * rx + sin_r * ry - gx, -sin_r * rx + cos_r * ry - gy], -1)
     turned = grid + _head_weight(rig, grid)[..., None] * unrolled
     back = _invert(turned, lambda q: _turn_offset(rig, q, motion)) - grid
-    rows, cols = rig.head_box
+    rows, cols = rig.head.head_box
     size = (rows.stop - rows.start, cols.stop - cols.start)
     back = F.interpolate(back.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
     base = rig.pixels[None].expand(n, -1, -1, -1).clone()

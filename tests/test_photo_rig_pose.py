@@ -97,8 +97,8 @@ def test_a_face_turned_away_in_the_photo_turns_less_and_says_so(framing, rig, tm
     pose, facing = photo_pose(marks), photo_pose(framing.crop_landmarks(SIZE))
     assert abs(np.degrees(pose.yaw - facing.yaw) - yaw) < 6 and abs(np.degrees(pose.pitch - facing.pitch) - pitch) < 6
     turned = PhotoRig(rig.image, marks)
-    assert rig.turn_gain == 1.0 and rig.turn_note is None
-    assert TURN_FLOOR <= turned.turn_gain < 0.4
+    assert rig.head.turn_gain == 1.0 and rig.turn_note is None
+    assert TURN_FLOOR <= turned.head.turn_gain < 0.4
     assert "turned" in turned.turn_note and "degrees from the camera" in turned.turn_note
     assert "\n" not in turned.turn_note
     axis = 0 if name == "head_yaw" else 1

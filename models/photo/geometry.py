@@ -28,6 +28,7 @@ IRISES = (468, 473)      # refined Face Mesh: the iris centres, each followed by
 CHEEKS = (50, 280, 101, 330)  # Face Mesh points on the cheeks: the skin's luminance
 N_LANDMARKS = 478
 BOX_PAD = 0.15           # H around each layer's box: room for the head's motion (MAX_TURN, SHIFT_GAIN)
+INVERSE_STEPS = 4        # fixed-point steps of each layer's inverse warp
 MIN_MOUTH_WIDTH = 0.12   # H: a mouth seen narrower than this (a face in profile) is too turned to animate
 MIN_EYE_WIDTH = 0.04     # H: the same for the narrower eye (frontal faces: mouth ~0.4 H, eyes ~0.2 H wide)
 

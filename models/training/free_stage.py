@@ -31,7 +31,7 @@ from actorcast.models.timebase import SAMPLES_PER_FRAME
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 16  # clips through the audio encoder at once
 INPUT_DRIFT = 1.0  # FreeMotionConfig.input_drift of the models this stage trains (`drift_walk`)
-TEMPERATURE_CLIPS = 192  # training clips the temperature is fitted on (in long streams: free_drawing.py `steady_readings`)
+TEMPERATURE_CLIPS = 192  # training clips the export fits how the model draws on (free_drawing.py `fit_drawing`)
 
 
 @torch.no_grad()
@@ -178,9 +178,9 @@ def _short(values):
 
 def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[tuple[float, ...],
                                                                                  tuple[float, ...] | None]:
-    """Fit the blink profile, the start poses, the voice probe, the temperature and the silence step of the free-motion model exported in `directory`
-    again (on the training clips of its `free_train.json`, cached under that run's folder) and write them into its
-    header."""
+    """Fit how the free-motion model exported in `directory` draws (`fit_drawing`: blink profile, start pose and
+    motion, voice probe, temperature, step in silence) again, on the training clips of its `free_train.json`
+    (cached under that run's folder), and write it into its export."""
     from actorcast.models.training.train import TrainConfig
 
     directory = Path(directory)
