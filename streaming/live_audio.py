@@ -32,8 +32,9 @@ import numpy as np
 
 from actorcast.models.timebase import FPS, SAMPLES_PER_FRAME
 from actorcast.streaming.figures import percentiles
+from actorcast.streaming.speech_feed import SpeechFeed
 from actorcast.streaming.tracks import (BLOCK_S, STALL_S, VOICE_BLOCK, VOICE_PER_FRAME, VOICE_RATE, AudioInput,
-                                        ContentAudio, SpeechFeed)
+                                        ContentAudio)
 from actorcast.streaming.voice_clock import SLOT_S, Slot, VoiceClock
 
 MAX_CHANNELS = 8

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from actorcast.models.timebase import SAMPLES_PER_FRAME
-from actorcast.streaming import live_audio, tracks
+from actorcast.streaming import live_audio, speech_feed, tracks
 from actorcast.streaming.live_audio import LiveAudio, LiveVoice
 from actorcast.streaming.tracks import VOICE_BLOCK, VOICE_PER_FRAME
 
@@ -45,6 +45,7 @@ def clock(monkeypatch) -> list[float]:
     fake = types.SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0])
     monkeypatch.setattr(live_audio, "time", fake)
     monkeypatch.setattr(tracks, "time", fake)
+    monkeypatch.setattr(speech_feed, "time", fake)
     return now
 
 
@@ -157,10 +158,10 @@ def test_speech_after_a_starved_tick_goes_in_at_once_and_the_ticks_take_its_phas
     """The feed's ticks are 20 ms apart; here 1000 s, so that only the speech's own arrival can feed it early."""
     import asyncio
 
-    monkeypatch.setattr(tracks, "BLOCK_S", 1000.0)
+    monkeypatch.setattr(speech_feed, "BLOCK_S", 1000.0)
     content = tracks.ContentAudio()
     fed = []
-    feed = tracks.SpeechFeed(tracks.AudioInput(fed.append, content))
+    feed = speech_feed.SpeechFeed(tracks.AudioInput(fed.append, content))
 
     async def scenario():
         task = asyncio.create_task(feed.run())

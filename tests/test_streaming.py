@@ -348,11 +348,11 @@ def test_speech_handed_over_in_pieces_keeps_each_blocks_own_time(monkeypatch):
     """A stream of 20 ms pieces at 24 kHz resampled to 48 kHz does not fall on block boundaries: each block is
     stamped with the time its first sample came, not the time of the stream's first piece (which made the
     measured latency grow with the length of an utterance)."""
-    from actorcast.streaming import tracks
+    from actorcast.streaming import speech_feed, tracks
 
     clock = iter(np.arange(0.0, 10.0, 0.02))
-    monkeypatch.setattr(tracks.time, "time", lambda: float(next(clock)))
-    feed = tracks.SpeechFeed(audio_in=None)
+    monkeypatch.setattr(speech_feed.time, "time", lambda: float(next(clock)))
+    feed = speech_feed.SpeechFeed(audio_in=None)
     piece = np.ones(tracks.VOICE_BLOCK - 37, np.int16)  # always a little short of a block
     for _ in range(50):
         feed.speak(piece, final=False)
