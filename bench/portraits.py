@@ -55,7 +55,9 @@ the decoded mp4 at the framing's box as render cut the reference; its mouth open
 face height. Speech frames: audio RMS >= bench/sheet.py's SILENCE_RMS; silent frames: below it in the frame and
 the SILENT_MARGIN frames either side (the jaw leads and trails the sound). Gaze shifts are looked for only where
 the eyes are at least half open (a closing lid moves the meter's iris). The r target is set for single-face
-photos; a group photo's faces report it too.
+photos; a group photo's faces report it too. `meter_check` (bench/portraits_meter_check.py) says how much of a
+nod, a turn and a shut eye drawn by the photo's own rig the meter reads back, so that a missed figure can be told
+apart: the rig did not draw it, or the meter does not see it on that face.
 
 Also written: DIR/portraits_<photo>.png (waveform, mouth opening against openness, head yaw and pitch with eye
 openness and gaze shifts, the face and its mouth over time, from the mp4), DIR/strip_<photo>.png (the face every
@@ -63,7 +65,8 @@ openness and gaze shifts, the face and its mouth over time, from the mp4), DIR/s
 DIR/portraits_<photo>.mp4 (the render). --quick: the astronaut only, 5 s of speech and the 5 s tail.
 
 This file runs the photos and writes the results; the measures are in bench/portraits_measures.py, the readers of
-the video and of the two workers in bench/portraits_readers.py, the pictures in bench/portraits_strips.py.
+the video and of the two workers in bench/portraits_readers.py, the pictures in bench/portraits_strips.py, the
+meter's check in bench/portraits_meter_check.py.
 """
 
 import argparse
@@ -96,6 +99,7 @@ from bench.portraits_measures import (
     figure,
     motion_figures,
 )
+from bench.portraits_meter_check import meter_check
 from bench.portraits_readers import FrameChecks, decoded, identity_figures, read_meter
 from bench.portraits_strips import draw_sheet, write_strips
 from bench.sheet import SILENCE_RMS
@@ -243,7 +247,7 @@ def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path,
         "face_ssim_silent_mp4": figure("face_ssim_silent_mp4", _round(from_mp4.mean_ssim, 3),
                                        silent_frames=len(from_mp4.ssim)),
         "meter_no_face_frames": figure("meter_no_face_frames", reading.n_missing, of=len(reading)),
-        **motion, **identity_figures(photo_square, squares, tmp),
+        **motion, **identity_figures(photo_square, squares, tmp), "meter_check": meter_check(framing, tmp),
         "sheet": f"portraits_{photo.name}.png", "video": video.name,
         "strip": f"strip_{photo.name}.png", "mouth_strip": f"mouth_{photo.name}.png"})
     draw_sheet(out / entry["sheet"], photo.name, entry, speech, reading, squares, series)

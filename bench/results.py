@@ -162,7 +162,9 @@ HEADLINES: dict[str, tuple[Row, ...]] = {
     ),
 }
 PORTRAIT_KEYS = ("lipsync_r", "mouth_open_range_speech", "outside_mask_max_abs_diff_frames", "face_ssim_silent_frames",
-                 "face_ssim_silent_mp4", "head_yaw_std_deg", "blinks", "gaze_shifts", "identity_distance_mean")
+                 "face_ssim_silent_mp4", "head_yaw_std_deg", "head_pitch_std_deg", "blinks", "gaze_shifts",
+                 "identity_distance_mean", "meter_check")
+METER_CHECK = (("pitch_gain", "nod"), ("yaw_gain", "turn"), ("shut_eye_openness", "shut eye"))
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,9 @@ def portraits_table(result: Result) -> list[str]:
         cells = []
         for k in keys:
             cell = photo.get(k)
+            if k == "meter_check":  # the meter's reading of the rig's own nod, turn and shut eye
+                cells.append(" / ".join(f"{label} {fmt((cell or {}).get(key))}" for key, label in METER_CHECK))
+                continue
             value = cell.get("value") if isinstance(cell, dict) else cell
             missed = isinstance(cell, dict) and cell.get("met") is False
             cells.append(fmt(value) + (" (missed)" if missed else ""))

@@ -294,3 +294,15 @@ def test_a_still_photo_reads_as_still_and_as_itself(astronaut_square, tmp_path):
     identity = identity_figures(astronaut_square, frames, tmp_path)
     assert identity["identity_distance_max"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert identity["identity_distance_mean"]["frames_sampled"] == 3 and identity["identity_distance_max"]["met"]
+
+
+def test_the_meter_check_reads_the_rigs_nod_turn_and_shut_eye_on_the_astronaut(tmp_path):
+    """bench/portraits_meter_check.py: on a photo facing the camera, the meter reads the rig's nod and turn at about
+    the angle asked and its shut eye under the blink threshold; a rig that drew nothing would read 0 and 1."""
+    from bench.portraits_meter_check import meter_check
+    from tests.photo_rig_helpers import astronaut_framing
+
+    check = meter_check(astronaut_framing(), tmp_path)
+    assert check["eyes_drawn"]
+    assert 0.6 < check["pitch_gain"] < 1.5 and 0.6 < check["yaw_gain"] < 1.5
+    assert check["shut_eye_openness"] < 0.35

@@ -94,7 +94,8 @@ def test_cache_and_portraits_get_their_own_tables(tmp_path):
                           "deep_sink_pc": {"10": {"ms_per_chunk": 7.3, "cache_bytes": 202752},
                                            "600": {"ms_per_chunk": 7.2, "cache_bytes": 202752}}}}
     portraits = {"targets": {"lipsync_r": ">= 0.65"}, "photos": {
-        "astronaut": {"lipsync_r": {"value": 0.73, "met": True}, "blinks": {"value": 0, "met": False}},
+        "astronaut": {"lipsync_r": {"value": 0.73, "met": True}, "blinks": {"value": 0, "met": False},
+                      "meter_check": {"pitch_gain": 0.36, "yaw_gain": 0.86, "shut_eye_openness": 1.04}},
         "lfw_0_25px": {"refused": "it is 25x25; give a portrait of at least 32x32"}}}
     out = tmp_path / "RESULTS.md"
     results.main(["--out", str(out), str(_write(tmp_path / "cache.json", cache)),
@@ -104,6 +105,7 @@ def test_cache_and_portraits_get_their_own_tables(tmp_path):
     assert "| `deep_sink_pc` | 7.3 ms, 198 KiB | 7.2 ms, 198 KiB |" in text
     astronaut = next(line for line in text.splitlines() if line.startswith("| astronaut |"))
     assert "| 0.73 |" in astronaut and "| 0 (missed) |" in astronaut
+    assert astronaut.endswith("| nod 0.36 / turn 0.86 / shut eye 1.04 |")
     assert "refused: it is 25x25" in text
     assert re.search(r"^\| target \| >= 0\.65 \|", text, re.MULTILINE)
     assert results.RECORDED not in text  # nothing recorded before: no such section

@@ -1,0 +1,61 @@
+"""bench/portraits.py's check of the meter on each photo: how much of a known motion, drawn by the photo's own rig,
+the meter reads back (`meter_check`).
+
+The portraits' head and blink figures are the meter's reading of the rendered video. Where one misses, the rig may
+not have drawn the motion, or the meter may not see it on that face. Here the rig draws a known motion alone, at
+the size the renders use, with nothing else moving: a nod and a turn (a sine of NOD_RAD for NOD_FRAMES frames) and
+a blink held shut, and the meter reads them:
+
+- `pitch_gain`, `yaw_gain`: the meter's standard deviation of pitch (yaw), from the same rigid fit as the
+  portraits' head figures, over the angle the motion asks for, times the photo's own `turn_gain` (1: the meter
+  reads the nod as asked; the rig draws a turn at YAW_GAIN of it, because a warped turn reads less);
+- `shut_eye_openness`: the meter's eye openness on the shut eye, a fraction of the open eye's (the portraits count
+  a blink under 0.35).
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from bench.portraits_measures import head_pose
+from bench.portraits_readers import read_meter
+
+NOD_RAD = 0.1      # the sine's amplitude: head_pitch / head_yaw at the top of a nod or a turn
+NOD_FRAMES = 100   # four seconds, two nods at 0.5 Hz
+SHUT_FRAMES = 4    # frames of the shut eye, after as many of the open one
+SIZE = 256         # the renders' frame size (actors/stages.py DEFAULT_SIZE)
+
+
+def meter_check(framing, tmp: Path) -> dict:
+    """The meter's reading of a nod, a turn and a shut eye drawn by the rig of `framing`'s face (module docstring);
+    a figure is None where the meter found no face in a frame it needs."""
+    import torch
+
+    from actorcast.models.data.params import PARAM_INDEX, neutral_params
+    from actorcast.models.photo.reference import square_tensor, to_uint8
+    from actorcast.models.photo.rig import PhotoRig
+
+    rig = PhotoRig(square_tensor(framing.crop(), SIZE), framing.crop_landmarks(SIZE))
+    wave = NOD_RAD * torch.sin(torch.arange(NOD_FRAMES) * (2 * math.pi * 0.5 / 25))
+    out = {}
+    for name, axis in (("head_pitch", 1), ("head_yaw", 0)):
+        params = neutral_params(NOD_FRAMES)
+        params[:, PARAM_INDEX[name]] = wave
+        with torch.no_grad():
+            frames = np.concatenate([to_uint8(rig.render(params[i:i + 25])) for i in range(0, NOD_FRAMES, 25)])
+        reading, depth = read_meter(frames, tmp)
+        read = head_pose(reading.landmarks, depth)[:, axis]
+        asked = math.degrees(float(wave.std())) * rig.head.turn_gain
+        key = "pitch_gain" if name == "head_pitch" else "yaw_gain"
+        out[key] = round(float(np.std(read)) / asked, 2) if np.isfinite(read).all() else None
+    params = neutral_params(2 * SHUT_FRAMES)
+    params[SHUT_FRAMES:, PARAM_INDEX["blink_l"]] = 1.0
+    params[SHUT_FRAMES:, PARAM_INDEX["blink_r"]] = 1.0
+    with torch.no_grad():
+        reading, _ = read_meter(to_uint8(rig.render(params)), tmp)
+    eye = np.asarray(reading.eye_open, np.float64)
+    opened, shut = np.median(eye[:SHUT_FRAMES]), np.median(eye[SHUT_FRAMES:])
+    out["shut_eye_openness"] = round(float(shut / opened), 2) if np.isfinite([opened, shut]).all() else None
+    out["eyes_drawn"] = rig.eyes_note is None
+    return out
