@@ -150,8 +150,7 @@ def clip_scores(models: Models, meter: FaceMeter, n_clips: int, seconds: float, 
     generated parameters can be read without decoding (a parameter latent): eight 10-s clips hold a few
     blinks and a minute of silence, too few for a steady spread. The meter counts blinks on the generated and the
     true frames of `blink_clips` clips where that is more than n (only those two are decoded and read in the
-    extra clips): on eight clips the generator drew 32 blinks where the data has 24, a rate 35 % over the
-    data's that 160 clips read 0.3 % over, by the lid parameters."""
+    extra clips): eight clips hold a few dozen blinks, and a few more or fewer drawn move the rate by a third."""
     read, mse, probe_jaw = _Readings(), [], {"ceiling": [], "model": []}
     generated, truths, audios = [], [], []
     for i in range(n_clips):
