@@ -24,7 +24,6 @@ from bench.portraits_readers import read_meter
 NOD_RAD = 0.1      # the sine's amplitude: head_pitch / head_yaw at the top of a nod or a turn
 NOD_FRAMES = 100   # four seconds, two nods at 0.5 Hz
 SHUT_FRAMES = 4    # frames of the shut eye, after as many of the open one
-SIZE = 256         # the renders' frame size (actors/stages.py DEFAULT_SIZE)
 
 
 def meter_check(framing, tmp: Path) -> dict:
@@ -32,11 +31,12 @@ def meter_check(framing, tmp: Path) -> dict:
     a figure is None where the meter found no face in a frame it needs."""
     import torch
 
+    from actorcast.actors.stages import DEFAULT_SIZE  # the renders' frame size
     from actorcast.models.data.params import PARAM_INDEX, neutral_params
     from actorcast.models.photo.reference import square_tensor, to_uint8
     from actorcast.models.photo.rig import PhotoRig
 
-    rig = PhotoRig(square_tensor(framing.crop(), SIZE), framing.crop_landmarks(SIZE))
+    rig = PhotoRig(square_tensor(framing.crop(), DEFAULT_SIZE), framing.crop_landmarks(DEFAULT_SIZE))
     wave = NOD_RAD * torch.sin(torch.arange(NOD_FRAMES) * (2 * math.pi * 0.5 / 25))
     out = {}
     for name, axis in (("head_pitch", 1), ("head_yaw", 0)):
