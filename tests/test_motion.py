@@ -6,7 +6,8 @@ import torch
 
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.kv_cache import POLICY_NAMES, CacheConfig
-from actorcast.models.motion import MOTION_PRESETS, MotionConfig, MotionGenerator, diffusion_forcing_loss, pad_audio
+from actorcast.models.motion import MOTION_PRESETS, MotionConfig, MotionGenerator, pad_audio
+from actorcast.models.training.motion_loss import diffusion_forcing_loss
 from actorcast.models.sampling import MotionStream, SamplerConfig, generate
 
 SMALL = MotionConfig(d_motion=6, d_audio=5, d_model=32, n_layers=2, n_heads=2, audio_past=2, audio_future=1)

@@ -32,11 +32,12 @@ from actorcast.models.data.params import neutral_params
 from actorcast.models.decoder import param_latent
 from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.kv_cache import CacheConfig
-from actorcast.models.motion import MotionConfig, MotionGenerator, diffusion_forcing_loss
+from actorcast.models.motion import MotionConfig, MotionGenerator
 from actorcast.models.motion_ae import MotionAEConfig, MotionEncoder
 from actorcast.models.presets import get_preset
 from actorcast.models.sampling import SamplerConfig, generate
 from actorcast.models.training.common import preset_defaults, write_summary
+from actorcast.models.training.motion_loss import diffusion_forcing_loss
 from actorcast.models.training.distill import step_distillation_loss
 from actorcast.models.timebase import SAMPLES_PER_FRAME
 
