@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actorcast.models.checkpoint import save_weights
-from actorcast.models.errors import InputError
+from actorcast.models.errors import ConfigError, InputError
 from actorcast.models.free_motion import (FREE_SLICE, N_FREE, FreeMotion, FreeMotionConfig, FreeMotionStream,
                                           audio_encoder_digest, censored_log_prob, neutral_free)
 from actorcast.models.motion import MotionConfig, MotionGenerator
@@ -194,7 +194,7 @@ def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_p
     _weights_for_free_stage(weights)
     cfg = TrainConfig(stage="free", steps=40, batch_size=8, lr=3e-3, warmup_steps=3, size=64, log_every=1,
                       checkpoint_every=1000, out_dir=str(tmp_path / "free"), device="cpu", weights=str(weights),
-                      clips=4, clip_seconds=2.0, window_frames=40)
+                      clips=4, clip_seconds=2.0, window_frames=40, fit_seconds=3.0)
     losses = []
     metrics = run_local(cfg, on_report=lambda m: losses.append(m["loss"]))
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses
@@ -202,6 +202,12 @@ def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_p
         assert key in metrics
     out = tmp_path / "free"
     assert (out / "free_motion.safetensors").is_file()
+    # The drawing was fitted on clips of fit_seconds, not of the training windows' clip_seconds (cached: no re-encode).
+    from actorcast.models.training.free_stage import fit_clips
+
+    assert fit_clips(cfg, 4)["x"].shape[:2] == (4, 75)
+    with pytest.raises(ConfigError, match="fit_seconds must be 1..60 s"):
+        TrainConfig(stage="free", fit_seconds=0.5)
     # Loading: beside the audio encoder it was trained with, it loads; beside another one it is refused.
     for name in ("free_motion.json", "free_motion.safetensors"):
         (weights / name).write_bytes((out / name).read_bytes())
@@ -218,7 +224,6 @@ def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_p
 
 
 def test_free_stage_refuses_weights_without_a_parameter_decoder(tmp_path):
-    from actorcast.models.errors import ConfigError
     from actorcast.models.training.stages import get_stage
     from actorcast.models.training.train import TrainConfig
 

@@ -8,6 +8,7 @@ another one (actors/loading.py).
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -152,7 +153,7 @@ class FreeStage:
 
     @staticmethod
     def export(module: nn.Module, directory: Path, cfg, metrics: dict) -> None:
-        temperature, idle = fit_drawing(module.model, free_clips(cfg, 0, 1, n_clips=min(TEMPERATURE_CLIPS, cfg.clips)))
+        temperature, idle = fit_drawing(module.model, fit_clips(cfg, TEMPERATURE_CLIPS))
         metrics.update({f"temperature_{g}": t for g, t in zip(FREE_GROUPS, temperature)})
         metrics.update({f"idle_step_{g}": t for g, t in zip(FREE_GROUPS, idle or ())})
         metrics["blink_profile_frames"] = len(module.model.blink_profile)
@@ -176,11 +177,19 @@ def _short(values):
     return [_short(v) for v in values] if isinstance(values, list) else float(f"{values:.9g}")
 
 
-def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[tuple[float, ...],
-                                                                                 tuple[float, ...] | None]:
+def fit_clips(cfg, clips: int) -> dict:
+    """`free_clips` of min(clips, cfg.clips) training clips of the run `cfg`, each `cfg.fit_seconds` long: what the
+    drawing is fitted on. A spread is read about each clip's own mean, so where the motion drifts slowly it grows
+    with the clip's length, the data's faster than the draws' (docs/ARCHITECTURE.md "Free motion"): the fit's
+    clips are as long as the eval's."""
+    return free_clips(dataclasses.replace(cfg, clip_seconds=cfg.fit_seconds), 0, 1, n_clips=min(clips, cfg.clips))
+
+
+def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS,
+                      seconds: float | None = None) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
     """Fit how the free-motion model exported in `directory` draws (`fit_drawing`: blink profile, start pose and
-    motion, voice probe, temperature, step in silence) again, on the training clips of its `free_train.json`
-    (cached under that run's folder), and write it into its export."""
+    motion, voice probe, temperature, step in silence) again, on the training clips of its `free_train.json`,
+    `seconds` long (None: the run's `fit_seconds`; cached under that run's folder), and write it into its export."""
     from actorcast.models.training.train import TrainConfig
 
     directory = Path(directory)
@@ -189,8 +198,10 @@ def refit_temperature(directory: Path, clips: int = TEMPERATURE_CLIPS) -> tuple[
         raise ConfigError(f"{directory} holds no free_motion export with its free_train.json: give the folder "
                           "of a free-stage run (or the shipped weights)")
     cfg = TrainConfig(**{**json.loads(summary.read_text())["config"], "weights": str(directory)})
+    if seconds is not None:
+        cfg = dataclasses.replace(cfg, fit_seconds=seconds)
     model = load_free_motion(directory)
-    temperatures = fit_drawing(model, free_clips(cfg, 0, 1, n_clips=min(clips, cfg.clips)))
+    temperatures = fit_drawing(model, fit_clips(cfg, clips))
     save_weights(directory, "free_motion", model, model.config, _meta(cfg, model))
     return temperatures
 
@@ -206,11 +217,14 @@ def main(argv: list[str] | None = None) -> int:
                                                       "motion_encoder and free_train.json")
     parser.add_argument("--clips", type=int, default=TEMPERATURE_CLIPS,
                         help=f"training clips to fit on (default {TEMPERATURE_CLIPS})")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="their length in seconds (default: the run's fit_seconds, 10 unless set, the eval's "
+                             "clip length: spreads are read about each clip's mean, so they depend on it)")
     args = parser.parse_args(argv)
     try:
         if args.clips < 2:
             raise ConfigError(f"--clips {args.clips}: give at least 2")
-        temperature, idle = refit_temperature(args.directory, args.clips)
+        temperature, idle = refit_temperature(args.directory, args.clips, args.seconds)
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -57,6 +57,8 @@ class TrainConfig:
     tts_share: float = 0.5         # motion stage: share of clips spoken by espeak-ng (the rest formant babble)
     lookahead: int = -1            # motion stage: the audio encoder's lookahead in frames; -1: the init's or preset's
     distill_steps: int = 0         # motion stage: > 0 distils the init's generator to sample in this many steps
+    fit_seconds: float = 10.0      # free stage: length of the clips its drawing is fitted on at export (the eval's
+                                   # clip length: spreads are read about each clip's mean, so they depend on it)
     latent: str = "auto"           # decoder stage: params | encoder | auto (params on synthetic data)
     device: str = "auto"           # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
@@ -67,6 +69,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1.0 <= self.fit_seconds <= 60.0:
+            raise ConfigError(f"fit_seconds must be 1..60 s, got {self.fit_seconds}")
         if not 0.0 <= self.tts_share <= 1.0:
             raise ConfigError(f"tts_share must be in [0, 1], got {self.tts_share}")
         if not -1 <= self.lookahead <= 25:
