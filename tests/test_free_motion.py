@@ -186,7 +186,7 @@ def _weights_for_free_stage(directory):
     save_weights(directory, "audio_encoder", AudioEncoder(AUDIO_PRESETS["tiny"]), AUDIO_PRESETS["tiny"])
 
 
-def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_path):
+def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_path, capsys):
     from actorcast.models.free_motion import load_free_motion
     from actorcast.models.training.train import TrainConfig, run_local
 
@@ -208,6 +208,11 @@ def test_free_stage_trains_exports_and_loads_only_beside_its_audio_encoder(tmp_p
     assert fit_clips(cfg, 4)["x"].shape[:2] == (4, 75)
     with pytest.raises(ConfigError, match="fit_seconds must be 1..60 s"):
         TrainConfig(stage="free", fit_seconds=0.5)
+    from actorcast.models.training.free_stage import main as refit
+
+    capsys.readouterr()  # what training logged
+    assert refit([str(out), "--seconds", "0.5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --seconds 0.5: give a clip length of 1 to 60 s"
     # Loading: beside the audio encoder it was trained with, it loads; beside another one it is refused.
     for name in ("free_motion.json", "free_motion.safetensors"):
         (weights / name).write_bytes((out / name).read_bytes())

@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.clips < 2:
             raise ConfigError(f"--clips {args.clips}: give at least 2")
+        if args.seconds is not None and not 1.0 <= args.seconds <= 60.0:
+            raise ConfigError(f"--seconds {args.seconds:g}: give a clip length of 1 to 60 s")
         temperature, idle = refit_temperature(args.directory, args.clips, args.seconds)
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
