@@ -49,6 +49,11 @@ part": the 20 s of speech with its pauses; "tail" (keys ending _silence): the 5 
 | head_pitch_std_deg_silence        |                                                                   |         |
 | blink_deepest_closure_silence,    | as in speech, in the tail                                         | none    |
 | gaze_shifts_silence               |                                                                   |         |
+| head_yaw_std_deg_dlib,            | a second reader: the same figures from dlib's 68 landmarks        | none    |
+| head_pitch_std_deg_dlib,          | (face_id_worker.py), the head fitted to the first frame's Face    |         |
+| blinks_dlib (and _silence_dlib)   | Mesh shape under weak perspective, the blinks by the eye aspect   |         |
+|                                   | ratio against its median (bench/portraits_measures.py             |         |
+|                                   | `dlib_figures`)                                                   |         |
 
 The meter (the worker of models/training/meter.py, tracking) reads the square around the animated face, cut from
 the decoded mp4 at the framing's box as render cut the reference; its mouth opening is the inner-lip gap over the
@@ -57,7 +62,8 @@ the SILENT_MARGIN frames either side (the jaw leads and trails the sound). Gaze 
 the eyes are at least half open (a closing lid moves the meter's iris). The r target is set for single-face
 photos; a group photo's faces report it too. `meter_check` (bench/portraits_meter_check.py) says how much of a
 nod, a turn and a shut eye drawn by the photo's own rig the meter reads back, so that a missed figure can be told
-apart: the rig did not draw it, or the meter does not see it on that face.
+apart: the rig did not draw it, or the meter does not see it on that face; it reads them with dlib's landmarks too
+(keys ending _dlib), a reader trained on other faces than Face Mesh was.
 
 Also written: DIR/portraits_<photo>.png (waveform, mouth opening against openness, head yaw and pitch with eye
 openness and gaze shifts, the face and its mouth over time, from the mp4), DIR/strip_<photo>.png (the face every
@@ -100,7 +106,7 @@ from bench.portraits_measures import (
     motion_figures,
 )
 from bench.portraits_meter_check import meter_check
-from bench.portraits_readers import FrameChecks, decoded, identity_figures, read_meter
+from bench.portraits_readers import FrameChecks, decoded, identity_figures, read_dlib_points, read_meter
 from bench.portraits_strips import draw_sheet, write_strips
 from bench.sheet import SILENCE_RMS
 from actorcast.models.data.dataset import HELDOUT_START
@@ -228,7 +234,7 @@ def render_photo(photo: Photo, speech: Speech, wav: Path, engine, weights: Path,
     n = min(len(squares), len(speech.openness))
     spoken = speech.spoken[:n]
     truth, mouth = speech.openness[:n], reading.mouth_open[:n]
-    motion, series = motion_figures(reading, depth, speech)
+    motion, series = motion_figures(reading, depth, speech, points=read_dlib_points(squares, tmp))
     photo_square = Framing(framing.picture, framing.box, None).crop()
     entry.update({
         "frames": len(squares),

@@ -17,6 +17,10 @@ RIGID = (10, 338, 297, 332, 284, 251, 389, 356, 454, 234, 127, 162, 21, 54, 103,
          151, 9, 168, 6, 197, 195, 5, 4, 1,
          33, 133, 362, 263,
          116, 345, 123, 352, 50, 280)
+# The second reader, dlib's 68 landmarks (iBUG 300-W layout): the points that move with the skull (the jaw line's
+# upper ends, the nose, the eye corners) for its head pose, and each eye's six points for its openness.
+DLIB_RIGID = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+DLIB_EYES = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))
 BLINK_CLOSED = 0.35          # a blink counts when the eye closes below this fraction of its open level
 # Gaze: per eye (image-left corner, image-right corner, iris centre); the iris is placed along and across the
 # corner-to-corner line, in eye widths.
@@ -57,6 +61,9 @@ TARGETS = {
     "head_yaw_std_deg_silence": (">=", 0.5),
     "head_pitch_std_deg_silence": (">=", 0.5),
     "gaze_shifts_silence": None,
+    # dlib's 68 points, a second reader (`dlib_figures`): reported beside the meter's, without targets
+    **{f"{key}{part}_dlib": None for key in ("head_yaw_std_deg", "head_pitch_std_deg", "blinks")
+       for part in ("", "_silence")},
 }
 
 
@@ -155,6 +162,49 @@ def head_pose(landmarks: np.ndarray, depth: np.ndarray) -> np.ndarray:
     if not found.any():
         return np.full((len(points), 2), np.nan)
     return yaw_pitch(kabsch(points[np.argmax(found)], points))
+
+
+def weak_perspective(model: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(T, 3, 3) rotations of a 3-D `model` (K, 3) seen in each frame as 2-D `points` (T, K, 2), image axes, under
+    a scaled orthographic camera (weak perspective: a face far from the camera against its depth): the affine map
+    of least squares from the centred model to the centred points, its 2 x 3 part made the nearest pair of
+    orthonormal rows, the third row their cross product. NaN for a frame with any NaN point."""
+    a = model - model.mean(0)                                    # (K, 3)
+    b = points - points.mean(1, keepdims=True)                   # (T, K, 2)
+    ok = np.isfinite(b).all((1, 2))
+    m = np.einsum("ik,tkj->tji", np.linalg.pinv(a), np.where(ok[:, None, None], b, 0.0))  # (T, 2, 3): b ~ a M^T
+    u, _, vt = np.linalg.svd(m, full_matrices=False)             # (T, 2, 2), (T, 2, 3)
+    rows = u @ vt                                                # the nearest orthonormal rows
+    rot = np.concatenate([rows, np.cross(rows[:, 0], rows[:, 1])[:, None]], axis=1)
+    rot[~ok] = np.nan
+    return rot
+
+
+def dlib_head_pose(points: np.ndarray, mesh: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(T, 2) yaw and pitch in degrees, against the first frame with a face, read off dlib's 68 points (T, 68, 2)
+    alone: the face's 3-D shape is Face Mesh's on the first frame (`mesh` (478, 2) pixels, `depth` (478,)), each
+    dlib point taking the depth of the mesh point nearest it there; every frame's DLIB_RIGID points are fitted to
+    that shape (`weak_perspective`). Only the first frame's mesh is used: the motion is dlib's. NaN where dlib
+    read no face."""
+    found = np.isfinite(points).all((1, 2))
+    if not found.any():
+        return np.full((len(points), 2), np.nan)
+    first = points[np.argmax(found)]                             # (68, 2)
+    nearest = np.argmin(((mesh[None] - first[:, None]) ** 2).sum(-1), axis=1)
+    model = np.concatenate([first, depth[nearest, None]], axis=1)[list(DLIB_RIGID)].astype(np.float64)
+    rot = weak_perspective(model, points[:, list(DLIB_RIGID)].astype(np.float64))
+    return yaw_pitch(rot @ rot[np.argmax(found)].T)
+
+
+def eye_aspect(points: np.ndarray) -> np.ndarray:
+    """(T,) the two eyes' mean openness from dlib's 68 points (T, 68, 2): per eye, its two lid gaps over twice its
+    corner-to-corner width (the eye aspect ratio of Soukupova and Cech 2016: ~0.3 open, near 0 shut)."""
+    values = []
+    for c0, u1, u2, c1, l2, l1 in DLIB_EYES:
+        p = points.astype(np.float64)
+        gaps = np.linalg.norm(p[:, u1] - p[:, l1], axis=-1) + np.linalg.norm(p[:, u2] - p[:, l2], axis=-1)
+        values.append(gaps / (2 * np.linalg.norm(p[:, c1] - p[:, c0], axis=-1)))
+    return np.mean(values, axis=0)
 
 
 def nan_std(values: np.ndarray) -> float | None:
@@ -256,9 +306,12 @@ def identity_distances(reference: np.ndarray, descriptors: np.ndarray) -> np.nda
     return np.linalg.norm(np.asarray(descriptors, np.float64) - np.asarray(reference, np.float64), axis=1)
 
 
-def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, dict]:
+def motion_figures(reading, depth: np.ndarray, speech: Speech,
+                   points: np.ndarray | None = None) -> tuple[dict, dict]:
     """The head, blink and gaze figures of a reading over the spoken part and over the silent tail, and the
-    series they come from (for the sheet): ({key: figure}, {"pose", "eye", "open_level", "iris", "shifts"})."""
+    series they come from (for the sheet): ({key: figure}, {"pose", "eye", "open_level", "iris", "shifts"}).
+    With dlib's 68 points of the same frames (T, 68, 2), the head and blink figures by that second reader too
+    (keys ending _dlib, without targets: `dlib_figures`)."""
     n = len(reading)
     pose = head_pose(reading.landmarks, depth)                              # (T, 2) degrees
     eye = np.asarray(reading.eye_open, np.float64)
@@ -284,7 +337,33 @@ def motion_figures(reading, depth: np.ndarray, speech: Speech) -> tuple[dict, di
                                                  seconds=round(frames.sum() / FPS, 1),
                                                  iris_noise_eye_widths=_round(noise, 4),
                                                  jump_eye_widths=round(jump, 4))
+    if points is not None:
+        figures.update(dlib_figures(points, reading.landmarks[np.argmax(reading.found)],
+                                    depth[np.argmax(reading.found)], speech))
     return figures, {"pose": pose, "eye": eye, "open_level": level, "iris": iris, "shifts": shifts}
+
+
+def dlib_figures(points: np.ndarray, mesh: np.ndarray, depth: np.ndarray, speech: Speech) -> dict:
+    """head_yaw_std_deg_dlib, head_pitch_std_deg_dlib and blinks_dlib (and _silence_dlib) from dlib's 68 points
+    (T, 68, 2): the head by `dlib_head_pose` on the 3-D shape of Face Mesh's `mesh` (478, 2) and `depth` (478,) of
+    one frame, the blinks by `eye_aspect` against its median, counted as `blink_figures` counts the meter's. A
+    second reader beside the meter's figures, for faces the meter reads poorly (`meter_check`)."""
+    n = len(points)
+    pose = dlib_head_pose(points, mesh, depth)
+    eye = eye_aspect(points)
+    level = float(np.nanmedian(eye)) if np.isfinite(eye).any() else float("nan")
+    figures = {}
+    for part, suffix in ((speech.spoken[:n], "_dlib"), (speech.in_tail[:n], "_silence_dlib")):
+        frames = np.zeros(n, bool)
+        frames[:len(part)] = part
+        b = blink_figures(eye, frames, level)
+        figures[f"head_yaw_std_deg{suffix}"] = figure(f"head_yaw_std_deg{suffix}", _round(nan_std(pose[frames, 0]), 2))
+        figures[f"head_pitch_std_deg{suffix}"] = figure(f"head_pitch_std_deg{suffix}",
+                                                        _round(nan_std(pose[frames, 1]), 2))
+        figures[f"blinks{suffix}"] = figure(f"blinks{suffix}", b["blinks"], closing_below=BLINK_CLOSED,
+                                            deepest=_round(b["deepest"], 3),
+                                            no_face_frames=int((frames & ~np.isfinite(eye)).sum()))
+    return figures
 
 
 def _round(value: float | None, digits: int) -> float | None:

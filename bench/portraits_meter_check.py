@@ -11,6 +11,11 @@ a blink held shut, and the meter reads them:
   reads the nod as asked; the rig draws a turn at YAW_GAIN of it, because a warped turn reads less);
 - `shut_eye_openness`: the meter's eye openness on the shut eye, a fraction of the open eye's (the portraits count
   a blink under 0.35).
+
+The same three by the second reader, dlib's 68 landmarks (`pitch_gain_dlib`, `yaw_gain_dlib`,
+`shut_eye_openness_dlib`: its head pose and eye aspect ratio, bench/portraits_measures.py), a reader trained on
+other faces: where the two disagree on a face, at least one of them misreads it. (dlib reads the turn near YAW_GAIN,
+the angle the warp draws, where the meter reads about 1.)
 """
 
 import math
@@ -18,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.portraits_measures import head_pose
-from bench.portraits_readers import read_meter
+from bench.portraits_measures import dlib_head_pose, eye_aspect, head_pose
+from bench.portraits_readers import read_dlib_points, read_meter
 
 NOD_RAD = 0.1      # the sine's amplitude: head_pitch / head_yaw at the top of a nod or a turn
 NOD_FRAMES = 100   # four seconds, two nods at 0.5 Hz
@@ -45,17 +50,32 @@ def meter_check(framing, tmp: Path) -> dict:
         with torch.no_grad():
             frames = np.concatenate([to_uint8(rig.render(params[i:i + 25])) for i in range(0, NOD_FRAMES, 25)])
         reading, depth = read_meter(frames, tmp)
-        read = head_pose(reading.landmarks, depth)[:, axis]
         asked = math.degrees(float(wave.std())) * rig.head.turn_gain
         key = "pitch_gain" if name == "head_pitch" else "yaw_gain"
-        out[key] = round(float(np.std(read)) / asked, 2) if np.isfinite(read).all() else None
+        read = head_pose(reading.landmarks, depth)[:, axis]
+        out[key] = _gain(read, asked)
+        first = np.argmax(reading.found)
+        read = dlib_head_pose(read_dlib_points(frames, tmp), reading.landmarks[first], depth[first])[:, axis]
+        out[f"{key}_dlib"] = _gain(read, asked) if reading.found.any() else None
     params = neutral_params(2 * SHUT_FRAMES)
     params[SHUT_FRAMES:, PARAM_INDEX["blink_l"]] = 1.0
     params[SHUT_FRAMES:, PARAM_INDEX["blink_r"]] = 1.0
     with torch.no_grad():
-        reading, _ = read_meter(to_uint8(rig.render(params)), tmp)
-    eye = np.asarray(reading.eye_open, np.float64)
-    opened, shut = np.median(eye[:SHUT_FRAMES]), np.median(eye[SHUT_FRAMES:])
-    out["shut_eye_openness"] = round(float(shut / opened), 2) if np.isfinite([opened, shut]).all() else None
+        frames = to_uint8(rig.render(params))
+    reading, _ = read_meter(frames, tmp)
+    out["shut_eye_openness"] = _shut_over_open(reading.eye_open)
+    out["shut_eye_openness_dlib"] = _shut_over_open(eye_aspect(read_dlib_points(frames, tmp)))
     out["eyes_drawn"] = rig.eyes_note is None
     return out
+
+
+def _gain(read: np.ndarray, asked: float) -> float | None:
+    """The standard deviation of an angle read (T,) degrees over the one asked; None if a frame went unread."""
+    return round(float(np.std(read)) / asked, 2) if np.isfinite(read).all() else None
+
+
+def _shut_over_open(eye: np.ndarray) -> float | None:
+    """The median openness of the shut frames over the open ones' (SHUT_FRAMES each, open first)."""
+    eye = np.asarray(eye, np.float64)
+    opened, shut = np.median(eye[:SHUT_FRAMES]), np.median(eye[SHUT_FRAMES:])
+    return round(float(shut / opened), 2) if np.isfinite([opened, shut]).all() else None

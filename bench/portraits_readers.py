@@ -1,6 +1,6 @@
 """bench/portraits.py's readers: the rendered video, frame by frame (`decoded`, `FrameChecks`), and the two workers
-run in the MediaPipe venv on its faces: Face Mesh with depth (`read_meter`) and dlib's face descriptors
-(`read_identity`, `identity_figures`)."""
+run in the MediaPipe venv on its faces: Face Mesh with depth (`read_meter`) and dlib's face descriptors and 68
+landmarks (`read_identity`, `identity_figures`, `read_dlib_points`)."""
 
 from pathlib import Path
 
@@ -85,22 +85,34 @@ def read_meter(squares: np.ndarray, tmp: Path):
         out.unlink(missing_ok=True)
 
 
-def read_identity(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
-    """dlib face descriptors (face_id_worker.py, in the meter's venv) of the photo's own square (side, side, 3)
-    and of frames (n, side, side, 3): ((128,), (n, 128)); NaN rows where dlib found no face."""
+def _dlib_faces(frames: np.ndarray, tmp: Path, points_only: bool) -> dict[str, np.ndarray]:
+    """face_id_worker.py (in the meter's venv) over frames (n, side, side, 3): its descriptors and 68 points."""
     from actorcast.models.mediapipe_env import run_in_mediapipe_env
     from actorcast.models.training.meter import WORKER
 
-    frames, out = tmp / "id_frames.npy", tmp / "id_out.npz"
-    np.save(frames, np.ascontiguousarray(np.concatenate([photo_square[None], squares])))
+    path, out = tmp / "id_frames.npy", tmp / "id_out.npz"
+    np.save(path, np.ascontiguousarray(frames))
     try:
-        run_in_mediapipe_env(WORKER.with_name("face_id_worker.py"), [str(out), str(frames)],
-                             "the face identity worker (dlib)")
+        run_in_mediapipe_env(WORKER.with_name("face_id_worker.py"),
+                             ["--points-only"] * points_only + [str(out), str(path)], "the dlib face worker")
         with np.load(out) as d:
-            return d["descriptors"][0], d["descriptors"][1:]
+            return {"descriptors": d["descriptors"], "points": d["points"]}
     finally:
-        frames.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
+
+
+def read_identity(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    """dlib face descriptors of the photo's own square (side, side, 3) and of frames (n, side, side, 3):
+    ((128,), (n, 128)); NaN rows where dlib found no face."""
+    descriptors = _dlib_faces(np.concatenate([photo_square[None], squares]), tmp, points_only=False)["descriptors"]
+    return descriptors[0], descriptors[1:]
+
+
+def read_dlib_points(squares: np.ndarray, tmp: Path) -> np.ndarray:
+    """dlib's 68 landmarks of the face in each frame (T, side, side, 3): (T, 68, 2) pixels, NaN where none; the
+    second landmark reader beside Face Mesh (bench/portraits_measures.py `dlib_head_pose`, `eye_aspect`)."""
+    return _dlib_faces(squares, tmp, points_only=True)["points"]
 
 
 def identity_figures(photo_square: np.ndarray, squares: np.ndarray, tmp: Path) -> dict:

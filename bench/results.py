@@ -166,8 +166,9 @@ HEADLINES: dict[str, tuple[Row, ...]] = {
 }
 PORTRAIT_KEYS = ("lipsync_r", "mouth_open_range_speech", "outside_mask_max_abs_diff_frames", "face_ssim_silent_frames",
                  "face_ssim_silent_mp4", "head_yaw_std_deg", "head_pitch_std_deg", "blinks", "gaze_shifts",
-                 "identity_distance_mean", "meter_check")
-METER_CHECK = (("pitch_gain", "nod"), ("yaw_gain", "turn"), ("shut_eye_openness", "shut eye"))
+                 "identity_distance_mean", "head_pitch_std_deg_dlib", "blinks_dlib", "meter_check")
+EYE_KEYS = ("blinks", "gaze_shifts", "blinks_dlib")  # none drawn where the photo's eyes are shut or hidden
+METER_CHECK = (("pitch_gain", "nod"), ("yaw_gain", "turn"), ("shut_eye_openness", "shut eye"))  # + "_dlib": dlib's
 
 
 @dataclass(frozen=True)
@@ -283,11 +284,19 @@ def portraits_table(result: Result) -> list[str]:
         cells = []
         for k in keys:
             cell = photo.get(k)
-            if k == "meter_check":  # the meter's reading of the rig's own nod, turn and shut eye
-                cells.append(" / ".join(f"{label} {fmt((cell or {}).get(key))}" for key, label in METER_CHECK))
+            if k == "meter_check":  # the meter's (and dlib's) reading of the rig's own nod, turn and shut eye
+                cell = cell or {}
+                text = " / ".join(f"{label} {fmt(cell.get(key))}" for key, label in METER_CHECK)
+                if any(f"{key}_dlib" in cell for key, _ in METER_CHECK):
+                    text += "; dlib: " + " / ".join(f"{label} {fmt(cell.get(key + '_dlib'))}"
+                                                    for key, label in METER_CHECK)
+                cells.append(text)
                 continue
             value = cell.get("value") if isinstance(cell, dict) else cell
             missed = isinstance(cell, dict) and cell.get("met") is False
+            if k in EYE_KEYS and (photo.get("meter_check") or {}).get("eyes_drawn") is False:
+                cells.append(fmt(value) + " (eyes shut or hidden in the photo)")
+                continue
             cells.append(fmt(value) + (" (missed)" if missed else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     targets = result.data.get("targets", {})

@@ -9,6 +9,8 @@ from PIL import Image
 
 from bench.portraits_measures import (
     BLINK_CLOSED,
+    DLIB_EYES,
+    DLIB_RIGID,
     EYES,
     FIXATION_RADIUS,
     RIGID,
@@ -16,6 +18,8 @@ from bench.portraits_measures import (
     SILENT_MARGIN,
     Speech,
     blink_figures,
+    dlib_head_pose,
+    eye_aspect,
     figure,
     gaze_jump,
     head_pose,
@@ -27,9 +31,10 @@ from bench.portraits_measures import (
     nan_std,
     outside_max_abs_diff,
     saccades,
+    weak_perspective,
     yaw_pitch,
 )
-from bench.portraits_readers import read_identity
+from bench.portraits_readers import read_dlib_points, read_identity
 from bench.portraits_strips import write_strips
 from tests.conftest import ROOT
 
@@ -131,6 +136,45 @@ def test_head_pose_follows_the_rigid_points_not_the_jaw(cloud):
     assert nan_std(pose[:, 0]) == pytest.approx(np.std(np.array(yaws)[keep]), abs=1e-3)
     assert nan_std(pose[:, 1]) == pytest.approx(np.std(np.array(pitches)[keep]), abs=1e-3)
     assert nan_std(np.array([np.nan, 1.0])) is None
+
+
+def test_weak_perspective_gives_the_yaw_and_pitch_a_cloud_was_turned_by_from_its_picture_alone(cloud):
+    poses = [(0, 0, 0), (5, 0, 0), (0, -4, 0), (12, 7, 3), (-20, 15, -10)]
+    seen = np.stack([(0.9 * cloud @ rotation(*pose).T)[:, :2] + [300, 200] for pose in poses])  # x, y only
+    rot = weak_perspective(cloud, seen)
+    assert yaw_pitch(rot) == pytest.approx(np.array(poses)[:, :2], abs=1e-6)
+    assert np.linalg.det(rot) == pytest.approx(np.ones(5))
+    seen[1, 3, 1] = np.nan
+    assert np.isnan(yaw_pitch(weak_perspective(cloud, seen))[1]).all()
+
+
+def test_dlib_head_pose_takes_the_face_shape_from_the_mesh_and_the_motion_from_dlibs_points(cloud):
+    """dlib's points sit on 68 of the mesh's; only the first frame's mesh and depth are given, and the jaw and lid
+    points, which move on their own, do not turn the head."""
+    on_mesh = np.random.default_rng(4).choice(478, 68, replace=False)
+    yaws, pitches = [0, 4, -3, 1, 0, -2], [0, -1, 3, 2, -2, 0]
+    frames = np.stack([cloud @ rotation(y, p, 0).T for y, p in zip(yaws, pitches)])      # (6, 478, 3)
+    points = frames[:, on_mesh, :2].copy()
+    others = np.setdiff1d(np.arange(68), DLIB_RIGID)
+    points[:, others, 1] += np.arange(6)[:, None] * 5.0
+    points[4] = np.nan                                                                  # dlib found no face
+    pose = dlib_head_pose(points, frames[0, :, :2], frames[0, :, 2])
+    assert np.isnan(pose[4]).all()
+    keep = [0, 1, 2, 3, 5]
+    assert pose[keep] == pytest.approx(np.array([yaws, pitches]).T[keep], abs=1e-6)
+    flat = dlib_head_pose(points, frames[0, :, :2], np.zeros(478))                       # no depth: no pose
+    assert not np.allclose(flat[keep], pose[keep], atol=0.5)
+
+
+def test_eye_aspect_is_the_lid_gaps_over_the_width_and_zero_when_shut():
+    points = np.zeros((2, 68, 2))
+    for eye, x0 in zip(DLIB_EYES, (0.0, 50.0)):
+        c0, u1, u2, c1, l2, l1 = eye
+        points[:, c0], points[:, c1] = [x0, 0], [x0 + 30, 0]
+        points[:, u1], points[:, u2] = [x0 + 10, -5], [x0 + 20, -5]
+        points[:, l1], points[:, l2] = [x0 + 10, 4], [x0 + 20, 4]
+    points[1, [37, 38, 43, 44], 1] = 4.0                                                  # the upper lids come down
+    assert eye_aspect(points) == pytest.approx([18 / 60, 0.0])
 
 
 # ------------------------------------------------------------------------------------------------ blinks
@@ -267,6 +311,20 @@ def test_dlib_finds_the_same_person_in_the_photo_and_its_mirror_and_no_one_in_gr
     assert list(tmp_path.iterdir()) == []                    # its files are cleaned up
 
 
+def test_dlib_places_its_68_points_on_the_face_the_meter_reads(astronaut_square, tmp_path):
+    from bench.portraits_readers import read_meter
+
+    frames = np.stack([astronaut_square, np.full_like(astronaut_square, 128)])
+    points = read_dlib_points(frames, tmp_path)
+    assert points.shape == (2, 68, 2) and np.isfinite(points[0]).all() and np.isnan(points[1]).all()
+    reading, _ = read_meter(astronaut_square[None], tmp_path)
+    width = np.linalg.norm(reading.landmarks[0, 263] - reading.landmarks[0, 33])            # outer eye corners
+    for dlib_corner, mesh_corner in ((36, 33), (45, 263), (30, 1)):                         # eyes, nose tip
+        assert np.linalg.norm(points[0, dlib_corner] - reading.landmarks[0, mesh_corner]) < 0.12 * width
+    assert 0.2 < eye_aspect(points[:1])[0] < 0.45                                           # open eyes
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_meter_worker_gives_depth_nearer_at_the_nose_than_at_the_cheeks(astronaut_square, tmp_path):
     from bench.portraits_readers import read_meter
 
@@ -284,10 +342,13 @@ def test_a_still_photo_reads_as_still_and_as_itself(astronaut_square, tmp_path):
     frames = np.repeat(astronaut_square[None], 12, axis=0)
     reading, depth = read_meter(frames, tmp_path)
     speech = Speech(audio=np.zeros(12 * 640, np.float32), openness=np.zeros(12), rms=np.zeros(12), tail=6)
-    figures, series = motion_figures(reading, depth, speech)
+    figures, series = motion_figures(reading, depth, speech, points=read_dlib_points(frames, tmp_path))
     for key in ("head_yaw_std_deg", "head_pitch_std_deg", "head_yaw_std_deg_silence", "head_pitch_std_deg_silence"):
-        assert 0.0 <= figures[key]["value"] < 0.5, key
+        for reader in ("", "_dlib"):
+            assert 0.0 <= figures[key + reader]["value"] < 0.5, key + reader
     assert figures["blinks"]["value"] == figures["blinks_silence"]["value"] == 0
+    assert figures["blinks_dlib"]["value"] == figures["blinks_silence_dlib"]["value"] == 0
+    assert figures["blinks_dlib"]["target"] is None
     assert figures["gaze_shifts"]["value"] == figures["gaze_shifts_silence"]["value"] == 0
     assert figures["blink_deepest_closure"]["value"] > 0.8
     assert series["pose"].shape == (12, 2) and series["iris"].shape == (12, 2)
@@ -306,3 +367,6 @@ def test_the_meter_check_reads_the_rigs_nod_turn_and_shut_eye_on_the_astronaut(t
     assert check["eyes_drawn"]
     assert 0.6 < check["pitch_gain"] < 1.5 and 0.6 < check["yaw_gain"] < 1.5
     assert check["shut_eye_openness"] < 0.35
+    # dlib's points, read the same way: the nod at about its angle, the shut eye well under the open one
+    assert 0.6 < check["pitch_gain_dlib"] < 1.5 and 0.6 < check["yaw_gain_dlib"] < 2.5
+    assert check["shut_eye_openness_dlib"] < 0.6

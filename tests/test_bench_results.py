@@ -96,6 +96,9 @@ def test_cache_and_portraits_get_their_own_tables(tmp_path):
     portraits = {"targets": {"lipsync_r": ">= 0.65"}, "photos": {
         "astronaut": {"lipsync_r": {"value": 0.73, "met": True}, "blinks": {"value": 0, "met": False},
                       "meter_check": {"pitch_gain": 0.36, "yaw_gain": 0.86, "shut_eye_openness": 1.04}},
+        "t1_largest": {"lipsync_r": {"value": 0.7, "met": True}, "blinks": {"value": 0, "met": False},
+                       "meter_check": {"eyes_drawn": False, "pitch_gain": 0.36, "yaw_gain": 0.86, "shut_eye_openness": 1.04,
+                                       "pitch_gain_dlib": 0.76, "yaw_gain_dlib": 1.32, "shut_eye_openness_dlib": 1.38}},
         "lfw_0_25px": {"refused": "it is 25x25; give a portrait of at least 32x32"}}}
     out = tmp_path / "RESULTS.md"
     results.main(["--out", str(out), str(_write(tmp_path / "cache.json", cache)),
@@ -106,6 +109,9 @@ def test_cache_and_portraits_get_their_own_tables(tmp_path):
     astronaut = next(line for line in text.splitlines() if line.startswith("| astronaut |"))
     assert "| 0.73 |" in astronaut and "| 0 (missed) |" in astronaut
     assert astronaut.endswith("| nod 0.36 / turn 0.86 / shut eye 1.04 |")
+    t1 = next(line for line in text.splitlines() if line.startswith("| t1_largest |"))
+    assert "| 0 (eyes shut or hidden in the photo) |" in t1
+    assert t1.endswith("| nod 0.36 / turn 0.86 / shut eye 1.04; dlib: nod 0.76 / turn 1.32 / shut eye 1.38 |")
     assert "refused: it is 25x25" in text
     assert re.search(r"^\| target \| >= 0\.65 \|", text, re.MULTILINE)
     assert results.RECORDED not in text  # nothing recorded before: no such section
